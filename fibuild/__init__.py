@@ -1,0 +1,33 @@
+"""fibuild: declarative build, benchmark and dispatch of GPU kernels.
+
+Public API (imported lazily, so ``import fibuild`` costs almost nothing):
+``load``, ``apply``, ``resolve``, ``Workspace``, ``Settings``, ``__version__``.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["load", "apply", "resolve", "Workspace", "Settings", "__version__"]
+
+_LAZY = {
+    "load": ("fibuild.apply.api", "load"),
+    "apply": ("fibuild.apply.api", "apply"),
+    "resolve": ("fibuild.apply.api", "resolve"),
+    "Workspace": ("fibuild.spec.manifest", "Workspace"),
+    "Settings": ("fibuild.config", "Settings"),
+}
+
+
+def __getattr__(name: str):
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'fibuild' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

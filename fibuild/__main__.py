@@ -1,0 +1,5 @@
+import sys
+
+from fibuild.cli import main
+
+sys.exit(main())

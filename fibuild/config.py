@@ -1,0 +1,109 @@
+"""Settings read from the environment at call time.
+
+``Settings.from_env()`` is the only place fibuild reads ``FIBUILD_*`` variables; nothing is
+read at import. Every knob is listed in ``KNOBS`` (the README's table is generated from
+it by ``fibuild info --env``), with its type, default and meaning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    default: str
+    meaning: str
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("FIBUILD_ROOT", "", "Workspace root (holds defs/, solutions/, registry/). Empty: the "
+         "nearest ancestor of the current directory holding defs/, else the shipped workspace."),
+    Knob("FIBUILD_CACHE_DIR", "~/.cache/fibuild", "Build cache: build directories, index, locks."),
+    Knob("FIBUILD_CUDA_ARCH_LIST", "", "CUDA archs to build for, e.g. `9.0a` or `8.0;9.0a`. "
+         "Empty: the visible GPU's, else `9.0a`."),
+    Knob("FIBUILD_NVCC_JOBS", "1", "Concurrent nvcc processes in one build (ninja pool depth)."),
+    Knob("FIBUILD_MAX_JOBS", "", "ninja -j for build-all. Empty: the number of CPUs."),
+    Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
+    Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cuda`, `cpu`. Empty: cuda if available."),
+    Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
+    Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
+)
+
+
+def _flag(env: Mapping[str, str], name: str, default: str) -> bool:
+    raw = env.get(name, default).strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected 0 or 1")
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r}: expected an integer >= 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of the environment. Build one per command; pass it down."""
+
+    root: Path | None
+    cache_dir: Path
+    cuda_arch_list: tuple[str, ...]
+    nvcc_jobs: int
+    max_jobs: int
+    disable_build: bool
+    device: str
+    log_level: str
+    cuda_home: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read every knob from ``env`` (default ``os.environ``); raise ConfigError on bad values.
+
+        ``overrides`` replace fields after reading (CLI options take precedence).
+        """
+        env = os.environ if env is None else env
+        root = env.get("FIBUILD_ROOT", "").strip()
+        cache = env.get("FIBUILD_CACHE_DIR", "").strip() or "~/.cache/fibuild"
+        archs = tuple(a.strip() for a in
+                      env.get("FIBUILD_CUDA_ARCH_LIST", "").replace(",", ";").replace(" ", ";").split(";")
+                      if a.strip())
+        device = env.get("FIBUILD_DEVICE", "").strip().lower()
+        if device not in ("", "cpu", "cuda"):
+            raise ConfigError(f"FIBUILD_DEVICE={device!r}: expected cpu or cuda")
+        settings = cls(
+            root=Path(root).expanduser().resolve() if root else None,
+            cache_dir=Path(cache).expanduser().resolve(),
+            cuda_arch_list=archs,
+            nvcc_jobs=_int(env, "FIBUILD_NVCC_JOBS", 1) or 1,
+            max_jobs=_int(env, "FIBUILD_MAX_JOBS", None) or (os.cpu_count() or 1),
+            disable_build=_flag(env, "FIBUILD_DISABLE_BUILD", "0"),
+            device=device,
+            log_level=env.get("FIBUILD_LOG_LEVEL", "WARNING").strip().upper() or "WARNING",
+            cuda_home=Path(env.get("CUDA_HOME", "").strip() or "/usr/local/cuda"),
+        )
+        return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def env_table_markdown() -> str:
+    """The knob table as Markdown (the README embeds it)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{k.env}` | `{k.default}` | {k.meaning} |" for k in KNOBS]
+    return "\n".join(rows)

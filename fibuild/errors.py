@@ -1,0 +1,82 @@
+"""The one error hierarchy of fibuild.
+
+Every error a user can cause derives from :class:`FibuildError`; the CLI prints it
+without a traceback and exits 1. Anything else escaping is a bug.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+class FibuildError(Exception):
+    """Base class: a user-facing failure with a message fit to print as is."""
+
+
+class ConfigError(FibuildError):
+    """An environment variable or option holds a value fibuild cannot use."""
+
+
+class ManifestError(FibuildError):
+    """A manifest is invalid.
+
+    ``path`` is the file; ``problems`` lists every ``(json_pointer, message)`` found,
+    sorted by pointer, so a user fixes them all in one pass.
+    """
+
+    def __init__(self, path: str | Path, problems: Sequence[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = sorted(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(f"{self.path}: {ptr or '/'}: {msg}" for ptr, msg in self.problems)
+
+
+class ManifestErrors(FibuildError):
+    """Several files failed validation; ``errors`` holds one ManifestError per file."""
+
+    def __init__(self, errors: Sequence[ManifestError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(e.render() for e in self.errors))
+
+
+class BuildError(FibuildError):
+    """A solution failed to build (or its builder is unavailable).
+
+    ``solution`` names it, ``build_dir`` is where the log lies, ``log_tail`` holds the
+    last lines of that log.
+    """
+
+    def __init__(self, message: str, *, solution: str = "", build_dir: str | Path | None = None,
+                 log_tail: str = ""):
+        self.solution = solution
+        self.build_dir = str(build_dir) if build_dir else None
+        self.log_tail = log_tail
+        text = message
+        if self.build_dir:
+            text += f"\n  build dir: {self.build_dir}"
+        if log_tail:
+            text += "\n" + log_tail
+        super().__init__(text)
+
+
+class BenchError(FibuildError):
+    """The benchmark runner cannot go on (bad workload, no device, ...)."""
+
+
+class ResolveError(FibuildError):
+    """No runnable solution for a key; ``decisions`` is the whole decision trace."""
+
+    def __init__(self, message: str, decisions: Sequence[object] = ()):
+        self.decisions = list(decisions)
+        lines = [message] + [f"  - {d}" for d in self.decisions]
+        super().__init__("\n".join(lines))
+
+
+class CacheError(FibuildError):
+    """The build cache or its index cannot be used (permissions, pickled values, ...)."""
+
+
+class RegistryError(FibuildError):
+    """An evaluation record cannot be written (invalid record, unwritable file)."""

@@ -1,0 +1,201 @@
+"""Frozen dataclasses for manifests and records.
+
+These hold validated data only: :mod:`fibuild.spec.manifest` builds them from YAML after
+schema and semantic checks. Nothing here does I/O. ``ApplyKey`` is a plain tuple of the
+var-axis values, in the definition's axis order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+ApplyKey = tuple  # tuple[int, ...]: var-axis values in axis declaration order
+
+#: dtype names accepted in manifests (torch's names, as flashinfer-trace uses them).
+DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
+          "int64", "int32", "int16", "int8", "uint8", "bool")
+
+#: evaluation statuses, as the bench runner assigns them.
+STATUSES = ("PASSED", "INCORRECT_SHAPE", "INCORRECT_NUMERICAL", "INCORRECT_DTYPE",
+            "RUNTIME_ERROR", "COMPILE_ERROR", "TIMEOUT")
+
+LANGUAGES = ("cuda", "cpp", "triton", "python")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A named dimension: ``const`` with a fixed ``value``, or ``var`` (value per call)."""
+
+    name: str
+    kind: Literal["const", "var"]
+    value: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output. ``shape`` is a tuple of axis names, or None for a scalar.
+
+    ``inplace`` (outputs only) names the input this output is written into: the solution
+    mutates that input instead of returning or receiving a separate tensor.
+    """
+
+    name: str
+    shape: tuple[str, ...] | None
+    dtype: str
+    description: str = ""
+    inplace: str | None = None
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape is None
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-2
+    rtol: float = 1e-2
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a workload makes one input.
+
+    kind ``random``: seeded random tensor in the declared dtype; ``scalar``: ``value``;
+    ``safetensors``: tensor ``tensor_key`` of file ``path`` (relative to the workload's
+    file); ``custom``: produced by the definition's ``custom_inputs_entrypoint``.
+    """
+
+    kind: Literal["random", "scalar", "safetensors", "custom"]
+    value: Any = None
+    path: str | None = None
+    tensor_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One concrete shape to check and time: every var axis gets a value."""
+
+    uuid: str
+    axes: Mapping[str, int]
+    inputs: Mapping[str, InputSpec] = field(default_factory=dict)
+    source: str = ""  # "declared", or the path of the workloads.jsonl it came from
+
+
+@dataclass(frozen=True)
+class Definition:
+    """An operator contract: axes, inputs/outputs (calling order), torch reference."""
+
+    name: str
+    op_type: str
+    axes: Mapping[str, Axis]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    reference: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
+    tolerance: Tolerance = Tolerance()
+    workloads: tuple[Workload, ...] = ()
+    custom_inputs_entrypoint: str | None = None
+    path: Path | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def var_axes(self) -> tuple[str, ...]:
+        """Names of the var axes, in declaration order: the layout of an ApplyKey."""
+        return tuple(a.name for a in self.axes.values() if a.kind == "var")
+
+    @property
+    def const_axes(self) -> dict[str, int]:
+        return {a.name: a.value for a in self.axes.values() if a.kind == "const"}
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def apply_key(self, axes: Mapping[str, int]) -> ApplyKey:
+        """The ApplyKey for a full mapping of var-axis values (KeyError if one is missing)."""
+        return tuple(int(axes[name]) for name in self.var_axes)
+
+
+@dataclass(frozen=True)
+class BuildFlags:
+    cflags: tuple[str, ...] = ()
+    cuda_cflags: tuple[str, ...] = ()
+    ldflags: tuple[str, ...] = ()
+    include_dirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Solution:
+    """An implementation of a definition.
+
+    ``entry_point`` is ``"file::function"`` with ``file`` one of ``sources`` (relative to
+    ``path``, the solution's directory). ``destination_passing_style``: the function takes
+    the inputs, then preallocated non-in-place outputs, and returns nothing; otherwise it
+    returns the non-in-place outputs (one tensor, or a tuple in declaration order).
+    """
+
+    name: str
+    definition: str
+    language: Literal["cuda", "cpp", "triton", "python"]
+    entry_point: str
+    sources: tuple[str, ...]
+    author: str = ""
+    description: str = ""
+    target_hardware: tuple[str, ...] = ()
+    destination_passing_style: bool = False
+    dependencies: tuple[str, ...] = ()
+    build: BuildFlags = BuildFlags()
+    path: Path | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def qualified_name(self) -> str:
+        """``definition/solution``: unique across the workspace."""
+        return f"{self.definition}/{self.name}"
+
+    @property
+    def entry_file(self) -> str:
+        return self.entry_point.split("::", 1)[0]
+
+    @property
+    def entry_symbol(self) -> str:
+        return self.entry_point.split("::", 1)[1]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency statistics in microseconds over ``n`` timed repetitions."""
+
+    median_us: float
+    p20_us: float
+    p80_us: float
+    mean_us: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One (definition, solution, workload) result on one device; a registry line."""
+
+    definition: str
+    solution: str
+    solution_digest: str
+    build_key: str
+    workload_uuid: str
+    axes: Mapping[str, int]
+    status: str
+    device: str  # the device slug, e.g. nvidia-h100-80gb-hbm3-sm90
+    latency: LatencyStats | None = None
+    reference_latency: LatencyStats | None = None
+    speedup: float | None = None
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    error: str = ""
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: str = ""
