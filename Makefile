@@ -1,0 +1,44 @@
+# fibuild: every target runs with the interpreter in $(PYTHON).
+PYTHON ?= python3
+FIBUILD = $(PYTHON) -m fibuild
+DEF ?= rmsnorm_h4096
+AXES ?= batch_size=32
+# The device whose committed evaluations `make resolve` answers from (the H100's slug).
+DEVICE ?= nvidia-h100-80gb-hbm3-sm90
+
+.PHONY: install test test-gpu validate build-all bench table resolve demo clean-cache benchmarks
+
+install:  ## install fibuild and its dependencies (CPU torch where none is installed)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e ".[dev,plot]"
+
+test:  ## the test suite (GPU tests skip without a GPU)
+	$(PYTHON) -m pytest -q
+
+test-gpu:  ## only the GPU tests (run on a GPU machine)
+	$(PYTHON) -m pytest -q -m gpu
+
+validate:  ## validate every manifest of the workspace
+	$(FIBUILD) validate
+
+build-all:  ## build every solution this machine can build
+	$(FIBUILD) build --all
+
+bench:  ## benchmark every definition on the current device into registry/
+	$(FIBUILD) bench
+
+table:  ## leaderboard of $(DEF)
+	$(FIBUILD) table $(DEF)
+
+resolve:  ## which solution runs $(DEF) at $(AXES) on $(DEVICE), with the decision trace
+	$(FIBUILD) resolve $(DEF) --axes $(AXES) --device $(DEVICE) --explain
+
+demo: validate build-all resolve  ## the main job on the shipped workspace
+
+clean-cache:  ## remove every unlocked build directory from the cache
+	$(FIBUILD) gc --all
+
+benchmarks:  ## fibuild's own benchmarks (build, dispatch, cold start); results under benchmarks/results/
+	$(PYTHON) benchmarks/bench_build.py --quick --out benchmarks/results/build-$$(uname -m).md
+	$(PYTHON) benchmarks/bench_dispatch.py --out benchmarks/results/dispatch-$$(uname -m).md
+	$(PYTHON) benchmarks/bench_coldstart.py --out benchmarks/results/coldstart-$$(uname -m).md
