@@ -1,0 +1,227 @@
+"""The evaluation registry: append-only JSONL, one file per definition and device.
+
+Layout: ``<root>/<definition>/<device-slug>.jsonl`` (``root`` is ``Workspace.registry_dir``);
+``workloads.jsonl`` in the same folder holds workloads, not evaluations. Each line is one
+:class:`~fibuild.spec.model.Evaluation` as JSON plus ``"schema": 1``.
+
+Writes: validated against ``schemas/evaluation.schema.json``, then appended as one
+``os.write`` of one line (``O_APPEND``) under ``filelock.FileLock(<file>.lock)``, so
+concurrent writers never interleave and a killed writer leaves at most one torn last line.
+Reads: a torn, garbled or invalid line is skipped with a logged warning, never fatal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import RegistryError
+from .spec.model import Evaluation, LatencyStats
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = 1
+WORKLOADS_FILE = "workloads.jsonl"
+_LATENCY_FIELDS = ("median_us", "p20_us", "p80_us", "mean_us", "n")
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN/inf; a non-finite error is recorded as null and explained in "error".
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _latency_to_dict(stats: LatencyStats | None) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    return {"median_us": float(stats.median_us), "p20_us": float(stats.p20_us),
+            "p80_us": float(stats.p80_us), "mean_us": float(stats.mean_us), "n": int(stats.n)}
+
+
+def _latency_from_dict(data: Any) -> LatencyStats | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise ValueError("latency is not an object")
+    return LatencyStats(median_us=float(data["median_us"]), p20_us=float(data["p20_us"]),
+                        p80_us=float(data["p80_us"]), mean_us=float(data["mean_us"]), n=int(data["n"]))
+
+
+def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
+    """The JSON record of ``ev`` (with ``"schema": 1``); non-finite floats become null."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "definition": ev.definition,
+        "solution": ev.solution,
+        "solution_digest": ev.solution_digest,
+        "build_key": ev.build_key,
+        "workload_uuid": ev.workload_uuid,
+        "axes": {k: int(v) for k, v in ev.axes.items()},
+        "status": ev.status,
+        "device": ev.device,
+        "latency": _latency_to_dict(ev.latency),
+        "reference_latency": _latency_to_dict(ev.reference_latency),
+        "speedup": _finite(ev.speedup),
+        "max_abs_error": _finite(ev.max_abs_error),
+        "max_rel_error": _finite(ev.max_rel_error),
+        "error": ev.error,
+        "environment": dict(ev.environment),
+        "timestamp": ev.timestamp,
+    }
+
+
+def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
+    """Rebuild an Evaluation from a record; ValueError/KeyError/TypeError if it is malformed.
+
+    Checks structure, not the full schema (reads must stay cheap: the resolver reads whole
+    registries); writes are schema-validated.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError("record is not a JSON object")
+    if data.get("schema") != RECORD_SCHEMA:
+        raise ValueError(f"unknown record schema {data.get('schema')!r}")
+    axes = data["axes"]
+    if not isinstance(axes, Mapping):
+        raise TypeError("axes is not an object")
+    strings = {k: data[k] for k in ("definition", "solution", "workload_uuid", "status", "device")}
+    for key, value in strings.items():
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{key} is not a non-empty string")
+
+    def opt_float(key: str) -> float | None:
+        value = data.get(key)
+        return None if value is None else float(value)
+
+    env = data.get("environment") or {}
+    if not isinstance(env, Mapping):
+        raise TypeError("environment is not an object")
+    return Evaluation(
+        definition=strings["definition"], solution=strings["solution"],
+        solution_digest=str(data.get("solution_digest", "")), build_key=str(data.get("build_key", "")),
+        workload_uuid=strings["workload_uuid"], axes={str(k): int(v) for k, v in axes.items()},
+        status=strings["status"], device=strings["device"],
+        latency=_latency_from_dict(data.get("latency")),
+        reference_latency=_latency_from_dict(data.get("reference_latency")),
+        speedup=opt_float("speedup"), max_abs_error=opt_float("max_abs_error"),
+        max_rel_error=opt_float("max_rel_error"), error=str(data.get("error", "")),
+        environment=dict(env), timestamp=str(data.get("timestamp", "")),
+    )
+
+
+class Registry:
+    """Evaluations under ``root_dir`` (a workspace's ``registry/``).
+
+    Cheap to construct (no I/O until used); safe to share between threads and processes.
+    """
+
+    def __init__(self, root_dir: str | Path):
+        self.root = Path(root_dir)
+
+    def path(self, definition: str, device: str) -> Path:
+        """The JSONL file of ``definition`` on device slug ``device``."""
+        if not definition or "/" in definition or definition.startswith("."):
+            raise RegistryError(f"definition name {definition!r} cannot name a registry folder")
+        if not device or "/" in device or device.startswith(".") or device + ".jsonl" == WORKLOADS_FILE:
+            raise RegistryError(f"device slug {device!r} cannot name a registry file")
+        return self.root / definition / f"{device}.jsonl"
+
+    # -- writing -----------------------------------------------------------------------
+    def append(self, evaluation: Evaluation) -> Path:
+        """Validate ``evaluation`` and append it as one line; returns the file written.
+
+        Raises RegistryError naming the field when the record is invalid, or when the file
+        cannot be written. Cost: one schema validation, one lock, one write.
+        """
+        from filelock import FileLock
+
+        from .spec.schema import validate
+
+        record = evaluation_to_dict(evaluation)
+        problems = validate("evaluation", record)
+        if problems:
+            detail = "; ".join(f"{ptr or '/'}: {msg}" for ptr, msg in problems)
+            raise RegistryError(f"invalid evaluation of {evaluation.definition}/{evaluation.solution}: {detail}")
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
+        path = self.path(evaluation.definition, evaluation.device)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    data = line.encode("utf-8")
+                    if _ends_torn(fd):
+                        # A writer died mid-line: start on a fresh line so this record survives.
+                        data = b"\n" + data
+                    written = os.write(fd, data)
+                    if written != len(data):
+                        raise RegistryError(f"{path}: short write ({written} of {len(data)} bytes)")
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot append evaluation: {exc}") from exc
+        return path
+
+    # -- reading -----------------------------------------------------------------------
+    def devices(self, definition: str) -> list[str]:
+        """Device slugs with an evaluation file for ``definition``, sorted."""
+        folder = self.root / definition
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.jsonl") if p.name != WORKLOADS_FILE)
+
+    def read(self, definition: str, device: str | None = None, *, status: str | None = None,
+             solution_digest: str | None = None) -> list[Evaluation]:
+        """Evaluations of ``definition`` on ``device`` (every device when None), in file order.
+
+        Optional filters keep only records with that ``status`` / ``solution_digest``.
+        Torn or invalid lines are skipped with a warning. Cost: one pass over the file(s).
+        """
+        devices = [device] if device is not None else self.devices(definition)
+        out: list[Evaluation] = []
+        for slug in devices:
+            for ev in self._read_file(self.path(definition, slug)):
+                if status is not None and ev.status != status:
+                    continue
+                if solution_digest is not None and ev.solution_digest != solution_digest:
+                    continue
+                out.append(ev)
+        return out
+
+    def _read_file(self, path: Path) -> Iterable[Evaluation]:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.warning("%s: cannot read registry file: %s", path, exc)
+            return []
+        out = []
+        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(evaluation_from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                log.warning("%s:%d: skipping unreadable evaluation record (%s)", path, lineno, exc)
+        return out
+
+
+def _ends_torn(fd: int) -> bool:
+    """True when the file behind ``fd`` is non-empty and does not end with a newline."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def latest_per_workload(evaluations: Iterable[Evaluation]) -> dict[tuple[str, str], Evaluation]:
+    """The newest record per ``(solution, workload_uuid)`` (by timestamp, then file order)."""
+    latest: dict[tuple[str, str], Evaluation] = {}
+    for ev in evaluations:
+        key = (ev.solution, ev.workload_uuid)
+        kept = latest.get(key)
+        if kept is None or ev.timestamp >= kept.timestamp:
+            latest[key] = ev
+    return latest
