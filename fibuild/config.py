@@ -36,6 +36,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
+#: Variables the compilers read by themselves; their values go into the build key.
+BUILD_ENV_VARS: tuple[str, ...] = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH",
+                                   "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN")
+
 
 def _flag(env: Mapping[str, str], name: str, default: str) -> bool:
     raw = env.get(name, default).strip().lower()
@@ -72,6 +76,7 @@ class Settings:
     device: str
     log_level: str
     cuda_home: Path
+    build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -98,6 +103,7 @@ class Settings:
             device=device,
             log_level=env.get("FIBUILD_LOG_LEVEL", "WARNING").strip().upper() or "WARNING",
             cuda_home=Path(env.get("CUDA_HOME", "").strip() or "/usr/local/cuda"),
+            build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
