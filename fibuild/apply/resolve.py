@@ -1,0 +1,178 @@
+"""Pick the solution for a key from an ApplyTable, with the whole decision trace.
+
+Policies, tried as a chain that starts at the requested one (``strict`` tries only it):
+
+- ``exact``: the fastest solution that PASSED every workload at this key;
+- ``nearest``: the same at the closest evaluated key, by log-distance over the var axes
+  (``sum |log a - log b|``; ties go to the smaller key);
+- ``def_best``: the solution that is fastest on the most keys;
+- ``reference``: the definition's own reference (always answers).
+
+A solution that failed some workload at the key itself is never chosen for it, whatever
+the policy. Pure: no I/O; the caller turns the answer into a callable.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from fibuild.errors import ResolveError
+from fibuild.spec.model import ApplyKey
+
+from .table import ApplyTable, Timing, slower_reason
+from .trace import (REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected,
+                    Resolution, format_key, format_us)
+
+POLICIES = ("exact", "nearest", "def_best", "reference")
+
+
+def policy_chain(policy: str, *, strict: bool = False) -> tuple[str, ...]:
+    """The policies tried for ``policy``: it and those after it, or only it when strict.
+
+    Raises ResolveError for an unknown policy name.
+    """
+    if policy not in POLICIES:
+        raise ResolveError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
+    chain = POLICIES[POLICIES.index(policy):]
+    return chain[:1] if strict else chain
+
+
+def log_distance(a: ApplyKey, b: ApplyKey) -> float:
+    """``sum |log a_i - log b_i|``; values below 1 count as 1 (log of 0 is undefined).
+
+    Rounded to 9 decimals so that keys equally far in ratio (16 and 64 from 32) tie exactly.
+    """
+    return round(sum(abs(math.log(max(x, 1)) - math.log(max(y, 1))) for x, y in zip(a, b)), 9)
+
+
+class Resolver:
+    """Answers keys from one ApplyTable.
+
+    ``reference_label`` names the last resort in traces (``reference``, or ``fallback``
+    for ``fibuild.apply``'s user function). Cost per :meth:`resolve`: O(keys x solutions);
+    callers memoize per key.
+    """
+
+    def __init__(self, table: ApplyTable, *, reference_label: str = REFERENCE):
+        self.table = table
+        self.reference_label = reference_label
+
+    def resolve(self, key: Sequence[int], policy: str = "nearest", *, strict: bool = False,
+                exclude: dict[str, str] | None = None,
+                reporter: BaseReporter | None = None) -> Resolution:
+        """The Resolution for ``key`` (var-axis values in declaration order).
+
+        ``exclude`` maps solutions to a reason they must not be chosen (e.g. their build
+        failed in this process). Raises ResolveError, carrying the decisions, when no
+        policy of the chain answers (only possible with ``strict``).
+        """
+        table = self.table
+        key = tuple(int(v) for v in key)
+        if len(key) != len(table.var_axes):
+            raise ResolveError(f"{table.definition}: key {format_key(key)} has {len(key)} values; "
+                               f"the var axes are {', '.join(table.var_axes) or '(none)'}")
+        reporter = reporter or BaseReporter()
+        chain = policy_chain(policy, strict=strict)
+        reporter.starting(table.definition, key, chain)
+
+        # Who is out before any policy runs: static exclusions, failures at this key, callers'.
+        out: dict[str, str] = dict(table.excluded)
+        for name, keys in table.failed.items():
+            if key in keys and name not in out:
+                out[name] = (f"{table.failures.get(name, 'failed')} "
+                             f"(fails at {format_key(key)})")
+        for name, reason in (exclude or {}).items():
+            out.setdefault(name, reason)
+        decisions: list[Decision] = []
+        for name in sorted(out):
+            decisions.append(Rejected(name, out[name]))
+            reporter.rejecting(decisions[-1])
+
+        for step in chain:
+            reporter.trying_policy(step)
+            answer = getattr(self, f"_{step}")(key, out)
+            if isinstance(answer, PolicySkipped):
+                decisions.append(answer)
+                reporter.rejecting(answer)
+                continue
+            return self._finish(key, step, answer, out, decisions, reporter)
+        raise ResolveError(f"{table.definition}: no solution for {format_key(key)} on "
+                           f"{table.device} under policy {policy!r} (strict)", decisions)
+
+    # Each policy returns (chosen solution or None for the reference, Timing or None,
+    # evaluated key or None, reason), or PolicySkipped.
+    def _usable(self, k: ApplyKey, out: dict[str, str]) -> list[Timing]:
+        return [t for t in self.table.ranked.get(k, ()) if t.solution not in out]
+
+    def _exact(self, key: ApplyKey, out: dict[str, str]):
+        usable = self._usable(key, out)
+        if not usable:
+            return PolicySkipped("exact", f"no usable PASSED evaluation at {format_key(key)}")
+        return usable[0], key, f"fastest at {format_key(key)}: {format_us(usable[0].median_us)}"
+
+    def _nearest(self, key: ApplyKey, out: dict[str, str]):
+        for k in sorted(self.table.ranked, key=lambda k: (log_distance(key, k), k)):
+            usable = self._usable(k, out)
+            if not usable:
+                continue
+            if k == key:
+                return usable[0], k, f"fastest at {format_key(k)}: {format_us(usable[0].median_us)}"
+            return usable[0], k, (f"not evaluated at this key; nearest evaluated key {format_key(k)} "
+                                  f"at distance {log_distance(key, k):.2f}; fastest there: "
+                                  f"{format_us(usable[0].median_us)}")
+        return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
+
+    def _def_best(self, key: ApplyKey, out: dict[str, str]):
+        wins = self.table.wins
+        for name in sorted(wins, key=lambda s: (-wins[s], s)):
+            if name not in out:
+                return (Timing(name, math.nan, math.nan), None,
+                        f"def_best: fastest on {wins[name]}/{len(self.table.ranked)} evaluated keys")
+        return PolicySkipped("def_best", "no solution is fastest on any key")
+
+    def _reference(self, key: ApplyKey, out: dict[str, str]):
+        label = self.reference_label
+        return None, None, f"the definition's {label} (no evaluated solution answered)"
+
+    def _finish(self, key, step, answer, out, decisions, reporter) -> Resolution:
+        table = self.table
+        chosen, evaluated_key, reason = answer
+        name = chosen.solution if chosen is not None else self.reference_label
+        accepted = Accepted(name, reason)
+        decisions.append(accepted)
+        reporter.accepting(accepted)
+        # Account for every remaining candidate so the trace is complete.
+        ranked_here = {t.solution: t for t in table.ranked.get(evaluated_key, ())} \
+            if evaluated_key is not None else {}
+        for other in sorted(table.candidates):
+            if other in out or chosen is not None and other == chosen.solution:
+                continue
+            if other in ranked_here and chosen is not None:
+                why = slower_reason(ranked_here[other], chosen)
+            elif evaluated_key is not None:
+                why = f"not evaluated at {format_key(evaluated_key)}"
+            elif chosen is not None:
+                why = f"fastest on fewer keys ({table.wins.get(other, 0)})"
+            else:
+                why = "no usable evaluation"
+            decisions.append(Rejected(other, why))
+            reporter.rejecting(decisions[-1])
+        cand = table.candidates.get(chosen.solution) if chosen is not None else None
+        latency = None
+        if chosen is not None and evaluated_key is not None:
+            latency = chosen.median_us
+        resolution = Resolution(
+            definition=table.definition, key=key, device=table.device,
+            solution=cand.solution if cand is not None else None,
+            build_key=(cand.build_key or None) if cand is not None else None,
+            policy=step if chosen is not None or self.reference_label == REFERENCE else self.reference_label,
+            latency_us=latency, decisions=tuple(decisions), evaluated_key=evaluated_key,
+            var_axes=table.var_axes)
+        reporter.ending(resolution)
+        return resolution
+
+
+def resolve_table(table: ApplyTable, key: Sequence[int], policy: str = "nearest", **kw) -> Resolution:
+    """Shorthand: ``Resolver(table).resolve(key, policy, **kw)``."""
+    return Resolver(table).resolve(key, policy, **kw)
+
