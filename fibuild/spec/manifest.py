@@ -1,0 +1,195 @@
+"""Manifest loading: YAML -> schema (every error) -> semantic checks -> frozen model.
+
+``load_definition`` / ``load_solution`` / ``load_workloads_jsonl`` raise one
+:class:`~fibuild.errors.ManifestError` per file listing all of its problems;
+``definition_from_dict`` / ``solution_from_dict`` build the model from trusted dicts
+without any checks (fast paths). :class:`Workspace` (defined in
+:mod:`fibuild.spec.workspace`, re-exported here) scans a whole tree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Collection, Mapping
+
+from fibuild.errors import ManifestError
+
+from . import schema, semantics
+from .documents import parse_json_line, parse_yaml_mapping, read_text
+from .model import (Axis, BuildFlags, Definition, InputSpec, Solution, TensorSpec, Tolerance,
+                    Workload)
+
+
+def shipped_root() -> Path:
+    """The workspace shipped with fibuild: the folder holding ``fibuild/`` and ``defs/``."""
+    return Path(__file__).resolve().parents[2]
+
+
+# --- definitions -----------------------------------------------------------------------
+
+def load_definition(path: str | Path) -> Definition:
+    """Read, validate and build a Definition from a YAML file.
+
+    Raises ManifestError(path, problems) with every problem found: unreadable or malformed
+    file, schema violations, then (when the schema passes) semantic ones. The file name
+    must be ``<name>.yaml``; under ``defs/<op_type>/`` the folder must match ``op_type``.
+    """
+    path = Path(path)
+    data = _checked_yaml(path, "definition", lambda d: semantics.check_definition(d, path))
+    return definition_from_dict(data, path)
+
+
+def definition_from_dict(data: Mapping[str, Any], path: str | Path | None = None) -> Definition:
+    """A Definition from an already-valid manifest dict (no checks; KeyError if malformed)."""
+    axes = {name: Axis(name=name, kind=a["type"], value=a.get("value"),
+                       description=a.get("description", ""))
+            for name, a in data["axes"].items()}
+    var_axes = [n for n, a in axes.items() if a.kind == "var"]
+    inputs = tuple(_tensor(name, spec) for name, spec in data["inputs"].items())
+    outputs = tuple(_tensor(name, spec) for name, spec in data["outputs"].items())
+    tolerance = data.get("tolerance")
+    workloads = tuple(
+        _workload(w, w.get("uuid") or semantics.declared_uuid(data["name"], w["axes"], var_axes),
+                  var_axes, inputs, "declared")
+        for w in data.get("workloads") or ())
+    return Definition(
+        name=data["name"], op_type=data["op_type"], axes=axes, inputs=inputs, outputs=outputs,
+        reference=data["reference"], description=data.get("description", ""),
+        tags=tuple(data.get("tags") or ()), constraints=tuple(data.get("constraints") or ()),
+        tolerance=Tolerance(float(tolerance["atol"]), float(tolerance["rtol"])) if tolerance else Tolerance(),
+        workloads=workloads, custom_inputs_entrypoint=data.get("custom_inputs_entrypoint"),
+        path=Path(path) if path is not None else None, raw=data,
+    )
+
+
+def _tensor(name: str, spec: Mapping[str, Any]) -> TensorSpec:
+    shape = spec.get("shape")
+    return TensorSpec(name=name, shape=tuple(shape) if shape is not None else None,
+                      dtype=spec["dtype"], description=spec.get("description", ""),
+                      inplace=spec.get("inplace"))
+
+
+def _input_spec(spec: Mapping[str, Any]) -> InputSpec:
+    return InputSpec(kind=spec["type"], value=spec.get("value"), path=spec.get("path"),
+                     tensor_key=spec.get("tensor_key"))
+
+
+def _workload(data: Mapping[str, Any], uuid: str, var_axes: list[str],
+              inputs: tuple[TensorSpec, ...], source: str) -> Workload:
+    """A Workload whose ``inputs`` covers every input: unlisted tensors are ``random``."""
+    given = data.get("inputs") or {}
+    specs = {t.name: _input_spec(given[t.name]) if t.name in given else InputSpec(kind="random")
+             for t in inputs}
+    axes = {a: int(data["axes"][a]) for a in var_axes if a in data["axes"]}
+    return Workload(uuid=uuid, axes=axes, inputs=specs, source=source)
+
+
+# --- solutions -------------------------------------------------------------------------
+
+def load_solution(path: str | Path, definitions: Collection[str] | None = None) -> Solution:
+    """Read, validate and build a Solution from ``solutions/<def>/<name>/solution.yaml``.
+
+    ``definitions`` (names, or a mapping keyed by name) enables the check that the
+    solution's definition exists. Raises ManifestError with every problem found; sources
+    must exist in the solution directory, be relative and stay inside it, and the entry
+    point's file must be one of them.
+    """
+    path = Path(path)
+    data = _checked_yaml(path, "solution",
+                         lambda d: semantics.check_solution(d, path, definitions))
+    return solution_from_dict(data, path)
+
+
+def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) -> Solution:
+    """A Solution from an already-valid manifest dict (no checks; KeyError if malformed).
+
+    ``path`` is the ``solution.yaml`` file or the solution's directory; the model keeps
+    the directory.
+    """
+    directory = None
+    if path is not None:
+        directory = Path(path)
+        if directory.suffix in (".yaml", ".yml"):
+            directory = directory.parent
+    build = data.get("build") or {}
+    return Solution(
+        name=data["name"], definition=data["definition"], language=data["language"],
+        entry_point=data["entry_point"], sources=tuple(data["sources"]),
+        author=data.get("author", ""), description=data.get("description", ""),
+        target_hardware=tuple(data.get("target_hardware") or ()),
+        destination_passing_style=bool(data.get("destination_passing_style", False)),
+        dependencies=tuple(data.get("dependencies") or ()),
+        build=BuildFlags(**{k: tuple(build.get(k) or ()) for k in
+                            ("cflags", "cuda_cflags", "ldflags", "include_dirs")}),
+        path=directory, raw=data,
+    )
+
+
+# --- workloads -------------------------------------------------------------------------
+
+def load_workloads_jsonl(path: str | Path, definition: Definition) -> list[Workload]:
+    """The workloads of ``definition`` in a JSON-lines file (one workload object a line).
+
+    Blank lines are skipped. Raises ManifestError listing every bad line; a problem's
+    pointer starts with the 0-based line index (``/3/axes``) and its message names the
+    1-based line. A missing file raises too (callers check existence first).
+    """
+    path = Path(path)
+    text, problems = read_text(path)
+    if text is None:
+        raise ManifestError(path, problems)
+    axes = {n: {"type": a.kind, "value": a.value} for n, a in definition.axes.items()}
+    inputs = {t.name: {"shape": t.shape, "dtype": t.dtype} for t in definition.inputs}
+    has_custom = definition.custom_inputs_entrypoint is not None
+    workloads: list[Workload] = []
+    seen: dict[str, int] = {}
+    for index, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        here = f"line {index + 1}: "
+        data, error = parse_json_line(line)
+        if error:
+            problems.append((f"/{index}", here + error))
+            continue
+        line_problems = schema.validate("workload", data)
+        if not line_problems:
+            line_problems = semantics.check_workload_fields(data, axes, inputs, has_custom, [])
+            if data.get("definition", definition.name) != definition.name:
+                line_problems.append(("/definition", f"workload of {data['definition']!r} in the "
+                                      f"workloads of {definition.name!r}"))
+            if data["uuid"] in seen:
+                line_problems.append(("/uuid", f"uuid {data['uuid']!r} already used on line "
+                                      f"{seen[data['uuid']] + 1}"))
+        problems += [(f"/{index}" + (p if p != "/" else ""), here + m) for p, m in line_problems]
+        if not line_problems:
+            seen[data["uuid"]] = index
+            workloads.append(_workload(data, data["uuid"], list(definition.var_axes),
+                                       definition.inputs, str(path)))
+    if problems:
+        raise ManifestError(path, problems)
+    return workloads
+
+
+# --- shared ----------------------------------------------------------------------------
+
+def _checked_yaml(path: Path, kind: str, semantic) -> dict:
+    """Read ``path``, validate it against ``kind``, then run ``semantic`` if the schema passed."""
+    text, problems = read_text(path)
+    if text is None:
+        raise ManifestError(path, problems)
+    data, problems = parse_yaml_mapping(text)
+    if data is None:
+        raise ManifestError(path, problems)
+    schema_problems = schema.validate(kind, data)
+    problems += schema_problems
+    # Semantic checks index into the structure the schema guarantees; skip them until it holds.
+    if not schema_problems:
+        problems += semantic(data)
+    if problems:
+        raise ManifestError(path, problems)
+    return data
+
+
+from .workspace import Workspace  # noqa: E402  (re-export; workspace imports the loaders above)
+
+__all__ = ["Workspace", "definition_from_dict", "load_definition", "load_solution",
+           "load_workloads_jsonl", "shipped_root", "solution_from_dict"]

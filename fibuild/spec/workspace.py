@@ -1,0 +1,345 @@
+"""A workspace: ``defs/``, ``solutions/`` and ``registry/`` under one root.
+
+Files are found by layout (``defs/<op_type>/<name>.yaml``,
+``solutions/<definition>/<name>/solution.yaml``, ``registry/<definition>/workloads.jsonl``)
+and loaded lazily; each instance caches what it loaded (build a new one to see changes).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from fibuild.errors import FibuildError, ManifestError, ManifestErrors
+
+from .model import Definition, Solution, Workload
+
+if TYPE_CHECKING:
+    from fibuild.config import Settings
+
+_YAML = (".yaml", ".yml")
+_NOT_A_MANIFEST = ("not a manifest: expected a definition (defs/<op_type>/<name>.yaml), a "
+                   "solution.yaml or a workloads.jsonl")
+
+
+class Workspace:
+    """Definitions, solutions and workloads of one root folder.
+
+    ``Workspace(root)`` does no I/O; the first access of each part scans and validates it.
+    Accessors raise ManifestError (one file) or ManifestErrors (several) for invalid
+    manifests and FibuildError for unknown names; ``validate()`` never raises for them.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self._definitions: dict[str, Definition] | None = None
+        self._one_definition: dict[str, Definition] = {}
+        self._solutions: dict[str | None, list[Solution]] = {}
+        self._workloads: dict[str, list[Workload]] = {}
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    @classmethod
+    def discover(cls, settings: "Settings | None" = None, *, cwd: str | Path | None = None) -> "Workspace":
+        """The workspace in use: ``settings.root`` (``FIBUILD_ROOT``/``--root``), else the
+        nearest ancestor of ``cwd`` (default: the current directory) holding ``defs/``, else
+        the workspace shipped with fibuild. Reads the environment only when ``settings`` is None.
+        """
+        from .manifest import shipped_root
+
+        if settings is None:
+            from fibuild.config import Settings
+
+            settings = Settings.from_env()
+        if settings.root is not None:
+            return cls(settings.root)
+        here = Path(cwd if cwd is not None else Path.cwd()).resolve()
+        for folder in (here, *here.parents):
+            if (folder / "defs").is_dir():
+                return cls(folder)
+        return cls(shipped_root())
+
+    @property
+    def defs_dir(self) -> Path:
+        return self.root / "defs"
+
+    @property
+    def solutions_dir(self) -> Path:
+        return self.root / "solutions"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.root / "registry"
+
+    # --- files ---------------------------------------------------------------------
+
+    def definition_files(self) -> list[Path]:
+        """Every ``*.yaml`` under ``defs/`` (misplaced ones included: validation flags them)."""
+        return _files(self.defs_dir, lambda p: p.suffix in _YAML)
+
+    def solution_files(self, definition: str | None = None) -> list[Path]:
+        """Every ``solution.yaml`` under ``solutions/`` (or ``solutions/<definition>/``)."""
+        folder = self.solutions_dir if definition is None else self.solutions_dir / definition
+        return _files(folder, lambda p: p.name == "solution.yaml")
+
+    def workload_files(self) -> list[Path]:
+        """Every ``registry/<definition>/workloads.jsonl``."""
+        return sorted(self.registry_dir.glob("*/workloads.jsonl"))
+
+    def manifest_files(self, paths: Iterable[str | Path] | None = None) -> list[Path]:
+        """The files ``validate(paths)`` checks: all manifests, or ``paths`` with folders
+        expanded to the manifests inside them (absolute, sorted, deduplicated)."""
+        if paths is None:
+            return self.definition_files() + self.solution_files() + self.workload_files()
+        found: dict[Path, None] = {}
+        for raw in paths:
+            path = Path(raw).expanduser().resolve()
+            if path.is_dir():
+                found.update(dict.fromkeys(_files(path, _is_manifest_name)))
+            else:
+                found[path] = None
+        return list(found)
+
+    def _definition_names(self) -> set[str]:
+        """Names of the definitions present, valid or not (file stems: cheap, no parsing)."""
+        return {p.stem for p in self.defs_dir.glob("*/*") if p.suffix in _YAML}
+
+    # --- definitions ---------------------------------------------------------------
+
+    @property
+    def definitions(self) -> dict[str, Definition]:
+        """Every definition by name (sorted). Raises ManifestErrors listing every bad file."""
+        if self._definitions is None:
+            loaded, errors = self._load_definitions()
+            if errors:
+                raise ManifestErrors(errors)
+            self._definitions = loaded
+        return self._definitions
+
+    def definition(self, name: str) -> Definition:
+        """The definition ``name``; loads only its file when not all are loaded yet.
+
+        Raises FibuildError for an unknown name (with the closest known names),
+        ManifestError when its file is invalid or the name is defined twice.
+        """
+        if self._definitions is not None:
+            if name in self._definitions:
+                return self._definitions[name]
+            raise self._unknown("definition", name, self._definitions)
+        if name in self._one_definition:
+            return self._one_definition[name]
+        from .manifest import load_definition
+
+        files = sorted(p for p in self.defs_dir.glob(f"*/{name}.*") if p.suffix in _YAML) \
+            if _plain_name(name) else []
+        if not files:
+            raise self._unknown("definition", name, self._definition_names())
+        if len(files) > 1:
+            raise ManifestError(files[1], [("/name", _duplicate_message("definition", name, files[0], self.root))])
+        defn = load_definition(files[0])
+        self._one_definition[name] = defn
+        return defn
+
+    def _load_definitions(self) -> tuple[dict[str, Definition], list[ManifestError]]:
+        from .manifest import load_definition
+
+        loaded: dict[str, Definition] = {}
+        errors: list[ManifestError] = []
+        for path in self.definition_files():
+            if path.parent.parent != self.defs_dir:
+                errors.append(ManifestError(path, [("/", "misplaced: definitions live at "
+                                                     "defs/<op_type>/<name>.yaml")]))
+                continue
+            try:
+                defn = load_definition(path)
+            except ManifestError as exc:
+                errors.append(exc)
+                continue
+            if defn.name in loaded:
+                errors.append(ManifestError(path, [("/name", _duplicate_message(
+                    "definition", defn.name, loaded[defn.name].path, self.root))]))
+                continue
+            loaded[defn.name] = defn
+        return dict(sorted(loaded.items())), errors
+
+    # --- solutions -----------------------------------------------------------------
+
+    def solutions(self, definition: str | Definition | None = None) -> list[Solution]:
+        """Every solution (of ``definition`` if given), sorted by qualified name.
+
+        Raises ManifestErrors listing every bad solution file, FibuildError for an
+        unknown definition.
+        """
+        name = definition.name if isinstance(definition, Definition) else definition
+        if name in self._solutions:
+            return self._solutions[name]
+        names = self._definition_names()
+        if name is not None and name not in names:
+            raise self._unknown("definition", name, names)
+        loaded, errors = self._load_solutions(name, names)
+        if errors:
+            raise ManifestErrors(errors)
+        self._solutions[name] = loaded
+        return loaded
+
+    def solution(self, name: str, definition: str | Definition | None = None) -> Solution:
+        """A solution by ``"definition/solution"``, or by its name (within ``definition``
+        if given). FibuildError if unknown or ambiguous (the message lists candidates)."""
+        defn = definition.name if isinstance(definition, Definition) else definition
+        if "/" in name:
+            defn, _, name = name.partition("/")
+        if defn is not None:
+            path = self.solutions_dir / defn / name / "solution.yaml"
+            if _plain_name(defn) and _plain_name(name) and path.is_file():
+                from .manifest import load_solution
+
+                return load_solution(path, self._definition_names())
+            candidates = [s.name for s in self.solutions(defn)]
+            raise self._unknown(f"solution of {defn!r}", name, candidates)
+        matches = [s for s in self.solutions() if s.name == name]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            choices = ", ".join(s.qualified_name for s in matches)
+            raise FibuildError(f"solution name {name!r} is ambiguous: use one of {choices}")
+        raise self._unknown("solution", name, sorted({s.name for s in self.solutions()}))
+
+    def _load_solutions(self, definition: str | None, names: set[str]) -> tuple[list[Solution], list[ManifestError]]:
+        from .manifest import load_solution
+
+        loaded: dict[str, Solution] = {}
+        errors: list[ManifestError] = []
+        for path in self.solution_files(definition):
+            if path.parent.parent.parent != self.solutions_dir:
+                errors.append(ManifestError(path, [("/", "misplaced: solutions live at "
+                                                     "solutions/<definition>/<name>/solution.yaml")]))
+                continue
+            try:
+                sol = load_solution(path, names)
+            except ManifestError as exc:
+                errors.append(exc)
+                continue
+            if sol.qualified_name in loaded:
+                errors.append(ManifestError(path, [("/name", _duplicate_message(
+                    "solution", sol.qualified_name, loaded[sol.qualified_name].path / "solution.yaml",
+                    self.root))]))
+                continue
+            loaded[sol.qualified_name] = sol
+        return [loaded[k] for k in sorted(loaded)], errors
+
+    # --- workloads -----------------------------------------------------------------
+
+    def workloads(self, definition: str | Definition) -> list[Workload]:
+        """Declared workloads, then those of ``registry/<definition>/workloads.jsonl``.
+
+        Raises ManifestError for a bad workloads file (a uuid already declared included).
+        """
+        defn = definition if isinstance(definition, Definition) else self.definition(definition)
+        if defn.name not in self._workloads:
+            self._workloads[defn.name] = list(defn.workloads) + self._recorded_workloads(defn)
+        return self._workloads[defn.name]
+
+    def _recorded_workloads(self, defn: Definition) -> list[Workload]:
+        from .manifest import load_workloads_jsonl
+
+        path = self.registry_dir / defn.name / "workloads.jsonl"
+        if not path.is_file():
+            return []
+        recorded = load_workloads_jsonl(path, defn)
+        declared = {w.uuid for w in defn.workloads}
+        clashes = [w.uuid for w in recorded if w.uuid in declared]
+        if clashes:
+            raise ManifestError(path, [("/", f"uuid {u!r} is also a declared workload of "
+                                         f"{defn.name!r}") for u in clashes])
+        return recorded
+
+    # --- validation ----------------------------------------------------------------
+
+    def validate(self, paths: Iterable[str | Path] | None = None) -> list[ManifestError]:
+        """Every problem of the workspace (or of ``paths``: files or folders), one
+        ManifestError per bad file, sorted by file. Never raises ManifestError."""
+        if paths is None:
+            defs, errors = self._load_definitions()
+            names = self._definition_names() | set(defs)
+            errors += self._load_solutions(None, names)[1]
+            for path in self.workload_files():
+                errors += self._check_workloads_file(path, defs)
+            return sorted(errors, key=lambda e: e.path)
+        errors = []
+        for path in self.manifest_files(paths):
+            errors += self._check_file(path)
+        return sorted(errors, key=lambda e: e.path)
+
+    def _check_file(self, path: Path) -> list[ManifestError]:
+        from .manifest import load_definition, load_solution
+
+        try:
+            if path.name == "workloads.jsonl":
+                return self._check_workloads_file(path, None)
+            if path.name == "solution.yaml":
+                load_solution(path, self._definition_names())
+            elif path.suffix in _YAML:
+                defn = load_definition(path)
+                twins = [p for p in self.defs_dir.glob(f"*/{defn.name}.*")
+                         if p.suffix in _YAML and p.resolve() != path]
+                if twins and path.parent.parent == self.defs_dir:
+                    raise ManifestError(path, [("/name", _duplicate_message(
+                        "definition", defn.name, twins[0], self.root))])
+            else:
+                raise ManifestError(path, [("/", _NOT_A_MANIFEST)])
+        except ManifestError as exc:
+            return [exc]
+        return []
+
+    def _check_workloads_file(self, path: Path, defs: dict[str, Definition] | None) -> list[ManifestError]:
+        """Problems of one workloads.jsonl; its definition is the parent folder's name."""
+        name = path.parent.name
+        try:
+            defn = defs[name] if defs is not None and name in defs else self.definition(name)
+        except ManifestError:
+            if defs is not None:
+                return []  # the definition's own error is reported already
+            return [ManifestError(path, [("/", f"cannot check: definition {name!r} is invalid "
+                                          "(validate its file)")])]
+        except FibuildError:
+            return [ManifestError(path, [("/", f"no definition {name!r} in the workspace for "
+                                          f"registry/{name}/workloads.jsonl")])]
+        try:
+            self._recorded_workloads(defn)
+        except ManifestError as exc:
+            return [exc]
+        return []
+
+    def _unknown(self, what: str, name: str, known: Iterable[str]) -> FibuildError:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = f" (known: {', '.join(known)})" if known and not close and len(known) <= 20 else ""
+        return FibuildError(f"unknown {what} {name!r} in workspace {self.root}{hint}{listing}")
+
+
+def _files(folder: Path, keep) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and keep(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _is_manifest_name(path: Path) -> bool:
+    return path.suffix in _YAML or path.name == "workloads.jsonl"
+
+
+def _plain_name(name: str) -> bool:
+    """A name usable in a glob/path: no separators, wildcards or parent references."""
+    return bool(name) and not any(c in name for c in "/\\*?[]") and name not in (".", "..")
+
+
+def _duplicate_message(what: str, name: str, other: Path | None, root: Path) -> str:
+    where = ""
+    if other is not None:
+        try:
+            where = f" (also in {Path(other).relative_to(root)})"
+        except ValueError:
+            where = f" (also in {other})"
+    return f"duplicate {what} name {name!r}{where}"
