@@ -1,0 +1,138 @@
+"""The parent's side of a benchmark worker: start, ask, time out, replace.
+
+A :class:`WorkerProcess` is one ``python -m fibuild.bench.worker`` subprocess bound to one
+device, spoken to in JSON lines (see :mod:`fibuild.bench.worker`). :meth:`request` waits
+at most ``timeout_s`` for the reply; a hang kills the process (``WorkerTimeout``), an exit
+without a reply (segfault, abort, ``os._exit``) raises ``WorkerCrashed`` with the exit
+signal and the tail of the worker's stderr. The caller records the status and starts a
+fresh worker.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+
+from ..errors import BenchError
+
+#: Seconds a worker may take to import torch and probe its device.
+START_TIMEOUT_S = 180.0
+_STDERR_TAIL = 3000
+
+
+class WorkerCrashed(Exception):
+    """The worker exited without replying; ``message`` says how (signal, exit code, stderr)."""
+
+
+class WorkerTimeout(Exception):
+    """The worker did not reply in time and was killed."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``killed by SIGSEGV`` / ``exited with code 3`` for a subprocess return code."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class WorkerProcess:
+    """One worker subprocess on ``device`` (``cpu`` or ``cuda:N``); not thread-safe."""
+
+    def __init__(self, settings_json: dict[str, Any], device: str):
+        self.device = device
+        self._settings_json = settings_json
+        self._stderr = tempfile.TemporaryFile()
+        self._lines: queue.Queue = queue.Queue()
+        self.environment: dict[str, Any] = {}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "fibuild.bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr, text=True, encoding="utf-8", bufsize=1)
+        self._reader = threading.Thread(target=self._read, name=f"fibuild-worker-{device}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)  # EOF: the worker is gone
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> "WorkerProcess":
+        """Send init and wait for ready; BenchError when the worker cannot start."""
+        try:
+            reply = self._exchange({"op": "init", "settings": self._settings_json, "device": self.device},
+                                   timeout_s)
+        except (WorkerCrashed, WorkerTimeout) as exc:
+            raise BenchError(f"benchmark worker on {self.device} did not start: {exc}") from None
+        if reply.get("op") != "ready":
+            self.kill()
+            raise BenchError(f"benchmark worker on {self.device}: {reply.get('error', reply)}")
+        self.environment = dict(reply.get("environment") or {})
+        return self
+
+    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send ``message``, return the reply; WorkerTimeout / WorkerCrashed (process gone)."""
+        return self._exchange(message, timeout_s)
+
+    def _exchange(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        try:
+            self._proc.stdin.write(json.dumps(message) + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._proc.wait()
+            raise WorkerCrashed(self._crash_message()) from None
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout_s)
+            except queue.Empty:
+                self.kill()
+                raise WorkerTimeout(f"no reply within {timeout_s:g} s; worker killed") from None
+            if line is None:
+                self._proc.wait()
+                raise WorkerCrashed(self._crash_message())
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue  # not a protocol line; the worker only writes JSON here
+
+    def _crash_message(self) -> str:
+        self._stderr.seek(0, 2)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - _STDERR_TAIL))
+        tail = self._stderr.read().decode("utf-8", "replace").strip()
+        text = f"worker {describe_exit(self._proc.returncode)}"
+        return f"{text}\n{tail}" if tail else text
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the worker (this process's own child) and reap it."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``timeout_s``."""
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self._proc.stdin.flush()
+                self._proc.wait(timeout=timeout_s)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+                self.kill()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._stderr.close()

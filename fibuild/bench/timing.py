@@ -1,0 +1,194 @@
+"""Latency measurement: CPU (``perf_counter_ns``), GPU (CUDA events, L2 flush) and CUDA graphs.
+
+Every timer calls ``fn(*args)`` on input sets rotated round-robin (several cloned sets,
+so a kernel that caches its last output cannot win), warms up for ``warmup_ms``, then
+times one call per sample for about ``rep_ms`` (at least ``MIN_REPS``, at most
+``MAX_REPS`` samples). :func:`summarize` turns samples into median / p20 / p80 / mean.
+Each timer returns a :class:`Timing`: the stats plus a description of the method, which
+goes into the evaluation's environment.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..errors import BenchError
+from ..spec.model import LatencyStats
+
+MIN_REPS = 5
+MAX_REPS = 10_000
+#: Calls captured per CUDA graph in graph mode: enough to amortize the replay launch.
+GRAPH_CALLS = 20
+
+
+@dataclass(frozen=True)
+class Timing:
+    stats: LatencyStats
+    method: dict[str, Any] = field(default_factory=dict)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ascending ``sorted_values``, linear interpolation."""
+    if not sorted_values:
+        raise ValueError("percentile of no samples")
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return sorted_values[lo] * (1.0 - frac) + sorted_values[hi] * frac
+
+
+def summarize(samples_us: Sequence[float]) -> LatencyStats:
+    """Median, p20, p80 and mean of samples in microseconds (ValueError when empty)."""
+    values = sorted(float(s) for s in samples_us)
+    if not values:
+        raise ValueError("no latency samples")
+    return LatencyStats(median_us=percentile(values, 0.5), p20_us=percentile(values, 0.2),
+                        p80_us=percentile(values, 0.8), mean_us=sum(values) / len(values), n=len(values))
+
+
+def repetitions(budget_ms: float, per_call_ms: float, *, low: int = MIN_REPS, high: int = MAX_REPS) -> int:
+    """How many calls of ``per_call_ms`` fit ``budget_ms``, clamped to [low, high]."""
+    if per_call_ms <= 0:
+        return high
+    return max(low, min(high, int(budget_ms / per_call_ms)))
+
+
+def _check_sets(arg_sets: Sequence[Sequence[Any]]) -> None:
+    if not arg_sets:
+        raise BenchError("timing needs at least one input set")
+
+
+def time_cpu(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
+             clock: Callable[[], int] = time.perf_counter_ns) -> Timing:
+    """Time ``fn`` on the CPU with ``clock`` (ns), one sample per call.
+
+    Warm-up runs until ``warmup_ms`` has passed (at least one call); its mean per-call time
+    sets the number of samples. Cost: about ``warmup_ms + rep_ms``.
+    """
+    _check_sets(arg_sets)
+    k = len(arg_sets)
+    calls, start = 0, clock()
+    while True:
+        fn(*arg_sets[calls % k])
+        calls += 1
+        elapsed_ns = clock() - start
+        if elapsed_ns >= warmup_ms * 1e6:
+            break
+    reps = repetitions(rep_ms, elapsed_ns / 1e6 / calls)
+    samples = []
+    for i in range(reps):
+        args = arg_sets[(calls + i) % k]
+        t0 = clock()
+        fn(*args)
+        samples.append((clock() - t0) / 1e3)
+    return Timing(summarize(samples), {"method": "perf_counter_ns", "input_sets": k,
+                                       "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+
+
+def l2_flush_buffer(device) -> Any:
+    """An int8 buffer twice the device's L2 size; zeroing it evicts the L2."""
+    import torch
+
+    l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0)
+    nbytes = 2 * l2 if l2 > 0 else 256 * 1024 * 1024  # unknown L2: more than any current GPU's
+    return torch.empty(nbytes, dtype=torch.int8, device=device)
+
+
+def _estimate_cuda_ms(fn: Callable, arg_sets, calls: int = 5) -> float:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(calls):
+        fn(*arg_sets[i % len(arg_sets)])
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
+              device=None) -> Timing:
+    """Time ``fn`` with CUDA events around each call, the L2 flushed before each sample.
+
+    Runs on the current stream of ``device`` (default: the current device). The flush is
+    outside the events. Cost: about ``warmup_ms + rep_ms`` of GPU time plus the flushes.
+    """
+    import torch
+
+    _check_sets(arg_sets)
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    k = len(arg_sets)
+    flush = l2_flush_buffer(device)
+    fn(*arg_sets[0])
+    torch.cuda.synchronize(device)
+    est_ms = _estimate_cuda_ms(fn, arg_sets)
+    for i in range(repetitions(warmup_ms, est_ms, low=1)):
+        fn(*arg_sets[i % k])
+    reps = repetitions(rep_ms, est_ms)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        flush.zero_()
+        starts[i].record()
+        fn(*arg_sets[i % k])
+        ends[i].record()
+    torch.cuda.synchronize(device)
+    samples = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+    return Timing(summarize(samples), {"method": "cuda_events", "l2_flush_bytes": flush.numel(),
+                                       "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+
+
+def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
+                    device=None, calls_per_graph: int = GRAPH_CALLS) -> Timing:
+    """Capture ``calls_per_graph`` calls (rotating the input sets) in one CUDA graph and time
+    its replays with CUDA events; a sample is one replay divided by the calls in it.
+
+    For launch-bound kernels: launch overhead is gone and the L2 is not flushed between
+    calls. Raises whatever capture raises for kernels that cannot be captured.
+    """
+    import torch
+
+    _check_sets(arg_sets)
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    k = len(arg_sets)
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # capture needs warm-up on a side stream first
+        for i in range(3):
+            fn(*arg_sets[i % k])
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls_per_graph):
+            fn(*arg_sets[i % k])
+    torch.cuda.synchronize(device)
+    est_ms = _estimate_cuda_ms(lambda: graph.replay(), [()], calls=3)
+    for _ in range(repetitions(warmup_ms, est_ms, low=1)):
+        graph.replay()
+    reps = repetitions(rep_ms, est_ms)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        graph.replay()
+        ends[i].record()
+    torch.cuda.synchronize(device)
+    samples = [s.elapsed_time(e) * 1e3 / calls_per_graph for s, e in zip(starts, ends)]
+    return Timing(summarize(samples), {"method": "cuda_graph", "calls_per_graph": calls_per_graph,
+                                       "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+
+
+def time_calls(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device: str, warmup_ms: float,
+               rep_ms: float, graph: bool = False) -> Timing:
+    """Pick the timer for ``device`` (``cpu``, ``cuda``, ``cuda:N``) and ``graph`` mode."""
+    if device == "cpu":
+        if graph:
+            raise BenchError("CUDA-graph timing needs a CUDA device")
+        return time_cpu(fn, arg_sets, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    if graph:
+        return time_cuda_graph(fn, arg_sets, warmup_ms=warmup_ms, rep_ms=rep_ms, device=device)
+    return time_cuda(fn, arg_sets, warmup_ms=warmup_ms, rep_ms=rep_ms, device=device)
