@@ -129,7 +129,8 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
 def load_workloads_jsonl(path: str | Path, definition: Definition) -> list[Workload]:
     """The workloads of ``definition`` in a JSON-lines file (one workload object a line).
 
-    Blank lines are skipped. Raises ManifestError listing every bad line; a problem's
+    Blank lines are skipped; uuids must be unique, and distinct from the definition's
+    declared workloads. Raises ManifestError listing every bad line; a problem's
     pointer starts with the 0-based line index (``/3/axes``) and its message names the
     1-based line. A missing file raises too (callers check existence first).
     """
@@ -142,6 +143,7 @@ def load_workloads_jsonl(path: str | Path, definition: Definition) -> list[Workl
     has_custom = definition.custom_inputs_entrypoint is not None
     workloads: list[Workload] = []
     seen: dict[str, int] = {}
+    declared = {w.uuid for w in definition.workloads}
     for index, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
@@ -159,6 +161,9 @@ def load_workloads_jsonl(path: str | Path, definition: Definition) -> list[Workl
             if data["uuid"] in seen:
                 line_problems.append(("/uuid", f"uuid {data['uuid']!r} already used on line "
                                       f"{seen[data['uuid']] + 1}"))
+            elif data["uuid"] in declared:
+                line_problems.append(("/uuid", f"uuid {data['uuid']!r} is also a declared "
+                                      f"workload of {definition.name!r}"))
         problems += [(f"/{index}" + (p if p != "/" else ""), here + m) for p, m in line_problems]
         if not line_problems:
             seen[data["uuid"]] = index
@@ -179,10 +184,10 @@ def _checked_yaml(path: Path, kind: str, semantic) -> dict:
     data, problems = parse_yaml_mapping(text)
     if data is None:
         raise ManifestError(path, problems)
-    schema_problems = schema.validate(kind, data)
-    problems += schema_problems
-    # Semantic checks index into the structure the schema guarantees; skip them until it holds.
-    if not schema_problems:
+    problems += schema.validate(kind, data)
+    # Semantic checks index into the structure the schema guarantees, and would echo
+    # YAML key problems in confusing ways: they run once everything before them passes.
+    if not problems:
         problems += semantic(data)
     if problems:
         raise ManifestError(path, problems)

@@ -206,6 +206,8 @@ class Workspace:
         raise self._unknown("solution", name, sorted({s.name for s in self.solutions()}))
 
     def _load_solutions(self, definition: str | None, names: set[str]) -> tuple[list[Solution], list[ManifestError]]:
+        """Load solution files. Qualified names are unique by layout: load_solution checks
+        that the directory is the name and its parent the definition."""
         from .manifest import load_solution
 
         loaded: dict[str, Solution] = {}
@@ -219,11 +221,6 @@ class Workspace:
                 sol = load_solution(path, names)
             except ManifestError as exc:
                 errors.append(exc)
-                continue
-            if sol.qualified_name in loaded:
-                errors.append(ManifestError(path, [("/name", _duplicate_message(
-                    "solution", sol.qualified_name, loaded[sol.qualified_name].path / "solution.yaml",
-                    self.root))]))
                 continue
             loaded[sol.qualified_name] = sol
         return [loaded[k] for k in sorted(loaded)], errors
@@ -244,15 +241,7 @@ class Workspace:
         from .manifest import load_workloads_jsonl
 
         path = self.registry_dir / defn.name / "workloads.jsonl"
-        if not path.is_file():
-            return []
-        recorded = load_workloads_jsonl(path, defn)
-        declared = {w.uuid for w in defn.workloads}
-        clashes = [w.uuid for w in recorded if w.uuid in declared]
-        if clashes:
-            raise ManifestError(path, [("/", f"uuid {u!r} is also a declared workload of "
-                                         f"{defn.name!r}") for u in clashes])
-        return recorded
+        return load_workloads_jsonl(path, defn) if path.is_file() else []
 
     # --- validation ----------------------------------------------------------------
 
