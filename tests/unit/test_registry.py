@@ -1,0 +1,123 @@
+"""Registry: validated appends, one line each, torn and garbage lines skipped on read."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+
+from fibuild.errors import RegistryError
+from fibuild.registry import (Registry, evaluation_from_dict, evaluation_to_dict,
+                              latest_per_workload)
+from fibuild.spec.model import Evaluation, LatencyStats
+from fibuild.spec.schema import validate
+
+DIGEST = "a" * 64
+KEY = "b" * 64
+
+
+def make_eval(**changes) -> Evaluation:
+    base = dict(definition="rmsnorm_h4096", solution="torch_fp32", solution_digest=DIGEST, build_key=KEY,
+                workload_uuid="rmsnorm_h4096-batch_size7", axes={"batch_size": 7}, status="PASSED",
+                device="cpu-amd-epyc", latency=LatencyStats(10.0, 9.0, 11.0, 10.2, 50),
+                reference_latency=LatencyStats(20.0, 19.0, 21.0, 20.5, 40), speedup=2.0,
+                max_abs_error=0.0039, max_rel_error=0.001, error="",
+                environment={"device": "cpu-amd-epyc", "torch": "2.13.0"},
+                timestamp="2026-11-24T10:00:00.000Z")
+    base.update(changes)
+    return Evaluation(**base)
+
+
+def test_round_trip_and_schema(tmp_path):
+    reg = Registry(tmp_path)
+    ev = make_eval()
+    path = reg.append(ev)
+    assert path == tmp_path / "rmsnorm_h4096" / "cpu-amd-epyc.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["schema"] == 1
+    assert validate("evaluation", record) == []
+    assert reg.read("rmsnorm_h4096") == [ev]
+    assert evaluation_from_dict(evaluation_to_dict(ev)) == ev
+
+
+def test_invalid_record_is_refused_naming_the_field(tmp_path):
+    reg = Registry(tmp_path)
+    with pytest.raises(RegistryError, match="/status"):
+        reg.append(make_eval(status="FAST"))
+    with pytest.raises(RegistryError, match="/solution_digest"):
+        reg.append(make_eval(solution_digest="not-a-digest"))
+    assert not (tmp_path / "rmsnorm_h4096" / "cpu-amd-epyc.jsonl").exists()
+
+
+def test_non_finite_errors_are_stored_as_null(tmp_path):
+    reg = Registry(tmp_path)
+    reg.append(make_eval(status="INCORRECT_NUMERICAL", max_abs_error=float("nan"),
+                         max_rel_error=float("inf"), latency=None, speedup=None, error="NaN in output"))
+    (ev,) = reg.read("rmsnorm_h4096", "cpu-amd-epyc")
+    assert ev.max_abs_error is None and ev.max_rel_error is None
+
+
+def test_torn_last_line_and_garbage_are_skipped(tmp_path, caplog):
+    reg = Registry(tmp_path)
+    good = make_eval()
+    path = reg.append(good)
+    with open(path, "a") as f:
+        f.write("this is not json\n")
+        f.write('{"schema": 1, "definition": "rmsnorm_h4096"}\n')  # valid JSON, not a record
+        f.write(json.dumps(evaluation_to_dict(make_eval(solution="other")))[:57])  # torn, no newline
+    with caplog.at_level(logging.WARNING, logger="fibuild.registry"):
+        assert reg.read("rmsnorm_h4096") == [good]
+    assert sum("skipping" in r.message for r in caplog.records) == 3
+    # The next append starts a fresh line: the torn one stays unreadable, the new one reads.
+    later = make_eval(solution="after_tear", timestamp="2026-11-24T11:00:00.000Z")
+    reg.append(later)
+    assert reg.read("rmsnorm_h4096") == [good, later]
+
+
+def test_devices_filters_and_workloads_file(tmp_path):
+    reg = Registry(tmp_path)
+    reg.append(make_eval())
+    reg.append(make_eval(device="nvidia-h100-80gb-hbm3-sm90", status="RUNTIME_ERROR", latency=None,
+                         speedup=None, error="boom"))
+    (tmp_path / "rmsnorm_h4096" / "workloads.jsonl").write_text("{}\n")
+    assert reg.devices("rmsnorm_h4096") == ["cpu-amd-epyc", "nvidia-h100-80gb-hbm3-sm90"]
+    assert reg.devices("unknown") == []
+    assert len(reg.read("rmsnorm_h4096")) == 2
+    assert [e.status for e in reg.read("rmsnorm_h4096", status="RUNTIME_ERROR")] == ["RUNTIME_ERROR"]
+    assert reg.read("rmsnorm_h4096", solution_digest="c" * 64) == []
+    with pytest.raises(RegistryError):
+        reg.path("rmsnorm_h4096", "workloads")
+    with pytest.raises(RegistryError):
+        reg.path("../x", "cpu")
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    reg = Registry(tmp_path)
+
+    def writer(n):
+        for i in range(20):
+            reg.append(make_eval(solution=f"s{n}", workload_uuid=f"w{i}", error="x" * 5000))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    path = reg.path("rmsnorm_h4096", "cpu-amd-epyc")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 80
+    assert all(validate("evaluation", json.loads(line)) == [] for line in lines)
+    assert not list(tmp_path.rglob("*.jsonl.tmp"))
+
+
+def test_latest_per_workload_keeps_newest():
+    old = make_eval(timestamp="2026-11-24T10:00:00.000Z", status="INCORRECT_NUMERICAL", latency=None,
+                    speedup=None)
+    new = make_eval(timestamp="2026-11-24T12:00:00.000Z")
+    other = make_eval(workload_uuid="w2", timestamp="2026-11-24T09:00:00.000Z")
+    latest = latest_per_workload([new, old, other])
+    assert latest[("torch_fp32", "rmsnorm_h4096-batch_size7")] is new
+    assert latest[("torch_fp32", "w2")] is other
