@@ -1,0 +1,83 @@
+"""Helpers shared by builders: copying sources into a build dir and importing Python by path."""
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import shutil
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping
+
+from fibuild.errors import BuildError
+from fibuild.spec.model import Solution
+
+SRC_DIR = "src"  # the copies of a solution's sources, inside its build directory
+
+
+def copy_sources(sol: Solution, build_dir: Path) -> Path:
+    """Copy every source of ``sol`` to ``build_dir/src`` (same relative layout); return that dir.
+
+    Builds compile and import the copies, so a source edited during a build never mixes
+    with the key computed from the old contents. Raises BuildError for a missing source.
+    """
+    if sol.path is None:
+        raise BuildError(f"{sol.qualified_name}: the solution has no directory", solution=sol.qualified_name)
+    dest = build_dir / SRC_DIR
+    for rel in sol.sources:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(sol.path / rel, target)
+        except OSError as exc:
+            raise BuildError(f"{sol.qualified_name}: cannot copy source {rel}: {exc.strerror}",
+                             solution=sol.qualified_name, build_dir=build_dir) from None
+    return dest
+
+
+def check_python_syntax(sol: Solution, src_dir: Path, build_dir: Path) -> None:
+    """Compile (without running) each ``.py`` source; a SyntaxError becomes a BuildError."""
+    for rel in sol.sources:
+        if not rel.endswith(".py"):
+            continue
+        path = src_dir / rel
+        try:
+            compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise BuildError(f"{sol.qualified_name}: syntax error in {rel} line {exc.lineno}: {exc.msg}",
+                             solution=sol.qualified_name, build_dir=build_dir,
+                             log_tail=f"{rel}:{exc.lineno}: {exc.text or ''}".rstrip()) from None
+
+
+def module_names(key: str, entry_file: str) -> tuple[str, str]:
+    """``(package, module)``: a package unique to the build key and the entry module in it."""
+    package = f"fibuild_build_{key[:20]}"
+    parts = PurePosixPath(entry_file).with_suffix("").parts
+    return package, ".".join((package, *parts))
+
+
+def import_entry(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
+    """Import ``meta["module_file"]`` from ``build_dir`` under a package unique to the key.
+
+    The sources directory becomes the package's path, so relative imports between a
+    solution's files work (``from .helpers import f``); the module is registered in
+    ``sys.modules`` (Triton and dataclasses look modules up there). Importing the same
+    build twice returns the module already imported. Raises BuildError if the import
+    fails or the function is missing.
+    """
+    package, module_name = module_names(meta["key"], meta["entry_file"])
+    if package not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        pkg = importlib.util.module_from_spec(spec)
+        pkg.__path__ = [str(build_dir / SRC_DIR)]
+        sys.modules[package] = pkg
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any error in solution code at import is a load failure
+        raise BuildError(f"{meta['solution']}: importing {meta['entry_file']} failed: "
+                         f"{type(exc).__name__}: {exc}", solution=meta["solution"], build_dir=build_dir) from exc
+    func = getattr(module, meta["entry_symbol"], None)
+    if not callable(func):
+        raise BuildError(f"{meta['solution']}: {meta['entry_file']} defines no function {meta['entry_symbol']!r}",
+                         solution=meta["solution"], build_dir=build_dir)
+    return func
