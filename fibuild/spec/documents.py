@@ -109,8 +109,17 @@ def _duplicate_keys(root: yaml.Node) -> Problems:
     return problems
 
 
-def _string_keys(value: Any, path: list, problems: Problems) -> Any:
-    """Copy of ``value`` whose mapping keys are all strings; other keys become problems."""
+def _string_keys(value: Any, path: list, problems: Problems, parents: frozenset = frozenset()) -> Any:
+    """Copy of ``value`` whose mapping keys are all strings; other keys become problems.
+
+    A container holding itself (a recursive alias) becomes None and a problem: manifests
+    are trees, and every later stage walks them recursively.
+    """
+    if isinstance(value, (dict, list)):
+        if id(value) in parents:
+            problems.append((pointer_of(path), "recursive YAML alias: a value may not contain itself"))
+            return None
+        parents = parents | {id(value)}
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
@@ -119,8 +128,8 @@ def _string_keys(value: Any, path: list, problems: Problems) -> Any:
                                  f"key {key!r} is a {describe_value(key).split(' ')[0]}, expected a "
                                  "string (YAML reads unquoted yes/no/on/off and numbers as such: quote it)"))
                 key = str(key)
-            out[key] = _string_keys(item, path + [key], problems)
+            out[key] = _string_keys(item, path + [key], problems, parents)
         return out
     if isinstance(value, list):
-        return [_string_keys(item, path + [i], problems) for i, item in enumerate(value)]
+        return [_string_keys(item, path + [i], problems, parents) for i, item in enumerate(value)]
     return value
