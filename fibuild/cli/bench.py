@@ -1,0 +1,225 @@
+"""``fibuild bench`` (check and time solutions into registry/) and ``fibuild table``
+(a definition's leaderboard, as a table, JSON or a PNG plot).
+
+Only argparse and the standard library are imported here at module level; the runner,
+torch and rich are imported when a subcommand runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+def _device(text: str) -> str:
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
+    return text
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("definitions", nargs="*", metavar="DEF",
+                        help="definitions to benchmark (default: every definition)")
+    parser.add_argument("--solution", action="append", metavar="S", dest="solutions",
+                        help="only this solution (name or def/name); repeatable")
+    parser.add_argument("--workload-limit", type=_positive_int, metavar="N",
+                        help="only the first N workloads of each definition")
+    parser.add_argument("--device", type=_device, metavar="DEVICE",
+                        help="cpu, cuda (one worker per visible GPU) or cuda:N "
+                             "(default: FIBUILD_DEVICE, else cuda if available, else cpu)")
+    parser.add_argument("--warmup", type=_non_negative_float, default=25.0, metavar="MS",
+                        help="warm-up time per measurement in ms (default 25)")
+    parser.add_argument("--rep", type=_positive_float, default=100.0, metavar="MS",
+                        help="timed repetitions per measurement, in ms (default 100)")
+    parser.add_argument("--graph", action="store_true",
+                        help="time CUDA-graph replays (for launch-bound kernels)")
+    parser.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
+                        help="seconds one (solution, workload) may take before it is TIMEOUT (default 60)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what would run; build and run nothing")
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("definition", metavar="DEF", help="the definition")
+    parser.add_argument("--device", metavar="SLUG",
+                        help="device slug of the registry file (default: this machine's device if it "
+                             "has records, else the only device with records)")
+    parser.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", help="also write a latency plot (needs matplotlib)")
+
+
+class _RichReporter:
+    """Progress bar and notes on stderr (a BenchReporter, built lazily to keep imports light)."""
+
+    @staticmethod
+    def create(console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from fibuild.bench.reporter import BenchReporter
+
+        class RichReporter(BenchReporter):
+            def __init__(self):
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TimeElapsedColumn(), console=console, transient=True)
+                self.task = None
+
+            def skipped(self, solution, reason):
+                console.print(f"[yellow]skip[/] {solution}: {reason}")
+
+            def starting(self, total, device):
+                console.print(f"benchmarking {total} item{'s' if total != 1 else ''} on {device}")
+                self.progress.start()
+                self.task = self.progress.add_task("building", total=total)
+
+            def building(self, solution):
+                self.progress.update(self.task, description=f"build {solution}")
+
+            def built(self, solution, error):
+                if error:
+                    console.print(f"[red]build failed[/] {solution}: {error.splitlines()[0]}")
+
+            def item_started(self, solution, workload_uuid, worker_device):
+                self.progress.update(self.task, description=f"{solution} {workload_uuid}")
+
+            def item_finished(self, evaluation):
+                self.progress.advance(self.task)
+
+            def worker_replaced(self, worker_device, reason):
+                console.print(f"[yellow]worker on {worker_device} replaced[/]: {reason}")
+
+            def finished(self, evaluations):
+                self.progress.stop()
+
+        return RichReporter()
+
+
+def run_bench(args: argparse.Namespace, settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fibuild.bench.report import summary_rows
+    from fibuild.bench.runner import default_device, plan_benchmarks, run_benchmarks
+    from fibuild.spec.manifest import Workspace
+
+    workspace = Workspace.discover(settings)
+    device = args.device or default_device(settings)
+    plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
+                           workload_limit=args.workload_limit)
+    out = Console()
+    err = Console(stderr=True)
+    if args.dry_run:
+        for name, reason in plan.skipped:
+            out.print(f"skip {name}: {reason}")
+        for group in plan.groups:
+            uuids = ", ".join(w.uuid for w in group.workloads)
+            out.print(f"run  {group.solution.qualified_name} ({group.solution.language}) on "
+                      f"{len(group.workloads)} workload(s): {uuids}")
+        out.print(f"{plan.total} item(s) on {device}; registry: {workspace.registry_dir}")
+        return 0
+    reporter = _RichReporter.create(err)
+    try:
+        evaluations = run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
+                                     warmup_ms=args.warmup, rep_ms=args.rep, graph=args.graph,
+                                     timeout_s=args.timeout, reporter=reporter, plan=plan)
+    finally:
+        if reporter.task is not None:
+            reporter.progress.stop()
+    if not evaluations:
+        err.print("nothing to benchmark")
+        return 0
+    table = Table(title=f"{len(evaluations)} evaluation(s) on {evaluations[0].device}", title_justify="left")
+    for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
+        table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
+    for row in summary_rows(evaluations):
+        passed = row["counts"].get("PASSED", 0)
+        failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
+        speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+        first = row["error"].splitlines()[0][:80] if row["error"] else ""
+        table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
+    out.print(table)
+    out.print(f"records appended under {workspace.registry_dir}")
+    return 0
+
+
+def _table_device(registry, definition: str, settings, requested: str | None) -> str:
+    from fibuild.errors import BenchError
+
+    devices = registry.devices(definition)
+    if requested:
+        if requested not in devices:
+            raise BenchError(f"no evaluations of {definition} on {requested!r} "
+                             f"(devices with records: {', '.join(devices) or 'none'})")
+        return requested
+    if not devices:
+        raise BenchError(f"no evaluations of {definition} yet: run `fibuild bench {definition}`")
+    from fibuild.bench.runner import default_device
+    from fibuild.devices import device_slug
+
+    try:
+        here = device_slug(default_device(settings))
+    except BenchError:
+        here = None
+    if here in devices:
+        return here
+    if len(devices) == 1:
+        return devices[0]
+    raise BenchError(f"{definition} has records for several devices ({', '.join(devices)}): pick one "
+                     "with --device")
+
+
+def run_table(args: argparse.Namespace, settings) -> int:
+    from fibuild.bench.report import leaderboard, plot_leaderboard, rich_table
+    from fibuild.registry import Registry
+    from fibuild.spec.manifest import Workspace
+
+    workspace = Workspace.discover(settings)
+    defn = workspace.definition(args.definition)
+    registry = Registry(workspace.registry_dir)
+    device = _table_device(registry, defn.name, settings, args.device)
+    board = leaderboard(defn, device, registry.read(defn.name, device))
+    plotted = plot_leaderboard(board, args.plot) if args.plot else None
+    if args.json:
+        data = board.to_json()
+        if plotted:
+            data["plot"] = str(plotted)
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    console.print(rich_table(board))
+    if plotted:
+        console.print(f"plot written to {plotted}")
+    return 0
