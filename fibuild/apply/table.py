@@ -150,8 +150,8 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
 
     ``evaluations`` may hold records of any device and definition: only this definition's
     records on ``device`` are ranked; the others only name where else it was measured.
-    Records are taken in order, so for a (solution, workload) pair the last one wins (the
-    registry is append-only). ``here`` False: the device is not this machine, so
+    For a (solution, workload) pair the newest record counts (by timestamp, then file
+    order: the registry is append-only). ``here`` False: the device is not this machine, so
     ``Candidate.unavailable`` is ignored. Cost: linear in the records.
     """
     var_axes = tuple(var_axes)
@@ -173,7 +173,9 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             tuple(int(ev.axes[a]) for a in var_axes)
         except (KeyError, TypeError, ValueError):
             continue  # a record without this definition's var axes cannot be keyed
-        latest[(ev.solution, ev.workload_uuid)] = ev
+        kept = latest.get((ev.solution, ev.workload_uuid))
+        if kept is None or ev.timestamp >= kept.timestamp:
+            latest[(ev.solution, ev.workload_uuid)] = ev
 
     for name in sorted(set(seen_here) - set(candidates)):
         table.excluded[name] = "not in the workspace (evaluated on this device, no manifest)"

@@ -68,6 +68,7 @@ class Resolution:
     too). ``policy`` is the policy that answered (``exact``, ``nearest``, ``def_best``,
     ``reference`` or ``fallback``). ``latency_us`` is the median the choice rests on (at
     ``evaluated_key``, which differs from ``key`` under ``nearest``), None without one.
+    ``notes`` qualify the whole answer (e.g. it is for another machine).
     """
 
     definition: str
@@ -80,6 +81,7 @@ class Resolution:
     decisions: tuple[Decision, ...]
     evaluated_key: ApplyKey | None = None
     var_axes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     @property
     def solution_name(self) -> str:
@@ -97,7 +99,8 @@ class Resolution:
         """The decision trace, one line per decision."""
         head = (f"{self.definition} at {format_axes(self.var_axes, self.key)} on {self.device}: "
                 f"{self.solution_name} (policy {self.policy})")
-        return "\n".join([head] + [f"  - {d}" for d in self.decisions])
+        return "\n".join([head] + [f"  note: {n}" for n in self.notes]
+                         + [f"  - {d}" for d in self.decisions])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +109,7 @@ class Resolution:
             "build_key": self.build_key, "policy": self.policy, "latency_us": self.latency_us,
             "evaluated_key": list(self.evaluated_key) if self.evaluated_key is not None else None,
             "decisions": [decision_to_dict(d) for d in self.decisions],
+            "notes": list(self.notes),
         }
 
 

@@ -1,0 +1,146 @@
+"""The public verbs: ``load``, ``apply``, ``resolve``.
+
+Each reads settings at call time (``Settings.from_env()`` unless ``settings`` is given)
+and finds the workspace with ``Workspace.discover``. On a warm cache, ``load`` reads the
+ApplyTable from the build index (no YAML, no schema, no registry parse) and a call loads
+the chosen build from its ``meta.json`` alone.
+
+Example (runs on the shipped workspace, CPU)::
+
+    import torch, fibuild
+    k = fibuild.load("rmsnorm_h4096", device="cpu")
+    y = k(torch.randn(8, 4096, dtype=torch.bfloat16), torch.ones(4096, dtype=torch.bfloat16))
+    print(k.explain(batch_size=8).explain())
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable, Mapping
+
+from fibuild.config import Settings
+
+from .dispatch import Kernel, key_from_axes, make_kernel
+from .resolve import Resolver, policy_chain
+from .trace import BaseReporter, Resolution
+
+
+def _workspace(settings: Settings):
+    from fibuild.spec.workspace import Workspace
+
+    return Workspace.discover(settings)
+
+
+def load(name: str, *, policy: str = "nearest", device: str | None = None, strict: bool = False,
+         settings: Settings | None = None, fallback: Callable | None = None) -> Kernel:
+    """The dispatching callable of definition ``name`` on this machine.
+
+    ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``,
+    ``reference``); the chain goes on after it unless ``strict``. ``device``: ``cpu``,
+    ``cuda`` or ``cuda:N`` (default ``FIBUILD_DEVICE``, else cuda when available).
+    ``fallback``: a value-returning function used instead of the reference. Reads
+    ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE`` (through Settings).
+
+    Raises FibuildError for an unknown definition or device, ManifestError(s) for
+    invalid manifests (only when the table is not cached), ResolveError for an unknown
+    policy. Building happens on the first call of a key, not here.
+    """
+    from fibuild.devices import device_slug
+
+    from .collect import local_device
+    from .table_cache import load_table
+
+    settings = settings or Settings.from_env()
+    policy_chain(policy, strict=strict)
+    kind = local_device(settings, device)
+    slug = device_slug(kind)
+    defn, table, digest = load_table(_workspace(settings), settings, name, slug, here=True)
+    return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=kind,
+                       table_digest=digest, fallback=fallback)
+
+
+def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
+            device: str | None = None, strict: bool = False, settings: Settings | None = None,
+            reporter: BaseReporter | None = None) -> Resolution:
+    """Which solution runs ``name`` at ``axes`` (var-axis values by name), and why.
+
+    ``device``: a kind (``cpu``, ``cuda``) or a device slug; a slug of another machine
+    answers from that device's committed records without checking what builds here (the
+    resolution's ``notes`` say so). Nothing is built or loaded.
+
+    Raises FibuildError for an unknown definition, ResolveError for unknown, missing or
+    non-integer axes, an unknown policy, or (``strict``) no answer.
+    """
+    from .collect import target_device
+    from .table_cache import load_table
+
+    settings = settings or Settings.from_env()
+    policy_chain(policy, strict=strict)
+    slug, here = target_device(settings, device)
+    defn, table, _ = load_table(_workspace(settings), settings, name, slug, here=here)
+    key = key_from_axes(defn, axes)
+    res = Resolver(table).resolve(key, policy, strict=strict, reporter=reporter)
+    if not here:
+        from dataclasses import replace
+
+        res = replace(res, notes=(f"{slug} is not this machine: answered from its committed "
+                                  "records; whether each solution can build here was not checked",))
+    return res
+
+
+_APPLIED: dict[tuple, Kernel] = {}
+_APPLIED_LOCK = threading.Lock()
+
+
+def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: str | None,
+                    settings: Settings | None) -> Kernel:
+    """One Kernel per (name, fallback, policy, device, settings) for the process.
+
+    A memo on purpose: ``apply(name, args=...)`` is called per invocation, and loading a
+    table per call would cost milliseconds. ``fibuild.load`` gives a fresh Kernel instead.
+    """
+    settings = settings or Settings.from_env()
+    memo_key = (name, fallback, policy, device, settings)
+    kernel = _APPLIED.get(memo_key)
+    if kernel is None:
+        with _APPLIED_LOCK:
+            kernel = _APPLIED.get(memo_key)
+            if kernel is None:
+                kernel = load(name, policy=policy, device=device, settings=settings, fallback=fallback)
+                _APPLIED[memo_key] = kernel
+    return kernel
+
+
+def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
+          fallback: Callable | None = None, policy: str = "nearest", device: str | None = None,
+          settings: Settings | None = None):
+    """Run definition ``name`` through the fastest correct solution, or a fallback.
+
+    As a decorator, the decorated function is the fallback (used where the definition's
+    reference would be) and the result dispatches like ``load``::
+
+        @fibuild.apply("rmsnorm_h4096")
+        def rmsnorm(hidden_states, weight): ...
+
+    The kernel is loaded on the first call, not at decoration. As a call,
+    ``apply(name, args=(x, w), fallback=f)`` runs once and returns the outputs; kernels
+    are memoized per process (settings are read per call). Raises as :func:`load`.
+    """
+    if args is not None:
+        return _applied_kernel(name, fallback, policy, device, settings)(*args)
+    policy_chain(policy)
+
+    def decorate(func: Callable) -> Callable:
+        state: dict[str, Kernel] = {}
+
+        @functools.wraps(func)
+        def dispatch(*call_args, out=None):
+            kernel = state.get("kernel")
+            if kernel is None:
+                kernel = state["kernel"] = _applied_kernel(name, func, policy, device, settings)
+            return kernel(*call_args, out=out)
+
+        dispatch.kernel = lambda: state.get("kernel") or _applied_kernel(name, func, policy, device, settings)
+        return dispatch
+
+    return decorate if fn is None else decorate(fn)

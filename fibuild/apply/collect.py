@@ -1,0 +1,172 @@
+"""Gather an ApplyTable's inputs from a workspace: solutions, digests, builds, records.
+
+This is the slow path the table cache avoids: it parses the definition's solution
+manifests, hashes their sources, probes builders and reads every registry file of the
+definition. ``here`` says whether the device is this machine; when it is not (``fibuild
+resolve --device <other slug>``), whether a solution can build here does not matter.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+
+from fibuild.config import Settings
+from fibuild.errors import BuildError, FibuildError
+from fibuild.spec.model import Definition, Solution
+
+from .table import ApplyTable, Candidate, build_table
+
+_GPU_WORDS = ("cuda", "gpu", "nvidia")
+
+
+def hardware_mismatch(sol: Solution, device: str) -> str:
+    """Why ``sol.target_hardware`` excludes device slug ``device`` ("" when it does not).
+
+    An empty list means any device. ``cpu`` matches ``cpu-*`` slugs; ``cuda``/``gpu``/
+    ``nvidia`` match any GPU slug; ``sm90``/``sm_90a``/``9.0`` match that compute
+    capability; any other word matches when it is part of the slug (``h100``).
+    """
+    if not sol.target_hardware:
+        return ""
+    is_cpu = device.startswith("cpu-") or device == "cpu"
+    sm = re.search(r"-sm(\d+)$", device)
+    for target in sol.target_hardware:
+        t = target.strip().lower()
+        if t in ("any", "all"):
+            return ""
+        if is_cpu:
+            if t == "cpu":
+                return ""
+            continue
+        if t in _GPU_WORDS:
+            return ""
+        arch = re.fullmatch(r"(?:sm_?|compute_?)?(\d+)\.?(\d)?a?", t)
+        if arch and sm:
+            digits = arch.group(1) + (arch.group(2) or "")
+            if digits == sm.group(1):
+                return ""
+            continue
+        if re.sub(r"[^a-z0-9]+", "-", t).strip("-") in device:
+            return ""
+    return f"target_hardware [{', '.join(sol.target_hardware)}] does not include {device}"
+
+
+def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
+    """Why ``sol`` cannot run on this machine's ``device`` ("" when it can).
+
+    Checks, cheapest first: target hardware, installed dependencies (distribution names),
+    the builder's own availability (no nvcc, ...). Cost: metadata look-ups and the
+    builder's cached toolchain probe.
+    """
+    why = hardware_mismatch(sol, device)
+    if why:
+        return why
+    for dist in sol.dependencies:
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return f"dependency {dist} is not installed"
+    from fibuild.build.builders import get_builder
+
+    try:
+        return get_builder(sol.language).unavailable_reason(settings) or ""
+    except BuildError as exc:
+        return str(exc).splitlines()[0]
+
+
+def committed_dir(settings: Settings, key: str, sol: Solution) -> str:
+    """The committed build directory of ``key``, or "" (no build, failed, or corrupt)."""
+    from fibuild.build import store
+
+    directory = store.build_dir(settings.cache_dir, key, sol.qualified_name)
+    return str(directory) if store.read_meta(directory, key) is not None else ""
+
+
+def candidates(defn: Definition, solutions: list[Solution], device: str, settings: Settings,
+               *, here: bool) -> dict[str, Candidate]:
+    """One Candidate per solution: current digest, availability, build key and build dir.
+
+    A solution whose sources cannot be read gets an empty digest (so no record matches)
+    and says why in ``unavailable``. Cost: hashes every source; one toolchain probe per
+    builder per process.
+    """
+    from fibuild.build.keys import build_key, solution_digest
+
+    out: dict[str, Candidate] = {}
+    for sol in solutions:
+        try:
+            digest = solution_digest(defn, sol)
+        except BuildError as exc:
+            out[sol.name] = Candidate(sol, "", unavailable=str(exc).splitlines()[0])
+            continue
+        unavailable = unavailable_reason(sol, device, settings) if here else ""
+        key = directory = ""
+        if not unavailable:
+            try:
+                key = build_key(defn, sol, settings)
+            except BuildError as exc:
+                if here:
+                    unavailable = str(exc).splitlines()[0]
+        if key and here:
+            directory = committed_dir(settings, key, sol)
+        out[sol.name] = Candidate(sol, digest, unavailable, key, directory)
+    return out
+
+
+def collect_table(workspace, settings: Settings, defn: Definition, device: str, *,
+                  here: bool) -> ApplyTable:
+    """The ApplyTable of ``defn`` on device slug ``device``, from the workspace's files.
+
+    Raises ManifestErrors for invalid solution manifests of the definition.
+    """
+    from fibuild.registry import Registry
+
+    registry = Registry(workspace.registry_dir)
+    cands = candidates(defn, workspace.solutions(defn.name), device, settings, here=here)
+    records = registry.read(defn.name)  # every device: the others name where else it ran
+    return build_table(defn.name, defn.var_axes, device, cands, records, here=here)
+
+
+def local_device(settings: Settings, device: str | None = None) -> str:
+    """The device kind to run on: ``device``, else ``FIBUILD_DEVICE``, else cuda when
+    available, else cpu. Raises FibuildError for anything but cpu/cuda/cuda:N."""
+    kind = (device or settings.device or "").strip().lower()
+    if not kind:
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind != "cpu" and not re.fullmatch(r"cuda(:\d+)?", kind):
+        raise FibuildError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    return kind
+
+
+def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
+    """``(slug, here)`` for a device kind (``cpu``, ``cuda``, ``cuda:N``) or a device slug.
+
+    A slug is ``here`` when it names this machine's CPU or visible GPU. Raises
+    FibuildError (BenchError) when a device kind is not present.
+    """
+    from fibuild.devices import device_slug
+
+    if device is not None and device.strip().lower() not in ("", "cpu", "cuda") \
+            and not re.fullmatch(r"cuda:\d+", device.strip().lower()):
+        slug = device.strip()
+        if slug == device_slug("cpu"):
+            return slug, True
+        try:
+            import torch
+
+            if torch.cuda.is_available() and slug == device_slug("cuda"):
+                return slug, True
+        except FibuildError:
+            pass
+        return slug, False
+    return device_slug(local_device(settings, device)), True
+
+
+def definition_file(root: Path, name: str) -> Path | None:
+    """``defs/<op_type>/<name>.yaml`` of a workspace, or None (no parsing)."""
+    for path in sorted((root / "defs").glob(f"*/{name}.y*ml")):
+        return path
+    return None

@@ -1,0 +1,271 @@
+"""The callable ``fibuild.load`` returns: shapes -> tuple key -> dict hit -> kernel.
+
+Per call (the hot path): read each var axis off the argument that carries it (positions
+precomputed from the definition), one ``dict.get``, one call. No I/O, hashing or
+validation. A key seen for the first time is resolved once (loading, or building, the
+chosen solution) and memoized; later calls with that key never resolve again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from typing import Any, Callable, Mapping
+
+from fibuild.config import Settings
+from fibuild.errors import BuildError, FibuildError, ResolveError
+from fibuild.spec.calling import axis_sources, make_caller, solution_caller
+from fibuild.spec.model import ApplyKey, Definition
+
+from .resolve import Resolver, policy_chain
+from .table import ApplyTable
+from .trace import REFERENCE, Rejected, Resolution, format_key
+
+log = logging.getLogger("fibuild.apply")
+
+FALLBACK = "fallback"
+
+
+def key_from_axes(defn: Definition, axes: Mapping[str, Any]) -> ApplyKey:
+    """The ApplyKey for user-given axis values (names -> integers).
+
+    Const axes may be given if they match. Raises ResolveError naming an unknown axis, a
+    missing var axis, a const axis with another value, or a value that is not a
+    non-negative integer.
+    """
+    known = defn.axes
+    for name, value in axes.items():
+        if name not in known:
+            raise ResolveError(f"{defn.name}: unknown axis {name!r} (axes: {', '.join(known)})")
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ResolveError(f"{defn.name}: axis {name}={value!r} is not an integer")
+        try:
+            number = int(value.strip()) if isinstance(value, str) else int(value)
+        except ValueError:
+            raise ResolveError(f"{defn.name}: axis {name}={value!r} is not an integer") from None
+        if number < 0:
+            raise ResolveError(f"{defn.name}: axis {name}={number} is negative")
+        axis = known[name]
+        if axis.kind == "const" and number != axis.value:
+            raise ResolveError(f"{defn.name}: axis {name} is const {axis.value}, got {number}")
+    missing = [a for a in defn.var_axes if a not in axes]
+    if missing:
+        raise ResolveError(f"{defn.name}: missing value for var axis {', '.join(missing)} "
+                           f"(give {', '.join(f'{a}=N' for a in defn.var_axes)})")
+    return tuple(int(str(axes[a]).strip()) for a in defn.var_axes)
+
+
+class Kernel:
+    """A definition's dispatching callable: ``kernel(*inputs, out=None) -> outputs``.
+
+    Inputs in the definition's order (tensors, scalars as numbers); outputs value-returned
+    (one tensor or a tuple), whatever the chosen solution's style. ``out=`` receives the
+    non-in-place outputs. Cost per call on a seen key: the shape reads, one dict hit, the
+    call. Thread-safe: a miss is resolved under a lock.
+    """
+
+    def __init__(self, definition: Definition, table: ApplyTable, *, settings: Settings,
+                 policy: str = "nearest", strict: bool = False, device: str = "cpu",
+                 table_digest: str = "", fallback: Callable | None = None):
+        policy_chain(policy, strict=strict)  # unknown policy -> ResolveError now, not per key
+        self.definition = definition
+        self.table = table
+        self.settings = settings
+        self.policy = policy
+        self.strict = strict
+        self.device = device
+        self.fallback = fallback
+        self._digest = table_digest
+        self._resolver = Resolver(table, reference_label=FALLBACK if fallback else REFERENCE)
+        sources = axis_sources(definition)
+        missing = [a for a in definition.var_axes if a not in sources]
+        if missing:
+            raise ResolveError(f"{definition.name}: var axis {', '.join(missing)} appears in no "
+                               "input shape, so calls cannot be keyed")
+        self._sources = tuple(sources[a] for a in definition.var_axes)
+        self._fast: dict[ApplyKey, Callable] = {}      # key -> value-returning callable
+        self._callers: dict[ApplyKey, Callable] = {}   # key -> callable accepting out=
+        self._resolutions: dict[ApplyKey, Resolution] = {}
+        self._loaded: dict[str, tuple[Callable, Callable]] = {}  # solution -> (fast, caller)
+        self._excluded: dict[str, str] = {}            # solution -> why it failed to load
+        self._lock = threading.RLock()
+        self._op = None
+        # Outputs come back from the entry as they are when no reshaping is needed.
+        self._entry_is_value = not any(o.inplace for o in definition.outputs)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __repr__(self) -> str:
+        return (f"Kernel({self.name!r}, device={self.table.device!r}, policy={self.policy!r}, "
+                f"keys={len(self._fast)})")
+
+    def __call__(self, *args, out=None):
+        try:
+            key = tuple([args[i].shape[d] for i, d in self._sources])
+        except (IndexError, AttributeError, TypeError):
+            raise self._bad_args(args) from None
+        if out is None:
+            fn = self._fast.get(key)
+            if fn is not None:
+                return fn(*args)
+        return self._slow(key, args, out)
+
+    # -- misses ------------------------------------------------------------------------
+    def _slow(self, key: ApplyKey, args: tuple, out):
+        caller = self._callers.get(key)
+        if caller is None:
+            if len(args) != len(self.definition.inputs):
+                raise self._bad_args(args)
+            with self._lock:
+                if key not in self._callers:
+                    self._memoize(key)
+                caller = self._callers[key]
+        if out is None:
+            return self._fast[key](*args)
+        return caller(*args, out=out)
+
+    def _memoize(self, key: ApplyKey) -> None:
+        resolution, fast, caller = self._resolve_and_load(key)
+        self._resolutions[key] = resolution
+        self._callers[key] = caller
+        self._fast[key] = fast  # last: the hot path reads this one without the lock
+
+    def _resolve_and_load(self, key: ApplyKey) -> tuple[Resolution, Callable, Callable]:
+        """Resolve ``key``; a solution that fails to build is excluded and the key resolved
+        again, so the chain ends at the reference (or raises ResolveError)."""
+        while True:
+            res = self._resolver.resolve(key, self.policy, strict=self.strict, exclude=self._excluded)
+            if res.solution is None:
+                return (res, *self._last_resort(res))
+            try:
+                fast, caller, build_key = self._load_solution(res.solution.name)
+            except BuildError as exc:
+                first = str(exc).splitlines()[0]
+                log.warning("%s: %s cannot be loaded (%s); resolving %s again without it",
+                            self.name, res.solution.name, first, format_key(key))
+                self._excluded[res.solution.name] = f"failed to build or load: {first}"
+                continue
+            if build_key and build_key != res.build_key:
+                res = replace(res, build_key=build_key)
+            return res, fast, caller
+
+    def _load_solution(self, name: str) -> tuple[Callable, Callable, str]:
+        if name in self._loaded:
+            fast, caller = self._loaded[name]
+            return fast, caller, self.table.candidates[name].build_key
+        cand = self.table.candidates[name]
+        entry = None
+        build_key = cand.build_key
+        if cand.build_dir:
+            from fibuild.build.cache import load_committed
+
+            try:
+                entry = load_committed(cand.build_dir)
+            except BuildError as exc:  # removed by gc since the table was made: build again
+                log.info("%s: committed build %s unusable (%s)", name, cand.build_dir, exc)
+        if entry is None:
+            from fibuild.build.cache import BuildCache
+
+            from .table_cache import remember_build
+
+            loaded = BuildCache(self.settings).get_or_build(self.definition, cand.solution)
+            entry, build_key = loaded.entry, loaded.build_key
+            if self._digest:
+                remember_build(self.settings, self._digest, name, build_key, str(loaded.build_dir))
+        caller = solution_caller(self.definition, cand.solution, entry)
+        fast = entry if self._entry_is_value and not cand.solution.destination_passing_style else caller
+        self._loaded[name] = (fast, caller)
+        return fast, caller, build_key
+
+    def _last_resort(self, res: Resolution) -> tuple[Callable, Callable]:
+        """The user's fallback, or the definition's reference; ResolveError if it cannot load."""
+        if self.fallback is not None:
+            caller = make_caller(self.definition, self.fallback, destination_passing_style=False)
+            return (self.fallback if self._entry_is_value else caller), caller
+        if REFERENCE in self._loaded:
+            return self._loaded[REFERENCE]
+        from fibuild.spec.calling import load_reference
+
+        try:
+            run = load_reference(self.definition)["run"]
+        except Exception as exc:  # noqa: BLE001 - any failure of workspace code ends the chain
+            why = f"the reference cannot be loaded: {type(exc).__name__}: {exc}"
+            raise ResolveError(f"{self.name}: nothing can run {format_key(res.key)} on "
+                               f"{res.device}", (*res.decisions, Rejected(REFERENCE, why))) from exc
+        caller = make_caller(self.definition, run, destination_passing_style=False)
+        self._loaded[REFERENCE] = (run if self._entry_is_value else caller), caller
+        return self._loaded[REFERENCE]
+
+    def _bad_args(self, args: tuple) -> FibuildError:
+        want = ", ".join(f"{s.name}" + (" (scalar)" if s.is_scalar else f" [{', '.join(s.shape)}]")
+                         for s in self.definition.inputs)
+        got = ", ".join(type(a).__name__ if not hasattr(a, "shape") else f"tensor{tuple(a.shape)}"
+                        for a in args)
+        return FibuildError(f"{self.name}: expected inputs ({want}), got ({got})")
+
+    # -- introspection -----------------------------------------------------------------
+    def resolution(self, key: ApplyKey) -> Resolution:
+        """What runs ``key``: the memoized resolution, else a fresh one (nothing is loaded)."""
+        key = tuple(key)
+        if key in self._resolutions:
+            return self._resolutions[key]
+        return self._resolver.resolve(key, self.policy, strict=self.strict, exclude=self._excluded)
+
+    def explain(self, **axes: int) -> Resolution:
+        """The Resolution for var-axis values given by name, e.g. ``explain(batch_size=32)``.
+
+        Raises ResolveError for unknown or missing axes (and, under ``strict``, when the
+        policy has no answer).
+        """
+        return self.resolution(key_from_axes(self.definition, axes))
+
+    @property
+    def keys(self) -> list[ApplyKey]:
+        """Keys memoized so far."""
+        return list(self._fast)
+
+    @property
+    def op(self):
+        """This kernel as a ``torch.library`` custom op (registered on first access).
+
+        Same inputs; returns the non-in-place outputs and mutates in-place ones, so it
+        works under ``torch.compile`` and CUDA graph capture. Raises ResolveError when
+        the definition cannot be expressed as a custom op (see
+        :func:`fibuild.apply.custom_op.op_schema`).
+        """
+        if self._op is None:
+            from .custom_op import register_op
+
+            self._op = register_op(self)
+        return self._op
+
+
+class _OneAxisKernel(Kernel):
+    """A Kernel keyed by one var axis (most definitions): the key read without a loop."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        (self._i0, self._d0), = self._sources
+
+    def __call__(self, *args, out=None):
+        try:
+            key = (args[self._i0].shape[self._d0],)
+        except (IndexError, AttributeError, TypeError):
+            raise self._bad_args(args) from None
+        if out is None:
+            fn = self._fast.get(key)
+            if fn is not None:
+                return fn(*args)
+        return self._slow(key, args, out)
+
+
+def make_kernel(definition: Definition, table: ApplyTable, **kwargs) -> Kernel:
+    """A Kernel for ``definition`` (the one-axis variant when it has one var axis).
+
+    Keyword arguments as :class:`Kernel`. Raises ResolveError for an unknown policy or a
+    var axis no input carries.
+    """
+    cls = _OneAxisKernel if len(definition.var_axes) == 1 else Kernel
+    return cls(definition, table, **kwargs)

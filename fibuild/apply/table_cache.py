@@ -1,0 +1,152 @@
+"""ApplyTables cached in the build index, keyed by a digest of everything they depend on.
+
+The key hashes the size and ``mtime_ns`` of the definition's manifest, of every file under
+``solutions/<definition>/`` and of its registry files, with the device slug, whether that
+device is this machine, the fibuild version and the toolchain settings. A hit costs a few
+``stat`` calls and one index read: no YAML, no schema, no registry parse, no source hashing.
+Any edit, new record or new solution changes the key; stale entries are never read again.
+The cached value holds the definition's raw manifest too, so the fast path rebuilds the
+Definition with ``definition_from_dict``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fibuild.config import Settings
+from fibuild.errors import CacheError
+from fibuild.spec.model import Definition
+
+from .table import ApplyTable
+
+log = logging.getLogger("fibuild.apply")
+
+NAMESPACE = "apply-table"
+FORMAT = 1  # bump when the cached JSON layout changes
+
+
+def _stat_files(folder: Path, root: Path, out: list) -> None:
+    """Append ``(relpath, size, mtime_ns)`` of every non-hidden file under ``folder``."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            if name.startswith(".") or name.endswith(".lock"):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished between listing and stat: the next key will differ anyway
+            out.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+
+
+def input_digest(root: Path, name: str, device: str, here: bool, settings: Settings) -> str:
+    """sha256 over the table's inputs (see the module docstring). Cost: one ``stat`` per file."""
+    from fibuild import __version__
+
+    files: list = []
+    for path in sorted((root / "defs").glob(f"*/{name}.y*ml")):
+        st = path.stat()
+        files.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+    _stat_files(root / "solutions" / name, root, files)
+    _stat_files(root / "registry" / name, root, files)
+    nvcc = settings.cuda_home / "bin" / "nvcc"
+    try:
+        nvcc_stat = [nvcc.stat().st_size, nvcc.stat().st_mtime_ns]
+    except OSError:
+        nvcc_stat = None
+    payload = {
+        "format": FORMAT, "fibuild": __version__, "python": list(sys.version_info[:2]),
+        "root": str(root), "definition": name, "device": device, "here": here,
+        "cuda_home": str(settings.cuda_home), "nvcc": nvcc_stat,
+        "arch": list(settings.cuda_arch_list), "cache_dir": str(settings.cache_dir),
+        "build_env": sorted((getattr(settings, "build_env", None) or {}).items()),
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _index(settings: Settings):
+    from fibuild.build.index import Index
+
+    return Index(settings.cache_dir)
+
+
+def read_cached(settings: Settings, digest: str) -> tuple[Definition, ApplyTable] | None:
+    """The cached (Definition, ApplyTable) under ``digest``, or None.
+
+    A missing, refused or malformed entry, or an unusable index, is a miss (logged).
+    """
+    from fibuild.spec.manifest import definition_from_dict, solution_from_dict
+
+    try:
+        with _index(settings) as index:
+            value = index.get_json(NAMESPACE, digest)
+    except (CacheError, OSError) as exc:
+        log.warning("apply-table cache unavailable: %s", exc)
+        return None
+    if value is None:
+        return None
+    try:
+        defn = definition_from_dict(value["definition"], value["definition_path"])
+        return defn, ApplyTable.from_json(value["table"], solution_from_dict)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("ignoring malformed cached apply table %s: %s", digest[:12], exc)
+        return None
+
+
+def write_cached(settings: Settings, digest: str, defn: Definition, table: ApplyTable) -> None:
+    """Store the table under ``digest``; failures are logged, never raised (it is a cache)."""
+    value: dict[str, Any] = {
+        "definition": dict(defn.raw),
+        "definition_path": str(defn.path) if defn.path else None,
+        "table": table.to_json(),
+    }
+    try:
+        with _index(settings) as index:
+            index.set_json(NAMESPACE, digest, value)
+    except (CacheError, OSError, TypeError, ValueError) as exc:
+        log.warning("could not cache the apply table of %s: %s", defn.name, exc)
+
+
+def remember_build(settings: Settings, digest: str, solution: str, build_key: str,
+                   build_dir: str) -> None:
+    """Record a build committed after the table was cached, so the next process loads it
+    without a toolchain probe. Best effort: failures are logged."""
+    try:
+        with _index(settings) as index:
+            value = index.get_json(NAMESPACE, digest)
+            cand = value["table"]["candidates"][solution] if value else None
+            if cand is None:
+                return
+            cand["build_key"], cand["build_dir"] = build_key, build_dir
+            index.set_json(NAMESPACE, digest, value)
+    except (CacheError, OSError, KeyError, TypeError) as exc:
+        log.warning("could not update the cached apply table: %s", exc)
+
+
+def load_table(workspace, settings: Settings, name: str, device: str, *,
+               here: bool) -> tuple[Definition, ApplyTable, str]:
+    """``(definition, table, digest)`` for ``name`` on ``device``: cached, else collected
+    from the workspace and cached.
+
+    Raises FibuildError for an unknown definition, ManifestError(s) for invalid manifests
+    (only on a miss: a hit never parses them). Cost on a hit: a few stats + one index read.
+    """
+    from .collect import collect_table, definition_file
+
+    if definition_file(workspace.root, name) is None:
+        workspace.definition(name)  # raises the unknown-name error with suggestions
+    digest = input_digest(workspace.root, name, device, here, settings)
+    hit = read_cached(settings, digest)
+    if hit is not None:
+        return hit[0], hit[1], digest
+    defn = workspace.definition(name)
+    table = collect_table(workspace, settings, defn, device, here=here)
+    write_cached(settings, digest, defn, table)
+    return defn, table, digest
