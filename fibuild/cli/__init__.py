@@ -22,7 +22,21 @@ COMMANDS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named in argv (skipping the global ``--root VALUE``), if any."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--root":
+            skip = True
+        elif not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def _parser(chosen: str | None) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen subcommand's module is imported."""
     from fibuild import __version__
 
     parser = argparse.ArgumentParser(prog="fibuild", description="Build, benchmark and dispatch GPU kernels.")
@@ -33,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(f"fibuild.cli.{module}")
-        getattr(mod, f"add_{name}_arguments")(p)
+        if name == chosen:
+            mod = importlib.import_module(f"fibuild.cli.{module}")
+            getattr(mod, f"add_{name}_arguments")(p)
         p.set_defaults(_module=module, _run=f"run_{name}")
     return parser
 
@@ -43,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from fibuild.config import Settings
     from fibuild.errors import FibuildError
 
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(_chosen_command(argv)).parse_args(argv)
     try:
         settings = Settings.from_env()
         if args.root:
