@@ -38,6 +38,13 @@ def parse_yaml_mapping(text: str) -> tuple[dict | None, Problems]:
     empty, not a mapping); otherwise problems hold duplicate and non-string keys (those
     keys are kept as the last value / converted with ``str`` so schema checks still run).
     """
+    try:
+        return _parse_yaml_mapping(text)
+    except RecursionError:
+        return None, [("/", "nested too deeply to be a manifest")]
+
+
+def _parse_yaml_mapping(text: str) -> tuple[dict | None, Problems]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -105,6 +105,8 @@ def _reference(source: str, inputs: list[str]) -> tuple[set[str] | None, Problem
         tree = ast.parse(source, filename="<reference>")
     except SyntaxError as exc:
         return None, [("/reference", f"syntax error at line {exc.lineno}: {exc.msg}")]
+    except RecursionError:
+        return None, [("/reference", "nested too deeply to parse")]
     except ValueError as exc:  # e.g. NUL bytes
         return None, [("/reference", f"cannot parse: {exc}")]
     functions = {}

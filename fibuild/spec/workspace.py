@@ -35,6 +35,7 @@ class Workspace:
         self._definitions: dict[str, Definition] | None = None
         self._one_definition: dict[str, Definition] = {}
         self._solutions: dict[str | None, list[Solution]] = {}
+        self._one_solution: dict[str, Solution] = {}
         self._workloads: dict[str, list[Workload]] = {}
 
     def __repr__(self) -> str:
@@ -190,11 +191,16 @@ class Workspace:
         if "/" in name:
             defn, _, name = name.partition("/")
         if defn is not None:
+            cached = self._one_solution.get(f"{defn}/{name}")
+            if cached is not None:
+                return cached
             path = self.solutions_dir / defn / name / "solution.yaml"
             if _plain_name(defn) and _plain_name(name) and path.is_file():
                 from .manifest import load_solution
 
-                return load_solution(path, self._definition_names())
+                sol = load_solution(path, self._definition_names())
+                self._one_solution[sol.qualified_name] = sol
+                return sol
             candidates = [s.name for s in self.solutions(defn)]
             raise self._unknown(f"solution of {defn!r}", name, candidates)
         matches = [s for s in self.solutions() if s.name == name]

@@ -80,3 +80,8 @@ def test_parse_json_line():
     assert parse_json_line('{"a": 1, "a": 2}') == (None, "duplicate key 'a'")
     value, error = parse_json_line('{"a": ')
     assert value is None and error.startswith("malformed JSON")
+
+
+def test_absurd_nesting_is_a_problem_not_a_crash():
+    data, problems = parse_yaml_mapping("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert data is None and problems == [("/", "nested too deeply to be a manifest")]

@@ -90,3 +90,10 @@ def test_solution_checks_without_a_path_skip_the_file_system():
     assert check_solution(data) == []
     assert check_solution(data, definitions=["other"])[0][0] == "/definition"
     assert "did you mean 'd1'" in check_solution(data, definitions=["d1"])[0][1]
+
+
+@pytest.mark.parametrize("reference", ["def run(a, b):\n    return a\x00\n",
+                                       "x = " + "(" * 400 + ")" * 400 + "\ndef run(a, b):\n    pass\n"])
+def test_unparsable_reference_is_a_problem(reference):
+    problems = check_definition(_definition(reference))
+    assert [p for p, _ in problems] == ["/reference"]

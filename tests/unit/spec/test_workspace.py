@@ -59,6 +59,7 @@ def test_definition_lookup_loads_one_file_and_names_unknowns():
 def test_solution_lookup():
     ws = Workspace(GOOD)
     assert ws.solution("toy_scale/torch").qualified_name == "toy_scale/torch"
+    assert ws.solution("toy_scale/torch") is ws.solution("torch", definition="toy_scale")
     assert ws.solution("torch", definition="toy_copy").qualified_name == "toy_copy/torch"
     assert ws.solution("fast").qualified_name == "toy_scale/fast"
     with pytest.raises(FibuildError, match="'torch' is ambiguous: use one of toy_copy/torch, toy_scale/torch"):
