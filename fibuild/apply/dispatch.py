@@ -87,6 +87,7 @@ class Kernel:
         self._callers: dict[ApplyKey, Callable] = {}   # key -> callable accepting out=
         self._resolutions: dict[ApplyKey, Resolution] = {}
         self._loaded: dict[str, tuple[Callable, Callable]] = {}  # solution -> (fast, caller)
+        self._entries: dict[str, Callable] = {}        # solution -> raw entry point (introspection)
         self._excluded: dict[str, str] = {}            # solution -> why it failed to load
         self._lock = threading.RLock()
         self._op = None
@@ -177,6 +178,7 @@ class Kernel:
         caller = solution_caller(self.definition, cand.solution, entry)
         fast = entry if self._entry_is_value and not cand.solution.destination_passing_style else caller
         self._loaded[name] = (fast, caller)
+        self._entries[name] = entry
         return fast, caller, build_key
 
     def _last_resort(self, res: Resolution) -> tuple[Callable, Callable]:
@@ -196,6 +198,7 @@ class Kernel:
                                f"{res.device}", (*res.decisions, Rejected(REFERENCE, why))) from exc
         caller = make_caller(self.definition, run, destination_passing_style=False)
         self._loaded[REFERENCE] = (run if self._entry_is_value else caller), caller
+        self._entries[REFERENCE] = run
         return self._loaded[REFERENCE]
 
     def _bad_args(self, args: tuple) -> FibuildError:
@@ -220,6 +223,15 @@ class Kernel:
         policy has no answer).
         """
         return self.resolution(key_from_axes(self.definition, axes))
+
+    def entry(self, key: ApplyKey) -> Callable | None:
+        """The raw entry point memoized for ``key`` (None before its first call)."""
+        res = self._resolutions.get(tuple(key))
+        if res is None:
+            return None
+        if res.solution is None:
+            return self.fallback or self._entries.get(REFERENCE)
+        return self._entries.get(res.solution.name)
 
     @property
     def keys(self) -> list[ApplyKey]:

@@ -1,0 +1,107 @@
+"""``fibuild resolve NAME --axes k=v[,k=v...]``: which solution runs a key, and why.
+
+Only argparse and the standard library are imported here at module level. Axis values
+are checked in ``run_resolve`` (not by argparse) so a bad one exits 1 with a message,
+like every other user error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+POLICIES = ("exact", "nearest", "def_best", "reference")
+
+
+def add_resolve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("definition", metavar="NAME", help="the definition to resolve")
+    parser.add_argument("--axes", action="append", default=[], metavar="AXIS=N[,AXIS=N...]",
+                        help="var-axis values, e.g. batch_size=32 (repeatable)")
+    parser.add_argument("--policy", choices=POLICIES, default="nearest",
+                        help="first policy tried; the chain exact, nearest, def_best, reference "
+                             "goes on after it (default: nearest)")
+    parser.add_argument("--strict", action="store_true",
+                        help="try only --policy; exit 1 when it has no answer")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="cpu, cuda, or a device slug such as nvidia-h100-80gb-hbm3-sm90 "
+                             "(another machine's slug answers from its committed records)")
+    parser.add_argument("--explain", action="store_true", help="print the decision trace")
+    parser.add_argument("--json", action="store_true", help="print the resolution as JSON")
+
+
+def parse_axes(items: list[str]) -> dict[str, str]:
+    """``["batch_size=32,k=4", "m=8"]`` -> ``{"batch_size": "32", ...}``.
+
+    Values stay strings: the definition decides which names are valid and
+    ``key_from_axes`` checks the integers. Raises ResolveError for a malformed item or a
+    name given twice.
+    """
+    from fibuild.errors import ResolveError
+
+    axes: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or not name or not value.strip():
+                raise ResolveError(f"--axes {part!r}: expected AXIS=N, e.g. batch_size=32")
+            if name in axes:
+                raise ResolveError(f"--axes: axis {name!r} given twice")
+            axes[name] = value.strip()
+    return axes
+
+
+def build_status(resolution, settings, here: bool) -> str:
+    """``committed (<dir>)``, ``failed (<dir>)``, ``not built``, or why it was not checked."""
+    if resolution.solution is None:
+        return "none needed (the reference runs as Python)"
+    if not here:
+        return "not checked (the device is not this machine)"
+    from fibuild.build.cache import BuildCache
+    from fibuild.errors import FibuildError
+    from fibuild.spec.workspace import Workspace
+
+    try:
+        defn = Workspace.discover(settings).definition(resolution.definition)
+        status, directory, _ = BuildCache(settings).status(defn, resolution.solution)
+    except FibuildError as exc:
+        return f"unknown ({str(exc).splitlines()[0]})"
+    return {"committed": f"committed ({directory})", "failed": f"failed (log in {directory})"}.get(
+        status, "not built (built on first use)")
+
+
+def run_resolve(args: argparse.Namespace, settings) -> int:
+    from fibuild.apply.api import resolve
+    from fibuild.apply.collect import target_device
+    from fibuild.apply.trace import format_key, format_us
+
+    axes = parse_axes(args.axes)
+    res = resolve(args.definition, axes, policy=args.policy, device=args.device,
+                  strict=args.strict, settings=settings)
+    _, here = target_device(settings, args.device)
+    status = build_status(res, settings, here)
+    if args.json:
+        data = res.to_dict()
+        data["build_status"] = status
+        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+        return 0
+    latency = "-"
+    if res.latency_us is not None:
+        latency = format_us(res.latency_us)
+        if res.evaluated_key is not None and res.evaluated_key != res.key:
+            latency += f" (measured at {format_key(res.evaluated_key)})"
+    rows = [("solution", res.solution_name), ("language", res.language), ("policy", res.policy),
+            ("latency", latency), ("build key", res.build_key or "-"), ("build", status)]
+    print(f"{res.definition} at {', '.join(f'{k}={v}' for k, v in res.axes().items())} on {res.device}")
+    for label, value in rows:
+        print(f"  {label:<10} {value}")
+    if args.explain:
+        print("decisions:")
+        for note in res.notes:
+            print(f"  note: {note}")
+        for d in res.decisions:
+            print(f"  - {d}")
+    return 0
