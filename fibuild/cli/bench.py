@@ -48,6 +48,16 @@ def _device(text: str) -> str:
     return text
 
 
+def _console(stderr: bool = False):
+    """A rich Console; when not a terminal, wide enough that names are never folded."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=200)
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("definitions", nargs="*", metavar="DEF",
                         help="definitions to benchmark (default: every definition)")
@@ -125,7 +135,6 @@ class _RichReporter:
 
 
 def run_bench(args: argparse.Namespace, settings) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from fibuild.bench.report import summary_rows
@@ -136,8 +145,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     device = args.device or default_device(settings)
     plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
                            workload_limit=args.workload_limit)
-    out = Console()
-    err = Console(stderr=True)
+    out = _console()
+    err = _console(stderr=True)
     if args.dry_run:
         for name, reason in plan.skipped:
             out.print(f"skip {name}: {reason}")
@@ -216,9 +225,7 @@ def run_table(args: argparse.Namespace, settings) -> int:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    from rich.console import Console
-
-    console = Console()
+    console = _console()
     console.print(rich_table(board))
     if plotted:
         console.print(f"plot written to {plotted}")
