@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -141,11 +142,18 @@ def write_failed(directory: Path, info: dict[str, Any]) -> None:
 def reset_dir(directory: Path, key: str) -> None:
     """Empty an *uncommitted* build directory before (re)building it; caller holds the key lock.
 
-    Raises RuntimeError for a committed directory: those are never rebuilt in place.
+    A directory with a ``meta.json`` that does not verify (corrupt, truncated) may still
+    be mapped by a process that loaded it earlier, so it is renamed aside (``gc``
+    removes it later), never rewritten. Raises RuntimeError for a valid committed
+    directory: those are never rebuilt in place.
     """
     if (directory / META).exists():
-        raise RuntimeError(f"refusing to rebuild committed {directory} in place")
-    if directory.exists():
+        if read_meta(directory, key) is not None:
+            raise RuntimeError(f"refusing to rebuild committed {directory} in place")
+        aside = directory.with_name(f"{directory.name}.stale-{os.getpid()}-{time.time_ns()}")
+        os.rename(directory, aside)
+        log.warning("moved %s with an invalid meta.json aside to %s", directory, aside)
+    elif directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     (directory / KEY_FILE).write_text(key + "\n")

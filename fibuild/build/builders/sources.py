@@ -1,6 +1,7 @@
 """Helpers shared by builders: copying sources into a build dir and importing Python by path."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -49,15 +50,19 @@ def check_python_syntax(sol: Solution, src_dir: Path, build_dir: Path) -> None:
                              log_tail=f"{rel}:{exc.lineno}: {exc.text or ''}".rstrip()) from None
 
 
-def module_names(key: str, entry_file: str) -> tuple[str, str]:
-    """``(package, module)``: a package unique to the build key and the entry module in it."""
-    package = f"fibuild_build_{key[:20]}"
+def module_names(build_dir: Path, entry_file: str) -> tuple[str, str]:
+    """``(package, module)``: a package unique to the build directory and the entry module in it.
+
+    Named after the directory (not only the key) so two caches holding the same key
+    never share a module whose ``__path__`` points into the other one.
+    """
+    package = f"fibuild_build_{hashlib.sha256(str(build_dir).encode()).hexdigest()[:24]}"
     parts = PurePosixPath(entry_file).with_suffix("").parts
     return package, ".".join((package, *parts))
 
 
 def import_entry(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
-    """Import ``meta["module_file"]`` from ``build_dir`` under a package unique to the key.
+    """Import ``meta["entry_file"]`` from ``build_dir/src`` under a package unique to that directory.
 
     The sources directory becomes the package's path, so relative imports between a
     solution's files work (``from .helpers import f``); the module is registered in
@@ -65,7 +70,7 @@ def import_entry(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
     build twice returns the module already imported. Raises BuildError if the import
     fails or the function is missing.
     """
-    package, module_name = module_names(meta["key"], meta["entry_file"])
+    package, module_name = module_names(build_dir, meta["entry_file"])
     if package not in sys.modules:
         spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
         pkg = importlib.util.module_from_spec(spec)
