@@ -1,0 +1,127 @@
+"""The ApplyTable cache: hits skip the workspace entirely; any input change is a miss."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from apply_helpers import DEF
+from fibuild.apply import collect, table_cache
+from fibuild.apply.api import load, resolve
+from fibuild.apply.table_cache import input_digest
+
+
+def _no_collect(*a, **kw):
+    raise AssertionError("the table was collected from the workspace instead of the cache")
+
+
+def test_second_load_is_served_from_the_index(workspace, monkeypatch):
+    workspace.record("torch_alt", 8, 20.0)
+    first = load(DEF, settings=workspace.settings)
+    monkeypatch.setattr(collect, "collect_table", _no_collect)
+    second = load(DEF, settings=workspace.settings)
+    assert second.table.to_json() == first.table.to_json()
+    assert second.definition.name == DEF and second.definition.var_axes == ("batch_size",)
+    assert second.explain(batch_size=8).solution.name == "torch_alt"
+
+
+@pytest.mark.parametrize("change", ["record", "edit_source", "new_solution", "edit_definition"])
+def test_any_input_change_is_a_miss(workspace, change):
+    workspace.record("torch_alt", 8, 20.0)
+    s = workspace.settings
+    before = input_digest(workspace.root, DEF, workspace.device, True, s)
+    assert input_digest(workspace.root, DEF, workspace.device, True, s) == before
+    if change == "record":
+        workspace.record("torch_fp32", 8, 5.0)
+    elif change == "edit_source":
+        p = workspace.root / "solutions" / DEF / "torch_alt" / "kernel.py"
+        p.write_text(p.read_text() + "\n")
+    elif change == "new_solution":
+        src = workspace.root / "solutions" / DEF / "torch_fp32"
+        dst = workspace.root / "solutions" / DEF / "torch_copy"
+        dst.mkdir()
+        (dst / "kernel.py").write_text((src / "kernel.py").read_text())
+        (dst / "solution.yaml").write_text((src / "solution.yaml").read_text().replace("torch_fp32", "torch_copy"))
+    else:
+        p = workspace.root / "defs" / "rmsnorm" / f"{DEF}.yaml"
+        p.write_text(p.read_text() + "\n# edited\n")
+    assert input_digest(workspace.root, DEF, workspace.device, True, s) != before
+    # Other devices and the other-machine mode are keyed apart.
+    assert input_digest(workspace.root, DEF, "nvidia-x-sm90", False, s) != \
+        input_digest(workspace.root, DEF, workspace.device, True, s)
+
+
+def test_new_record_changes_the_answer(workspace):
+    workspace.record("torch_alt", 8, 20.0)
+    assert resolve(DEF, {"batch_size": 8}, settings=workspace.settings).solution.name == "torch_alt"
+    workspace.record("torch_fp32", 8, 5.0)
+    assert resolve(DEF, {"batch_size": 8}, settings=workspace.settings).solution.name == "torch_fp32"
+
+
+def test_malformed_cached_value_is_a_miss(workspace):
+    from fibuild.build.index import Index
+
+    s = workspace.settings
+    load(DEF, settings=s)
+    digest = input_digest(workspace.root, DEF, workspace.device, True, s)
+    with Index(s.cache_dir) as index:
+        index.set_json(table_cache.NAMESPACE, digest, {"table": {"nonsense": 1}})
+    assert table_cache.read_cached(s, digest) is None
+    assert load(DEF, settings=s).explain(batch_size=2).policy == "reference"
+
+
+def test_build_committed_after_caching_is_remembered(workspace):
+    workspace.record("torch_alt", 8, 20.0)
+    s = workspace.settings
+    k = load(DEF, settings=s)
+    assert k.table.candidates["torch_alt"].build_dir == ""  # not built when the table was made
+    from apply_helpers import inputs
+
+    k(*inputs(8))
+    again = load(DEF, settings=s)
+    cand = again.table.candidates["torch_alt"]
+    assert cand.build_dir and os.path.isfile(os.path.join(cand.build_dir, "meta.json"))
+    assert cand.build_key == k.explain(batch_size=8).build_key
+
+
+COLD = textwrap.dedent("""
+    import json, sys, time
+    import torch
+    import yaml
+
+    def refuse(*a, **kw):
+        raise AssertionError("YAML parsed on the warm path")
+
+    yaml.safe_load = yaml.load = refuse
+    t0 = time.perf_counter()
+    import fibuild
+    k = fibuild.load("rmsnorm_h4096")
+    x = torch.randn(8, 4096, dtype=torch.bfloat16)
+    w = torch.ones(4096, dtype=torch.bfloat16)
+    y = k(x, w)
+    elapsed = time.perf_counter() - t0
+    heavy = [m for m in ("jsonschema", "referencing", "ninja", "fibuild.registry",
+                         "fibuild.build.toolchain") if m in sys.modules]
+    print(json.dumps({"solution": k.explain(batch_size=8).solution_name, "heavy": heavy,
+                      "elapsed": elapsed, "shape": list(y.shape)}))
+""")
+
+
+def test_warm_process_parses_no_manifest_and_imports_no_schema(workspace):
+    workspace.record("torch_fp32", 8, 20.0)
+    env = dict(os.environ, FIBUILD_ROOT=str(workspace.root),
+               FIBUILD_CACHE_DIR=str(workspace.settings.cache_dir), FIBUILD_DEVICE="cpu")
+    # Warm the table and the build in one process ...
+    warm = subprocess.run([sys.executable, "-c", COLD.replace("yaml.safe_load = yaml.load = refuse", "")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert warm.returncode == 0, warm.stderr
+    # ... then a new process must take the fast path only.
+    cold = subprocess.run([sys.executable, "-c", COLD], env=env, capture_output=True, text=True, timeout=300)
+    assert cold.returncode == 0, cold.stderr
+    result = json.loads(cold.stdout)
+    assert result["solution"] == "torch_fp32" and result["shape"] == [8, 4096]
+    assert result["heavy"] == []
