@@ -177,9 +177,13 @@ class _Run:
         self.lock = threading.Lock()
         self.results: dict[int, Evaluation] = {}
         self.errors: list[BaseException] = []
+        self.live: set = set()  # running WorkerProcess objects, killed on interrupt
+        self.stopping = False
 
     def finish(self, evaluation: Evaluation, index: int) -> None:
         with self.lock:
+            if self.stopping:
+                return  # interrupted: a killed worker's "crash" is not the kernel's fault
             if self.registry is not None:
                 self.registry.append(evaluation)
             self.results[index] = evaluation
@@ -204,7 +208,10 @@ class _Run:
                 except queue.Empty:
                     return
                 if worker is None:
-                    worker = WorkerProcess(settings_json, device).start()
+                    worker = WorkerProcess(settings_json, device)
+                    with self.lock:
+                        self.live.add(worker)
+                    worker.start()
                 self.hook("item_started", item.solution.qualified_name, item.workload.uuid, device)
                 message = {"op": "run", "id": item.index, "definition": item.definition.name,
                            "solution": item.solution.qualified_name,
@@ -240,8 +247,23 @@ class _Run:
                 except queue.Empty:
                     break
         finally:
+            with self.lock:
+                self.live = {w for w in self.live if w.alive}
             if worker is not None:
                 worker.close()
+
+    def interrupt(self, items: "queue.Queue[_Item]") -> None:
+        """Stop: drop queued items, kill running workers, record nothing more."""
+        with self.lock:
+            self.stopping = True
+            workers = list(self.live)
+        while True:
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                break
+        for worker in workers:
+            worker.kill()
 
 
 def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
@@ -255,7 +277,8 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
 
     ``device``: ``cpu``, ``cuda`` (one worker per visible GPU) or ``cuda:N``; default from
     :func:`default_device`. ``timeout_s`` bounds each item (reference + check + timing).
-    ``plan`` reuses a :func:`plan_benchmarks` result. Raises BenchError for bad options,
+    ``plan`` reuses a :func:`plan_benchmarks` result (its device wins over ``device``).
+    Ctrl-C kills the workers, records nothing more and re-raises KeyboardInterrupt. Raises BenchError for bad options,
     an unusable device or a worker that cannot start; kernel failures are statuses.
     Cost: builds, then per item about ``warmup_ms + rep_ms`` for the solution (plus the
     same once per workload for the reference).
@@ -266,7 +289,7 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
     from ..registry import Registry
 
     reporter = reporter or BenchReporter()
-    device = device or default_device(settings)
+    device = plan.device if plan is not None else (device or default_device(settings))
     if graph and device == "cpu":
         raise BenchError("--graph needs a CUDA device")
     if warmup_ms < 0 or rep_ms <= 0 or timeout_s <= 0:
@@ -321,8 +344,14 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
                for dev in devices[:max(1, len(items))]]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:
+        run.interrupt(work)
+        for t in threads:
+            t.join()
+        raise
     if run.errors:
         exc = run.errors[0]
         raise exc if isinstance(exc, FibuildError) else BenchError(f"benchmark run failed: {exc!r}")
