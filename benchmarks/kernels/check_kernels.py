@@ -52,7 +52,7 @@ def nvcc_compile(source: Path, out: Path, extra: list[str]) -> tuple[Path, float
     cmd = [f"{cuda_home}/bin/nvcc", "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
            "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
            "-isystem", libinfo.find_include_path(), *extra, str(source),
-           f"-L{lib_dir}", "-ltvm_ffi", f"-Wl,-rpath,{lib_dir}", f"-L{cuda_home}/lib64", "-lcudart",
+           f"-L{lib_dir}", "-ltvm_ffi", "-Xlinker", "-rpath", "-Xlinker", lib_dir, f"-L{cuda_home}/lib64", "-lcudart",
            "-o", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -38,7 +38,7 @@ def _compile(sol, out_dir: Path) -> Path:
     cmd = [str(nvcc), "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
            f"-gencode=arch=compute_{arch},code=sm_{arch}", "-isystem", libinfo.find_include_path(),
            *sol.build.cuda_cflags, *(str(sol.path / s) for s in sol.sources if s.endswith(".cu")),
-           f"-L{lib_dir}", "-ltvm_ffi", f"-Wl,-rpath,{lib_dir}", f"-L{cuda_home}/lib64", "-lcudart",
+           f"-L{lib_dir}", "-ltvm_ffi", "-Xlinker", "-rpath", "-Xlinker", lib_dir, f"-L{cuda_home}/lib64", "-lcudart",
            "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
