@@ -8,6 +8,9 @@ in one worker process per device (:mod:`fibuild.bench.worker`); a crash or a han
 """
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -303,7 +306,9 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
     slugs = {dev: device_slug(dev) for dev in devices}
     slug = slugs[devices[0]]
     registry = Registry(workspace.registry_dir) if record else None
-    run = _Run(settings, slugs, reporter, registry,
+    # Workers load solutions from this workspace, whatever root the settings named.
+    worker_settings = dataclasses.replace(settings, root=Path(workspace.root))
+    run = _Run(worker_settings, slugs, reporter, registry,
                {"warmup_ms": warmup_ms, "rep_ms": rep_ms, "graph": graph}, timeout_s)
     reporter.starting(plan.total, slug)
     cache = BuildCache(settings)
