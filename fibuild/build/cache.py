@@ -235,6 +235,7 @@ def record_failure(directory: Path, sol: Solution, key: str, exc: BuildError) ->
 
 
 def failed_error(sol: Solution, directory: Path, failed: dict[str, Any]) -> BuildError:
-    return BuildError(f"{sol.qualified_name}: failed before ({failed.get('error', 'see the log')}); "
+    why = str(failed.get("error") or "see the log").removeprefix(f"{sol.qualified_name}: ")
+    return BuildError(f"{sol.qualified_name}: failed before ({why}); "
                       "retry with --retry-failed", solution=sol.qualified_name, build_dir=directory,
                       log_tail=str(failed.get("log_tail") or ""))

@@ -86,7 +86,7 @@ class _PlainReporter:
             return
         self.settled += 1
         detail = f" ({outcome.seconds:.1f} s)" if outcome.status == "built" else \
-            f": {outcome.error.splitlines()[0]}" if outcome.error else ""
+            ": " + outcome.error.splitlines()[0].removeprefix(f"{outcome.solution}: ") if outcome.error else ""
         print(f"[{self.settled}/{self.stale}] {outcome.status} {outcome.solution}{detail}",
               file=self.stream, flush=True)
 
