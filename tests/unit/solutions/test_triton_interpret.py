@@ -1,0 +1,91 @@
+"""The shipped Triton solutions run under TRITON_INTERPRET=1 on CPU tensors and match the reference.
+
+Triton decides at ``@triton.jit`` decoration time whether a kernel is interpreted, and parts
+of ``triton.language`` read the variable when triton is first imported: so each check runs in
+a fresh interpreter started with ``TRITON_INTERPRET=1``, never by flipping the variable in
+this process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fibuild.spec.manifest import Workspace, shipped_root
+
+WORKSPACE = Workspace(shipped_root())
+TRITON_SOLUTIONS = [s for s in WORKSPACE.solutions() if s.language == "triton"]
+
+# Runs in the child: imports the solution from its file, checks it on bf16 CPU tensors.
+CHILD = r"""
+import importlib.util, json, sys
+import torch
+from fibuild.spec.calling import load_reference, solution_caller
+from fibuild.spec.manifest import Workspace, shipped_root
+
+ws = Workspace(shipped_root())
+sol = ws.solution(sys.argv[1])
+defn = ws.definition(sol.definition)
+spec = importlib.util.spec_from_file_location("triton_solution_under_test", sol.path / sol.entry_file)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+call = solution_caller(defn, sol, getattr(module, sol.entry_symbol))
+reference = load_reference(defn)["run"]
+kernels = sorted({type(v).__name__ for v in vars(module).values() if type(v).__module__.startswith("triton.runtime")})
+results = []
+g = torch.Generator().manual_seed(0)
+for rows in (1, 3):
+    sizes = {**defn.const_axes, defn.var_axes[0]: rows}
+    inputs = [torch.randn([sizes[a] for a in s.shape], generator=g, dtype=getattr(torch, s.dtype))
+              for s in defn.inputs]
+    want = reference(*[t.clone() for t in inputs])
+    got = call(*inputs)
+    got, want = (got,) if not isinstance(got, tuple) else got, (want,) if not isinstance(want, tuple) else want
+    for gt, wt in zip(got, want):
+        diff = (gt.float() - wt.float()).abs()
+        bound = defn.tolerance.atol + defn.tolerance.rtol * wt.float().abs()
+        results.append({"rows": rows, "shape_ok": gt.shape == wt.shape, "dtype": str(gt.dtype),
+                        "max_abs": float(diff.max()), "within": bool((diff <= bound).all())})
+bad = None
+try:
+    call(torch.randn(2, 8, dtype=torch.bfloat16), *[torch.randn(8, dtype=torch.bfloat16)] * (len(defn.inputs) - 1))
+except ValueError as exc:
+    bad = str(exc)
+print(json.dumps({"kernels": kernels, "results": results, "bad_shape": bad}))
+"""
+
+
+def _run_child(qualified_name: str, interpret: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": interpret}
+    return subprocess.run([sys.executable, "-c", CHILD, qualified_name], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_ships_triton_solutions():
+    assert {s.qualified_name for s in TRITON_SOLUTIONS} >= {"rmsnorm_h4096/triton_row",
+                                                            "silu_and_mul_i14336/triton_vec"}
+
+
+@pytest.mark.parametrize("sol", TRITON_SOLUTIONS, ids=[s.qualified_name for s in TRITON_SOLUTIONS])
+def test_matches_reference_under_the_interpreter(sol):
+    proc = _run_child(sol.qualified_name, "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["kernels"] == ["InterpretedFunction"], report
+    defn = WORKSPACE.definition(sol.definition)
+    assert len(report["results"]) == 2 * len(defn.outputs)
+    for r in report["results"]:
+        assert r["shape_ok"] and r["dtype"] == "torch.bfloat16" and r["within"], r
+    assert report["bad_shape"] and "expected" in report["bad_shape"], report
+
+
+def test_without_the_interpreter_cpu_tensors_are_refused():
+    """The interpreter really is what makes the CPU run work (the variable is read, not ignored)."""
+    sol = next(s for s in TRITON_SOLUTIONS if s.qualified_name == "rmsnorm_h4096/triton_row")
+    proc = _run_child(sol.qualified_name, "0")
+    # Compiled mode needs a GPU driver here, and CPU pointers would be refused on a GPU machine.
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "triton" in proc.stderr and "Traceback" in proc.stderr, proc.stderr[-2000:]
