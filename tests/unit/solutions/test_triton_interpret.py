@@ -51,7 +51,8 @@ for rows in (1, 3):
                         "max_abs": float(diff.max()), "within": bool((diff <= bound).all())})
 bad = None
 try:
-    call(torch.randn(2, 8, dtype=torch.bfloat16), *[torch.randn(8, dtype=torch.bfloat16)] * (len(defn.inputs) - 1))
+    dtype = getattr(torch, defn.inputs[0].dtype)
+    call(torch.randn(2, 8, dtype=dtype), *[torch.randn(8, dtype=dtype)] * (len(defn.inputs) - 1))
 except ValueError as exc:
     bad = str(exc)
 print(json.dumps({"kernels": kernels, "results": results, "bad_shape": bad}))
@@ -66,7 +67,8 @@ def _run_child(qualified_name: str, interpret: str) -> subprocess.CompletedProce
 
 def test_ships_triton_solutions():
     assert {s.qualified_name for s in TRITON_SOLUTIONS} >= {"rmsnorm_h4096/triton_row",
-                                                            "silu_and_mul_i14336/triton_vec"}
+                                                            "silu_and_mul_i14336/triton_vec",
+                                                            "gemm_n6144_k4096/triton_tiled"}
 
 
 @pytest.mark.parametrize("sol", TRITON_SOLUTIONS, ids=[s.qualified_name for s in TRITON_SOLUTIONS])
@@ -77,8 +79,9 @@ def test_matches_reference_under_the_interpreter(sol):
     assert report["kernels"] == ["InterpretedFunction"], report
     defn = WORKSPACE.definition(sol.definition)
     assert len(report["results"]) == 2 * len(defn.outputs)
-    for r in report["results"]:
-        assert r["shape_ok"] and r["dtype"] == "torch.bfloat16" and r["within"], r
+    dtypes = [f"torch.{o.dtype}" for o in defn.outputs] * 2
+    for r, dtype in zip(report["results"], dtypes):
+        assert r["shape_ok"] and r["dtype"] == dtype and r["within"], r
     assert report["bad_shape"] and "expected" in report["bad_shape"], report
 
 
