@@ -7,7 +7,6 @@ resolve --device <other slug>``), whether a solution can build here does not mat
 """
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from pathlib import Path
 
@@ -59,6 +58,8 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
     the builder's own availability (no nvcc, ...). Cost: metadata look-ups and the
     builder's cached toolchain probe.
     """
+    import importlib.metadata  # not at module level: it costs ~15 ms and the warm path skips this
+
     why = hardware_mismatch(sol, device)
     if why:
         return why

@@ -9,7 +9,6 @@ stores the table as JSON.
 """
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -154,6 +153,8 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
     order: the registry is append-only). ``here`` False: the device is not this machine, so
     ``Candidate.unavailable`` is ignored. Cost: linear in the records.
     """
+    import statistics  # slow path only: statistics pulls in decimal and fractions
+
     var_axes = tuple(var_axes)
     table = ApplyTable(definition, var_axes, device, dict(candidates), here=here)
     latest: dict[tuple[str, str], Evaluation] = {}  # (solution, workload) -> last current record
