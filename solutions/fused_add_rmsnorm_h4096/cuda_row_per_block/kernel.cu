@@ -117,6 +117,23 @@ fused_add_rmsnorm_kernel(uint4* __restrict__ hidden, uint4* __restrict__ residua
   for (int i = 0; i < kVecsPerThread; ++i) hidden[base + tid + i * kThreads] = scale(sv[i], wv[i], inv_rms);
 }
 
+// Makes the tensors' device current for the launch and restores the caller's afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
+      restore_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+
 bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
 
 bool aligned16(const tvm::ffi::TensorView& t) {
@@ -159,7 +176,7 @@ void fused_add_rmsnorm(tvm::ffi::TensorView hidden_states, tvm::ffi::TensorView 
   if (rows == 0) return;
   TVM_FFI_CHECK(rows <= 0x7fffffff, ValueError) << "batch_size too large: " << rows;
   cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
-  cudaSetDevice(dev.device_id);
+  DeviceGuard device_guard(dev.device_id);
   fused_add_rmsnorm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
       data_of<uint4>(hidden_states), data_of<uint4>(residual), data_of<const uint4>(weight));
   cudaError_t err = cudaGetLastError();

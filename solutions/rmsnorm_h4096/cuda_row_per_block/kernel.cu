@@ -92,6 +92,23 @@ rmsnorm_row_per_block_kernel(const uint4* __restrict__ x, const uint4* __restric
   for (int i = 0; i < kVecsPerThread; ++i) out[base + tid + i * kThreads] = scale(xv[i], wv[i], inv_rms);
 }
 
+// Makes the tensors' device current for the launch and restores the caller's afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
+      restore_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+
 bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
 
 bool aligned16(const tvm::ffi::TensorView& t) {
@@ -131,7 +148,7 @@ void rmsnorm(tvm::ffi::TensorView hidden_states, tvm::ffi::TensorView weight,
   if (rows == 0) return;
   TVM_FFI_CHECK(rows <= 0x7fffffff, ValueError) << "batch_size too large: " << rows;
   cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
-  cudaSetDevice(dev.device_id);
+  DeviceGuard device_guard(dev.device_id);
   rmsnorm_row_per_block_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
       data_of<const uint4>(hidden_states), data_of<const uint4>(weight), data_of<uint4>(output));
   cudaError_t err = cudaGetLastError();

@@ -84,6 +84,23 @@ rmsnorm_warp_per_row_kernel(const uint4* __restrict__ x, const uint4* __restrict
   for (int i = 0; i < kVecsPerLane; ++i) out[base + i * 32] = scale(xv[i], __ldg(w + lane + i * 32), inv_rms);
 }
 
+// Makes the tensors' device current for the launch and restores the caller's afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
+      restore_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+
 bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
 
 bool aligned16(const tvm::ffi::TensorView& t) {
@@ -123,7 +140,7 @@ void rmsnorm(tvm::ffi::TensorView hidden_states, tvm::ffi::TensorView weight,
   if (rows == 0) return;
   TVM_FFI_CHECK(rows <= 0x7fffffff, ValueError) << "batch_size too large: " << rows;
   cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
-  cudaSetDevice(dev.device_id);
+  DeviceGuard device_guard(dev.device_id);
   const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
   rmsnorm_warp_per_row_kernel<<<blocks, kThreads, 0, stream>>>(
       data_of<const uint4>(hidden_states), data_of<const uint4>(weight), data_of<uint4>(output),

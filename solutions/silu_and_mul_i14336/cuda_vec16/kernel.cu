@@ -43,6 +43,23 @@ silu_and_mul_kernel(const uint4* __restrict__ x, uint4* __restrict__ out) {
   out[row * kVecsPerOutRow + col] = r;
 }
 
+// Makes the tensors' device current for the launch and restores the caller's afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
+      restore_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+
 bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
 
 bool aligned16(const tvm::ffi::TensorView& t) {
@@ -72,7 +89,7 @@ void silu_and_mul(tvm::ffi::TensorView x, tvm::ffi::TensorView out) {
   if (rows == 0) return;
   TVM_FFI_CHECK(rows <= 0x7fffffff / kBlocksPerRow, ValueError) << "num_tokens too large: " << rows;
   cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
-  cudaSetDevice(dev.device_id);
+  DeviceGuard device_guard(dev.device_id);
   silu_and_mul_kernel<<<static_cast<unsigned>(rows * kBlocksPerRow), kThreads, 0, stream>>>(
       data_of<const uint4>(x), data_of<uint4>(out));
   cudaError_t err = cudaGetLastError();
