@@ -95,6 +95,8 @@ def main(argv=None) -> int:
         env = dict(os.environ, FIBUILD_ROOT=str(root), FIBUILD_CACHE_DIR=str(Path(tmp) / "cache"),
                    FIBUILD_DEVICE=device)
         env.pop("PYTHONPROFILEIMPORTTIME", None)
+        # As on a user's machine: bytecode caches are written once and reused.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         code = WITH_FIBUILD.format(device=device, batch=BATCH, name=DEF)
         warm = json.loads(run_python(code, env)[0])  # builds torch_fp32, caches the apply table
         if warm["solution"] != SOLUTION:
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
             walls_with.append(wall)
             walls_base.append(run_python(BASELINE.format(device=device, batch=BATCH), env)[1])
     med = {k: statistics.median(v) * 1e3 for k, v in parts.items()}
-    wall_delta = (statistics.median(walls_with) - statistics.median(walls_base)) * 1e3
+    # Whole processes vary by hundreds of ms with machine load: compare the fastest of each.
+    wall_delta = (min(walls_with) - min(walls_base)) * 1e3
     verdict = "meets" if med["fibuild"] <= 100 else "misses"
     text = "\n".join([
         "# Cold start on a warm cache",
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
         f"`python3 benchmarks/bench_coldstart.py --device {device} --runs {args.runs}`.",
         "",
         f"New process per run, warm build cache and apply-table cache; `{DEF}` on {device} "
-        f"([{BATCH}, 4096] bf16), routed to `{SOLUTION}`. Medians of {args.runs} runs, ms.",
+        f"([{BATCH}, 4096] bf16), routed to `{SOLUTION}`; Python bytecode caches warm too. "
+        f"Medians of {args.runs} runs, ms.",
         "",
         "| step | ms |",
         "|---|---:|",
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
         f"| `fibuild.load(\"{DEF}\")` | {med['load']:.1f} |",
         f"| first call (loads the committed build) | {med['call']:.1f} |",
         f"| **fibuild total beyond `import torch`** | **{med['fibuild']:.1f}** |",
-        f"| whole process with fibuild minus whole process with `import torch` only | {wall_delta:.1f} |",
+        f"| whole process with fibuild minus whole process with `import torch` only "
+        f"(fastest of {args.runs} each; coarse) | {wall_delta:.1f} |",
         "",
         f"Goal: at most 100 ms beyond `import torch`: {verdict}. Modules of the slow path "
         f"present after the run: {', '.join(sorted(heavy)) or 'none'} (the warm path parses no "
