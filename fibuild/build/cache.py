@@ -21,14 +21,16 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from fibuild.build import keys, store
-from fibuild.build.builders import Builder, get_builder
+from fibuild.build import store
 from fibuild.build.loaded import LoadedKernel
-from fibuild.config import Settings
 from fibuild.errors import BuildError, CacheError
-from fibuild.spec.model import Definition, Solution
+
+if TYPE_CHECKING:
+    from fibuild.build.builders import Builder
+    from fibuild.config import Settings
+    from fibuild.spec.model import Definition, Solution
 
 log = logging.getLogger("fibuild.build")
 
@@ -48,7 +50,9 @@ def load_committed(build_dir: Path | str) -> Callable:
     if meta is None:
         raise BuildError(f"{directory} holds no committed build (meta.json missing or corrupt)",
                          build_dir=directory)
-    return get_builder(meta["language"]).load(directory, meta)
+    from fibuild.build.builders.loading import load_entry
+
+    return load_entry(directory, meta)
 
 
 class BuildCache:
@@ -66,9 +70,13 @@ class BuildCache:
 
     # -- keys and places ---------------------------------------------------------------
     def key_inputs(self, defn: Definition, sol: Solution) -> dict[str, Any]:
+        from fibuild.build import keys
+
         return keys.key_inputs(defn, sol, self.settings)
 
     def key(self, defn: Definition, sol: Solution) -> str:
+        from fibuild.build import keys
+
         return keys.build_key(defn, sol, self.settings)
 
     def build_dir(self, sol: Solution, key: str) -> Path:
@@ -83,6 +91,8 @@ class BuildCache:
         remembered for this key in this instance. Cost on a memory hit: one key
         computation (reads and hashes the sources); on a disk hit: plus the load.
         """
+        from fibuild.build import keys
+
         inputs = self.key_inputs(defn, sol)
         key = keys.key_of(inputs)
         with self._lock:
@@ -102,6 +112,8 @@ class BuildCache:
         return hit
 
     def _disk_or_build(self, defn, sol, key, inputs, retry_failed) -> LoadedKernel:
+        from fibuild.build.builders import get_builder
+
         directory = self.build_dir(sol, key)
         meta = store.read_meta(directory, key)
         if meta is None:
@@ -146,8 +158,10 @@ class BuildCache:
         return meta
 
     def _load(self, defn, sol, key, directory, meta) -> LoadedKernel:
-        entry = get_builder(meta["language"]).load(directory, meta)
+        from fibuild.build.builders import get_builder
         from fibuild.spec.calling import solution_caller
+
+        entry = get_builder(meta["language"]).load(directory, meta)
 
         return LoadedKernel(definition=defn, solution=sol, build_key=key, build_dir=directory,
                             entry=entry, call=solution_caller(defn, sol, entry), meta=meta)
@@ -204,6 +218,8 @@ class BuildCache:
 def commit_meta(defn: Definition, sol: Solution, key: str, inputs: dict[str, Any], builder: Builder,
                 plan, seconds: float) -> dict[str, Any]:
     """The ``meta.json`` of a finished build: everything ``load_committed`` needs, plus provenance."""
+    from fibuild.build import keys
+
     return {
         "key": key,
         "digest": keys.digest_of(inputs),

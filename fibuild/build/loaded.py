@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from fibuild.spec.model import Definition, Solution
+if TYPE_CHECKING:
+    from fibuild.spec.model import Definition, Solution
 
 
 @dataclass(frozen=True)

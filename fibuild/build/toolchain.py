@@ -9,8 +9,6 @@ wrapper script).
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import importlib.util
 import os
 import platform
 import shutil
@@ -37,6 +35,8 @@ def _first_line(cmd: list[str]) -> str | None:
 
 def package_version(dist: str) -> str | None:
     """Installed version of distribution ``dist`` (metadata only, no import), or None."""
+    import importlib.metadata  # ~15 ms; only key computation needs it
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -123,6 +123,8 @@ def tvm_ffi_paths() -> TvmFfiPaths | None:
     Falls back to ``tvm_ffi.libinfo`` (which imports torch) only if the installed layout
     is not the wheel's ``tvm_ffi/{include,lib}``.
     """
+    import importlib.util
+
     version = package_version("apache-tvm-ffi")
     spec = importlib.util.find_spec("tvm_ffi")
     if version is None or spec is None or not spec.submodule_search_locations:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
-from fibuild.config import Settings
 from fibuild.errors import BuildError
-from fibuild.spec.model import Definition, Solution
+
+if TYPE_CHECKING:
+    from fibuild.config import Settings
+    from fibuild.spec.model import Definition, Solution
 
 # language -> module under fibuild.build.builders that registers it (imported on first use).
 _MODULES = {"cpp": "native", "cuda": "native", "triton": "triton", "python": "python"}

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from fibuild.build import toolchain
 from fibuild.build.builders import BuildPlan, register
+from fibuild.build.builders.loading import load_native
 from fibuild.build.builders.sources import SRC_DIR, copy_sources
 from fibuild.build.ninja import NinjaFile, shell_quote, write_if_different
 from fibuild.config import Settings
@@ -138,15 +139,7 @@ class NativeBuilder:
         return BuildPlan(artifact=ARTIFACT, ninja_file=ninja_file)
 
     def load(self, build_dir: Path, meta: Mapping[str, Any]) -> Callable:
-        import tvm_ffi
-
-        path = build_dir / meta["artifact"]
-        try:
-            module = tvm_ffi.load_module(str(path))
-            return module[meta["entry_symbol"]]
-        except Exception as exc:  # tvm-ffi raises its own error types for dlopen and lookup
-            raise BuildError(f"{meta['solution']}: cannot load {meta['entry_symbol']!r} from {path}: "
-                             f"{type(exc).__name__}: {exc}", solution=meta["solution"], build_dir=build_dir) from exc
+        return load_native(build_dir, meta)
 
 
 @register("cpp")

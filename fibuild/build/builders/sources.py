@@ -8,10 +8,11 @@ import importlib.util
 import shutil
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fibuild.errors import BuildError
-from fibuild.spec.model import Solution
+if TYPE_CHECKING:
+    from fibuild.spec.model import Solution
 
 SRC_DIR = "src"  # the copies of a solution's sources, inside its build directory
 

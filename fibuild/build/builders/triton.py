@@ -9,21 +9,15 @@ compiled kernels live and are collected with fibuild's builds.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.build.builders import register
 from fibuild.build.builders.python import PythonBuilder
-from fibuild.build.builders.sources import import_entry
+from fibuild.build.builders.loading import load_triton, pin_triton_cache
 from fibuild.build.toolchain import package_version
 from fibuild.config import Settings
 from fibuild.spec.model import Definition, Solution
-
-
-def pin_triton_cache(cache_dir: Path) -> str:
-    """Set TRITON_CACHE_DIR to ``cache_dir/triton`` if unset; return the value in effect."""
-    return os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
 
 
 @register("triton")
@@ -43,6 +37,4 @@ class TritonBuilder(PythonBuilder):
         return super().prepare(defn, sol, settings, build_dir)
 
     def load(self, build_dir: Path, meta: Mapping[str, Any]) -> Callable:
-        # build_dir is <cache>/builds/<xx>/<dir>: the cache root is three levels up.
-        pin_triton_cache(build_dir.parents[2])
-        return import_entry(build_dir, meta)
+        return load_triton(build_dir, meta)

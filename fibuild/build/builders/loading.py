@@ -1,0 +1,55 @@
+"""Loading a committed build's entry point: the only builder code on ``load_committed``'s path.
+
+Kept apart from the builders so that loading imports neither the toolchain probes nor
+the ninja writer (nor ``subprocess``): a warm start pays only for the load itself.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from fibuild.errors import BuildError
+
+
+def load_native(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
+    """``tvm_ffi.load_module(artifact)[entry_symbol]``; BuildError if either step fails."""
+    import tvm_ffi
+
+    path = build_dir / meta["artifact"]
+    try:
+        return tvm_ffi.load_module(str(path))[meta["entry_symbol"]]
+    except Exception as exc:  # tvm-ffi raises its own error types for dlopen and lookup
+        raise BuildError(f"{meta['solution']}: cannot load {meta['entry_symbol']!r} from {path}: "
+                         f"{type(exc).__name__}: {exc}", solution=meta["solution"], build_dir=build_dir) from exc
+
+
+def pin_triton_cache(cache_dir: Path) -> str:
+    """Set TRITON_CACHE_DIR to ``cache_dir/triton`` if unset; return the value in effect."""
+    return os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
+
+
+def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
+    from fibuild.build.builders.sources import import_entry
+
+    return import_entry(build_dir, meta)
+
+
+def load_triton(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
+    # build_dir is <cache>/builds/<xx>/<dir>: the cache root is three levels up.
+    pin_triton_cache(build_dir.parents[2])
+    return load_python(build_dir, meta)
+
+
+LOADERS: dict[str, Callable[[Path, Mapping[str, Any]], Callable]] = {
+    "cpp": load_native, "cuda": load_native, "python": load_python, "triton": load_triton,
+}
+
+
+def load_entry(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
+    """The entry point of the committed build ``meta`` describes, by its language."""
+    loader = LOADERS.get(meta["language"])
+    if loader is None:
+        raise BuildError(f"{build_dir}: meta.json names unknown language {meta['language']!r}",
+                         build_dir=build_dir)
+    return loader(build_dir, meta)
