@@ -257,6 +257,9 @@ def render(rows: list[dict], notes: list[str], kinds: list[str], args) -> str:
         lines.append(f"| {r['device']} | {r['kernel']} | {r['variant']} | {r['us_per_call']:.2f} | "
                      f"{r['added_us']:+.2f} |")
     lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    lines.append("- The rmsnorm rows carry the kernel's own run-to-run spread (several µs on a shared "
+                 "machine), so their differences are noise-bound; the no-op rows measure the dispatch "
+                 "path itself.")
     for kind in kinds:
         noop = {r["variant"]: r["added_us"] for r in rows if r["device"] == kind and r["kernel"] == "no-op kernel"}
         if "fibuild.load" in noop:
