@@ -183,6 +183,12 @@ def bench_cuda_first_build(work: Path, rows: list[str]) -> None:
         "print(time.perf_counter() - t0)\n")
     _, fib = timed_python(code)
     rows.append(f"| first build of one CUDA solution (sm_90a), fibuild (compile + link) | {float(fib):.2f} s |")
+    import torch
+
+    if torch.version.cuda is None:
+        rows.append("| first build of the same CUDA kernel, `cpp_extension.load_inline` | not measurable: "
+                    "this torch is a CPU-only build, whose cpp_extension cannot compile CUDA |")
+        return
     inline = (
         "import time\nfrom torch.utils.cpp_extension import load_inline\n"
         "t0 = time.perf_counter()\n"
