@@ -9,9 +9,9 @@ __version__ = "0.1.0"
 __all__ = ["load", "apply", "resolve", "Workspace", "Settings", "__version__"]
 
 _LAZY = {
-    "load": ("fibuild.apply.api", "load"),
-    "apply": ("fibuild.apply.api", "apply"),
-    "resolve": ("fibuild.apply.api", "resolve"),
+    "load": ("fibuild.runtime.api", "load"),
+    "apply": ("fibuild.runtime.api", "apply"),
+    "resolve": ("fibuild.runtime.api", "resolve"),
     "Workspace": ("fibuild.spec.manifest", "Workspace"),
     "Settings": ("fibuild.config", "Settings"),
 }

@@ -24,7 +24,7 @@ from fibuild.spec.model import Definition
 
 from .table import ApplyTable
 
-log = logging.getLogger("fibuild.apply")
+log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
 FORMAT = 1  # bump when the cached JSON layout changes

@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 
-from apply_helpers import DEF
-from fibuild.apply import collect, table_cache
-from fibuild.apply.api import load, resolve
-from fibuild.apply.table_cache import input_digest
+from runtime_helpers import DEF
+from fibuild.runtime import collect, table_cache
+from fibuild.runtime.api import load, resolve
+from fibuild.runtime.table_cache import input_digest
 
 
 def _no_collect(*a, **kw):
@@ -79,7 +79,7 @@ def test_build_committed_after_caching_is_remembered(workspace):
     s = workspace.settings
     k = load(DEF, settings=s)
     assert k.table.candidates["torch_alt"].build_dir == ""  # not built when the table was made
-    from apply_helpers import inputs
+    from runtime_helpers import inputs
 
     k(*inputs(8))
     again = load(DEF, settings=s)

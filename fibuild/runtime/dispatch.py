@@ -21,7 +21,7 @@ from .resolve import Resolver, policy_chain
 from .table import ApplyTable
 from .trace import REFERENCE, Rejected, Resolution, format_key
 
-log = logging.getLogger("fibuild.apply")
+log = logging.getLogger("fibuild.runtime")
 
 FALLBACK = "fallback"
 
@@ -245,7 +245,7 @@ class Kernel:
         Same inputs; returns the non-in-place outputs and mutates in-place ones, so it
         works under ``torch.compile`` and CUDA graph capture. Raises ResolveError when
         the definition cannot be expressed as a custom op (see
-        :func:`fibuild.apply.custom_op.op_schema`).
+        :func:`fibuild.runtime.custom_op.op_schema`).
         """
         if self._op is None:
             from .custom_op import register_op

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fibuild.apply.resolve import Resolver, log_distance, policy_chain
-from fibuild.apply.table import ApplyTable, Candidate, build_table
-from fibuild.apply.trace import Accepted, BaseReporter, PolicySkipped, Rejected
+from fibuild.runtime.resolve import Resolver, log_distance, policy_chain
+from fibuild.runtime.table import ApplyTable, Candidate, build_table
+from fibuild.runtime.trace import Accepted, BaseReporter, PolicySkipped, Rejected
 from fibuild.errors import ResolveError
 from fibuild.spec.model import Evaluation, LatencyStats, Solution
 

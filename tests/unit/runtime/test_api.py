@@ -1,17 +1,18 @@
 """fibuild.load / apply / resolve on CPU, against real manifests, builds and registry files."""
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import pytest
 import torch
 
 import fibuild
-from fibuild.apply.api import apply, load, resolve
-from fibuild.apply.trace import Accepted, Rejected
+from fibuild.runtime.api import apply, load, resolve
+from fibuild.runtime.trace import Accepted, Rejected
 from fibuild.errors import FibuildError, ResolveError
 
-from apply_helpers import DEF, inputs, reference_rmsnorm
+from runtime_helpers import DEF, inputs, reference_rmsnorm
 
 
 def entry_file(kernel, key) -> str:
@@ -240,8 +241,10 @@ def test_apply_as_a_call(workspace):
 
 def test_public_names_are_lazy_attributes(workspace):
     assert fibuild.load is load and fibuild.resolve is resolve
-    # ``fibuild.apply`` is the apply package once any of it is imported: it must still
-    # work as the verb, as a decorator and as a call.
+    # Importing the runtime subpackages must not shadow the verb.
+    importlib.import_module("fibuild.runtime.dispatch")
+
+    assert fibuild.apply is apply
     calls = []
 
     @fibuild.apply(DEF, settings=workspace.settings)

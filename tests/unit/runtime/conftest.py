@@ -1,9 +1,9 @@
-"""Fixtures of the apply tests (helpers live in apply_helpers.py)."""
+"""Fixtures of the apply tests (helpers live in runtime_helpers.py)."""
 from __future__ import annotations
 
 import pytest
 
-from apply_helpers import TempWorkspace, make_workspace
+from runtime_helpers import TempWorkspace, make_workspace
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Built from the definition's candidate solutions (each with its current digest an
 it can run here) and its evaluation records. Only ``PASSED`` records whose digest equals
 the solution's current digest count; a solution whose latest record for some workload of
 a key is not ``PASSED`` is never chosen for that key. This module is pure: no I/O, no
-torch; :mod:`fibuild.apply.collect` gathers the inputs, :mod:`fibuild.apply.table_cache`
+torch; :mod:`fibuild.runtime.collect` gathers the inputs, :mod:`fibuild.runtime.table_cache`
 stores the table as JSON.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from apply_helpers import DEF
+from runtime_helpers import DEF
 from fibuild.cli import main
 from fibuild.cli.resolve import parse_axes
 from fibuild.errors import ResolveError
@@ -37,7 +37,7 @@ def test_prints_choice_and_trace(cli, capsys):
 def test_build_status_after_a_load(cli, capsys):
     import torch
 
-    from fibuild.apply.api import load
+    from fibuild.runtime.api import load
 
     cli.record("torch_fp32", 4, 3.0)
     k = load(DEF, settings=cli.settings)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apply_helpers import DEF, inputs, reference_rmsnorm
-from fibuild.apply.api import load
-from fibuild.apply.custom_op import op_schema
+from runtime_helpers import DEF, inputs, reference_rmsnorm
+from fibuild.runtime.api import load
+from fibuild.runtime.custom_op import op_schema
 from fibuild.errors import ResolveError
 from fibuild.spec.model import Axis, Definition, TensorSpec
 
