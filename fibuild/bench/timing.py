@@ -109,12 +109,38 @@ def _estimate_cuda_ms(fn: Callable, arg_sets, calls: int = 5) -> float:
     return start.elapsed_time(end) / calls
 
 
+#: Samples queued behind one GPU sleep (well under the driver's launch-queue depth).
+AHEAD_CHUNK = 32
+#: An upper bound of SM clocks (cycles/s): a sleep of ``s * SLEEP_CYCLES_PER_S`` cycles lasts
+#: at least ``s`` seconds on any current GPU.
+SLEEP_CYCLES_PER_S = 2.0e9
+
+
+def _host_seconds_per_sample(fn: Callable, arg_sets, flush, calls: int = 8) -> float:
+    """Host time to queue one sample (flush, two events, the call), measured without syncing."""
+    import torch
+
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    t0 = time.perf_counter()
+    for i in range(calls):
+        flush.zero_()
+        events[0].record()
+        fn(*arg_sets[i % len(arg_sets)])
+        events[1].record()
+    elapsed = (time.perf_counter() - t0) / calls
+    torch.cuda.synchronize()
+    return elapsed
+
+
 def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
               device=None) -> Timing:
     """Time ``fn`` with CUDA events around each call, the L2 flushed before each sample.
 
     Runs on the current stream of ``device`` (default: the current device). The flush is
-    outside the events. Cost: about ``warmup_ms + rep_ms`` of GPU time plus the flushes.
+    outside the events. Samples are queued in chunks behind a GPU sleep long enough for the
+    host to queue the whole chunk, so an event pair times the GPU work of the call and not
+    the host's launch gaps (which otherwise dominate kernels of a few microseconds).
+    Cost: about ``warmup_ms + rep_ms`` of GPU time plus the flushes and sleeps.
     """
     import torch
 
@@ -127,10 +153,14 @@ def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: flo
     est_ms = _estimate_cuda_ms(fn, arg_sets)
     for i in range(repetitions(warmup_ms, est_ms, low=1)):
         fn(*arg_sets[i % k])
+    host_s = _host_seconds_per_sample(fn, arg_sets, flush)
     reps = repetitions(rep_ms, est_ms)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
+        if i % AHEAD_CHUNK == 0:
+            ahead = min(AHEAD_CHUNK, reps - i) * host_s * 1.5 + 20e-6
+            torch.cuda._sleep(int(ahead * SLEEP_CYCLES_PER_S))
         flush.zero_()
         starts[i].record()
         fn(*arg_sets[i % k])
@@ -138,7 +168,8 @@ def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: flo
     torch.cuda.synchronize(device)
     samples = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
     return Timing(summarize(samples), {"method": "cuda_events", "l2_flush_bytes": flush.numel(),
-                                       "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+                                       "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms,
+                                       "queued_ahead": AHEAD_CHUNK})
 
 
 def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,

@@ -65,7 +65,7 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
         "root": str(root), "definition": name, "device": device, "here": here,
         "cuda_home": str(settings.cuda_home), "nvcc": nvcc_stat,
         "arch": list(settings.cuda_arch_list), "cache_dir": str(settings.cache_dir),
-        "build_env": sorted((getattr(settings, "build_env", None) or {}).items()),
+        "build_env": [list(pair) for pair in settings.build_env],
         "files": files,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

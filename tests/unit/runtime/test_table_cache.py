@@ -55,6 +55,15 @@ def test_any_input_change_is_a_miss(workspace, change):
         input_digest(workspace.root, DEF, workspace.device, True, s)
 
 
+def test_compiler_environment_is_part_of_the_digest(workspace):
+    import dataclasses
+
+    s = workspace.settings
+    with_env = dataclasses.replace(s, build_env=(("CPATH", "/opt/include"),))
+    before = input_digest(workspace.root, DEF, workspace.device, True, s)
+    assert input_digest(workspace.root, DEF, workspace.device, True, with_env) != before
+
+
 def test_new_record_changes_the_answer(workspace):
     workspace.record("torch_alt", 8, 20.0)
     assert resolve(DEF, {"batch_size": 8}, settings=workspace.settings).solution.name == "torch_alt"
