@@ -18,7 +18,7 @@ from .errors import BenchError
 
 #: Distribution names whose versions go into every evaluation's environment.
 _PACKAGES = {"torch": "torch", "triton": "triton", "tvm_ffi": "apache-tvm-ffi",
-             "flashinfer": "flashinfer-python", "fibuild": "fibuild"}
+             "flashinfer": "flashinfer-python"}
 
 
 def slugify(text: str) -> str:
@@ -96,6 +96,9 @@ def _environment(device: str) -> tuple[tuple[str, Any], ...]:
     env["driver"] = _driver_version() if kind == "cuda" else None
     for key, dist in _PACKAGES.items():
         env[key] = _version(dist)
+    from . import __version__
+
+    env["fibuild"] = __version__  # also when run from a checkout that is not installed
     env["python"] = platform.python_version()
     return tuple(env.items())
 
