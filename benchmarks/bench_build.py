@@ -234,7 +234,7 @@ def main() -> int:
         build_dir = bench_noop_and_parallel(work, args.noop_solutions, n_par, rows)
         bench_cold_start(work, build_dir, rows)
         bench_cuda_first_build(work, rows)
-    report = "\n".join([f"# fibuild build benchmarks\n", f"Machine: {machine()}.", "",
+    report = "\n".join(["# fibuild build benchmarks\n", f"Machine: {machine()}.", "",
                         f"Command: `python benchmarks/bench_build.py{' --quick' if args.quick else ''}`"
                         f" ({time.strftime('%Y-%m-%d')}).", "", *rows, ""])
     if args.out:

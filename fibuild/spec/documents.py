@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .schema import describe_value, pointer_of
 
 Problems = list[tuple[str, str]]
@@ -45,6 +43,8 @@ def parse_yaml_mapping(text: str) -> tuple[dict | None, Problems]:
 
 
 def _parse_yaml_mapping(text: str) -> tuple[dict | None, Problems]:
+    import yaml  # here, not at module level: fibuild.load's warm path never parses YAML
+
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -87,11 +87,13 @@ def parse_json_line(line: str) -> tuple[Any, str | None]:
     return value, None
 
 
-def _duplicate_keys(root: yaml.Node) -> Problems:
+def _duplicate_keys(root) -> Problems:
+    import yaml
+
     """Walk the composed node tree; report each mapping key that appears twice."""
     problems: Problems = []
     seen_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, list]] = [(root, [])]
+    stack: list[tuple[Any, list]] = [(root, [])]
     while stack:
         node, path = stack.pop()
         if id(node) in seen_nodes:  # aliases share nodes; recursive aliases would loop

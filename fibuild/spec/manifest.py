@@ -19,11 +19,6 @@ from .model import (Axis, BuildFlags, Definition, InputSpec, Solution, TensorSpe
                     Workload)
 
 
-def shipped_root() -> Path:
-    """The workspace shipped with fibuild: the folder holding ``fibuild/`` and ``defs/``."""
-    return Path(__file__).resolve().parents[2]
-
-
 # --- definitions -----------------------------------------------------------------------
 
 def load_definition(path: str | Path) -> Definition:
@@ -194,7 +189,7 @@ def _checked_yaml(path: Path, kind: str, semantic) -> dict:
     return data
 
 
-from .workspace import Workspace  # noqa: E402  (re-export; workspace imports the loaders above)
+from .workspace import Workspace, shipped_root  # noqa: E402  (re-export; workspace imports the loaders above)
 
 __all__ = ["Workspace", "definition_from_dict", "load_definition", "load_solution",
            "load_workloads_jsonl", "shipped_root", "solution_from_dict"]

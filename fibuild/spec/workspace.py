@@ -47,8 +47,6 @@ class Workspace:
         nearest ancestor of ``cwd`` (default: the current directory) holding ``defs/``, else
         the workspace shipped with fibuild. Reads the environment only when ``settings`` is None.
         """
-        from .manifest import shipped_root
-
         if settings is None:
             from fibuild.config import Settings
 
@@ -319,6 +317,11 @@ def _files(folder: Path, keep) -> list[Path]:
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file() and keep(p)
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def shipped_root() -> Path:
+    """The workspace shipped with fibuild: the folder holding ``fibuild/`` and ``defs/``."""
+    return Path(__file__).resolve().parents[2]
 
 
 def _is_manifest_name(path: Path) -> bool:

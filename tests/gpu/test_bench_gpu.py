@@ -76,7 +76,6 @@ def test_event_timer_agrees_with_triton_do_bench(workspace):
 def test_event_timer_times_the_gpu_not_host_launch_gaps(workspace):
     """At one row the kernel runs for a few microseconds, less than the host needs to launch
     it; the event timer must still report GPU time, close to a CUDA-graph replay's."""
-    import torch
 
     from fibuild.bench.inputs import clone_inputs, make_inputs
     from fibuild.bench.timing import time_cuda, time_cuda_graph

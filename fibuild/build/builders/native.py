@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from fibuild.build import toolchain
 from fibuild.build.builders import BuildPlan, register
 from fibuild.build.builders.loading import load_native
-from fibuild.build.builders.sources import SRC_DIR, copy_sources
+from fibuild.build.builders.sources import copy_sources
 from fibuild.build.ninja import NinjaFile, shell_quote, write_if_different
 from fibuild.config import Settings
 from fibuild.errors import BuildError
