@@ -116,9 +116,10 @@ def bench_noop_and_parallel(work: Path, n_noop: int, n_par: int, rows: list[str]
     rows.append(f"| (first build-all of the {n_noop} solutions, `-j{os.cpu_count()}`) | {first:.2f} s |")
     rows.append(f"| no-op `fibuild build --all`, {n_noop} solutions, new process (median of 3) | "
                 f"{statistics.median(times):.3f} s — `{out.stdout.strip()}` |")
-    probe = (f"import sys; from fibuild.config import Settings; from fibuild.spec.workspace import Workspace\n"
+    # The probe sees the same environment as the CLI runs above (compiler variables are key inputs).
+    probe = (f"import os, sys; from fibuild.config import Settings; from fibuild.spec.workspace import Workspace\n"
              f"from fibuild.build.cache import BuildCache\n"
-             f"ws = Workspace({str(root)!r}); s = Settings.from_env({{'FIBUILD_CACHE_DIR': {str(cache)!r}}})\n"
+             f"ws = Workspace({str(root)!r}); s = Settings.from_env(dict(os.environ, FIBUILD_CACHE_DIR={str(cache)!r}))\n"
              f"sol = ws.solution('add_one_f32/cpp_add_000'); d = ws.definition(sol.definition)\n"
              f"print(BuildCache(s).lookup(d, sol).build_dir)")
     _, build_dir = timed_python(probe)
