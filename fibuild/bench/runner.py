@@ -117,6 +117,9 @@ def plan_benchmarks(workspace, definitions: Sequence[str] = (), *, solutions: Se
     matched: set[str] = set()
     plan = BenchPlan(device=device)
     for defn in defns:
+        if defn.distributed is not None:  # needs a process group: fibuild.bench.distributed
+            plan.skipped.append((defn.name, "runs on several ranks: bench it with --world-size N"))
+            continue
         workloads = tuple(workspace.workloads(defn))[:workload_limit]
         for sol in workspace.solutions(defn.name):
             if wanted:

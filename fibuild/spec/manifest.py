@@ -15,7 +15,7 @@ from fibuild.errors import ManifestError
 
 from . import schema, semantics
 from .documents import parse_json_line, parse_yaml_mapping, read_text
-from .model import (Axis, BuildFlags, Definition, InputSpec, Solution, TensorSpec, Tolerance,
+from .model import (Axis, BuildFlags, Definition, Distributed, InputSpec, Solution, TensorSpec, Tolerance,
                     Workload)
 
 
@@ -52,8 +52,16 @@ def definition_from_dict(data: Mapping[str, Any], path: str | Path | None = None
         tags=tuple(data.get("tags") or ()), constraints=tuple(data.get("constraints") or ()),
         tolerance=Tolerance(float(tolerance["atol"]), float(tolerance["rtol"])) if tolerance else Tolerance(),
         workloads=workloads, custom_inputs_entrypoint=data.get("custom_inputs_entrypoint"),
+        distributed=_distributed(data.get("distributed")),
         path=Path(path) if path is not None else None, raw=data,
     )
+
+
+def _distributed(spec: Mapping[str, Any] | None) -> Distributed | None:
+    if not spec:
+        return None
+    return Distributed(world_size_axis=spec["world_size_axis"],
+                       per_rank_inputs=tuple(spec.get("per_rank_inputs") or ()))
 
 
 def _tensor(name: str, spec: Mapping[str, Any]) -> TensorSpec:

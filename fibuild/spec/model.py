@@ -84,6 +84,21 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class Distributed:
+    """How a definition spans the ranks of a process group (the manifest's ``distributed``).
+
+    ``world_size_axis`` names the axis whose value is the group's size: no tensor carries
+    it, so the distributed bench runner fills it from its ``--world-size`` and
+    ``fibuild.load`` reads it from ``torch.distributed.get_world_size()`` (1 outside a
+    group). ``per_rank_inputs`` are the inputs that differ between ranks (e.g. the partial
+    sums an all-reduce combines); every other input is the same on every rank.
+    """
+
+    world_size_axis: str
+    per_rank_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Definition:
     """An operator contract: axes, inputs/outputs (calling order), torch reference."""
 
@@ -99,6 +114,7 @@ class Definition:
     tolerance: Tolerance = Tolerance()
     workloads: tuple[Workload, ...] = ()
     custom_inputs_entrypoint: str | None = None
+    distributed: Distributed | None = None  # None: runs in one process
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -39,6 +39,7 @@ def check_definition(data: Mapping[str, Any], path: Path | None = None) -> Probl
                     problems.append((pointer_of([section, name, "shape", i]),
                                      f"unknown axis {axis!r} (declared axes: {known})"))
     problems += _inplace(inputs, outputs)
+    problems += _distributed(data.get("distributed"), axes, inputs)
     reference_functions, ref_problems = _reference(data["reference"], list(inputs))
     problems += ref_problems
     entry = data.get("custom_inputs_entrypoint")
@@ -56,6 +57,28 @@ def check_definition(data: Mapping[str, Any], path: Path | None = None) -> Probl
                              f"/workloads/{seen[uuid]}); give one of them a distinct uuid"))
         else:
             seen[uuid] = i
+    return problems
+
+
+def _distributed(spec: Mapping[str, Any] | None, axes: Mapping[str, Any],
+                 inputs: Mapping[str, Any]) -> Problems:
+    """The world-size axis is a declared axis that no tensor carries; per-rank inputs exist."""
+    if not spec:
+        return []
+    problems: Problems = []
+    axis = spec["world_size_axis"]
+    if axis not in axes:
+        problems.append(("/distributed/world_size_axis",
+                         f"unknown axis {axis!r} (declared axes: {', '.join(axes) or 'none'})"))
+    tensors = [n for n, t in inputs.items() if axis in (t["shape"] or ())]
+    if tensors:
+        problems.append(("/distributed/world_size_axis",
+                         f"axis {axis!r} is the process group's size and cannot be a tensor "
+                         f"dimension (used by {', '.join(tensors)})"))
+    for i, name in enumerate(spec.get("per_rank_inputs") or ()):
+        if name not in inputs:
+            problems.append((pointer_of(["distributed", "per_rank_inputs", i]),
+                             f"unknown input {name!r} (inputs: {', '.join(inputs)})"))
     return problems
 
 
