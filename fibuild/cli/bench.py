@@ -78,6 +78,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds one (solution, workload) may take before it is TIMEOUT (default 60)")
     parser.add_argument("--dry-run", action="store_true",
                         help="show what would run; build and run nothing")
+    parser.add_argument("--world-size", type=_positive_int, metavar="N",
+                        help="run one distributed definition on N ranks (gloo on cpu; nccl on cuda, "
+                             "one GPU a rank, timed with CUDA-graph replays)")
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,8 +146,28 @@ def run_bench(args: argparse.Namespace, settings) -> int:
 
     workspace = Workspace.discover(settings)
     device = args.device or default_device(settings)
-    plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
-                           workload_limit=args.workload_limit)
+    if args.world_size:
+        from fibuild.bench.distributed import plan_distributed, run_distributed
+        from fibuild.errors import BenchError
+
+        if len(args.definitions) != 1:
+            raise BenchError(f"--world-size runs one distributed definition; got "
+                             f"{len(args.definitions)} ({', '.join(args.definitions) or 'none'})")
+        plan = plan_distributed(workspace, args.definitions[0], world_size=args.world_size,
+                                solutions=args.solutions, device=device, workload_limit=args.workload_limit)
+
+        def run(reporter):
+            return run_distributed(workspace, settings, args.definitions[0], world_size=args.world_size,
+                                   warmup_ms=args.warmup, rep_ms=args.rep, timeout_s=args.timeout,
+                                   reporter=reporter, plan=plan)
+    else:
+        plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
+                               workload_limit=args.workload_limit)
+
+        def run(reporter):
+            return run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
+                                  warmup_ms=args.warmup, rep_ms=args.rep, graph=args.graph,
+                                  timeout_s=args.timeout, reporter=reporter, plan=plan)
     out = _console()
     err = _console(stderr=True)
     if args.dry_run:
@@ -154,13 +177,12 @@ def run_bench(args: argparse.Namespace, settings) -> int:
             uuids = ", ".join(w.uuid for w in group.workloads)
             out.print(f"run  {group.solution.qualified_name} ({group.solution.language}) on "
                       f"{len(group.workloads)} workload(s): {uuids}")
-        out.print(f"{plan.total} item(s) on {device}; registry: {workspace.registry_dir}")
+        ranks = f" x {args.world_size} ranks" if args.world_size else ""
+        out.print(f"{plan.total} item(s) on {device}{ranks}; registry: {workspace.registry_dir}")
         return 0
     reporter = _RichReporter.create(err)
     try:
-        evaluations = run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
-                                     warmup_ms=args.warmup, rep_ms=args.rep, graph=args.graph,
-                                     timeout_s=args.timeout, reporter=reporter, plan=plan)
+        evaluations = run(reporter)
     finally:
         if reporter.task is not None:
             reporter.progress.stop()

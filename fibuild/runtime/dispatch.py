@@ -78,11 +78,13 @@ class Kernel:
         self._digest = table_digest
         self._resolver = Resolver(table, reference_label=FALLBACK if fallback else REFERENCE)
         sources = axis_sources(definition)
-        missing = [a for a in definition.var_axes if a not in sources]
+        group_axis = definition.distributed.world_size_axis if definition.distributed else None
+        missing = [a for a in definition.var_axes if a not in sources and a != group_axis]
         if missing:
             raise ResolveError(f"{definition.name}: var axis {', '.join(missing)} appears in no "
                                "input shape, so calls cannot be keyed")
-        self._sources = tuple(sources[a] for a in definition.var_axes)
+        # The world-size axis is read from the process group (see _ProcessGroupKernel).
+        self._sources = tuple(sources.get(a, GROUP_SIZE) for a in definition.var_axes)
         self._fast: dict[ApplyKey, Callable] = {}      # key -> value-returning callable
         self._callers: dict[ApplyKey, Callable] = {}   # key -> callable accepting out=
         self._resolutions: dict[ApplyKey, Resolution] = {}
@@ -273,11 +275,53 @@ class _OneAxisKernel(Kernel):
         return self._slow(key, args, out)
 
 
+#: Placeholder source of the world-size axis of a distributed definition.
+GROUP_SIZE = (-1, -1)
+
+
+def process_group_size() -> int:
+    """``torch.distributed.get_world_size()`` of the default group; 1 outside a group."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _ProcessGroupKernel(Kernel):
+    """A Kernel of a distributed definition whose world-size axis is a var axis: that key
+    value is the default process group's size (1 outside a group), read per call until a
+    group exists and then kept (a process's default group does not change size)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._group_size: int | None = None
+
+    def __call__(self, *args, out=None):
+        size = self._group_size
+        if size is None:
+            size = process_group_size()
+            if size > 1:
+                self._group_size = size
+        try:
+            key = tuple([size if i < 0 else args[i].shape[d] for i, d in self._sources])
+        except (IndexError, AttributeError, TypeError):
+            raise self._bad_args(args) from None
+        if out is None:
+            fn = self._fast.get(key)
+            if fn is not None:
+                return fn(*args)
+        return self._slow(key, args, out)
+
+
 def make_kernel(definition: Definition, table: ApplyTable, **kwargs) -> Kernel:
-    """A Kernel for ``definition`` (the one-axis variant when it has one var axis).
+    """A Kernel for ``definition``: the one-axis variant when it has one var axis, the
+    process-group variant when a var axis is a distributed definition's world size.
 
     Keyword arguments as :class:`Kernel`. Raises ResolveError for an unknown policy or a
     var axis no input carries.
     """
-    cls = _OneAxisKernel if len(definition.var_axes) == 1 else Kernel
+    dist = definition.distributed
+    if dist is not None and dist.world_size_axis in definition.var_axes:
+        cls = _ProcessGroupKernel
+    else:
+        cls = _OneAxisKernel if len(definition.var_axes) == 1 else Kernel
     return cls(definition, table, **kwargs)
