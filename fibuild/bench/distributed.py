@@ -62,9 +62,9 @@ def plan_distributed(workspace, definition: str, *, world_size: int, solutions: 
         raise BenchError(f"--world-size {world_size}: expected a positive number")
     if workload_limit is not None and workload_limit < 1:
         raise BenchError(f"--workload-limit {workload_limit}: expected a positive number")
-    kind = device.partition(":")[0]
-    if kind not in ("cpu", "cuda"):
-        raise BenchError(f"device {device!r}: expected cpu or cuda")
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"device {device!r}: a distributed run takes cpu or cuda (rank r uses cuda:r)")
+    kind = device
     defn = workspace.definition(definition)
     if defn.distributed is None:
         raise BenchError(f"{defn.name} runs in one process (its definition has no `distributed` "
