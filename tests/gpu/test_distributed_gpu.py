@@ -1,0 +1,69 @@
+"""The distributed runner on several GPUs: NCCL, one GPU a rank, CUDA-graph timing.
+
+Every solution of allreduce_add_rmsnorm_h4096 on world size 2 (and 4 / 8 where that many GPUs
+are visible). The FlashInfer solutions must pass where flashinfer-python is installed, and
+otherwise fail with a message naming the package.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = "allreduce_add_rmsnorm_h4096"
+HAS_FLASHINFER = importlib.util.find_spec("flashinfer") is not None
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    from fibuild.config import Settings
+    from fibuild.spec.manifest import Workspace
+
+    ws = tmp_path / "ws"
+    shutil.copytree(ROOT / "defs" / "allreduce", ws / "defs" / "allreduce")
+    shutil.copytree(ROOT / "solutions" / DEFINITION, ws / "solutions" / DEFINITION)
+    settings = Settings.from_env({"FIBUILD_CACHE_DIR": str(tmp_path / "cache")}, root=ws)
+    return Workspace(ws), settings
+
+
+@pytest.mark.parametrize("world_size", [2, 4, 8])
+def test_every_solution_on_nccl_ranks(workspace, world_size):
+    if _gpus() < world_size:
+        pytest.skip(f"needs {world_size} CUDA GPUs, {_gpus()} visible")
+    from fibuild.bench.distributed import run_distributed
+    from fibuild.registry import Registry
+
+    ws, settings = workspace
+    evaluations = run_distributed(ws, settings, DEFINITION, world_size=world_size, device="cuda",
+                                  workload_limit=3, warmup_ms=10, rep_ms=50, timeout_s=300)
+    assert {e.solution for e in evaluations} == {"torch_nccl_then_rmsnorm", "flashinfer_oneshot",
+                                                 "flashinfer_twoshot"}
+    for ev in evaluations:
+        assert ev.axes["world_size"] == world_size
+        assert ev.environment["backend"] == "nccl"
+        tokens = ev.axes["num_tokens"]
+        if ev.solution == "torch_nccl_then_rmsnorm" or (HAS_FLASHINFER and ev.solution == "flashinfer_oneshot"):
+            expected = "PASSED"
+        elif ev.solution == "flashinfer_twoshot" and HAS_FLASHINFER:
+            expected = "PASSED" if tokens > world_size else "RUNTIME_ERROR"
+        else:
+            expected = "RUNTIME_ERROR"
+        assert ev.status == expected, (ev.solution, tokens, ev.error)
+        if ev.status == "PASSED":
+            assert ev.environment["timing"]["method"] == "cuda_graph"
+            assert ev.latency.median_us > 0
+            assert len(ev.environment["timing"]["rank_median_us"]) == world_size
+        elif not HAS_FLASHINFER:
+            assert "flashinfer-python" in ev.error
+    assert len(Registry(ws.registry_dir).read(DEFINITION)) == len(evaluations)
