@@ -191,13 +191,13 @@ def test_records_one_evaluation_per_item_and_survives_a_crashing_rank(toy):
     before = live_children()
     reporter = Recorder()
     evs = run_distributed(Workspace(toy), Settings.from_env(), TOY, world_size=2, device="cpu",
-                          solutions=["torch_separate", "wrong_on_rank1", "crash_on_rank1"],
+                          solutions=["torch_separate", "wrong_on_rank1", "crash_on_rank1", "multicast_off"],
                           reporter=reporter, timeout_s=60, **FAST)
     assert live_children() <= before  # every rank was reaped
 
     path = toy / "registry" / TOY / f"{device_slug('cpu')}.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(lines) == len(evs) == 6  # 3 solutions x 2 workloads of world size 2
+    assert len(lines) == len(evs) == 8  # 4 solutions x 2 workloads of world size 2
     for rec in lines:
         assert validate("evaluation", rec) == []
         assert rec["axes"]["world_size"] == 2 and rec["environment"]["world_size"] == 2
@@ -205,6 +205,7 @@ def test_records_one_evaluation_per_item_and_survives_a_crashing_rank(toy):
     for tokens in (3, 16):
         ok = status[("torch_separate", tokens)]
         assert ok["status"] == "PASSED", ok["error"]
+        assert status[("multicast_off", tokens)]["status"] == "PASSED"  # NVLS / symm-mem multicast off
         assert ok["latency"]["median_us"] > 0 and len(ok["environment"]["timing"]["rank_median_us"]) == 2
         wrong = status[("wrong_on_rank1", tokens)]
         assert wrong["status"] == "INCORRECT_NUMERICAL" and wrong["error"].startswith("rank 1:")
@@ -215,7 +216,7 @@ def test_records_one_evaluation_per_item_and_survives_a_crashing_rank(toy):
     # Workload-major, solutions in workspace order: each crash tears the group down and the
     # items after it (which pass above) run on a fresh group.
     started = [c[1].split("/")[1] if c[0] == "started" else c[0] for c in reporter.calls]
-    assert started == ["crash_on_rank1", "replaced", "torch_separate", "wrong_on_rank1"] * 2
+    assert started == ["crash_on_rank1", "replaced", "multicast_off", "torch_separate", "wrong_on_rank1"] * 2
     assert [c[1] for c in reporter.calls if c[0] == "replaced"] == ["2 ranks on cpu (gloo)"] * 2
 
 
