@@ -182,9 +182,9 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     reporter.starting(plan.total, slug)
     cache = BuildCache(settings)
     items: list[_Item] = []
-    order = {wl.uuid: i for group in plan.groups for i, wl in enumerate(group.workloads)}
-    for group in plan.groups:
-        defn, sol = group.definition, group.solution
+    order = {wl.uuid: i for planned in plan.groups for i, wl in enumerate(planned.workloads)}
+    for planned in plan.groups:
+        defn, sol = planned.definition, planned.solution
         digest = solution_digest(defn, sol)
         reporter.building(sol.qualified_name)
         try:
@@ -197,11 +197,11 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
             except FibuildError:
                 key = ""
             env = {**device_environment(devices[0]), **group_env}
-            for wl in group.workloads:
+            for wl in planned.workloads:
                 finish(_evaluation(_Item(len(items), defn, sol, wl, key, digest), slug, "COMPILE_ERROR", env,
                                    error=str(exc)))
             continue
-        for wl in group.workloads:
+        for wl in planned.workloads:
             items.append(_Item(len(items), defn, sol, wl, key, digest))
     # Workload-major: consecutive items share a workload, so a group computes its reference once.
     items.sort(key=lambda it: (order[it.workload.uuid], it.index))

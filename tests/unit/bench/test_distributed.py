@@ -191,13 +191,14 @@ def test_records_one_evaluation_per_item_and_survives_a_crashing_rank(toy):
     before = live_children()
     reporter = Recorder()
     evs = run_distributed(Workspace(toy), Settings.from_env(), TOY, world_size=2, device="cpu",
-                          solutions=["torch_separate", "wrong_on_rank1", "crash_on_rank1", "multicast_off"],
+                          solutions=["torch_separate", "wrong_on_rank1", "crash_on_rank1", "multicast_off",
+                                     "broken_syntax"],
                           reporter=reporter, timeout_s=60, **FAST)
     assert live_children() <= before  # every rank was reaped
 
     path = toy / "registry" / TOY / f"{device_slug('cpu')}.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(lines) == len(evs) == 8  # 4 solutions x 2 workloads of world size 2
+    assert len(lines) == len(evs) == 10  # 5 solutions x 2 workloads of world size 2
     for rec in lines:
         assert validate("evaluation", rec) == []
         assert rec["axes"]["world_size"] == 2 and rec["environment"]["world_size"] == 2
@@ -210,6 +211,8 @@ def test_records_one_evaluation_per_item_and_survives_a_crashing_rank(toy):
         wrong = status[("wrong_on_rank1", tokens)]
         assert wrong["status"] == "INCORRECT_NUMERICAL" and wrong["error"].startswith("rank 1:")
         assert wrong["latency"] is None
+        broken = status[("broken_syntax", tokens)]
+        assert broken["status"] == "COMPILE_ERROR" and "kernel.py" in broken["error"]  # built, never run
         crash = status[("crash_on_rank1", tokens)]
         assert crash["status"] == "RUNTIME_ERROR"
         assert crash["error"].startswith("rank 1 killed by SIGSEGV"), crash["error"]
