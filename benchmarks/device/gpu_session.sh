@@ -34,3 +34,9 @@ step 60 "rmsnorm end to end" python3 examples/rmsnorm_e2e.py --skip-bench
 step 60 "dispatch overhead" python3 benchmarks/bench_dispatch.py --device cuda --out "$out/results/dispatch-cuda.md"
 step 60 "cold start" python3 benchmarks/bench_coldstart.py --device cuda --out "$out/results/coldstart-cuda.md"
 step 150 "build benchmarks" python3 benchmarks/bench_build.py --quick --out "$out/results/build-cuda.md"
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+for n in 2 4 8; do
+  [ "$gpus" -ge "$n" ] && step 300 "allreduce_add_rmsnorm_h4096 on $n ranks" \
+    python3 -m fibuild bench allreduce_add_rmsnorm_h4096 --world-size "$n" --device cuda
+done
+tar -cf "$out/registry.tar" registry
