@@ -3,7 +3,8 @@ PYTHON ?= python3
 FIBUILD = $(PYTHON) -m fibuild
 DEF ?= rmsnorm_h4096
 AXES ?= batch_size=32
-# The device whose committed evaluations `make resolve` answers from (the H100's slug).
+# The device whose committed evaluations `make table` and `make resolve` read (the H100's slug;
+# `make table DEVICE=<slug>` for another, e.g. the slug `fibuild bench` printed).
 DEVICE ?= nvidia-h100-80gb-hbm3-sm90
 
 .PHONY: install test test-gpu validate build-all bench table resolve demo clean-cache benchmarks
@@ -27,8 +28,8 @@ build-all:  ## build every solution this machine can build
 bench:  ## benchmark every definition on the current device into registry/
 	$(FIBUILD) bench
 
-table:  ## leaderboard of $(DEF)
-	$(FIBUILD) table $(DEF)
+table:  ## leaderboard of $(DEF) on $(DEVICE)
+	$(FIBUILD) table $(DEF) --device $(DEVICE)
 
 resolve:  ## which solution runs $(DEF) at $(AXES) on $(DEVICE), with the decision trace
 	$(FIBUILD) resolve $(DEF) --axes $(AXES) --device $(DEVICE) --explain
