@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import BenchError, BuildError, FibuildError
+from ..errors import BenchError
 from ..spec.model import Definition, Evaluation, Solution, Workload
 from .rank_group import RankGroup, merge_outcome
 from .reporter import BenchReporter
 from .runner import (DEFAULT_REP_MS, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP_MS, BenchPlan, PlannedSolution,
-                     default_device, runs_on, utc_timestamp)
+                     build_for_bench, default_device, runs_on, utc_timestamp)
 
 
 def rank_devices(device: str, world_size: int) -> list[str]:
@@ -151,7 +151,7 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     the solution, plus that once per workload and group for the reference.
     """
     from ..build.cache import BuildCache
-    from ..build.keys import build_key, solution_digest
+    from ..build.keys import solution_digest
     from ..devices import device_environment, device_slug
     from ..registry import Registry
     from .worker import settings_to_json, workload_to_json
@@ -186,20 +186,12 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     for planned in plan.groups:
         defn, sol = planned.definition, planned.solution
         digest = solution_digest(defn, sol)
-        reporter.building(sol.qualified_name)
-        try:
-            key = cache.get_or_build(defn, sol).build_key
-            reporter.built(sol.qualified_name, None)
-        except BuildError as exc:
-            reporter.built(sol.qualified_name, str(exc))
-            try:
-                key = build_key(defn, sol, settings)
-            except FibuildError:
-                key = ""
+        key, error = build_for_bench(cache, settings, defn, sol, reporter)
+        if error is not None:
             env = {**device_environment(devices[0]), **group_env}
             for wl in planned.workloads:
                 finish(_evaluation(_Item(len(items), defn, sol, wl, key, digest), slug, "COMPILE_ERROR", env,
-                                   error=str(exc)))
+                                   error=error))
             continue
         for wl in planned.workloads:
             items.append(_Item(len(items), defn, sol, wl, key, digest))

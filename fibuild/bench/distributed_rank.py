@@ -28,6 +28,8 @@ import traceback
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
+from .worker import SolutionLoader
+
 #: Cloned input sets the timers rotate through.
 INPUT_SETS = 2
 #: Calls captured per CUDA graph (as in FlashInfer's all-reduce benchmarks).
@@ -110,21 +112,10 @@ def time_collective_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], 
     import torch
     import torch.distributed as dist
 
-    from .timing import Timing, repetitions, summarize
+    from .timing import Timing, capture_cuda_graph, repetitions, summarize
 
     k = len(arg_sets)
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up (and lazy workspaces) outside the capture
-        for i in range(3):
-            fn(*arg_sets[i % k])
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls_per_graph):
-            fn(*arg_sets[i % k])
-    torch.cuda.synchronize(device)
+    graph = capture_cuda_graph(fn, arg_sets, device=device, calls_per_graph=calls_per_graph)
     dist.barrier()
     t0 = time.perf_counter_ns()
     for _ in range(3):
@@ -148,35 +139,17 @@ def time_collective_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], 
                                        "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms})
 
 
-class Rank:
+class Rank(SolutionLoader):
     """State of one rank: settings, device, group coordinates, kernels, reference of the last
     workload."""
 
     def __init__(self, settings, device: str, rank: int, world_size: int):
-        self.settings = settings
+        super().__init__(settings)
         self.device = device
         self.rank = rank
         self.world_size = world_size
-        self._workspace = None
-        self._kernels: dict[str, Any] = {}
         self._ref_key: tuple[str, str] | None = None
         self._ref: dict[str, Any] = {}
-
-    def workspace(self):
-        if self._workspace is None:
-            from fibuild.spec.manifest import Workspace
-
-            self._workspace = Workspace(self.settings.root)
-        return self._workspace
-
-    def kernel(self, defn, qualified: str):
-        if qualified not in self._kernels:
-            from fibuild.build.cache import BuildCache
-
-            definition, _, name = qualified.partition("/")
-            sol = self.workspace().solution(name, definition=definition)
-            self._kernels[qualified] = BuildCache(self.settings).get_or_build(defn, sol)
-        return self._kernels[qualified]
 
     def sync(self) -> None:
         if self.device != "cpu":

@@ -272,6 +272,29 @@ class _Run:
             worker.kill()
 
 
+def build_for_bench(cache, settings, defn: Definition, sol: Solution,
+                    reporter: BenchReporter) -> tuple[str, str | None]:
+    """Build ``sol`` (or find it built) before it is benchmarked, reporting both steps.
+
+    Returns ``(build key, None)``; on a BuildError ``(its key, or "" when even the key cannot
+    be computed, the error text)``, and the caller records COMPILE_ERROR for its workloads.
+    """
+    reporter.building(sol.qualified_name)
+    try:
+        key = cache.get_or_build(defn, sol).build_key
+    except BuildError as exc:
+        reporter.built(sol.qualified_name, str(exc))
+        from ..build.keys import build_key
+
+        try:
+            key = build_key(defn, sol, settings)
+        except FibuildError:
+            key = ""
+        return key, str(exc)
+    reporter.built(sol.qualified_name, None)
+    return key, None
+
+
 def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
                    solutions: Sequence[str] | None = None, device: str | None = None,
                    workload_limit: int | None = None, warmup_ms: float = DEFAULT_WARMUP_MS,
@@ -290,7 +313,7 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
     same once per workload for the reference).
     """
     from ..build.cache import BuildCache
-    from ..build.keys import build_key, solution_digest
+    from ..build.keys import solution_digest
     from ..devices import device_environment, device_slug
     from ..registry import Registry
 
@@ -323,20 +346,12 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
         for wl in group.workloads:
             order.setdefault((defn.name, wl.uuid), len(order))
         digest = solution_digest(defn, sol)
-        reporter.building(sol.qualified_name)
-        try:
-            key = cache.get_or_build(defn, sol).build_key
-            reporter.built(sol.qualified_name, None)
-        except BuildError as exc:
-            reporter.built(sol.qualified_name, str(exc))
-            try:
-                key = build_key(defn, sol, settings)
-            except FibuildError:
-                key = ""
+        key, error = build_for_bench(cache, settings, defn, sol, reporter)
+        if error is not None:
             env = device_environment(devices[0])
             for wl in group.workloads:
                 item = _Item(index, defn, sol, wl, key, digest)
-                run.finish(_evaluation(item, slug, "COMPILE_ERROR", env, error=str(exc)), index)
+                run.finish(_evaluation(item, slug, "COMPILE_ERROR", env, error=error), index)
                 index += 1
             continue
         for wl in group.workloads:

@@ -172,6 +172,31 @@ def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: flo
                                        "queued_ahead": AHEAD_CHUNK})
 
 
+def capture_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device,
+                       calls_per_graph: int = GRAPH_CALLS):
+    """A CUDA graph of ``calls_per_graph`` calls of ``fn``, rotating ``arg_sets``.
+
+    Three warm-up calls run on a side stream first (capture needs them: lazy workspaces,
+    cuBLAS handles). Raises whatever capture raises for calls that cannot be captured.
+    """
+    import torch
+
+    k = len(arg_sets)
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for i in range(3):
+            fn(*arg_sets[i % k])
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls_per_graph):
+            fn(*arg_sets[i % k])
+    torch.cuda.synchronize(device)
+    return graph
+
+
 def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
                     device=None, calls_per_graph: int = GRAPH_CALLS) -> Timing:
     """Capture ``calls_per_graph`` calls (rotating the input sets) in one CUDA graph and time
@@ -185,18 +210,7 @@ def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_m
     _check_sets(arg_sets)
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     k = len(arg_sets)
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # capture needs warm-up on a side stream first
-        for i in range(3):
-            fn(*arg_sets[i % k])
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls_per_graph):
-            fn(*arg_sets[i % k])
-    torch.cuda.synchronize(device)
+    graph = capture_cuda_graph(fn, arg_sets, device=device, calls_per_graph=calls_per_graph)
     est_ms = _estimate_cuda_ms(lambda: graph.replay(), [()], calls=3)
     for _ in range(repetitions(warmup_ms, est_ms, low=1)):
         graph.replay()

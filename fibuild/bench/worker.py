@@ -92,18 +92,15 @@ class _ReferenceCache:
         self.error = ""
 
 
-class Worker:
-    """State of one worker process: settings, device, loaded kernels, reference cache."""
+class SolutionLoader:
+    """The workspace (``settings.root``) and the solutions a worker or rank process has
+    loaded, each built or found in the cache once per process."""
 
-    def __init__(self, settings, device: str):
+    def __init__(self, settings):
         self.settings = settings
-        self.device = device
         self._workspace = None
         self._kernels: dict[str, Any] = {}
-        self._references: dict[str, dict] = {}
-        self._ref = _ReferenceCache()
 
-    # -- lookups -------------------------------------------------------------------------
     def workspace(self):
         if self._workspace is None:
             from fibuild.spec.manifest import Workspace
@@ -112,6 +109,7 @@ class Worker:
         return self._workspace
 
     def kernel(self, defn, qualified: str):
+        """The LoadedKernel of ``qualified`` ("definition/solution"); BuildError if it fails."""
         if qualified not in self._kernels:
             from fibuild.build.cache import BuildCache
 
@@ -119,6 +117,16 @@ class Worker:
             sol = self.workspace().solution(name, definition=definition)
             self._kernels[qualified] = BuildCache(self.settings).get_or_build(defn, sol)
         return self._kernels[qualified]
+
+
+class Worker(SolutionLoader):
+    """State of one worker process: settings, device, loaded kernels, reference cache."""
+
+    def __init__(self, settings, device: str):
+        super().__init__(settings)
+        self.device = device
+        self._references: dict[str, dict] = {}
+        self._ref = _ReferenceCache()
 
     def reference_ns(self, defn) -> dict:
         if defn.name not in self._references:
