@@ -11,7 +11,7 @@ preallocated non-in-place outputs, and return nothing).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .model import Definition, Solution
 
@@ -23,14 +23,6 @@ def axis_sources(defn: Definition) -> dict[str, tuple[int, int]]:
         for d, axis in enumerate(spec.shape or ()):
             found.setdefault(axis, (i, d))
     return found
-
-
-def axis_values(defn: Definition, args: Sequence[Any]) -> dict[str, int]:
-    """Every axis value read off the argument shapes, plus the const axes."""
-    values = dict(defn.const_axes)
-    for axis, (i, d) in axis_sources(defn).items():
-        values[axis] = int(args[i].shape[d])
-    return values
 
 
 def _dtype(name: str):
