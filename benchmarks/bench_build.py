@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "tests" / "fixtures" / "build" / "workspace"
+FIXTURE = REPO / "tests" / "fixtures" / "compile" / "workspace"
 KERNEL = FIXTURE / "solutions" / "add_one_f32" / "cpp_add"
 CUDA_KERNEL = FIXTURE / "solutions" / "add_one_f32" / "cuda_add" / "kernel.cu"
 
@@ -118,7 +118,7 @@ def bench_noop_and_parallel(work: Path, n_noop: int, n_par: int, rows: list[str]
                 f"{statistics.median(times):.3f} s — `{out.stdout.strip()}` |")
     # The probe sees the same environment as the CLI runs above (compiler variables are key inputs).
     probe = (f"import os, sys; from fibuild.config import Settings; from fibuild.spec.workspace import Workspace\n"
-             f"from fibuild.build.cache import BuildCache\n"
+             f"from fibuild.compile.cache import BuildCache\n"
              f"ws = Workspace({str(root)!r}); s = Settings.from_env(dict(os.environ, FIBUILD_CACHE_DIR={str(cache)!r}))\n"
              f"sol = ws.solution('add_one_f32/cpp_add_000'); d = ws.definition(sol.definition)\n"
              f"print(BuildCache(s).lookup(d, sol).build_dir)")
@@ -137,7 +137,7 @@ def bench_cold_start(work: Path, build_dir: str, rows: list[str]) -> None:
     tail = "print(time.perf_counter() - t0)\n"
     programs = {
         "fibuild (`import fibuild` + `load_committed` + call)":
-            head + f"import fibuild\nfrom fibuild.build.cache import load_committed\nf = load_committed({build_dir!r})\n"
+            head + f"import fibuild\nfrom fibuild.compile.cache import load_committed\nf = load_committed({build_dir!r})\n"
             + call + tail,
         "`tvm_ffi.cpp.load` (same kernel.cpp)":
             head + "import tvm_ffi.cpp\n"
@@ -165,7 +165,7 @@ def bench_cold_start(work: Path, build_dir: str, rows: list[str]) -> None:
 
 def bench_cuda_first_build(work: Path, rows: list[str]) -> None:
     """Section 4: one CUDA kernel, first build, fibuild vs cpp_extension.load_inline."""
-    from fibuild.build.toolchain import cuda_unavailable_reason
+    from fibuild.compile.toolchain import cuda_unavailable_reason
     from fibuild.config import Settings
 
     reason = cuda_unavailable_reason(Settings.from_env())
@@ -175,7 +175,7 @@ def bench_cuda_first_build(work: Path, rows: list[str]) -> None:
     code = (
         "import time, sys\n"
         "from fibuild.config import Settings\nfrom fibuild.spec.workspace import Workspace\n"
-        "from fibuild.build.cache import BuildCache\n"
+        "from fibuild.compile.cache import BuildCache\n"
         f"ws = Workspace({str(FIXTURE)!r}); sol = ws.solution('add_one_f32/cuda_add')\n"
         "d = ws.definition(sol.definition)\n"
         f"s = Settings.from_env({{'FIBUILD_CACHE_DIR': {str(work / 'cuda_cache')!r}, 'FIBUILD_CUDA_ARCH_LIST': '9.0a'}})\n"

@@ -77,7 +77,7 @@ if device == "cuda":
     torch.cuda.synchronize()
 t4 = time.perf_counter()
 heavy = [m for m in ("yaml", "jsonschema", "referencing", "ninja", "fibuild.registry",
-                     "fibuild.build.toolchain", "triton") if m in sys.modules]
+                     "fibuild.compile.toolchain", "triton") if m in sys.modules]
 print(json.dumps({{"torch": t1 - t0, "import": t2 - t1, "load": t3 - t2, "call": t4 - t3,
                   "fibuild": t4 - t1, "solution": k.explain(batch_size={batch}).solution_name,
                   "heavy": heavy}}))

@@ -54,7 +54,7 @@ def make_workspace(root: Path, devices: dict[str, str], batch: int, *, noop: boo
     """A workspace at ``root``: the rmsnorm definition, torch_fp32 (and the no-op), and a
     PASSED record at ``batch`` on each device slug in ``devices`` (kind -> slug), with the
     solutions' real digests, so ``fibuild.load`` routes to them."""
-    from fibuild.build.keys import solution_digest
+    from fibuild.compile.keys import solution_digest
     from fibuild.registry import Registry
     from fibuild.spec.model import Evaluation, LatencyStats
     from fibuild.spec.workspace import Workspace

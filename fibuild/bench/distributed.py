@@ -150,8 +150,8 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     ranks' torch import and rendezvous (seconds); per item about ``warmup_ms + rep_ms`` for
     the solution, plus that once per workload and group for the reference.
     """
-    from ..build.cache import BuildCache
-    from ..build.keys import solution_digest
+    from ..compile.cache import BuildCache
+    from ..compile.keys import solution_digest
     from ..devices import device_environment, device_slug
     from ..registry import Registry
     from .worker import settings_to_json, workload_to_json

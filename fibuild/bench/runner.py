@@ -284,7 +284,7 @@ def build_for_bench(cache, settings, defn: Definition, sol: Solution,
         key = cache.get_or_build(defn, sol).build_key
     except BuildError as exc:
         reporter.built(sol.qualified_name, str(exc))
-        from ..build.keys import build_key
+        from ..compile.keys import build_key
 
         try:
             key = build_key(defn, sol, settings)
@@ -312,8 +312,8 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
     Cost: builds, then per item about ``warmup_ms + rep_ms`` for the solution (plus the
     same once per workload for the reference).
     """
-    from ..build.cache import BuildCache
-    from ..build.keys import solution_digest
+    from ..compile.cache import BuildCache
+    from ..compile.keys import solution_digest
     from ..devices import device_environment, device_slug
     from ..registry import Registry
 

@@ -111,7 +111,7 @@ class SolutionLoader:
     def kernel(self, defn, qualified: str):
         """The LoadedKernel of ``qualified`` ("definition/solution"); BuildError if it fails."""
         if qualified not in self._kernels:
-            from fibuild.build.cache import BuildCache
+            from fibuild.compile.cache import BuildCache
 
             definition, _, name = qualified.partition("/")
             sol = self.workspace().solution(name, definition=definition)

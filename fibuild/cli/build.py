@@ -27,7 +27,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_build(args, settings) -> int:
-    from fibuild.build.cache import BuildCache
+    from fibuild.compile.cache import BuildCache
     from fibuild.errors import FibuildError
     from fibuild.spec.workspace import Workspace
 
@@ -152,8 +152,8 @@ def run_info(args, settings) -> int:
 
         print(env_table_markdown())
         return 0
-    from fibuild.build import keys, store
-    from fibuild.build.builders import get_builder
+    from fibuild.compile import keys, store
+    from fibuild.compile.builders import get_builder
     from fibuild.errors import FibuildError
     from fibuild.spec.workspace import Workspace
 
@@ -194,7 +194,7 @@ def run_info(args, settings) -> int:
 
 def _flatten(inputs) -> list[tuple[str, str]]:
     """Key inputs as ``(name, text)`` rows; big manifest parts are shown by their hash."""
-    from fibuild.build.keys import canonical_json, sha256_hex
+    from fibuild.compile.keys import canonical_json, sha256_hex
 
     rows = []
     for name in sorted(inputs):
@@ -224,7 +224,7 @@ def add_gc_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_gc(args, settings) -> int:
     """Without options, removes failed and unfinished build directories only."""
-    from fibuild.build.gc import collect
+    from fibuild.compile.gc import collect
     from fibuild.errors import FibuildError
 
     if args.older_than is not None and args.older_than < 0:

@@ -59,7 +59,7 @@ def build_status(resolution, settings, here: bool) -> str:
         return "none needed (the reference runs as Python)"
     if not here:
         return "not checked (the device is not this machine)"
-    from fibuild.build.cache import BuildCache
+    from fibuild.compile.cache import BuildCache
     from fibuild.errors import FibuildError
     from fibuild.spec.workspace import Workspace
 

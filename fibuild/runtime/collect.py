@@ -68,7 +68,7 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
             importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return f"dependency {dist} is not installed"
-    from fibuild.build.builders import get_builder
+    from fibuild.compile.builders import get_builder
 
     try:
         return get_builder(sol.language).unavailable_reason(settings) or ""
@@ -78,7 +78,7 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
 
 def committed_dir(settings: Settings, key: str, sol: Solution) -> str:
     """The committed build directory of ``key``, or "" (no build, failed, or corrupt)."""
-    from fibuild.build import store
+    from fibuild.compile import store
 
     directory = store.build_dir(settings.cache_dir, key, sol.qualified_name)
     return str(directory) if store.read_meta(directory, key) is not None else ""
@@ -92,7 +92,7 @@ def candidates(defn: Definition, solutions: list[Solution], device: str, setting
     and says why in ``unavailable``. Cost: hashes every source; one toolchain probe per
     builder per process.
     """
-    from fibuild.build.keys import build_key, solution_digest
+    from fibuild.compile.keys import build_key, solution_digest
 
     out: dict[str, Candidate] = {}
     for sol in solutions:

@@ -162,14 +162,14 @@ class Kernel:
         entry = None
         build_key = cand.build_key
         if cand.build_dir:
-            from fibuild.build.cache import load_committed
+            from fibuild.compile.cache import load_committed
 
             try:
                 entry = load_committed(cand.build_dir)
             except BuildError as exc:  # removed by gc since the table was made: build again
                 log.info("%s: committed build %s unusable (%s)", name, cand.build_dir, exc)
         if entry is None:
-            from fibuild.build.cache import BuildCache
+            from fibuild.compile.cache import BuildCache
 
             from .table_cache import remember_build
 

@@ -72,7 +72,7 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
 
 
 def _index(settings: Settings):
-    from fibuild.build.index import Index
+    from fibuild.compile.index import Index
 
     return Index(settings.cache_dir)
 

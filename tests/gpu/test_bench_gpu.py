@@ -59,7 +59,7 @@ def test_event_timer_agrees_with_triton_do_bench(workspace):
 
     from fibuild.bench.inputs import clone_inputs, make_inputs
     from fibuild.bench.timing import time_cuda
-    from fibuild.build.cache import BuildCache
+    from fibuild.compile.cache import BuildCache
 
     ws, settings = workspace
     defn = ws.definition("rmsnorm_h4096")
@@ -79,7 +79,7 @@ def test_event_timer_times_the_gpu_not_host_launch_gaps(workspace):
 
     from fibuild.bench.inputs import clone_inputs, make_inputs
     from fibuild.bench.timing import time_cuda, time_cuda_graph
-    from fibuild.build.cache import BuildCache
+    from fibuild.compile.cache import BuildCache
 
     ws, settings = workspace
     defn = ws.definition("rmsnorm_h4096")

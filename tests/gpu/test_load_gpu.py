@@ -13,7 +13,7 @@ DEF = "rmsnorm_h4096"
 @pytest.fixture
 def cuda_workspace(tmp_path):
     """A copy of the rmsnorm definition and torch_fp32, with a PASSED record on this GPU."""
-    from fibuild.build.keys import solution_digest
+    from fibuild.compile.keys import solution_digest
     from fibuild.config import Settings
     from fibuild.devices import device_slug
     from fibuild.registry import Registry

@@ -17,7 +17,7 @@ from fibuild.bench.distributed import plan_distributed, run_distributed
 from fibuild.bench.distributed_rank import rank_inputs
 from fibuild.bench.rank_group import GroupOutcome, merge_outcome
 from fibuild.bench.reporter import BenchReporter
-from fibuild.build.keys import solution_digest
+from fibuild.compile.keys import solution_digest
 from fibuild.cli import main
 from fibuild.config import Settings
 from fibuild.devices import device_slug

@@ -60,7 +60,7 @@ class TempWorkspace:
     def record(self, solution: str, batch_size: int, median_us: float | None = None, *,
                status: str = "PASSED", device: str | None = None, digest: str | None = None,
                workload: str | None = None) -> None:
-        from fibuild.build.keys import solution_digest
+        from fibuild.compile.keys import solution_digest
         from fibuild.registry import Registry
         from fibuild.spec.model import Evaluation, LatencyStats
         from fibuild.spec.workspace import Workspace

@@ -134,7 +134,7 @@ def workspace_manifest(name: str) -> str:
 
 
 def _digest(ws, name):
-    from fibuild.build.keys import solution_digest
+    from fibuild.compile.keys import solution_digest
     from fibuild.spec.workspace import Workspace
 
     w = Workspace(ws.root)

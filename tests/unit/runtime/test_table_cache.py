@@ -72,7 +72,7 @@ def test_new_record_changes_the_answer(workspace):
 
 
 def test_malformed_cached_value_is_a_miss(workspace):
-    from fibuild.build.index import Index
+    from fibuild.compile.index import Index
 
     s = workspace.settings
     load(DEF, settings=s)
@@ -108,7 +108,7 @@ COLD = textwrap.dedent("""
     y = k(x, w)
     elapsed = time.perf_counter() - t0
     heavy = [m for m in ("jsonschema", "referencing", "ninja", "fibuild.registry",
-                         "fibuild.build.toolchain", "yaml") if m in sys.modules]
+                         "fibuild.compile.toolchain", "yaml") if m in sys.modules]
     print(json.dumps({"solution": k.explain(batch_size=8).solution_name, "heavy": heavy,
                       "elapsed": elapsed, "shape": list(y.shape)}))
 """)

@@ -23,10 +23,10 @@ from typing import Any, Iterator
 import diskcache
 from diskcache.core import MODE_RAW, MODE_TEXT, UNKNOWN
 
-from fibuild.build import store
+from fibuild.compile import store
 from fibuild.errors import CacheError
 
-log = logging.getLogger("fibuild.build")
+log = logging.getLogger("fibuild.compile")
 
 BUILDS = "build"  # namespace of build summaries
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
-from fibuild.build import toolchain
-from fibuild.build.builders import BuildPlan, register
-from fibuild.build.builders.loading import load_native
-from fibuild.build.builders.sources import copy_sources
-from fibuild.build.ninja import NinjaFile, shell_quote, write_if_different
+from fibuild.compile import toolchain
+from fibuild.compile.builders import BuildPlan, register
+from fibuild.compile.builders.loading import load_native
+from fibuild.compile.builders.sources import copy_sources
+from fibuild.compile.ninja import NinjaFile, shell_quote, write_if_different
 from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution

@@ -1,7 +1,6 @@
-"""Session fixtures of the native build tests: one build-all of the fixture workspace.
+"""Helpers of the native build tests: the fixture workspace, settings, in-process CLI runs.
 
-Compiling is the slow part on a 2-core machine, so the fixture workspace is built once
-per session into its own cache; tests that change a cache work on a copy of it.
+A module of its own (not conftest) so test files import it by a name no other folder uses.
 """
 from __future__ import annotations
 
@@ -11,13 +10,10 @@ import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import pytest
-
-from fibuild.build.toolchain import cuda_unavailable_reason
 from fibuild.config import Settings
 from fibuild.spec.workspace import Workspace
 
-FIXTURE_ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "build" / "workspace"
+FIXTURE_ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "compile" / "workspace"
 
 
 def settings_for(cache: Path, root: Path, **env: str) -> Settings:
@@ -52,19 +48,3 @@ class BuiltWorkspace:
         """A private copy of the built cache (same workspace)."""
         shutil.copytree(self.cache, dest)
         return BuiltWorkspace(self.root, dest, self.rc, self.out, self.err)
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory) -> BuiltWorkspace:
-    """``fibuild build --all`` over a copy of the fixture workspace, once per session."""
-    base = tmp_path_factory.mktemp("built")
-    root = base / "ws"
-    shutil.copytree(FIXTURE_ROOT, root)
-    cache = base / "cache"
-    rc, out, err = run_cli("build", ["--all"], settings_for(cache, root))
-    return BuiltWorkspace(root, cache, rc, out, err)
-
-
-@pytest.fixture(scope="session")
-def cuda_ok() -> bool:
-    return cuda_unavailable_reason(Settings.from_env({})) is None

@@ -6,8 +6,8 @@ import stat
 import diskcache
 import pytest
 
-from fibuild.build import store
-from fibuild.build.index import Index, JSONOnlyDisk
+from fibuild.compile import store
+from fibuild.compile.index import Index, JSONOnlyDisk
 from fibuild.errors import CacheError
 
 KEY = "12" + "3" * 62

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from fibuild.build import keys, store, toolchain
+from fibuild.compile import keys, store, toolchain
 from fibuild.errors import BuildError
 from fibuild.spec.manifest import load_definition, load_solution
 from fibuild.spec.workspace import Workspace

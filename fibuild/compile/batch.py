@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from fibuild.build import keys, store
-from fibuild.build.builders import get_builder
-from fibuild.build.ninja import NinjaFile, NinjaResult, run_ninja, write_if_different
+from fibuild.compile import keys, store
+from fibuild.compile.builders import get_builder
+from fibuild.compile.ninja import NinjaFile, NinjaResult, run_ninja, write_if_different
 from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
@@ -117,7 +117,7 @@ def build_many(cache, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int
     (everything committed) costs one key computation and one ``meta.json`` read per
     solution, and starts no process. ``jobs`` defaults to FIBUILD_MAX_JOBS.
     """
-    from fibuild.build.cache import commit_meta, failed_error, record_failure
+    from fibuild.compile.cache import commit_meta, failed_error, record_failure
 
     settings = cache.settings
     reporter = reporter or BuildReporter()

@@ -111,7 +111,7 @@ def key_inputs(defn: Definition, sol: Solution, settings: Settings) -> dict[str,
     Raises BuildError for an unknown language or an unreadable source. Cost: reads the
     sources; toolchain probes run once per process.
     """
-    from fibuild.build.builders import get_builder
+    from fibuild.compile.builders import get_builder
 
     builder = get_builder(sol.language)
     inputs = digest_inputs(defn, sol)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fibuild.build.cache import BuildCache
+from fibuild.compile.cache import BuildCache
 from fibuild.spec.calling import load_reference
 
 pytestmark = pytest.mark.build
@@ -67,7 +67,7 @@ def test_load_committed_fast_path_imports_no_manifest_or_build_machinery(built):
     directory = BuildCache(built.settings).lookup(defn, sol).build_dir
     code = (
         "import sys, torch\n"
-        "from fibuild.build.cache import load_committed\n"
+        "from fibuild.compile.cache import load_committed\n"
         f"f = load_committed({str(directory)!r})\n"
         "x = torch.arange(3, dtype=torch.float32); y = torch.empty_like(x); f(x, y)\n"
         "heavy = [m for m in ('yaml', 'jsonschema', 'ninja', 'diskcache', 'filelock', 'fibuild.spec.manifest')"

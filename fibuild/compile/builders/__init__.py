@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from fibuild.config import Settings
     from fibuild.spec.model import Definition, Solution
 
-# language -> module under fibuild.build.builders that registers it (imported on first use).
+# language -> module under fibuild.compile.builders that registers it (imported on first use).
 _MODULES = {"cpp": "native", "cuda": "native", "triton": "triton", "python": "python"}
 _REGISTRY: dict[str, "Builder"] = {}
 

@@ -23,16 +23,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from fibuild.build import store
-from fibuild.build.loaded import LoadedKernel
+from fibuild.compile import store
+from fibuild.compile.loaded import LoadedKernel
 from fibuild.errors import BuildError, CacheError
 
 if TYPE_CHECKING:
-    from fibuild.build.builders import Builder
+    from fibuild.compile.builders import Builder
     from fibuild.config import Settings
     from fibuild.spec.model import Definition, Solution
 
-log = logging.getLogger("fibuild.build")
+log = logging.getLogger("fibuild.compile")
 
 
 def now_iso() -> str:
@@ -50,7 +50,7 @@ def load_committed(build_dir: Path | str) -> Callable:
     if meta is None:
         raise BuildError(f"{directory} holds no committed build (meta.json missing or corrupt)",
                          build_dir=directory)
-    from fibuild.build.builders.loading import load_entry
+    from fibuild.compile.builders.loading import load_entry
 
     return load_entry(directory, meta)
 
@@ -70,12 +70,12 @@ class BuildCache:
 
     # -- keys and places ---------------------------------------------------------------
     def key_inputs(self, defn: Definition, sol: Solution) -> dict[str, Any]:
-        from fibuild.build import keys
+        from fibuild.compile import keys
 
         return keys.key_inputs(defn, sol, self.settings)
 
     def key(self, defn: Definition, sol: Solution) -> str:
-        from fibuild.build import keys
+        from fibuild.compile import keys
 
         return keys.build_key(defn, sol, self.settings)
 
@@ -91,7 +91,7 @@ class BuildCache:
         remembered for this key in this instance. Cost on a memory hit: one key
         computation (reads and hashes the sources); on a disk hit: plus the load.
         """
-        from fibuild.build import keys
+        from fibuild.compile import keys
 
         inputs = self.key_inputs(defn, sol)
         key = keys.key_of(inputs)
@@ -112,7 +112,7 @@ class BuildCache:
         return hit
 
     def _disk_or_build(self, defn, sol, key, inputs, retry_failed) -> LoadedKernel:
-        from fibuild.build.builders import get_builder
+        from fibuild.compile.builders import get_builder
 
         directory = self.build_dir(sol, key)
         meta = store.read_meta(directory, key)
@@ -136,7 +136,7 @@ class BuildCache:
         reason = builder.unavailable_reason(self.settings)
         if reason:
             raise BuildError(f"{sol.qualified_name}: unavailable: {reason}", solution=sol.qualified_name)
-        from fibuild.build.batch import run_native  # ninja plumbing; not needed on load paths
+        from fibuild.compile.batch import run_native  # ninja plumbing; not needed on load paths
 
         store.reset_dir(directory, key)
         start = time.perf_counter()
@@ -158,7 +158,7 @@ class BuildCache:
         return meta
 
     def _load(self, defn, sol, key, directory, meta) -> LoadedKernel:
-        from fibuild.build.builders import get_builder
+        from fibuild.compile.builders import get_builder
         from fibuild.spec.calling import solution_caller
 
         entry = get_builder(meta["language"]).load(directory, meta)
@@ -168,7 +168,7 @@ class BuildCache:
 
     def _index_record(self, key: str, directory: Path, meta, failed) -> None:
         """Step 8: the index is derived data, so failing to update it only logs."""
-        from fibuild.build.index import Index, build_summary
+        from fibuild.compile.index import Index, build_summary
 
         try:
             with Index(self.cache_dir) as index:
@@ -208,8 +208,8 @@ class BuildCache:
 
     def build_many(self, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int | None = None,
                    keep_going: bool = True, retry_failed: bool = False, reporter=None):
-        """Build every stale solution of ``pairs`` with one ninja run; see :mod:`fibuild.build.batch`."""
-        from fibuild.build.batch import build_many
+        """Build every stale solution of ``pairs`` with one ninja run; see :mod:`fibuild.compile.batch`."""
+        from fibuild.compile.batch import build_many
 
         return build_many(self, pairs, jobs=jobs, keep_going=keep_going, retry_failed=retry_failed,
                           reporter=reporter)
@@ -218,7 +218,7 @@ class BuildCache:
 def commit_meta(defn: Definition, sol: Solution, key: str, inputs: dict[str, Any], builder: Builder,
                 plan, seconds: float) -> dict[str, Any]:
     """The ``meta.json`` of a finished build: everything ``load_committed`` needs, plus provenance."""
-    from fibuild.build import keys
+    from fibuild.compile import keys
 
     return {
         "key": key,

@@ -1,4 +1,4 @@
-"""BuildCache's template method on Python-level builds (fast; native ones are in tests/build)."""
+"""BuildCache's template method on Python-level builds (fast; native ones are in tests/toolchain)."""
 from __future__ import annotations
 
 import json
@@ -9,16 +9,16 @@ import sys
 import pytest
 import torch
 
-from fibuild.build import store
-from fibuild.build.cache import BuildCache, load_committed
-from fibuild.build.index import Index
+from fibuild.compile import store
+from fibuild.compile.cache import BuildCache, load_committed
+from fibuild.compile.index import Index
 from fibuild.errors import BuildError
 from fibuild.spec.calling import load_reference
 
 
 def _count_builds(monkeypatch):
     """Count calls of the python builder's prepare (the build step)."""
-    from fibuild.build.builders import get_builder
+    from fibuild.compile.builders import get_builder
 
     builder = get_builder("python")
     calls = []
@@ -129,7 +129,7 @@ def test_triton_build_pins_cache_and_runs_interpreted(ws, make_settings, pair, t
     env.update(TRITON_INTERPRET="1", FIBUILD_CACHE_DIR=str(settings.cache_dir))
     code = (
         "import os, sys, torch\n"
-        "from fibuild.build.cache import load_committed\n"
+        "from fibuild.compile.cache import load_committed\n"
         f"f = load_committed({str(built_dir)!r})\n"
         "x = torch.arange(3000, dtype=torch.float32); y = torch.empty_like(x); f(x, y)\n"
         "print(torch.equal(y, x + 1), os.environ['TRITON_CACHE_DIR'])\n")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fibuild.build import toolchain
+from fibuild.compile import toolchain
 
 
 def test_gencode_flags():
@@ -44,7 +44,7 @@ def test_tvm_ffi_paths_without_importing_torch():
     # A fresh interpreter: the probe must not import tvm_ffi (which imports torch).
     import subprocess
 
-    code = ("import sys; from fibuild.build import toolchain; p = toolchain.tvm_ffi_paths(); "
+    code = ("import sys; from fibuild.compile import toolchain; p = toolchain.tvm_ffi_paths(); "
             "print(p.version, 'torch' in sys.modules, 'tvm_ffi' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1:] == ["False", "False"] and out[0]

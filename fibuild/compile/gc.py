@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fibuild.build import store
+from fibuild.compile import store
 
-log = logging.getLogger("fibuild.build")
+log = logging.getLogger("fibuild.compile")
 
 
 @dataclass
@@ -54,7 +54,7 @@ def collect(cache_dir: Path, *, everything: bool = False, older_than: float | No
     """
     from filelock import Timeout
 
-    from fibuild.build.index import Index
+    from fibuild.compile.index import Index
 
     result = GcResult()
     forgotten: list[str] = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-log = logging.getLogger("fibuild.build")
+log = logging.getLogger("fibuild.compile")
 
 META = "meta.json"
 FAILED = "failed.json"

@@ -9,7 +9,7 @@ import pytest
 from fibuild.config import Settings
 from fibuild.spec.workspace import Workspace
 
-FIXTURE_ROOT = Path(__file__).resolve().parents[2] / "fixtures" / "build" / "workspace"
+FIXTURE_ROOT = Path(__file__).resolve().parents[2] / "fixtures" / "compile" / "workspace"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fibuild.build import store
+from fibuild.compile import store
 
 KEY = "ab" + "c" * 62
 

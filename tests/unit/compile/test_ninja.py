@@ -1,7 +1,7 @@
 """The ninja writer and runner, against the real ninja."""
 from __future__ import annotations
 
-from fibuild.build.ninja import NinjaFile, escape_path, parse_failures, run_ninja, write_if_different
+from fibuild.compile.ninja import NinjaFile, escape_path, parse_failures, run_ninja, write_if_different
 
 
 def test_escape_path():

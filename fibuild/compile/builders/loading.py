@@ -30,7 +30,7 @@ def pin_triton_cache(cache_dir: Path) -> str:
 
 
 def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
-    from fibuild.build.builders.sources import import_entry
+    from fibuild.compile.builders.sources import import_entry
 
     return import_entry(build_dir, meta)
 

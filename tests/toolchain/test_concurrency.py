@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from fibuild.build import store, toolchain
-from fibuild.build.cache import BuildCache, load_committed
+from fibuild.compile import store, toolchain
+from fibuild.compile.cache import BuildCache, load_committed
 from fibuild.errors import BuildError
 
-from conftest import FIXTURE_ROOT, settings_for
+from toolchain_support import FIXTURE_ROOT, settings_for
 
 pytestmark = pytest.mark.build
 
@@ -56,7 +56,7 @@ def wrapped_cxx(tmp_path, monkeypatch):
 WORKER = """
 import os, sys, time, torch
 from pathlib import Path
-from fibuild.build.cache import BuildCache
+from fibuild.compile.cache import BuildCache
 from fibuild.config import Settings
 from fibuild.spec.workspace import Workspace
 ws = Workspace(os.environ["FIBUILD_ROOT"])

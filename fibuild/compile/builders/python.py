@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from fibuild.build.builders import BuildPlan, register
-from fibuild.build.builders.sources import SRC_DIR, check_python_syntax, copy_sources, import_entry
+from fibuild.compile.builders import BuildPlan, register
+from fibuild.compile.builders.sources import SRC_DIR, check_python_syntax, copy_sources, import_entry
 from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from fibuild.build import store
-from fibuild.build.cache import BuildCache
+from fibuild.compile import store
+from fibuild.compile.cache import BuildCache
 
-from conftest import run_cli, settings_for
+from toolchain_support import run_cli, settings_for
 
 pytestmark = pytest.mark.build
 
