@@ -8,6 +8,10 @@ Writes: validated against ``schemas/evaluation.schema.json``, then appended as o
 ``os.write`` of one line (``O_APPEND``) under ``filelock.FileLock(<file>.lock)``, so
 concurrent writers never interleave and a killed writer leaves at most one torn last line.
 Reads: a torn, garbled or invalid line is skipped with a logged warning, never fatal.
+
+Workloads (traced or imported) go through :meth:`Registry.append_workloads` (validated lines,
+one locked append of the whole batch) and :meth:`Registry.write_blob` (a safetensors file
+written under a temporary name, fsynced, then renamed into ``<definition>/blobs/``).
 """
 from __future__ import annotations
 
@@ -136,8 +140,6 @@ class Registry:
         Raises RegistryError naming the field when the record is invalid, or when the file
         cannot be written. Cost: one schema validation, one lock, one write.
         """
-        from filelock import FileLock
-
         from .spec.schema import validate
 
         record = evaluation_to_dict(evaluation)
@@ -147,23 +149,64 @@ class Registry:
             raise RegistryError(f"invalid evaluation of {evaluation.definition}/{evaluation.solution}: {detail}")
         line = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         path = self.path(evaluation.definition, evaluation.device)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock"):
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    data = line.encode("utf-8")
-                    if _ends_torn(fd):
-                        # A writer died mid-line: start on a fresh line so this record survives.
-                        data = b"\n" + data
-                    written = os.write(fd, data)
-                    if written != len(data):
-                        raise RegistryError(f"{path}: short write ({written} of {len(data)} bytes)")
-                finally:
-                    os.close(fd)
-        except OSError as exc:
-            raise RegistryError(f"{path}: cannot append evaluation: {exc}") from exc
+        _append_lines(path, line, "evaluation")
         return path
+
+    def workloads_path(self, definition: str) -> Path:
+        """``<root>/<definition>/workloads.jsonl``."""
+        return self.path(definition, "_").with_name(WORKLOADS_FILE)
+
+    def append_workloads(self, definition: str, workloads: Iterable[Mapping[str, Any]]) -> Path:
+        """Validate each workload record and append them all in one locked write.
+
+        Each record is a workload line (``uuid``, ``axes``, ``inputs``; ``definition`` is
+        filled in). Raises RegistryError naming the uuid and field of the first invalid
+        record, before anything is written. Uuid clashes with the file are the caller's to
+        avoid (readers report them). Cost: one validation a record, one lock, one write.
+        """
+        from .spec.schema import validate
+
+        lines = []
+        for record in workloads:
+            record = {"definition": definition, **record}
+            problems = validate("workload", record)
+            if problems:
+                detail = "; ".join(f"{ptr or '/'}: {msg}" for ptr, msg in problems)
+                raise RegistryError(f"invalid workload {record.get('uuid')!r} of {definition}: {detail}")
+            lines.append(json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+        path = self.workloads_path(definition)
+        if lines:
+            _append_lines(path, "".join(lines), "workloads")
+        return path
+
+    def write_blob(self, definition: str, name: str, tensors: Mapping[str, Any]) -> str:
+        """Write ``tensors`` as ``<definition>/blobs/<name>.safetensors``; returns its path
+        relative to the workspace root (``registry/<definition>/blobs/<name>.safetensors``,
+        the form a workload's safetensors ``path`` takes).
+
+        Written to a temporary name, fsynced, then renamed: a reader never sees a partial
+        blob. ``name`` is letters, digits, ``_``, ``-`` and ``.`` (RegistryError otherwise).
+        """
+        from safetensors.torch import save_file
+
+        if not name or name.startswith(".") or not all(c.isalnum() or c in "_-." for c in name):
+            raise RegistryError(f"blob name {name!r} cannot name a file")
+        folder = self.workloads_path(definition).parent / "blobs"
+        final = folder / f"{name}.safetensors"
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RegistryError(f"{final}: cannot write blob: {exc}") from exc
+        return f"{self.root.name}/{definition}/blobs/{final.name}"
 
     # -- reading -----------------------------------------------------------------------
     def devices(self, definition: str) -> list[str]:
@@ -208,6 +251,28 @@ class Registry:
             except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
                 log.warning("%s:%d: skipping unreadable evaluation record (%s)", path, lineno, exc)
         return out
+
+
+def _append_lines(path: Path, text: str, what: str) -> None:
+    """Append ``text`` (whole lines) to ``path`` in one write under ``<path>.lock``."""
+    from filelock import FileLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                data = text.encode("utf-8")
+                if _ends_torn(fd):
+                    # A writer died mid-line: start on a fresh line so these records survive.
+                    data = b"\n" + data
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise RegistryError(f"{path}: short write ({written} of {len(data)} bytes)")
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot append {what}: {exc}") from exc
 
 
 def _ends_torn(fd: int) -> bool:

@@ -121,3 +121,27 @@ def test_latest_per_workload_keeps_newest():
     latest = latest_per_workload([new, old, other])
     assert latest[("torch_fp32", "rmsnorm_h4096-batch_size7")] is new
     assert latest[("torch_fp32", "w2")] is other
+
+
+def test_append_workloads_validates_all_before_writing(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    good = {"uuid": "w1", "axes": {"batch_size": 3}, "inputs": {}}
+    with pytest.raises(RegistryError, match="'bad id'.*uuid"):
+        reg.append_workloads("d", [good, {"uuid": "bad id", "axes": {}, "inputs": {}}])
+    assert not reg.workloads_path("d").exists()
+    path = reg.append_workloads("d", [good, {**good, "uuid": "w2"}])
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["uuid"], r["definition"]) for r in lines] == [("w1", "d"), ("w2", "d")]
+
+
+def test_write_blob_is_renamed_into_place(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    reg = Registry(tmp_path / "registry")
+    rel = reg.write_blob("d", "pt0", {"kv_indptr": torch.arange(5, dtype=torch.int32)})
+    assert rel == "registry/d/blobs/pt0.safetensors"
+    assert load_file(str(tmp_path / rel))["kv_indptr"].tolist() == [0, 1, 2, 3, 4]
+    assert [p.name for p in (tmp_path / "registry/d/blobs").iterdir()] == ["pt0.safetensors"]
+    with pytest.raises(RegistryError, match="cannot name a file"):
+        reg.write_blob("d", "../x", {})
