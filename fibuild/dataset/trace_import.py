@@ -16,7 +16,6 @@ nothing (items already present are counted as such).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,10 +24,21 @@ from typing import Any, Callable, Iterable
 
 from ..errors import DatasetError, FibuildError, ManifestError
 from ..registry import Registry, evaluation_to_dict
-from ..spec.manifest import Workspace, load_definition, load_solution, load_workloads_jsonl
+from ..spec.manifest import Workspace, load_definition, load_solution
 from . import trace_mapping as tm
-from .files import (confined, copy_file, dump_yaml, iter_jsonl, line_of, read_json, relative_path,
-                    safetensors_header, same_bytes, write_text)
+from .checks import rejected_workloads
+from .files import (
+    confined,
+    copy_file,
+    dump_yaml,
+    iter_jsonl,
+    line_of,
+    read_json,
+    relative_path,
+    safetensors_header,
+    same_bytes,
+    write_text,
+)
 from .report import DatasetReport
 
 Progress = Callable[[str], None]
@@ -224,7 +234,7 @@ def _read_workloads(root: Path, workspace: Workspace, defs: dict[str, _Def], sta
             record = _workload_record(root, workspace, item, workload, path, lineno, report)
             if record is not None:
                 item.workloads.append((record, f"{path}:{lineno}"))
-    for name, item in defs.items():
+    for item in defs.values():
         _validate_workloads(workspace, item, stage, report)
 
 
@@ -317,7 +327,6 @@ def _blob_input(root: Path, workspace: Workspace, item: _Def, name: str, spec: d
 
 def _validate_workloads(workspace: Workspace, item: _Def, stage: Path, report: DatasetReport) -> None:
     """Drop workloads already in the workspace; the rest must pass fibuild's workloads loader."""
-    name = item.manifest["name"]
     present = set() if item.new else {w.uuid for w in workspace.workloads(item.model)}
     fresh = []
     for record, where in item.workloads:
@@ -326,20 +335,13 @@ def _validate_workloads(workspace: Workspace, item: _Def, stage: Path, report: D
         else:
             present.add(record["uuid"])
             fresh.append((record, where))
-    path = stage / "registry" / name / "workloads.jsonl"
     while fresh:
-        write_text(path, "".join(json.dumps({"definition": name, **r}) + "\n" for r, _ in fresh))
-        try:
-            load_workloads_jsonl(path, item.model)
+        rejected = rejected_workloads(stage, item.model, [r for r, _ in fresh])
+        if not rejected:
             break
-        except ManifestError as exc:
-            bad: dict[int, list[str]] = {}
-            for pointer, message in exc.problems:
-                index = int(pointer.split("/")[1]) if pointer.count("/") >= 1 and pointer.split("/")[1].isdigit() else 0
-                bad.setdefault(index, []).append(message)
-            for index in sorted(bad, reverse=True):
-                record, where = fresh.pop(index)
-                report.skip("workload", record["uuid"], "fibuild's loader rejects it: " + "; ".join(bad[index]), where)
+        for index in sorted(rejected, reverse=True):
+            record, where = fresh.pop(index)
+            report.skip("workload", record["uuid"], "fibuild's loader rejects it: " + "; ".join(rejected[index]), where)
     item.workloads = [r for r, _ in fresh]
 
 
