@@ -153,7 +153,9 @@ def _existing_definitions(workspace: Workspace) -> dict:
 def _line_for(text: str, exc: Exception) -> int:
     """The line of the first quoted key a message names, else 1."""
     for word in str(exc).replace('"', "'").split("'")[1::2]:
-        line = line_of(text, word)
+        line = line_of(text, word)  # a key
+        if not line and json.dumps(word) in text:  # else a value
+            line = text.count("\n", 0, text.index(json.dumps(word))) + 1
         if line:
             return line
     return 1
