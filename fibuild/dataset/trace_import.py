@@ -16,6 +16,7 @@ nothing (items already present are counted as such).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
