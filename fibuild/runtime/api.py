@@ -22,7 +22,7 @@ from fibuild.config import Settings
 
 from .dispatch import Kernel, key_from_axes, make_kernel
 from .resolve import Resolver, policy_chain
-from .trace import BaseReporter, Resolution
+from .decisions import BaseReporter, Resolution
 
 
 def _workspace(settings: Settings):

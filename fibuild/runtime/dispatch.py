@@ -19,7 +19,7 @@ from fibuild.spec.model import ApplyKey, Definition
 
 from .resolve import Resolver, policy_chain
 from .table import ApplyTable
-from .trace import REFERENCE, Rejected, Resolution, format_key
+from .decisions import REFERENCE, Rejected, Resolution, format_key
 
 log = logging.getLogger("fibuild.runtime")
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from fibuild.spec.model import ApplyKey, Evaluation, Solution
 
-from .trace import format_us
+from .decisions import format_us
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 
 import fibuild
 from fibuild.runtime.api import apply, load, resolve
-from fibuild.runtime.trace import Accepted, Rejected
+from fibuild.runtime.decisions import Accepted, Rejected
 from fibuild.errors import FibuildError, ResolveError
 
 from runtime_helpers import DEF, inputs, reference_rmsnorm

@@ -9,7 +9,7 @@ import yaml
 
 from fibuild.runtime.resolve import Resolver, log_distance, policy_chain
 from fibuild.runtime.table import ApplyTable, Candidate, build_table
-from fibuild.runtime.trace import Accepted, BaseReporter, PolicySkipped, Rejected
+from fibuild.runtime.decisions import Accepted, BaseReporter, PolicySkipped, Rejected
 from fibuild.errors import ResolveError
 from fibuild.spec.model import Evaluation, LatencyStats, Solution
 
