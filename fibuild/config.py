@@ -32,6 +32,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_MAX_JOBS", "", "ninja -j for build-all. Empty: the number of CPUs."),
     Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
     Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cuda`, `cpu`. Empty: cuda if available."),
+    Knob("FIBUILD_PREPARE_TIMEOUT", "900", "Seconds a solution's load and first call (JIT builds, IPC "
+         "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
+         "the per-item `--timeout` applies after it."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
@@ -63,6 +66,19 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r}: expected a finite number of seconds > 0")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed view of the environment. Build one per command; pass it down."""
@@ -77,6 +93,7 @@ class Settings:
     log_level: str
     cuda_home: Path
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
+    prepare_timeout_s: float = 900.0  # covers FlashInfer's trtllm_comm JIT build (~300 s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -104,6 +121,7 @@ class Settings:
             log_level=env.get("FIBUILD_LOG_LEVEL", "WARNING").strip().upper() or "WARNING",
             cuda_home=Path(env.get("CUDA_HOME", "").strip() or "/usr/local/cuda"),
             build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
+            prepare_timeout_s=_seconds(env, "FIBUILD_PREPARE_TIMEOUT", 900.0),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

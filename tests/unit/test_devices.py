@@ -6,7 +6,7 @@ import re
 import pytest
 
 from fibuild.devices import cpu_model_name, device_environment, device_slug, slugify
-from fibuild.errors import BenchError
+from fibuild.errors import ConfigError
 
 
 def test_slugify():
@@ -40,7 +40,7 @@ def test_environment_is_complete_and_hostname_free():
 
 
 def test_bad_device_names():
-    with pytest.raises(BenchError, match="expected cpu, cuda"):
+    with pytest.raises(ConfigError, match="expected cpu, cuda"):
         device_slug("tpu")
 
 
@@ -52,5 +52,5 @@ def test_cuda_slug_without_gpu_is_a_clear_error():
         major, minor = torch.cuda.get_device_capability(0)
         assert slug.endswith(f"-sm{major}{minor}")
     else:
-        with pytest.raises(BenchError, match="no CUDA device"):
+        with pytest.raises(ConfigError, match="no CUDA device"):
             device_slug("cuda")
