@@ -16,6 +16,7 @@ from ..errors import BuildError, FibuildError
 from ..registry import latency_from_dict
 from ..spec.model import Definition, Evaluation, Solution, Workload
 from .plan import PlannedSolution
+from .protocol import workload_to_json
 from .reporter import BenchReporter
 
 #: Characters of error text a record keeps (the tail: where tracebacks end).
@@ -35,8 +36,6 @@ class BenchItem:
 
     def message(self, op: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """The protocol request ``op`` (``prepare`` or ``run``) for this item."""
-        from .protocol import workload_to_json
-
         return {"op": op, "id": self.index, "definition": self.definition.name,
                 "solution": self.solution.qualified_name, "workload": workload_to_json(self.workload),
                 **options}
