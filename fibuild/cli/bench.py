@@ -140,14 +140,17 @@ class _RichReporter:
 def run_bench(args: argparse.Namespace, settings) -> int:
     from rich.table import Table
 
-    from fibuild.bench.report import summary_rows
-    from fibuild.bench.runner import default_device, plan_benchmarks, run_benchmarks
+    from fibuild.bench.leaderboard import summary_rows
+    from fibuild.bench.plan import plan_benchmarks
+    from fibuild.bench.runner import run_benchmarks
+    from fibuild.devices import default_device
     from fibuild.spec.manifest import Workspace
 
     workspace = Workspace.discover(settings)
     device = args.device or default_device(settings)
     if args.world_size:
-        from fibuild.bench.distributed import plan_distributed, run_distributed
+        from fibuild.bench.distributed import run_distributed
+        from fibuild.bench.plan import plan_distributed
         from fibuild.errors import BenchError
 
         if len(args.definitions) != 1:
@@ -214,12 +217,12 @@ def _table_device(registry, definition: str, settings, requested: str | None) ->
         return requested
     if not devices:
         raise BenchError(f"no evaluations of {definition} yet: run `fibuild bench {definition}`")
-    from fibuild.bench.runner import default_device
-    from fibuild.devices import device_slug
+    from fibuild.devices import default_device, device_slug
+    from fibuild.errors import FibuildError
 
     try:
         here = device_slug(default_device(settings))
-    except BenchError:
+    except FibuildError:
         here = None
     if here in devices:
         return here
@@ -230,7 +233,7 @@ def _table_device(registry, definition: str, settings, requested: str | None) ->
 
 
 def run_table(args: argparse.Namespace, settings) -> int:
-    from fibuild.bench.report import leaderboard, plot_leaderboard, rich_table
+    from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
     from fibuild.registry import Registry
     from fibuild.spec.manifest import Workspace
 
