@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping
 
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, Solution
 
-from .decisions import REFERENCE, format_us
+from fibuild.units import format_us
+
+from .decisions import REFERENCE
 
 
 @dataclass(frozen=True)
