@@ -78,6 +78,7 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
         "environment": dict(ev.environment),
         "timestamp": ev.timestamp,
         **({"prepare_s": _finite(ev.prepare_s)} if ev.prepare_s is not None else {}),
+        **({"plan_latency": latency_to_dict(ev.plan_latency)} if ev.plan_latency else {}),
     }
 
 
@@ -116,6 +117,7 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
         speedup=opt_float("speedup"), max_abs_error=opt_float("max_abs_error"),
         max_rel_error=opt_float("max_rel_error"), error=str(data.get("error", "")),
         environment=dict(env), timestamp=str(data.get("timestamp", "")), prepare_s=opt_float("prepare_s"),
+        plan_latency=latency_from_dict(data.get("plan_latency")),
     )
 
 
