@@ -34,12 +34,12 @@ def main() -> int:
     args = parser.parse_args()
     ceil = json.loads(args.ceilings.read_text())
     bw = ceil["copy_tbps"] * 1e12
-    lines = [f"# Small-M GEMM on {ceil['device']} ({args.device})", "",
-             f"`fibuild bench --graph`: CUDA-graph replays over distinct weight buffers (up to 8 input sets, "
+    intro = ("`fibuild bench --graph`: CUDA-graph replays over distinct weight buffers (up to 8 input sets, "
              f"each with its own weight, > the 60 MB L2), µs per call, median. Copy ceiling "
              f"{ceil['copy_tbps']:.2f} TB/s (1 GiB device copy, read + write), bf16 matmul ceiling "
              f"{ceil['matmul_tflops']:.0f} TFLOP/s, both measured in the same run. % = bytes moved "
-             "(A + B + C) / time / copy ceiling. Resolved: `fibuild resolve` (fastest PASSED).", ""]
+             "(A + B + C) / time / copy ceiling. Resolved: `fibuild resolve` (fastest PASSED).")
+    lines = [f"# Small-M GEMM on {ceil['device']} ({args.device})", "", intro, ""]
     for yaml in sorted((ROOT / "defs" / "gemm").glob("*.yaml")):
         table = leaderboard(yaml.stem, args.device)
         sols = table["solutions"]
