@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -105,7 +106,9 @@ class Index:
     def _connect(self) -> diskcache.Cache:
         store.private_dir(self.directory, self.cache_dir)
         try:
-            return diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none")
+            cache = diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none")
+            store.tighten(self.directory)  # sqlite creates its files 0644 whatever the folder's mode
+            return cache
         except OSError as exc:
             raise cache_error(exc, self.directory, "open the build index") from None
 
@@ -114,8 +117,13 @@ class Index:
         text = str(exc).lower()
         if type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:
             return
-        advice = ("the file system is full: free some space" if "full" in text else
-                  "the file system is read-only or not writable" if "readonly" in text or "read-only" in text
+        try:
+            fs = os.statvfs(self.directory)
+            read_only, full = bool(fs.f_flag & os.ST_RDONLY), fs.f_bavail == 0
+        except OSError:
+            read_only = full = False
+        advice = ("the file system is full: free some space" if full or "full" in text else
+                  "the file system is read-only" if read_only or "readonly" in text
                   else "retry, or remove the directory (it is rebuilt from the store)")
         raise CacheError(f"{self.directory}: the build index cannot be used ({exc}): {advice}, "
                          "or set FIBUILD_CACHE_DIR to another directory") from None
