@@ -293,8 +293,8 @@ def _entry_point(data: Mapping[str, Any], directory: Path) -> Problems:
             return [("/entry_point", f"{entry_file}: {why}")]
         try:
             tree = ast.parse(text, filename=entry_file)
-        except SyntaxError as exc:
-            return [("/entry_point", f"{entry_file}: syntax error at line {exc.lineno}: {exc.msg}")]
+        except SyntaxError:
+            return []  # a compile error, reported by the build like a native one (COMPILE_ERROR)
         except (RecursionError, MemoryError, ValueError):
             return [("/entry_point", f"{entry_file}: cannot be parsed (nested too deeply or NUL bytes)")]
         if symbol not in _top_level_names(tree):
