@@ -1,11 +1,12 @@
 """Inputs of a workload, in the definition's calling order.
 
 Input kinds (:class:`~fibuild.spec.model.InputSpec`): ``random`` (seeded per workload and
-input, in the declared dtype, on the target device: floats ~ N(0, 1), integers in
-[0, 16), bools fair), ``scalar`` (the value), ``safetensors`` (tensor ``tensor_key`` of a
-file whose path is relative to the workspace root and must resolve inside it, e.g.
-``registry/<definition>/blobs/<name>.safetensors`` as ``Registry.write_blob`` returns) and ``custom`` (the definition's ``custom_inputs_entrypoint``, a function of the
-reference source called as ``fn(axes: dict[str, int], device: torch.device,
+input, in the declared dtype, on the target device: floats ~ N(0, 1), integers in [0, 16),
+bools fair), ``scalar`` (the value), ``safetensors`` (tensor ``tensor_key`` of a file
+whose path is relative to the workspace root and must resolve inside it, e.g.
+``registry/<definition>/blobs/<name>.safetensors`` as ``Registry.write_blob`` returns) and
+``custom`` (the definition's ``custom_inputs_entrypoint``, a function of the reference
+source called as ``fn(axes: dict[str, int], device: torch.device,
 generator=torch.Generator)`` returning a dict of input name -> value; the generator is a
 CPU one seeded per workload). Tensor inputs without an InputSpec are ``random``.
 

@@ -289,7 +289,7 @@ def _run_batch(settings: Settings, native: list[BuildItem], jobs: int, keep_goin
         _commit(settings, item, get_builder(item.sol.language), seconds, settle)
 
 
-def _log_for(result: NinjaResult, item: _Item) -> str:
+def _log_for(result: NinjaResult, item: BuildItem) -> str:
     """This build's share of the ninja output: its status lines and the blocks under them."""
     name = item.sol.qualified_name
     directory = str(item.directory)

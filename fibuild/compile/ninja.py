@@ -2,10 +2,11 @@
 
 Generated files use absolute paths so one file can run alone or be pulled into a top file
 with ``subninja``. Every value written is one line: ninja has no escape for a newline, so
-a control character in a path, flag or variable is refused (BuildError), never written —
-a newline would let a flag add its own ``rule``/``build`` lines to the file. Files are rewritten only when their text changes, so mtimes (and
-ninja) stay quiet. :func:`run_ninja` streams ninja's output line by line and parses the
-``FAILED:`` lines into the outputs that failed.
+a control character in a path, flag or variable is refused (BuildError), never written — a
+newline would let a flag add its own ``rule``/``build`` lines to the file. Files are
+rewritten only when their text changes, so mtimes (and ninja) stay quiet.
+:func:`run_ninja` streams ninja's output line by line and parses the ``FAILED:`` lines
+into the outputs that failed.
 """
 from __future__ import annotations
 

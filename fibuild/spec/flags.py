@@ -15,7 +15,8 @@ build directory:
   ``--load-pass-plugin``, ``-fplugin``, ``@file``, ...);
 - nvcc: ``-ccbin``/``--compiler-bindir``, ``-arbin``/``--archiver-binary``,
   ``--run``/``--run-args``, ``-optf``/``--options-file``, ``-Xlinker``/``--linker-options``,
-  ``-Xarchive``/``--archive-options`` (``ar --plugin``), and ``-Xcompiler``/``--compiler-options`` whose pieces fail the gcc checks;
+  ``-Xarchive``/``--archive-options`` (``ar --plugin``), and ``-Xcompiler``/
+  ``--compiler-options`` whose pieces fail the gcc checks;
 - writes elsewhere: ``-o``, ``-MF``, ``-dumpdir``, ``-dumpbase``, ``-save-temps``,
   nvcc ``-odir``/``--output-directory``, ``--keep-dir``.
 

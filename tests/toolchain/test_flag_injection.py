@@ -59,7 +59,8 @@ def test_gcc_wrapper_payload_is_refused(built, tmp_path, monkeypatch):
 def test_shell_metacharacters_stay_one_argument(built, tmp_path):
     marker = tmp_path / "ran"
     defn, sol = _with_flags(built, "add_one_f32/cpp_add",
-                            cflags=(f"-DFIB_T1=$(touch {marker})", f"-DFIB_T2=`touch {marker}`", f"-DFIB_T3=';touch {marker}'"))
+                            cflags=(f"-DFIB_T1=$(touch {marker})", f"-DFIB_T2=`touch {marker}`",
+                                    f"-DFIB_T3=';touch {marker}'"))
     kernel = _build(built, tmp_path, defn, sol)
     assert kernel.build_dir.is_dir() and not marker.exists()
 
@@ -84,7 +85,8 @@ def test_nvcc_payloads_are_refused(built, tmp_path, cuda_ok, flags):
     if not cuda_ok:
         pytest.skip("nvcc is not available")
     marker = tmp_path / "ran"
-    defn, sol = _with_flags(built, "add_one_f32/cuda_add", cuda_cflags=flags(_evil_compiler_dir(tmp_path, marker), marker))
+    evil = _evil_compiler_dir(tmp_path, marker)
+    defn, sol = _with_flags(built, "add_one_f32/cuda_add", cuda_cflags=flags(evil, marker))
     with pytest.raises(BuildError, match="build.cuda_cflags"):
         _build(built, tmp_path, defn, sol)
     assert not marker.exists()

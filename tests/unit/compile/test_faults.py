@@ -4,7 +4,6 @@ The read-only and full file-system cases mount a real tmpfs (root only; skipped 
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 
