@@ -60,6 +60,10 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How far a solution's output may stray from the reference's: an element passes when
+    ``|a - b| <= atol + rtol * |b|``. Both are finite and >= 0; ``atol <= 1000`` and
+    ``rtol < 1`` (an rtol of 1 would pass an all-zero output), so the check can fail."""
+
     atol: float = 1e-2
     rtol: float = 1e-2
 
@@ -69,8 +73,9 @@ class InputSpec:
     """How a workload makes one input.
 
     kind ``random``: seeded random tensor in the declared dtype; ``scalar``: ``value``;
-    ``safetensors``: tensor ``tensor_key`` of file ``path`` (relative to the workload's
-    file); ``custom``: produced by the definition's ``custom_inputs_entrypoint``.
+    ``safetensors``: tensor ``tensor_key`` of file ``path`` (relative to the workspace
+    root and confined to it, e.g. ``registry/<definition>/blobs/<name>.safetensors``);
+    ``custom``: produced by the definition's ``custom_inputs_entrypoint``.
     """
 
     kind: Literal["random", "scalar", "safetensors", "custom"]
