@@ -1,12 +1,13 @@
 """fibuild: declarative build, benchmark and dispatch of GPU kernels.
 
 Public API (imported lazily, so ``import fibuild`` costs almost nothing):
-``load``, ``apply``, ``resolve``, ``Workspace``, ``Settings``, ``__version__``.
+``load``, ``apply``, ``resolve``, ``Workspace``, ``Settings``, ``__version__``, and the
+serving integration's ``enable`` / ``disable``.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load", "apply", "resolve", "Workspace", "Settings", "__version__"]
+__all__ = ["load", "apply", "resolve", "Workspace", "Settings", "enable", "disable", "__version__"]
 
 _LAZY = {
     "load": ("fibuild.runtime.api", "load"),
@@ -14,6 +15,8 @@ _LAZY = {
     "resolve": ("fibuild.runtime.api", "resolve"),
     "Workspace": ("fibuild.spec.manifest", "Workspace"),
     "Settings": ("fibuild.config", "Settings"),
+    "enable": ("fibuild.integrations.activation", "enable"),
+    "disable": ("fibuild.integrations.activation", "disable"),
 }
 
 

@@ -33,6 +33,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
     Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cuda`, `cpu`. Empty: cuda if available."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
+    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer and `F.linear` calls of any Python "
+         "process as workloads under registry/ (through the installed `.pth` hook)."),
+    Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
+         "(the original where fibuild has nothing better)."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -77,6 +81,8 @@ class Settings:
     log_level: str
     cuda_home: Path
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
+    trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
+    apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -104,6 +110,8 @@ class Settings:
             log_level=env.get("FIBUILD_LOG_LEVEL", "WARNING").strip().upper() or "WARNING",
             cuda_home=Path(env.get("CUDA_HOME", "").strip() or "/usr/local/cuda"),
             build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
+            trace=_flag(env, "FIBUILD_TRACE", "0"),
+            apply=_flag(env, "FIBUILD_APPLY", "0"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
