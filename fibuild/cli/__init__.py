@@ -19,6 +19,8 @@ COMMANDS = {
     "bench": ("bench", "Check and time solutions; append evaluations to registry/."),
     "table": ("bench", "Leaderboard of a definition's evaluations."),
     "resolve": ("resolve", "Pick the solution for a set of axis values."),
+    "run": ("run", "Run a command with tracing and/or substitution of FlashInfer calls on."),
+    "trace": ("trace", "Report what tracing recorded (fibuild trace report)."),
 }
 
 
