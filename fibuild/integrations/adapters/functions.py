@@ -45,7 +45,8 @@ class RMSNorm(FunctionAdapter):
 
     def fast_key(self, args, kwargs):
         x = args[0]
-        return (len(args), _kwargs_key(kwargs), x.shape, x.dtype, args[1].shape, args[2] if len(args) > 2 else None)
+        w = args[1]
+        return (len(args), _kwargs_key(kwargs), x.shape, x.dtype, w.shape, w.dtype, args[2] if len(args) > 2 else None)
 
     def template_params(self, call: Call) -> dict[str, Any]:
         self.checked(call)
@@ -70,8 +71,9 @@ class FusedAddRMSNorm(FunctionAdapter):
 
     def fast_key(self, args, kwargs):
         x = args[0]
-        return (len(args), _kwargs_key(kwargs), x.shape, x.dtype, args[1].shape, args[1].dtype,
-                args[2].shape, args[3] if len(args) > 3 else None)
+        r, w = args[1], args[2]
+        return (len(args), _kwargs_key(kwargs), x.shape, x.dtype, r.shape, r.dtype, w.shape, w.dtype,
+                args[3] if len(args) > 3 else None)
 
     def template_params(self, call: Call) -> dict[str, Any]:
         x, r = tensor(call, "input", ndim=2), tensor(call, "residual", ndim=2)

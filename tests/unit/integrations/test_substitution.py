@@ -211,3 +211,16 @@ def test_prefill_wrappers_dispatch(flashinfer_stub, small_ws):
     rw.plan(qo, kv_indptr, 8, 2, 16, causal=False, q_data_type=BF16)
     rw.run(qp, k, v)
     assert flashinfer.CALLS["ragged.run"] == 2   # the reference run above and the non-causal one
+
+
+def test_a_weight_of_another_dtype_is_not_served_by_the_memo(flashinfer_stub, small_ws):
+    small_ws.add_counted_solution("rmsnorm_h64")
+    small_ws.record("rmsnorm_h64", "counted", {"batch_size": 4})
+    import flashinfer
+
+    fibuild.enable(apply=True, settings=small_ws.settings)
+    x = torch.randn(4, 64, dtype=BF16)
+    flashinfer.rmsnorm(x, torch.rand(64, dtype=BF16), 1e-5)
+    flashinfer.rmsnorm(x, torch.rand(64, dtype=torch.float16), 1e-5)
+    assert len(solution_calls("rmsnorm_h64", (4,))) == 1
+    assert flashinfer.CALLS["rmsnorm"] == 1
