@@ -121,8 +121,8 @@ class Settings:
             log_level=_raw(env, "FIBUILD_LOG_LEVEL").upper(),
             cuda_home=Path(_raw(env, "CUDA_HOME")),
             build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
-            trace=_flag(env, "FIBUILD_TRACE", "0"),
-            apply=_flag(env, "FIBUILD_APPLY", "0"),
+            trace=_flag(env, "FIBUILD_TRACE"),
+            apply=_flag(env, "FIBUILD_APPLY"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

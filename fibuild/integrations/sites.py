@@ -13,6 +13,8 @@ import functools
 import logging
 from typing import Any, Callable
 
+from fibuild.errors import InputError
+
 from .adapters.base import Unmapped, bind
 from .adapters.functions import FunctionAdapter
 
@@ -79,6 +81,8 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
         guard.active = True
         try:
             outputs = kernel(*inputs)
+        except InputError:  # raised before anything ran: the original takes the call
+            return original(*args, **kwargs)
         finally:
             guard.active = False
         if settled[0] is None:

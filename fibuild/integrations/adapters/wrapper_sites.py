@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from fibuild.errors import InputError
+
 from .attention import PlanContext, WrapperAdapter
 
 log = logging.getLogger("fibuild.integrations")
@@ -113,6 +115,8 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext
         guard.active = True
         try:
             out, lse = kernel(q, k, v, *tail)
+        except InputError:  # raised before anything ran: the original takes the call
+            return run(inst, *args, **kwargs)
         finally:
             guard.active = False
         if settled[0] is None:
