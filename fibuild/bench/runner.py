@@ -164,7 +164,8 @@ def _evaluation(item: _Item, slug: str, status: str, environment: dict[str, Any]
         definition=item.definition.name, solution=item.solution.name,
         solution_digest=item.solution_digest, build_key=item.build_key,
         workload_uuid=item.workload.uuid, axes=dict(item.workload.axes), status=status, device=slug,
-        latency=latency, reference_latency=ref, speedup=speedup,
+        latency=latency, reference_latency=ref, plan_latency=_latency(reply.get("plan_latency")),
+        speedup=speedup,
         max_abs_error=reply.get("max_abs_error"), max_rel_error=reply.get("max_rel_error"),
         error=(error or reply.get("error") or "")[-4000:], environment=env, timestamp=utc_timestamp())
 

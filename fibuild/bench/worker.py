@@ -7,8 +7,8 @@ pipes in JSON lines (nothing is pickled). Protocol:
   worker -> ``{"op": "ready", "environment": {...}}`` (or ``{"op": "error", ...}``).
 - parent -> ``{"op": "run", "id", "definition", "solution" ("def/sol"), "workload": {...},
   "warmup_ms", "rep_ms", "graph"}``; worker -> ``{"op": "result", "id", "status",
-  "latency", "reference_latency", "max_abs_error", "max_rel_error", "error", "timing",
-  "fatal"}``. ``fatal`` means the worker exits after replying (a CUDA error poisons the
+  "latency", "reference_latency", "plan_latency", "max_abs_error", "max_rel_error", "error",
+  "timing", "fatal"}``. ``fatal`` means the worker exits after replying (a CUDA error poisons the
   context), so the parent starts a new one.
 - parent -> ``{"op": "exit"}``.
 
@@ -185,10 +185,12 @@ class Worker(SolutionLoader):
 
         from .checks import PASSED, check_outputs
         from .inputs import clone_inputs
+        from .plans import prepare_plans
         from .timing import time_calls
 
         reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "RUNTIME_ERROR",
-                                 "latency": None, "reference_latency": None, "max_abs_error": None,
+                                 "latency": None, "reference_latency": None, "plan_latency": None,
+                                 "max_abs_error": None,
                                  "max_rel_error": None, "error": "", "timing": None, "fatal": False}
         warmup, rep, graph = float(msg["warmup_ms"]), float(msg["rep_ms"]), bool(msg.get("graph"))
         try:
@@ -218,8 +220,10 @@ class Worker(SolutionLoader):
             if check.status != PASSED:
                 return reply
             stage = "timing"
-            timing = time_calls(kernel.call, self.input_sets(ref.inputs), device=self.device,
-                                warmup_ms=warmup, rep_ms=rep, graph=graph)
+            sets = self.input_sets(ref.inputs)
+            # Plan/run solutions: plans made (and timed) once per input set; only runs are timed.
+            reply["plan_latency"] = _latency_json(prepare_plans(kernel.entry, sets, device=self.device, rep_ms=rep))
+            timing = time_calls(kernel.call, sets, device=self.device, warmup_ms=warmup, rep_ms=rep, graph=graph)
             reply["latency"] = _latency_json(timing.stats)
             reply["timing"] = timing.method
             if ref.error:

@@ -38,7 +38,9 @@ class TensorSpec:
     """An input or output. ``shape`` is a tuple of axis names, or None for a scalar.
 
     ``inplace`` (outputs only) names the input this output is written into: the solution
-    mutates that input instead of returning or receiving a separate tensor.
+    mutates that input instead of returning or receiving a separate tensor. ``structural``
+    (inputs only): what a plan/run solution plans from (page tables, indptrs, scalars a
+    plan bakes in); see :mod:`fibuild.compile.plans`.
     """
 
     name: str
@@ -46,6 +48,7 @@ class TensorSpec:
     dtype: str
     description: str = ""
     inplace: str | None = None
+    structural: bool = False
 
     @property
     def is_scalar(self) -> bool:
@@ -119,6 +122,11 @@ class Definition:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def structural_inputs(self) -> tuple[str, ...]:
+        """Names of the inputs marked ``structural``, in calling order."""
+        return tuple(s.name for s in self.inputs if s.structural)
+
+    @property
     def var_axes(self) -> tuple[str, ...]:
         """Names of the var axes, in declaration order: the layout of an ApplyKey."""
         return tuple(a.name for a in self.axes.values() if a.kind == "var")
@@ -154,6 +162,8 @@ class Solution:
     ``path``, the solution's directory). ``destination_passing_style``: the function takes
     the inputs, then preallocated non-in-place outputs, and returns nothing; otherwise it
     returns the non-in-place outputs (one tensor, or a tuple in declaration order).
+    ``plan`` (``"file.py::function"`` or None): the solution is plan/run; the entry point
+    is the run and takes the plan first (see :mod:`fibuild.compile.plans`).
     """
 
     name: str
@@ -167,6 +177,7 @@ class Solution:
     destination_passing_style: bool = False
     dependencies: tuple[str, ...] = ()
     build: BuildFlags = BuildFlags()
+    plan: str | None = None
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -182,6 +193,14 @@ class Solution:
     @property
     def entry_symbol(self) -> str:
         return self.entry_point.split("::", 1)[1]
+
+    @property
+    def plan_file(self) -> str | None:
+        return self.plan.split("::", 1)[0] if self.plan else None
+
+    @property
+    def plan_symbol(self) -> str | None:
+        return self.plan.split("::", 1)[1] if self.plan else None
 
 
 @dataclass(frozen=True)
@@ -209,6 +228,7 @@ class Evaluation:
     device: str  # the device slug, e.g. nvidia-h100-80gb-hbm3-sm90
     latency: LatencyStats | None = None
     reference_latency: LatencyStats | None = None
+    plan_latency: LatencyStats | None = None  # plan/run solutions: one plan, host wall clock
     speedup: float | None = None
     max_abs_error: float | None = None
     max_rel_error: float | None = None

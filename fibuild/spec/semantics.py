@@ -229,6 +229,11 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
     if entry_file not in sources:
         problems.append(("/entry_point", f"entry point file {entry_file!r} is not listed in sources "
                          f"({', '.join(sources)})"))
+    plan_file = data["plan"].split("::", 1)[0] if data.get("plan") else None
+    if plan_file is not None and plan_file not in sources:
+        problems.append(("/plan", f"plan file {plan_file!r} is not listed in sources ({', '.join(sources)})"))
+    if plan_file is not None and data["language"] not in ("python", "triton"):
+        problems.append(("/plan", f"a plan step needs a python or triton solution, not {data['language']}"))
     if path is not None:
         directory = Path(path).parent
         problems += _solution_layout(data, directory)
