@@ -98,9 +98,16 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext
     paged = adapter.paged
     rows = k0.shape[0]
     settled: list[bool | None] = [None]
+    planned: list[bool | None] = [None]  # whether the solution is a plan/run one (known once loaded)
 
     def fibuild_run_substitute(inst, *args, **kwargs):
         if settled[0] is False or getattr(guard, "active", False):
+            return run(inst, *args, **kwargs)
+        if planned[0] is not False and _capturing():
+            # A plan/run solution captured in a graph would replay the plan of capture time
+            # after the engine re-plans new contents into the same buffers (FlashInfer's
+            # CUDA-graph wrapper refreshes its plan in place; fibuild plans are new objects):
+            # the original is captured instead. Unknown (not loaded yet) counts as planned.
             return run(inst, *args, **kwargs)
         q = args[0]
         if paged:
@@ -121,9 +128,23 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext
             guard.active = False
         if settled[0] is None:
             settled[0] = ran_a_solution(adapter, kernel, defn, (q, k, v, *tail))
+            entry = kernel.entry(defn.apply_key(_axes(defn, (q, k, v, *tail))))
+            planned[0] = hasattr(entry, "plan_for")
         return (out, lse) if want_lse else out
 
     return fibuild_run_substitute
+
+
+def _axes(defn, inputs):
+    from ..session import var_axes
+
+    return var_axes(defn, inputs)
+
+
+def _capturing() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def context_of(wrapper_instance) -> Any:

@@ -4,7 +4,8 @@ Layouts follow FlashInfer's NHD paged cache (``[num_pages, page_size, num_kv_hea
 head_dim]``) and the flashinfer-trace definitions: query head ``h`` reads KV head
 ``h // (num_qo_heads // num_kv_heads)``; ``lse`` is the base-2 log-sum-exp of the scaled
 logits. A page size of 1 has no ``kv_last_page_len`` input (every page is full), as in the
-dataset; larger pages take it. Each template also ships ``make_inputs``, the custom-inputs
+dataset; larger pages take it. Index tensors and ``sm_scale`` are ``structural`` (what a
+plan/run solution plans from). Each template also ships ``make_inputs``, the custom-inputs
 entry point that draws consistent page tables for declared workloads.
 """
 from __future__ import annotations
@@ -131,12 +132,12 @@ def _heads(h: int, kv: int, d: int, ps: int | None) -> dict[str, Any]:
 def _paged_io(dtype: str, ps: int, index_inputs: dict[str, Any]) -> dict[str, Any]:
     cache = {"shape": ["num_pages", "page_size", "num_kv_heads", "head_dim"], "dtype": dtype}
     inputs = {"k_cache": dict(cache), "v_cache": dict(cache), **index_inputs,
-              "kv_indptr": {"shape": ["len_indptr"], "dtype": "int32"},
-              "kv_indices": {"shape": ["num_kv_indices"], "dtype": "int32"}}
+              "kv_indptr": {"shape": ["len_indptr"], "dtype": "int32", "structural": True},
+              "kv_indices": {"shape": ["num_kv_indices"], "dtype": "int32", "structural": True}}
     if ps > 1:
-        inputs["kv_last_page_len"] = {"shape": ["batch_size"], "dtype": "int32",
+        inputs["kv_last_page_len"] = {"shape": ["batch_size"], "dtype": "int32", "structural": True,
                                       "description": "Tokens in each sequence's last page (1..page_size)."}
-    inputs["sm_scale"] = {"shape": None, "dtype": "float32", "description": "Softmax scale."}
+    inputs["sm_scale"] = {"shape": None, "dtype": "float32", "structural": True, "description": "Softmax scale."}
     return inputs
 
 
@@ -187,7 +188,8 @@ def gqa_paged_prefill_causal(*, num_qo_heads: int, num_kv_heads: int, head_dim: 
         axes["batch_size"] = {"type": "var", "description": "Sequences."}
         constraints.append("len_indptr == batch_size + 1")
     inputs = {"q": {"shape": ["total_q", "num_qo_heads", "head_dim"], "dtype": dtype}}
-    inputs.update(_paged_io(dtype, page_size, {"qo_indptr": {"shape": ["len_indptr"], "dtype": "int32"}}))
+    inputs.update(_paged_io(dtype, page_size, {"qo_indptr": {"shape": ["len_indptr"], "dtype": "int32",
+                                                             "structural": True}}))
     last = ("last = kv_last_page_len.tolist()" if page_size > 1
             else "last = [1] * (len(qb) - 1)")
     gather = ("kk = _paged_tokens(k_cache, kv_indices, kb[b], kb[b + 1], last[b])\n"
@@ -208,9 +210,9 @@ def gqa_ragged_prefill_causal(*, num_qo_heads: int, num_kv_heads: int, head_dim:
     kv = {"shape": ["total_kv", "num_kv_heads", "head_dim"], "dtype": dtype}
     inputs = {"q": {"shape": ["total_q", "num_qo_heads", "head_dim"], "dtype": dtype},
               "k": dict(kv), "v": dict(kv),
-              "qo_indptr": {"shape": ["len_indptr"], "dtype": "int32"},
-              "kv_indptr": {"shape": ["len_indptr"], "dtype": "int32"},
-              "sm_scale": {"shape": None, "dtype": "float32", "description": "Softmax scale."}}
+              "qo_indptr": {"shape": ["len_indptr"], "dtype": "int32", "structural": True},
+              "kv_indptr": {"shape": ["len_indptr"], "dtype": "int32", "structural": True},
+              "sm_scale": {"shape": None, "dtype": "float32", "structural": True, "description": "Softmax scale."}}
     gather = ("kk = k[kb[b]:kb[b + 1]].to(torch.float32)\n"
               "        vv = v[kb[b]:kb[b + 1]].to(torch.float32)")
     body = _PREFILL_BODY.format(last_line="pass", gather=gather)
