@@ -157,7 +157,7 @@ class Registry:
             raise RegistryError(f"invalid evaluation of {evaluation.definition}/{evaluation.solution}: {detail}")
         line = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         path = self.path(evaluation.definition, evaluation.device)
-        _append_lines(path, line, "evaluation", self.root)
+        append_lines(path, line, "evaluation", self.root)
         return path
 
     def workloads_path(self, definition: str) -> Path:
@@ -184,7 +184,7 @@ class Registry:
             lines.append(json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
         path = self.workloads_path(definition)
         if lines:
-            _append_lines(path, "".join(lines), "workloads", self.root)
+            append_lines(path, "".join(lines), "workloads", self.root)
         return path
 
     def write_blob(self, definition: str, name: str, tensors: Mapping[str, Any]) -> str:
@@ -284,7 +284,7 @@ def _confined(path: Path, root: Path) -> None:
                                 "inside the workspace: replace it with the file itself")
 
 
-def _append_lines(path: Path, text: str, what: str, root: Path | None = None) -> None:
+def append_lines(path: Path, text: str, what: str, root: Path | None = None) -> None:
     """Append ``text`` (whole lines) to ``path`` in one write under ``<path>.lock``."""
     from filelock import FileLock
 
