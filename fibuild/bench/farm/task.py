@@ -1,0 +1,129 @@
+"""Farm tasks: one (definition, solution, batch of workloads) on one device type, as JSON.
+
+The driver builds a task with :func:`make_task`; a farm worker runs it with :func:`run_task`,
+which unpacks the task's workspace bundle, builds into the worker's own cache
+(``FIBUILD_CACHE_DIR`` of the worker's environment) and checks and times the workloads with
+the local runner — the same isolated worker process, so a crash, a hang or a poisoned CUDA
+context becomes a status exactly as on one machine. Arguments and results are plain
+JSON-able dicts; no fibuild object crosses the engine.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Mapping, Sequence
+
+from ...errors import BenchError
+from ..reporter import BenchReporter
+from . import bundle as bundles
+
+#: Resource tag of a worker's device type: ``fibuild:<device slug>`` (see :func:`device_tag`).
+TAG_PREFIX = "fibuild:"
+
+
+def device_tag(slug: str) -> str:
+    """The engine resource that marks workers whose device has ``slug``."""
+    return TAG_PREFIX + slug
+
+
+def worker_device(kind: str) -> str:
+    """The device a farm worker benchmarks on for tasks of ``kind``: ``cpu``, or ``cuda:0``
+    (a GPU worker sees one GPU: its launcher sets ``CUDA_VISIBLE_DEVICES``)."""
+    return "cpu" if kind == "cpu" else "cuda:0"
+
+
+def make_task(root, defn, sol, workloads: Sequence[Any], *, kind: str, slug: str, bundle: Mapping[str, Any],
+              options: Mapping[str, Any], stop_event: str | None = None) -> dict[str, Any]:
+    """The JSON task that benchmarks ``workloads`` of ``sol`` on a ``kind`` worker with ``slug``.
+
+    ``bundle`` is :func:`fibuild.bench.farm.bundle.pack` of the pair (shared by its tasks);
+    ``options``: ``warmup_ms``, ``rep_ms``, ``graph``, ``timeout_s``; ``stop_event``: the
+    name of an engine event whose setting stops the task between items.
+    """
+    from ..worker import workload_to_json
+
+    loads = []
+    for workload in workloads:
+        data = workload_to_json(workload)
+        data["source"] = bundles.workload_source(root, workload)
+        loads.append(data)
+    return {"definition": defn.name, "solution": sol.qualified_name, "workloads": loads, "kind": kind,
+            "slug": slug, "bundle": dict(bundle), "options": dict(options), "stop_event": stop_event}
+
+
+class _StopBetweenItems(BenchReporter):
+    """Stops the runner before its next item once ``is_set()`` is true (driver cancelled)."""
+
+    def __init__(self, is_set):
+        self._is_set = is_set
+
+    def item_started(self, solution, workload_uuid, worker_device):
+        if self._is_set():
+            raise BenchError("the farm was cancelled")
+
+
+def _engine_stop_check(name: str | None):
+    if not name:
+        return lambda: False
+    try:
+        from distributed import Event, get_client
+    except ImportError:  # run outside the engine (tests): nothing can cancel it
+        return lambda: False
+    # The runner polls from its own threads: bind the event to this worker's client now.
+    event = Event(name, client=get_client())
+    return event.is_set
+
+
+def run_task(task: Mapping[str, Any], *, stop=None) -> dict[str, Any]:
+    """Benchmark one farm task on this worker; returns ``{"records": [...], "slug",
+    "worker", "host"}`` with one evaluation dict per workload (``registry`` format).
+
+    ``stop``: a callable polled before each item (default: the task's engine event). Raises
+    BenchError when the worker's device is not the task's, or the worker process cannot
+    start; kernel failures are statuses in the records. Cost: as the local runner for
+    ``len(task["workloads"])`` items, plus one bundle unpack per worker and pair.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from ...config import Settings
+    from ...devices import device_slug
+    from ...registry import evaluation_to_dict
+    from ...spec.manifest import Workspace
+    from ..runner import BenchPlan, PlannedSolution, run_benchmarks
+    from ..worker import workload_from_json
+
+    settings = Settings.from_env()
+    device = worker_device(task["kind"])
+    slug = device_slug(device)
+    if slug != task["slug"]:
+        raise BenchError(f"farm task for {task['slug']} reached a worker with {slug}")
+    root = bundles.unpack(task["bundle"], settings.cache_dir)
+    workspace = Workspace(root)
+    definition, _, name = str(task["solution"]).partition("/")
+    defn = workspace.definition(definition)
+    sol = workspace.solution(name, definition=definition)
+    workloads = []
+    for data in task["workloads"]:
+        data = dict(data)
+        if data.get("source") and data["source"] != "declared":
+            data["source"] = str(Path(root) / data["source"])
+        workloads.append(workload_from_json(data))
+    options = task["options"]
+    plan = BenchPlan(device=device, groups=[PlannedSolution(defn, sol, tuple(workloads))])
+    evaluations = run_benchmarks(workspace, dataclasses.replace(settings, root=Path(root)), plan=plan,
+                                 record=False, warmup_ms=float(options["warmup_ms"]),
+                                 rep_ms=float(options["rep_ms"]), graph=bool(options.get("graph")),
+                                 timeout_s=float(options["timeout_s"]),
+                                 reporter=_StopBetweenItems(stop or _engine_stop_check(task.get("stop_event"))))
+    return {"records": [evaluation_to_dict(ev) for ev in evaluations], "slug": slug,
+            "worker": _worker_address(), "host": socket.gethostname()}
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
