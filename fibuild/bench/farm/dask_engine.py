@@ -34,6 +34,7 @@ JOIN_TIMEOUT_S = 60.0
 #: Worker deaths a task survives before it fails with KilledWorker (one retry elsewhere).
 ALLOWED_FAILURES = 1
 _RESOURCE = {"cpu": "CPU", "cuda": "GPU"}
+_DASK_LOG = logging.getLogger("distributed")
 
 
 class DeviceTagPlugin(WorkerPlugin):
@@ -86,9 +87,13 @@ class DaskEngine:
         self.client: Client | None = None
         self.stop_event = f"fibuild-farm-stop-{uuid.uuid4().hex}"
         self._event: Event | None = None
+        self._log_level = logging.NOTSET
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "DaskEngine":
+        # Dask logs every scheduler event at INFO; fibuild's own log level governs it here.
+        self._log_level = _DASK_LOG.level
+        _DASK_LOG.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
         try:
             if self.address:
                 self.client = Client(self.address, timeout=JOIN_TIMEOUT_S)
@@ -121,12 +126,15 @@ class DaskEngine:
             return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
     def __exit__(self, *exc_info) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        if self.cluster is not None:
-            self.cluster.close()
-            self.cluster = None
+        try:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+            if self.cluster is not None:
+                self.cluster.close()
+                self.cluster = None
+        finally:
+            _DASK_LOG.setLevel(self._log_level)
 
     # -- workers -------------------------------------------------------------------------
     def pools(self, kind: str) -> dict[str, list[str]]:

@@ -154,13 +154,14 @@ def failure_records(task: _Task, reason: str) -> list[Evaluation]:
 
 
 def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
-             solutions: Sequence[str] | None = None, device: str = "cpu",
+             solutions: Sequence[str] | None = None, device: str | None = None,
              workload_limit: int | None = None, warmup_ms: float = 25.0, rep_ms: float = 100.0,
              graph: bool = False, timeout_s: float = 60.0, resume: bool = False,
              task_size: int = DEFAULT_TASK_SIZE, reporter: FarmReporter | None = None) -> list[Evaluation]:
     """Benchmark on every device type of ``engine``'s cluster that offers ``device``
-    (``cpu`` or ``cuda``); return the evaluations, each appended to the workspace registry
-    under its worker's device slug as its task returns.
+    (``cpu`` or ``cuda``; None: ``cuda`` when some worker offers a GPU, else ``cpu``); return
+    the evaluations, each appended to the workspace registry under its worker's device slug
+    as its task returns.
 
     ``engine`` is entered and left here. Ctrl-C cancels the farm (running tasks stop before
     their next item; a local cluster is shut down) and re-raises KeyboardInterrupt. Raises
@@ -169,19 +170,19 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
     from ...registry import Registry, evaluation_from_dict
 
     reporter = reporter or FarmReporter()
-    kind = device.partition(":")[0]
-    if kind not in ("cpu", "cuda") or ":" in device:
+    if device not in (None, "cpu", "cuda"):
         raise BenchError(f"device {device!r}: a farm runs on cpu or cuda workers (one device each)")
-    if graph and kind == "cpu":
-        raise BenchError("--graph needs a CUDA device")
     if warmup_ms < 0 or rep_ms <= 0 or timeout_s <= 0 or task_size < 1:
         raise BenchError("warm-up must be >= 0 ms; repetition time, timeout and task size > 0")
-    plan = plan_benchmarks(workspace, definitions, solutions=solutions, device=kind,
-                           workload_limit=workload_limit)
     registry = Registry(workspace.registry_dir)
     options = {"warmup_ms": warmup_ms, "rep_ms": rep_ms, "graph": graph, "timeout_s": timeout_s}
     evaluations: list[Evaluation] = []
     with engine:
+        kind = device or ("cuda" if engine.pools("cuda") else "cpu")
+        if graph and kind == "cpu":
+            raise BenchError("--graph needs a CUDA device")
+        plan = plan_benchmarks(workspace, definitions, solutions=solutions, device=kind,
+                               workload_limit=workload_limit)
         pools = engine.pools(kind)
         if not pools:
             raise BenchError(f"no worker of the cluster offers a {kind} device: start workers with "
