@@ -273,6 +273,9 @@ def _serve(proto_in, proto_out) -> int:
 
 
 def main() -> int:
+    from .lifeline import die_with_parent
+
+    die_with_parent()  # a hanging kernel must not outlive a killed runner
     # Keep the real stdout for the protocol; anything else written to fd 1 goes to stderr.
     proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)

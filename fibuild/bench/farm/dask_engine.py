@@ -6,11 +6,12 @@ Imported only when ``--executor dask`` runs (Dask is an optional dependency:
 ``CPU=1`` — and a worker plugin adds ``fibuild:<device slug>`` on every worker when it
 starts or restarts, so a task asks for ``{GPU: 1, fibuild:<slug>: 1}`` and lands only on a
 free GPU of its device type. A worker that dies mid-task has its task rescheduled by the
-scheduler; the local cluster's scheduler allows one such retry (``allowed-failures`` 1),
-after which the task fails with ``KilledWorker`` and the driver records it.
+scheduler, and :func:`run_dask_task` counts the runs: the third start of a task (two
+workers died under it) runs nothing and the driver records its items as RUNTIME_ERROR with
+the reason.
 
 Task arguments and results are JSON-able dicts; Dask's own transport of the task function
-(a reference to :func:`fibuild.bench.farm.task.run_task`) and of this plugin is Dask's
+(a reference to :func:`run_dask_task`) and of this plugin is Dask's
 business, not fibuild's.
 """
 from __future__ import annotations
@@ -26,13 +27,14 @@ from distributed import Client, Event, LocalCluster, Nanny, Scheduler, SpecClust
 from distributed import wait as dask_wait
 from distributed.core import Status
 
+from ...devices import device_slug
 from ...errors import BenchError
 from .task import TAG_PREFIX, device_tag, worker_device
 
 #: Seconds to wait for an existing cluster to show at least one worker.
 JOIN_TIMEOUT_S = 60.0
-#: Worker deaths a task survives before it fails with KilledWorker (one retry elsewhere).
-ALLOWED_FAILURES = 1
+#: Runs of a task after a worker died under it (counted by the task itself, see run_dask_task).
+RETRIES = 1
 _RESOURCE = {"cpu": "CPU", "cuda": "GPU"}
 _DASK_LOG = logging.getLogger("distributed")
 
@@ -43,8 +45,6 @@ class DeviceTagPlugin(WorkerPlugin):
     name = "fibuild-device-tag"
 
     async def setup(self, worker) -> None:
-        from ...devices import device_slug
-
         declared = worker.state.total_resources
         tags = {}
         loop = asyncio.get_running_loop()
@@ -57,8 +57,37 @@ class DeviceTagPlugin(WorkerPlugin):
                                                             resource, exc)
                     continue
                 tags[device_tag(slug)] = 1
-        if tags:
-            await worker.set_resources(**tags)
+        new = {tag: 1 for tag in tags if declared.get(tag, 0) < 1}
+        if new:
+            await worker.set_resources(**new)
+            # The scheduler re-places tasks waiting for a resource only when a worker starts
+            # running; a tag added after registration needs that signal.
+            if worker.status == Status.running:
+                worker.status = Status.paused
+                worker.status = Status.running
+
+
+def run_dask_task(task: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """:func:`fibuild.bench.farm.task.run_task` on a Dask worker, counting attempts.
+
+    Each start is logged as a scheduler event; a task that starts a third time has seen two
+    workers die under it, so it runs nothing and returns ``{"lost": reason}``. Between items
+    it stops when the run's stop event is set (the driver was interrupted).
+    """
+    from distributed import get_client, get_worker
+    from distributed.worker import thread_state
+
+    from .task import run_task
+
+    worker, client, key = get_worker(), get_client(), str(thread_state.key)
+    topic = f"fibuild-farm-{run_id}"
+    earlier = [msg["worker"] for _, msg in client.get_events(topic) if msg.get("key") == key]
+    worker.log_event(topic, {"key": key, "worker": worker.address})
+    if len(earlier) > RETRIES:
+        return {"lost": f"the farm workers running this task died under it {len(earlier)} times "
+                        f"({', '.join(earlier)}); not retried again"}
+    stop = Event(f"fibuild-farm-stop-{run_id}", client=client)  # polled from the runner's threads
+    return run_task(task, stop=stop.is_set, worker=worker.address)
 
 
 def _visible_gpus() -> list[str]:
@@ -85,7 +114,7 @@ class DaskEngine:
         self.local_workers = local_workers
         self.cluster = None
         self.client: Client | None = None
-        self.stop_event = f"fibuild-farm-stop-{uuid.uuid4().hex}"
+        self.run_id = uuid.uuid4().hex
         self._event: Event | None = None
         self._log_level = logging.NOTSET
 
@@ -103,7 +132,7 @@ class DaskEngine:
                 self.client = Client(self.cluster)
                 self.client.wait_for_workers(len(self.cluster.workers), timeout=JOIN_TIMEOUT_S)
             self.client.register_plugin(DeviceTagPlugin())
-            self._event = Event(self.stop_event, client=self.client)
+            self._event = Event(f"fibuild-farm-stop-{self.run_id}", client=self.client)
         except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
             self.__exit__(None, None, None)
             where = f"the Dask scheduler at {self.address}" if self.address else "a local Dask cluster"
@@ -111,17 +140,19 @@ class DaskEngine:
         return self
 
     def _local_cluster(self):
-        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        with dask.config.set({"distributed.scheduler.allowed-failures": 3}):  # a backstop: see run_dask_task
+            # Tags declared at start survive a worker's restart (the nanny starts it alike).
             common = {"nthreads": 1, "silence_logs": logging.ERROR}
             if self.kind == "cpu":
                 return LocalCluster(n_workers=self.local_workers, threads_per_worker=1, processes=True,
-                                    resources={"CPU": 1}, dashboard_address=None,
-                                    silence_logs=logging.ERROR)
+                                    resources={"CPU": 1, device_tag(device_slug("cpu")): 1},
+                                    dashboard_address=None, silence_logs=logging.ERROR)
             gpus = _visible_gpus()
             if not gpus:
                 raise BenchError("device cuda: no CUDA device is visible for a local farm")
             workers = {f"gpu{gpu}": {"cls": Nanny, "options": {
-                **common, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}}} for gpu in gpus}
+                **common, "resources": {"GPU": 1, device_tag(device_slug(f"cuda:{i}")): 1},
+                "env": {"CUDA_VISIBLE_DEVICES": gpu}}} for i, gpu in enumerate(gpus)}
             scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
             return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
@@ -155,11 +186,9 @@ class DaskEngine:
     # -- tasks ---------------------------------------------------------------------------
     def submit(self, task: Mapping[str, Any], key: str):
         """Queue ``task`` on a free worker of its kind and device; returns its future."""
-        from .task import run_task
-
         resources = {_RESOURCE[task["kind"]]: 1, device_tag(task["slug"]): 1}
-        return self.client.submit(run_task, dict(task, stop_event=self.stop_event), key=key,
-                                  resources=resources, pure=False)
+        return self.client.submit(run_dask_task, dict(task), self.run_id, key=key, resources=resources,
+                                  pure=False)
 
     def wait(self, futures: Sequence, timeout_s: float) -> list:
         """The futures of ``futures`` that are done, waiting at most ``timeout_s`` for one."""
@@ -175,11 +204,11 @@ class DaskEngine:
     def outcome(future) -> tuple[dict[str, Any] | None, str]:
         """``(result, "")`` for a finished task; ``(None, reason)`` for a failed one."""
         if future.status == "finished":
-            return future.result(), ""
+            result = future.result()
+            return (None, result["lost"]) if "lost" in result else (result, "")
         exc = future.exception()
         if type(exc).__name__ == "KilledWorker":
-            return None, (f"the farm worker running this task died, and so did the one it was retried on "
-                          f"({exc})")
+            return None, f"the farm workers running this task died under it ({exc})"
         return None, f"farm task failed: {type(exc).__name__}: {exc}"
 
     def running(self) -> dict[str, list[str]]:
@@ -187,11 +216,16 @@ class DaskEngine:
         return {addr: [str(k) for k in keys] for addr, keys in self.client.processing().items()}
 
     def cancel(self, futures: Sequence) -> None:
-        """Stop the farm: running tasks stop before their next item, queued ones are dropped."""
+        """Drop ``futures`` (queued ones never run; a running one is let go)."""
+        if futures and self.client is not None:
+            self.client.cancel(list(futures), force=True)
+
+    def stop(self, futures: Sequence) -> None:
+        """Stop the farm: running tasks stop before their next item, ``futures`` are dropped."""
         if self.client is None or self.client.status not in ("running", Status.running):
             return
         try:
             self._event.set()
-            self.client.cancel(list(futures), force=True)
+            self.cancel(futures)
         except Exception as exc:  # the cluster is going away anyway; closing comes next
-            logging.getLogger("fibuild.farm").warning("cancelling the farm: %s", exc)
+            logging.getLogger("fibuild.farm").warning("stopping the farm: %s", exc)

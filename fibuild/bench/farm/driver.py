@@ -8,10 +8,13 @@ raised) into RUNTIME_ERROR records that say why.
 """
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ...errors import BenchError, FibuildError
+from ...registry import evaluation_from_dict
 from ...spec.model import Evaluation
 from ..runner import BenchPlan, PlannedSolution, plan_benchmarks, utc_timestamp
 from . import bundle as bundles
@@ -22,6 +25,8 @@ from .task import make_task
 DEFAULT_TASK_SIZE = 8
 #: Seconds between two looks at the cluster for progress.
 POLL_S = 0.5
+#: Seconds a device type may have no worker before its remaining items are recorded as lost.
+NO_WORKER_S = 120.0
 
 
 class FarmReporter:
@@ -167,7 +172,7 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
     their next item; a local cluster is shut down) and re-raises KeyboardInterrupt. Raises
     BenchError for bad options or a cluster without a worker for ``device``.
     """
-    from ...registry import Registry, evaluation_from_dict
+    from ...registry import Registry
 
     reporter = reporter or FarmReporter()
     if device not in (None, "cpu", "cuda"):
@@ -176,7 +181,6 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
         raise BenchError("warm-up must be >= 0 ms; repetition time, timeout and task size > 0")
     registry = Registry(workspace.registry_dir)
     options = {"warmup_ms": warmup_ms, "rep_ms": rep_ms, "graph": graph, "timeout_s": timeout_s}
-    evaluations: list[Evaluation] = []
     with engine:
         kind = device or ("cuda" if engine.pools("cuda") else "cpu")
         if graph and kind == "cpu":
@@ -194,40 +198,86 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
         for slug, count in farm.resumed.items():
             if count:
                 reporter.resumed(slug, count)
-        counts = {addr: WorkerCount(slug) for slug, addrs in pools.items() for addr in addrs}
-        reporter.starting(farm.total, {a: c.slug for a, c in counts.items()})
-        pending = {}
+        loop = _Loop(engine, kind, farm, pools, registry, reporter)
         try:
-            for task in farm.tasks:
-                task.future = engine.submit(task.data, task.key)
-                pending[task.key] = task
-            while pending:
-                for future in engine.wait([t.future for t in pending.values()], POLL_S):
-                    task = pending.pop(future.key)
-                    result, reason = engine.outcome(future)
-                    if result is not None:
-                        worker = str(result.get("worker", ""))
-                        done = [evaluation_from_dict(r) for r in result["records"]]
-                    else:
-                        worker, done = "", failure_records(task, reason)
-                    for ev in done:
-                        registry.append(ev)
-                        evaluations.append(ev)
-                        if worker:
-                            count = counts.setdefault(worker, WorkerCount(ev.device))
-                            count.done += ev.status == "PASSED"
-                            count.failed += ev.status != "PASSED"
-                        reporter.item_finished(ev, worker)
-                for count in counts.values():
-                    count.running = 0
-                for addr, keys in engine.running().items():
-                    mine = [pending[k] for k in keys if k in pending]
-                    if mine:  # a worker restarted under a new address shows up here first
-                        count = counts.setdefault(addr, WorkerCount(mine[0].slug))
-                        count.running = sum(len(t.workloads) for t in mine)
-                reporter.progress(counts)
+            loop.run()
         except (KeyboardInterrupt, FibuildError):
-            engine.cancel([t.future for t in pending.values() if t.future is not None])
+            engine.stop([t.future for t in loop.pending.values()])
             raise
-    reporter.finished(evaluations)
-    return evaluations
+    reporter.finished(loop.evaluations)
+    return loop.evaluations
+
+
+class _Loop:
+    """Admits tasks as workers of their device free up, records what comes back.
+
+    At most one task per worker of a device is in flight: the scheduler counts a node's death
+    against every task placed on it, so a task waiting behind a crashing one must not be there.
+    """
+
+    def __init__(self, engine, kind: str, farm: FarmRun, pools: Mapping[str, Sequence[str]], registry,
+                 reporter: FarmReporter):
+        self.engine, self.kind, self.registry, self.reporter = engine, kind, registry, reporter
+        self.queued = {slug: deque(t for t in farm.tasks if t.slug == slug) for slug in pools}
+        self.pending: dict[str, _Task] = {}
+        self.evaluations: list[Evaluation] = []
+        self.counts = {addr: WorkerCount(slug) for slug, addrs in pools.items() for addr in addrs}
+        self.empty_since: dict[str, float] = {}
+        reporter.starting(farm.total, {a: c.slug for a, c in self.counts.items()})
+
+    def run(self) -> None:
+        while self.pending or any(self.queued.values()):
+            self.admit()
+            for future in self.engine.wait([t.future for t in self.pending.values()], POLL_S):
+                task = self.pending.pop(future.key)
+                result, reason = self.engine.outcome(future)
+                if result is not None:
+                    self.record(task, [evaluation_from_dict(r) for r in result["records"]],
+                                str(result.get("worker", "")))
+                else:
+                    self.record(task, failure_records(task, reason), "")
+            self.show_progress()
+
+    def admit(self) -> None:
+        pools = self.engine.pools(self.kind)
+        for slug, queue in self.queued.items():
+            workers = len(pools.get(slug, ()))
+            if workers:
+                self.empty_since.pop(slug, None)
+            elif time.monotonic() - self.empty_since.setdefault(slug, time.monotonic()) > NO_WORKER_S:
+                self.abandon(slug, f"no worker with device {slug} left in the cluster for {NO_WORKER_S:g} s")
+                continue
+            in_flight = sum(t.slug == slug for t in self.pending.values())
+            while queue and in_flight < max(1, workers):
+                task = queue.popleft()
+                task.future = self.engine.submit(task.data, task.key)
+                self.pending[task.key] = task
+                in_flight += 1
+
+    def abandon(self, slug: str, reason: str) -> None:
+        tasks = list(self.queued[slug]) + [t for t in self.pending.values() if t.slug == slug]
+        self.queued[slug].clear()
+        self.engine.cancel([t.future for t in tasks if t.future is not None])
+        for task in tasks:
+            self.pending.pop(task.key, None)
+            self.record(task, failure_records(task, reason), "")
+
+    def record(self, task: _Task, evaluations: Sequence[Evaluation], worker: str) -> None:
+        for ev in evaluations:
+            self.registry.append(ev)
+            self.evaluations.append(ev)
+            if worker:
+                count = self.counts.setdefault(worker, WorkerCount(ev.device))
+                count.done += ev.status == "PASSED"
+                count.failed += ev.status != "PASSED"
+            self.reporter.item_finished(ev, worker)
+
+    def show_progress(self) -> None:
+        for count in self.counts.values():
+            count.running = 0
+        for addr, keys in self.engine.running().items():
+            mine = [self.pending[k] for k in keys if k in self.pending]
+            if mine:  # a worker restarted under a new address shows up here first
+                count = self.counts.setdefault(addr, WorkerCount(mine[0].slug))
+                count.running = sum(len(t.workloads) for t in mine)
+        self.reporter.progress(self.counts)

@@ -33,12 +33,11 @@ def worker_device(kind: str) -> str:
 
 
 def make_task(root, defn, sol, workloads: Sequence[Any], *, kind: str, slug: str, bundle: Mapping[str, Any],
-              options: Mapping[str, Any], stop_event: str | None = None) -> dict[str, Any]:
+              options: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON task that benchmarks ``workloads`` of ``sol`` on a ``kind`` worker with ``slug``.
 
     ``bundle`` is :func:`fibuild.bench.farm.bundle.pack` of the pair (shared by its tasks);
-    ``options``: ``warmup_ms``, ``rep_ms``, ``graph``, ``timeout_s``; ``stop_event``: the
-    name of an engine event whose setting stops the task between items.
+    ``options``: ``warmup_ms``, ``rep_ms``, ``graph``, ``timeout_s``.
     """
     from ..worker import workload_to_json
 
@@ -48,7 +47,7 @@ def make_task(root, defn, sol, workloads: Sequence[Any], *, kind: str, slug: str
         data["source"] = bundles.workload_source(root, workload)
         loads.append(data)
     return {"definition": defn.name, "solution": sol.qualified_name, "workloads": loads, "kind": kind,
-            "slug": slug, "bundle": dict(bundle), "options": dict(options), "stop_event": stop_event}
+            "slug": slug, "bundle": dict(bundle), "options": dict(options)}
 
 
 class _StopBetweenItems(BenchReporter):
@@ -62,23 +61,12 @@ class _StopBetweenItems(BenchReporter):
             raise BenchError("the farm was cancelled")
 
 
-def _engine_stop_check(name: str | None):
-    if not name:
-        return lambda: False
-    try:
-        from distributed import Event, get_client
-    except ImportError:  # run outside the engine (tests): nothing can cancel it
-        return lambda: False
-    # The runner polls from its own threads: bind the event to this worker's client now.
-    event = Event(name, client=get_client())
-    return event.is_set
-
-
-def run_task(task: Mapping[str, Any], *, stop=None) -> dict[str, Any]:
+def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[str, Any]:
     """Benchmark one farm task on this worker; returns ``{"records": [...], "slug",
     "worker", "host"}`` with one evaluation dict per workload (``registry`` format).
 
-    ``stop``: a callable polled before each item (default: the task's engine event). Raises
+    ``stop``: a callable polled before each item (true: stop); ``worker``: the engine's name
+    of this worker, returned as ``"worker"``. Raises
     BenchError when the worker's device is not the task's, or the worker process cannot
     start; kernel failures are statuses in the records. Cost: as the local runner for
     ``len(task["workloads"])`` items, plus one bundle unpack per worker and pair.
@@ -115,15 +103,6 @@ def run_task(task: Mapping[str, Any], *, stop=None) -> dict[str, Any]:
                                  record=False, warmup_ms=float(options["warmup_ms"]),
                                  rep_ms=float(options["rep_ms"]), graph=bool(options.get("graph")),
                                  timeout_s=float(options["timeout_s"]),
-                                 reporter=_StopBetweenItems(stop or _engine_stop_check(task.get("stop_event"))))
+                                 reporter=_StopBetweenItems(stop or (lambda: False)))
     return {"records": [evaluation_to_dict(ev) for ev in evaluations], "slug": slug,
-            "worker": _worker_address(), "host": socket.gethostname()}
-
-
-def _worker_address() -> str:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return f"pid {os.getpid()}"
+            "worker": worker or f"pid {os.getpid()}", "host": socket.gethostname()}
