@@ -150,7 +150,9 @@ class _RichReporter:
 
 
 def run_bench(args: argparse.Namespace, settings) -> int:
-    from fibuild.bench.runner import default_device, plan_benchmarks, run_benchmarks
+    from fibuild.bench.plan import plan_benchmarks
+    from fibuild.bench.runner import run_benchmarks
+    from fibuild.devices import default_device
     from fibuild.spec.manifest import Workspace
 
     workspace = Workspace.discover(settings)
@@ -160,7 +162,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
         return run_bench_farm(args, settings, workspace)
     device = args.device or default_device(settings)
     if args.world_size:
-        from fibuild.bench.distributed import plan_distributed, run_distributed
+        from fibuild.bench.distributed import run_distributed
+        from fibuild.bench.plan import plan_distributed
         from fibuild.errors import BenchError
 
         if len(args.definitions) != 1:
@@ -178,11 +181,10 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                workload_limit=args.workload_limit)
         if args.resume:
             from fibuild.bench.farm.driver import drop_recorded
-            from fibuild.bench.runner import worker_devices
-            from fibuild.devices import device_slug
+            from fibuild.devices import local_devices
             from fibuild.registry import Registry
 
-            slug = device_slug(worker_devices(device)[0])
+            slug = local_devices(device)[0].slug
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
             if dropped:
                 _console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
@@ -217,7 +219,7 @@ def print_summary(out, err, evaluations, registry_dir) -> None:
     """One table per device slug: passed / failed counts and speedup per solution."""
     from rich.table import Table
 
-    from fibuild.bench.report import summary_rows
+    from fibuild.bench.leaderboard import summary_rows
 
     if not evaluations:
         err.print("nothing to benchmark")
@@ -248,12 +250,12 @@ def _table_device(registry, definition: str, settings, requested: str | None) ->
         return requested
     if not devices:
         raise BenchError(f"no evaluations of {definition} yet: run `fibuild bench {definition}`")
-    from fibuild.bench.runner import default_device
-    from fibuild.devices import device_slug
+    from fibuild.devices import default_device, device_slug
+    from fibuild.errors import FibuildError
 
     try:
         here = device_slug(default_device(settings))
-    except BenchError:
+    except FibuildError:
         here = None
     if here in devices:
         return here
@@ -264,7 +266,7 @@ def _table_device(registry, definition: str, settings, requested: str | None) ->
 
 
 def run_table(args: argparse.Namespace, settings) -> int:
-    from fibuild.bench.report import leaderboard, plot_leaderboard, rich_table
+    from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
     from fibuild.registry import Registry
     from fibuild.spec.manifest import Workspace
 

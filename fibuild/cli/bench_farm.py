@@ -79,7 +79,7 @@ def _reporter(console):
 def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     """Run ``fibuild bench`` on a Dask cluster; see :func:`fibuild.bench.farm.driver.run_farm`."""
     from fibuild.bench.farm.driver import run_farm
-    from fibuild.bench.runner import default_device
+    from fibuild.devices import default_device
     from fibuild.cli.bench import _console, print_summary
 
     if args.executor != "dask":

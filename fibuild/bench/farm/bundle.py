@@ -38,12 +38,17 @@ def _folder_files(folder: Path) -> Iterable[Path]:
             yield Path(dirpath) / name
 
 
-def workload_files(defn, workload) -> list[Path]:
-    """The safetensors files ``workload`` reads (absolute paths, as the driver sees them)."""
+def workload_files(root: Path, defn, workload) -> list[Path]:
+    """The safetensors files ``workload`` reads that exist (absolute paths, as the driver
+    sees them). A blob path is tried against the workload's folder and the workspace root,
+    so the bundle holds it wherever the loader looks; a missing one is the loader's error."""
     base = (Path(workload.source).parent if workload.source and workload.source != "declared"
             else Path(defn.path).parent if defn.path is not None else Path.cwd())
-    return [(base / spec.path).resolve() for spec in workload.inputs.values()
-            if spec.kind == "safetensors" and spec.path]
+    found = []
+    for spec in workload.inputs.values():
+        if spec.kind == "safetensors" and spec.path:
+            found += [p for p in {(base / spec.path).resolve(), (root / spec.path).resolve()} if p.is_file()]
+    return sorted(set(found))
 
 
 def pack(root: Path, defn, sol, workloads: Iterable[Any]) -> dict[str, Any]:
@@ -59,7 +64,7 @@ def pack(root: Path, defn, sol, workloads: Iterable[Any]) -> dict[str, Any]:
     for path in _folder_files(Path(sol.path)):
         paths[_relative(path, root, "solution file")] = path
     for workload in workloads:
-        for path in workload_files(defn, workload):
+        for path in workload_files(root, defn, workload):
             paths[_relative(path, root, f"workload {workload.uuid} file")] = path
     files: dict[str, str] = {}
     digest = hashlib.sha256()

@@ -16,7 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from ...errors import BenchError, FibuildError
 from ...registry import evaluation_from_dict
 from ...spec.model import Evaluation
-from ..runner import BenchPlan, PlannedSolution, plan_benchmarks, utc_timestamp
+from ..plan import BenchPlan, PlannedSolution, plan_benchmarks
+from ..records import utc_timestamp
 from . import bundle as bundles
 from .task import make_task
 

@@ -78,14 +78,15 @@ def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[st
     from ...devices import device_slug
     from ...registry import evaluation_to_dict
     from ...spec.manifest import Workspace
-    from ..runner import BenchPlan, PlannedSolution, run_benchmarks
+    from ..plan import PlannedSolution
+    from ..runner import RunOptions, execute
     from ..worker import workload_from_json
 
-    settings = Settings.from_env()
     device = worker_device(task["kind"])
     slug = device_slug(device)
     if slug != task["slug"]:
         raise BenchError(f"farm task for {task['slug']} reached a worker with {slug}")
+    settings = Settings.from_env()
     root = bundles.unpack(task["bundle"], settings.cache_dir)
     workspace = Workspace(root)
     definition, _, name = str(task["solution"]).partition("/")
@@ -97,12 +98,11 @@ def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[st
         if data.get("source") and data["source"] != "declared":
             data["source"] = str(Path(root) / data["source"])
         workloads.append(workload_from_json(data))
-    options = task["options"]
-    plan = BenchPlan(device=device, groups=[PlannedSolution(defn, sol, tuple(workloads))])
-    evaluations = run_benchmarks(workspace, dataclasses.replace(settings, root=Path(root)), plan=plan,
-                                 record=False, warmup_ms=float(options["warmup_ms"]),
-                                 rep_ms=float(options["rep_ms"]), graph=bool(options.get("graph")),
-                                 timeout_s=float(options["timeout_s"]),
-                                 reporter=_StopBetweenItems(stop or (lambda: False)))
+    opts = task["options"]
+    options = RunOptions(warmup_ms=float(opts["warmup_ms"]), rep_ms=float(opts["rep_ms"]),
+                         graph=bool(opts.get("graph")), timeout_s=float(opts["timeout_s"]))
+    evaluations = execute([PlannedSolution(defn, sol, tuple(workloads))],
+                          dataclasses.replace(settings, root=Path(root)), device, options=options,
+                          reporter=_StopBetweenItems(stop or (lambda: False)))
     return {"records": [evaluation_to_dict(ev) for ev in evaluations], "slug": slug,
             "worker": worker or f"pid {os.getpid()}", "host": socket.gethostname()}

@@ -95,6 +95,9 @@ class Resolution:
     def axes(self) -> dict[str, int]:
         return dict(zip(self.var_axes, self.key))
 
+    def __str__(self) -> str:
+        return self.explain()
+
     def explain(self) -> str:
         """The decision trace, one line per decision."""
         head = (f"{self.definition} at {format_axes(self.var_axes, self.key)} on {self.device}: "
