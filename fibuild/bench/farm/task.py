@@ -39,7 +39,7 @@ def make_task(root, defn, sol, workloads: Sequence[Any], *, kind: str, slug: str
     ``bundle`` is :func:`fibuild.bench.farm.bundle.pack` of the pair (shared by its tasks);
     ``options``: ``warmup_ms``, ``rep_ms``, ``graph``, ``timeout_s``.
     """
-    from ..worker import workload_to_json
+    from ..protocol import workload_to_json
 
     loads = []
     for workload in workloads:
@@ -80,7 +80,7 @@ def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[st
     from ...spec.manifest import Workspace
     from ..plan import PlannedSolution
     from ..runner import RunOptions, execute
-    from ..worker import workload_from_json
+    from ..protocol import workload_from_json
 
     device = worker_device(task["kind"])
     slug = device_slug(device)
