@@ -79,8 +79,8 @@ def _reporter(console):
 def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     """Run ``fibuild bench`` on a Dask cluster; see :func:`fibuild.bench.farm.driver.run_farm`."""
     from fibuild.bench.farm.driver import run_farm
-    from fibuild.devices import default_device
     from fibuild.cli.bench import _console, print_summary
+    from fibuild.devices import default_device
 
     if args.executor != "dask":
         raise BenchError("--address joins a Dask cluster: use it with --executor dask")

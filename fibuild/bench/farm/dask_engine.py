@@ -20,16 +20,28 @@ import asyncio
 import logging
 import os
 import uuid
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dask
-from distributed import Client, Event, LocalCluster, Nanny, Scheduler, SpecCluster, WorkerPlugin
+from distributed import (
+    Client,
+    Event,
+    LocalCluster,
+    Nanny,
+    Scheduler,
+    SpecCluster,
+    WorkerPlugin,
+    get_client,
+    get_worker,
+)
 from distributed import wait as dask_wait
 from distributed.core import Status
+from distributed.worker import thread_state
 
 from ...devices import device_slug
 from ...errors import BenchError
-from .task import TAG_PREFIX, device_tag, worker_device
+from .task import TAG_PREFIX, device_tag, run_task, worker_device
 
 #: Seconds to wait for an existing cluster to show at least one worker.
 JOIN_TIMEOUT_S = 60.0
@@ -74,11 +86,6 @@ def run_dask_task(task: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     workers die under it, so it runs nothing and returns ``{"lost": reason}``. Between items
     it stops when the run's stop event is set (the driver was interrupted).
     """
-    from distributed import get_client, get_worker
-    from distributed.worker import thread_state
-
-    from .task import run_task
-
     worker, client, key = get_worker(), get_client(), str(thread_state.key)
     topic = f"fibuild-farm-{run_id}"
     earlier = [msg["worker"] for _, msg in client.get_events(topic) if msg.get("key") == key]
@@ -119,7 +126,7 @@ class DaskEngine:
         self._log_level = logging.NOTSET
 
     # -- lifecycle -----------------------------------------------------------------------
-    def __enter__(self) -> "DaskEngine":
+    def __enter__(self) -> DaskEngine:
         # Dask logs every scheduler event at INFO; fibuild's own log level governs it here.
         self._log_level = _DASK_LOG.level
         _DASK_LOG.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))

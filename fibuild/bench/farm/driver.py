@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+from ...compile.keys import solution_digest
 from ...errors import BenchError, FibuildError
-from ...registry import evaluation_from_dict
+from ...registry import Registry, evaluation_from_dict
 from ...spec.model import Evaluation
 from ..plan import BenchPlan, PlannedSolution, plan_benchmarks
 from ..records import utc_timestamp
@@ -45,7 +47,7 @@ class FarmReporter:
     def item_finished(self, evaluation: Evaluation, worker: str) -> None:
         """One record came back from ``worker`` and was appended to the registry."""
 
-    def progress(self, workers: Mapping[str, "WorkerCount"]) -> None:
+    def progress(self, workers: Mapping[str, WorkerCount]) -> None:
         """Counts per worker address; called after each poll of the cluster."""
 
     def finished(self, evaluations: Sequence[Evaluation]) -> None:
@@ -96,8 +98,6 @@ def drop_recorded(plan: BenchPlan, registry, slug: str) -> tuple[BenchPlan, int]
     """``plan`` without the (workload, solution, digest) items ``registry`` holds for
     ``slug``, and how many were dropped. Cost: one registry read per definition, one
     digest (a read of the sources) per solution."""
-    from ...compile.keys import solution_digest
-
     seen: dict[str, set] = {}
     groups, dropped = [], 0
     for group in plan.groups:
@@ -123,8 +123,6 @@ def plan_farm(workspace, plan: BenchPlan, pools: Mapping[str, Sequence[str]], *,
     workloads in batches of ``task_size``, minus those ``registry`` already holds for the
     slug (when given: ``--resume``). Raises BenchError for files outside the workspace.
     Cost: reads each solution's files once (its bundle is shared by its tasks)."""
-    from ...compile.keys import solution_digest
-
     run = FarmRun(skipped=list(plan.skipped))
     packed: dict[str, dict] = {}
     for slug in pools:
@@ -173,8 +171,6 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
     their next item; a local cluster is shut down) and re-raises KeyboardInterrupt. Raises
     BenchError for bad options or a cluster without a worker for ``device``.
     """
-    from ...registry import Registry
-
     reporter = reporter or FarmReporter()
     if device not in (None, "cpu", "cuda"):
         raise BenchError(f"device {device!r}: a farm runs on cpu or cuda workers (one device each)")

@@ -9,12 +9,22 @@ JSON-able dicts; no fibuild object crosses the engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+from ...config import Settings
+from ...devices import device_slug
 from ...errors import BenchError
+from ...registry import evaluation_to_dict
+from ...spec.manifest import Workspace
+from ..plan import PlannedSolution
+from ..protocol import workload_from_json, workload_to_json
 from ..reporter import BenchReporter
+from ..runner import RunOptions, execute
 from . import bundle as bundles
 
 #: Resource tag of a worker's device type: ``fibuild:<device slug>`` (see :func:`device_tag`).
@@ -39,8 +49,6 @@ def make_task(root, defn, sol, workloads: Sequence[Any], *, kind: str, slug: str
     ``bundle`` is :func:`fibuild.bench.farm.bundle.pack` of the pair (shared by its tasks);
     ``options``: ``warmup_ms``, ``rep_ms``, ``graph``, ``timeout_s``.
     """
-    from ..protocol import workload_to_json
-
     loads = []
     for workload in workloads:
         data = workload_to_json(workload)
@@ -71,17 +79,6 @@ def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[st
     start; kernel failures are statuses in the records. Cost: as the local runner for
     ``len(task["workloads"])`` items, plus one bundle unpack per worker and pair.
     """
-    import dataclasses
-    from pathlib import Path
-
-    from ...config import Settings
-    from ...devices import device_slug
-    from ...registry import evaluation_to_dict
-    from ...spec.manifest import Workspace
-    from ..plan import PlannedSolution
-    from ..runner import RunOptions, execute
-    from ..protocol import workload_from_json
-
     device = worker_device(task["kind"])
     slug = device_slug(device)
     if slug != task["slug"]:

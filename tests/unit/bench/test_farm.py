@@ -22,7 +22,7 @@ if os.environ.get("CI"):  # CI installs fibuild[farm]: a missing engine is a fai
     import distributed  # noqa: F401
 else:
     pytest.importorskip("distributed")
-import psutil  # noqa: E402  (a dependency of distributed)
+import psutil  # a dependency of distributed
 
 ROOT = Path(__file__).resolve().parents[3]
 FARM_FIXTURE = ROOT / "tests" / "fixtures" / "farm"

@@ -35,7 +35,8 @@ def test_bundle_carries_the_pair_and_unpacks_once(ws, tmp_path):
     assert bundles.pack(ws.root, defn, sol, ws.workloads(defn))["digest"] == packed["digest"]
     where = bundles.unpack(packed, tmp_path / "cache")
     assert where.name == packed["digest"]
-    assert (where / "solutions/farm_scale/ok/kernel.py").read_bytes() == (ws.root / "solutions/farm_scale/ok/kernel.py").read_bytes()
+    kernel = "solutions/farm_scale/ok/kernel.py"
+    assert (where / kernel).read_bytes() == (ws.root / kernel).read_bytes()
     assert bundles.unpack(packed, tmp_path / "cache") == where
     (sol.path / "kernel.py").write_text("def scale(x):\n    return x * 3\n")
     assert bundles.pack(ws.root, defn, sol, ())["digest"] != packed["digest"]
