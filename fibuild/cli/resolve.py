@@ -75,7 +75,8 @@ def build_status(resolution, settings, here: bool) -> str:
 def run_resolve(args: argparse.Namespace, settings) -> int:
     from fibuild.runtime.api import resolve
     from fibuild.runtime.collect import target_device
-    from fibuild.runtime.decisions import format_key, format_us
+    from fibuild.runtime.decisions import format_key
+    from fibuild.units import format_us
 
     axes = parse_axes(args.axes)
     res = resolve(args.definition, axes, policy=args.policy, device=args.device,

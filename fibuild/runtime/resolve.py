@@ -20,10 +20,11 @@ from typing import Sequence
 
 from fibuild.errors import ResolveError
 from fibuild.spec.model import ApplyKey
+from fibuild.units import format_us
 
-from .table import ApplyTable, Timing, slower_reason
 from .decisions import (REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected,
-                    Resolution, format_key, format_us)
+                        Resolution, format_key)
+from .table import ApplyTable, Timing, slower_reason
 
 POLICIES = ("exact", "nearest", "def_best", "reference")
 

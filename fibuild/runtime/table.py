@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping
 
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, Solution
 
-from .decisions import REFERENCE, format_us
+from fibuild.units import format_us
+
+from .decisions import REFERENCE
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ def solution_manifest(sol: Solution) -> dict[str, Any]:
         data["target_hardware"] = list(sol.target_hardware)
     if sol.dependencies:
         data["dependencies"] = list(sol.dependencies)
+    if sol.plan:
+        data["plan"] = sol.plan
     flags = {k: list(v) for k, v in vars(sol.build).items() if v}
     if flags:
         data["build"] = flags
