@@ -277,6 +277,9 @@ def _start(init: Mapping[str, Any]) -> Worker:
 
 
 def main() -> int:
+    from .lifeline import die_with_parent
+
+    die_with_parent()  # a hanging kernel must not outlive a killed runner
     return child_main(_start)
 
 

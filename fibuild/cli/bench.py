@@ -81,6 +81,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-size", type=_positive_int, metavar="N",
                         help="run one distributed definition on N ranks (gloo on cpu; nccl on cuda, "
                              "one GPU a rank, timed with CUDA-graph replays)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip (workload, solution, digest, device) items the registry already holds")
+    farm = parser.add_argument_group("farm", "run on the workers of a Dask cluster (pip install 'fibuild[farm]')")
+    farm.add_argument("--executor", choices=("local", "dask"), default="local",
+                      help="local: worker processes on this machine (default); dask: a Dask cluster")
+    farm.add_argument("--address", metavar="ADDR",
+                      help="scheduler of an existing Dask cluster (tcp://host:8786); default: start a "
+                           "local cluster for this run and stop it after")
+    farm.add_argument("--farm-workers", type=_positive_int, default=2, metavar="N",
+                      help="CPU workers of a local cluster (default 2; a cuda farm starts one per GPU)")
+    farm.add_argument("--task-size", type=_positive_int, default=8, metavar="N",
+                      help="workloads per farm task (default 8)")
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,15 +150,16 @@ class _RichReporter:
 
 
 def run_bench(args: argparse.Namespace, settings) -> int:
-    from rich.table import Table
-
-    from fibuild.bench.leaderboard import summary_rows
     from fibuild.bench.plan import plan_benchmarks
     from fibuild.bench.runner import run_benchmarks
     from fibuild.devices import default_device
     from fibuild.spec.manifest import Workspace
 
     workspace = Workspace.discover(settings)
+    if (args.executor != "local" or args.address) and not args.dry_run:
+        from fibuild.cli.bench_farm import run_bench_farm
+
+        return run_bench_farm(args, settings, workspace)
     device = args.device or default_device(settings)
     if args.world_size:
         from fibuild.bench.distributed import run_distributed
@@ -166,6 +179,15 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     else:
         plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
                                workload_limit=args.workload_limit)
+        if args.resume:
+            from fibuild.bench.farm.driver import drop_recorded
+            from fibuild.devices import local_devices
+            from fibuild.registry import Registry
+
+            slug = local_devices(device)[0].slug
+            plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
+            if dropped:
+                _console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
 
         def run(reporter):
             return run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
@@ -189,21 +211,32 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     finally:
         if reporter.task is not None:
             reporter.progress.stop()
+    print_summary(out, err, evaluations, workspace.registry_dir)
+    return 0
+
+
+def print_summary(out, err, evaluations, registry_dir) -> None:
+    """One table per device slug: passed / failed counts and speedup per solution."""
+    from rich.table import Table
+
+    from fibuild.bench.leaderboard import summary_rows
+
     if not evaluations:
         err.print("nothing to benchmark")
-        return 0
-    table = Table(title=f"{len(evaluations)} evaluation(s) on {evaluations[0].device}", title_justify="left")
-    for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
-        table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
-    for row in summary_rows(evaluations):
-        passed = row["counts"].get("PASSED", 0)
-        failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
-        speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
-        first = row["error"].splitlines()[0][:80] if row["error"] else ""
-        table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
-    out.print(table)
-    out.print(f"records appended under {workspace.registry_dir}")
-    return 0
+        return
+    for device in sorted({ev.device for ev in evaluations}):
+        mine = [ev for ev in evaluations if ev.device == device]
+        table = Table(title=f"{len(mine)} evaluation(s) on {device}", title_justify="left")
+        for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
+            table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
+        for row in summary_rows(mine):
+            passed = row["counts"].get("PASSED", 0)
+            failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
+            speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            first = row["error"].splitlines()[0][:80] if row["error"] else ""
+            table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
+        out.print(table)
+    out.print(f"records appended under {registry_dir}")
 
 
 def _table_device(registry, definition: str, settings, requested: str | None) -> str:
