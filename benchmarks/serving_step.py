@@ -201,7 +201,9 @@ def child(args) -> int:
             torch.cuda.synchronize()
         else:
             out = result
-        torch.save(out.float().cpu(), out_dir / f"out-{args.child}-b{batch}.pt")
+        from safetensors.torch import save_file
+
+        save_file({"out": out.float().cpu().contiguous()}, str(out_dir / f"out-{args.child}-b{batch}.safetensors"))
         median = sorted(times)[len(times) // 2]
         results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes}
         log(f"[{args.child}] batch {batch}: {median * 1e3:.3f} ms per step")
@@ -266,10 +268,10 @@ def _bench_traced(args, workspace: Path) -> list[str]:
 
 def _compare(out_dir: Path, mode: str, batch: int) -> tuple[float, float]:
     """(max abs difference, relative L2 error) of ``mode``'s output against plain's."""
-    import torch
+    from safetensors.torch import load_file
 
-    a = torch.load(out_dir / f"out-plain-b{batch}.pt")
-    b = torch.load(out_dir / f"out-{mode}-b{batch}.pt")
+    a = load_file(str(out_dir / f"out-plain-b{batch}.safetensors"))["out"]
+    b = load_file(str(out_dir / f"out-{mode}-b{batch}.safetensors"))["out"]
     return float((a - b).abs().max()), float((a - b).norm() / a.norm().clamp_min(1e-30))
 
 

@@ -64,11 +64,12 @@ class SmallWorkspace:
     settings: Settings
 
     @classmethod
-    def create(cls, tmp_path: Path, names=tuple(SMALL)) -> "SmallWorkspace":
+    def create(cls, tmp_path: Path, names: tuple[str, ...] | None = None) -> "SmallWorkspace":
+        """Definitions ``names`` (default: every one of ``SMALL`` as it is at call time)."""
         from fibuild.spec.templates import definition_document, write_definition
 
         root = tmp_path / "ws"
-        for name in names:
+        for name in (tuple(SMALL) if names is None else names):
             op, params = SMALL[name]
             write_definition(root / "defs", definition_document(op, params))
         settings = Settings.from_env({"FIBUILD_ROOT": str(root), "FIBUILD_CACHE_DIR": str(tmp_path / "cache"),
