@@ -320,8 +320,17 @@ def _files(folder: Path, keep) -> list[Path]:
 
 
 def shipped_root() -> Path:
-    """The workspace shipped with fibuild: the folder holding ``fibuild/`` and ``defs/``."""
-    return Path(__file__).resolve().parents[2]
+    """The kernel library shipped with fibuild (a read-mostly workspace).
+
+    In an installed wheel it is package data, ``fibuild/_shipped/`` (setup.py copies
+    ``defs/``, ``solutions/`` and ``registry/`` there); in a checkout or an editable install it
+    is the repository root, the folder holding ``fibuild/`` and ``defs/``. Cost: two stats.
+    """
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_shipped"
+    if (installed / "defs").is_dir():
+        return installed
+    return package.parent
 
 
 def _is_manifest_name(path: Path) -> bool:

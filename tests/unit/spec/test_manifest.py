@@ -273,7 +273,7 @@ def test_recorded_uuid_may_not_repeat_a_declared_one(tmp_path):
 
 def test_shipped_root_holds_the_shipped_workspace():
     root = shipped_root()
-    assert (root / "defs").is_dir() and (root / "schemas").is_dir() and (root / "fibuild").is_dir()
+    assert (root / "defs").is_dir() and (root / "solutions").is_dir() and (root / "registry").is_dir()
 
 
 def test_shipped_workspace_validates_clean():
