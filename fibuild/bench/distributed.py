@@ -26,8 +26,17 @@ from ..errors import BenchError
 from ..spec.model import Definition, Evaluation, Solution, Workload
 from .rank_group import RankGroup, merge_outcome
 from .reporter import BenchReporter
-from .runner import (DEFAULT_REP_MS, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP_MS, BenchPlan, PlannedSolution,
-                     build_for_bench, default_device, runs_on, utc_timestamp)
+from .runner import (
+    DEFAULT_REP_MS,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WARMUP_MS,
+    BenchPlan,
+    PlannedSolution,
+    build_for_bench,
+    default_device,
+    runs_on,
+    utc_timestamp,
+)
 
 
 def rank_devices(device: str, world_size: int) -> list[str]:

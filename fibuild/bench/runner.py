@@ -9,12 +9,11 @@ in one worker process per device (:mod:`fibuild.bench.worker`); a crash or a han
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-
 import queue
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BenchError, BuildError, FibuildError

@@ -7,7 +7,6 @@ torch and rich are imported when a subcommand runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from fibuild.cli.common import console, print_json

@@ -20,8 +20,17 @@ from fibuild.errors import ResolveError
 from fibuild.spec.model import ApplyKey
 
 from .table import ApplyTable, Timing, slower_reason
-from .trace import (REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected,
-                    Resolution, format_key, format_us)
+from .trace import (
+    REFERENCE,
+    Accepted,
+    BaseReporter,
+    Decision,
+    PolicySkipped,
+    Rejected,
+    Resolution,
+    format_key,
+    format_us,
+)
 
 POLICIES = ("exact", "nearest", "def_best", "reference")
 

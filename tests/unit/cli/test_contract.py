@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import make_workspace
 
 from fibuild.cli import main
 from fibuild.devices import device_slug
+
+from cli_support import make_workspace
 
 FAST = ["--device", "cpu", "--warmup", "1", "--rep", "5", "--workload-limit", "1"]
 REPO = Path(__file__).resolve().parents[3]
