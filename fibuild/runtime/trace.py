@@ -95,6 +95,10 @@ class Resolution:
     def axes(self) -> dict[str, int]:
         return dict(zip(self.var_axes, self.key))
 
+    def __str__(self) -> str:
+        """The readable trace (``print(kernel.explain(batch_size=32))``); repr keeps the fields."""
+        return self.explain()
+
     def explain(self) -> str:
         """The decision trace, one line per decision."""
         head = (f"{self.definition} at {format_axes(self.var_axes, self.key)} on {self.device}: "
