@@ -1,20 +1,27 @@
 """fibuild: declarative build, benchmark and dispatch of GPU kernels.
 
-Public API (imported lazily, so ``import fibuild`` costs almost nothing):
-``load``, ``apply``, ``resolve``, ``Workspace``, ``Settings``, ``__version__``.
+Public API (imported lazily, so ``import fibuild`` costs almost nothing): the verbs
+``load``, ``apply``, ``resolve``; the objects they return, ``Kernel`` and ``Resolution``;
+``Workspace``, ``Settings``; the error hierarchy rooted at ``FibuildError``; ``__version__``.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load", "apply", "resolve", "Workspace", "Settings", "__version__"]
+_ERRORS = ("FibuildError", "ConfigError", "ManifestError", "ManifestErrors", "BuildError",
+           "BenchError", "InputError", "ResolveError", "CacheError", "RegistryError")
 
 _LAZY = {
     "load": ("fibuild.runtime.api", "load"),
     "apply": ("fibuild.runtime.api", "apply"),
     "resolve": ("fibuild.runtime.api", "resolve"),
-    "Workspace": ("fibuild.spec.manifest", "Workspace"),
+    "Kernel": ("fibuild.runtime.dispatch", "Kernel"),
+    "Resolution": ("fibuild.runtime.decisions", "Resolution"),
+    "Workspace": ("fibuild.spec.workspace", "Workspace"),
     "Settings": ("fibuild.config", "Settings"),
+    **{name: ("fibuild.errors", name) for name in _ERRORS},
 }
+
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):

@@ -1,13 +1,15 @@
 """Settings read from the environment at call time.
 
 ``Settings.from_env()`` is the only place fibuild reads ``FIBUILD_*`` variables; nothing is
-read at import. Every knob is listed in ``KNOBS`` (the README's table is generated from
-it by ``fibuild info --env``), with its type, default and meaning.
+read at import. Every knob is listed in ``KNOBS`` with its default and meaning: the one
+place a default is written (``from_env`` reads through :func:`_raw`), and the source of the
+README's table (:func:`env_table_markdown`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -31,7 +33,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_NVCC_JOBS", "1", "Concurrent nvcc processes in one build (ninja pool depth)."),
     Knob("FIBUILD_MAX_JOBS", "", "ninja -j for build-all. Empty: the number of CPUs."),
     Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
-    Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cuda`, `cpu`. Empty: cuda if available."),
+    Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cpu`, `cuda` or `cuda:N`. Empty: cuda if available."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
@@ -41,8 +43,17 @@ BUILD_ENV_VARS: tuple[str, ...] = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PAT
                                    "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN")
 
 
-def _flag(env: Mapping[str, str], name: str, default: str) -> bool:
-    raw = env.get(name, default).strip().lower()
+_DEFAULTS = {k.env: k.default for k in KNOBS}
+
+
+def _raw(env: Mapping[str, str], name: str) -> str:
+    """The stripped value of knob ``name``: the environment's when set and non-empty, else
+    its default from KNOBS."""
+    return env.get(name, "").strip() or _DEFAULTS[name]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _raw(env, name).lower()
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off", ""):
@@ -50,10 +61,11 @@ def _flag(env: Mapping[str, str], name: str, default: str) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected 0 or 1")
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = env.get(name, "").strip()
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    """Knob ``name`` as an integer >= 1, or None when it and its default are empty."""
+    raw = _raw(env, name)
     if not raw:
-        return default
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -85,24 +97,23 @@ class Settings:
         ``overrides`` replace fields after reading (CLI options take precedence).
         """
         env = os.environ if env is None else env
-        root = env.get("FIBUILD_ROOT", "").strip()
-        cache = env.get("FIBUILD_CACHE_DIR", "").strip() or "~/.cache/fibuild"
+        root = _raw(env, "FIBUILD_ROOT")
         archs = tuple(a.strip() for a in
-                      env.get("FIBUILD_CUDA_ARCH_LIST", "").replace(",", ";").replace(" ", ";").split(";")
+                      _raw(env, "FIBUILD_CUDA_ARCH_LIST").replace(",", ";").replace(" ", ";").split(";")
                       if a.strip())
-        device = env.get("FIBUILD_DEVICE", "").strip().lower()
-        if device not in ("", "cpu", "cuda"):
-            raise ConfigError(f"FIBUILD_DEVICE={device!r}: expected cpu or cuda")
+        device = _raw(env, "FIBUILD_DEVICE").lower()
+        if device and device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+            raise ConfigError(f"FIBUILD_DEVICE={device!r}: expected cpu, cuda or cuda:N")
         settings = cls(
             root=Path(root).expanduser().resolve() if root else None,
-            cache_dir=Path(cache).expanduser().resolve(),
+            cache_dir=Path(_raw(env, "FIBUILD_CACHE_DIR")).expanduser().resolve(),
             cuda_arch_list=archs,
-            nvcc_jobs=_int(env, "FIBUILD_NVCC_JOBS", 1) or 1,
-            max_jobs=_int(env, "FIBUILD_MAX_JOBS", None) or (os.cpu_count() or 1),
-            disable_build=_flag(env, "FIBUILD_DISABLE_BUILD", "0"),
+            nvcc_jobs=_int(env, "FIBUILD_NVCC_JOBS") or 1,
+            max_jobs=_int(env, "FIBUILD_MAX_JOBS") or (os.cpu_count() or 1),
+            disable_build=_flag(env, "FIBUILD_DISABLE_BUILD"),
             device=device,
-            log_level=env.get("FIBUILD_LOG_LEVEL", "WARNING").strip().upper() or "WARNING",
-            cuda_home=Path(env.get("CUDA_HOME", "").strip() or "/usr/local/cuda"),
+            log_level=_raw(env, "FIBUILD_LOG_LEVEL").upper(),
+            cuda_home=Path(_raw(env, "CUDA_HOME")),
             build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings

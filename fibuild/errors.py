@@ -65,6 +65,10 @@ class BenchError(FibuildError):
     """The benchmark runner cannot go on (bad workload, no device, ...)."""
 
 
+class InputError(FibuildError, ValueError):
+    """A call's inputs do not match the definition (count, dtype, shape, layout, device)."""
+
+
 class ResolveError(FibuildError):
     """No runnable solution for a key; ``decisions`` is the whole decision trace."""
 

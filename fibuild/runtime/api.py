@@ -10,7 +10,7 @@ Example (runs on the shipped workspace, CPU)::
     import torch, fibuild
     k = fibuild.load("rmsnorm_h4096", device="cpu")
     y = k(torch.randn(8, 4096, dtype=torch.bfloat16), torch.ones(4096, dtype=torch.bfloat16))
-    print(k.explain(batch_size=8).explain())
+    print(k.explain(batch_size=8))
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping
 
 from fibuild.config import Settings
 
+from .decisions import BaseReporter, Resolution
 from .dispatch import Kernel, key_from_axes, make_kernel
 from .resolve import Resolver, policy_chain
-from .trace import BaseReporter, Resolution
 
 
 def _workspace(settings: Settings):
@@ -93,27 +93,28 @@ _APPLIED_LOCK = threading.Lock()
 
 
 def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: str | None,
-                    settings: Settings | None) -> Kernel:
-    """One Kernel per (name, fallback, policy, device, settings) for the process.
+                    settings: Settings | None, strict: bool = False) -> Kernel:
+    """One Kernel per (name, fallback, policy, strict, device, settings) for the process.
 
     A memo on purpose: ``apply(name, args=...)`` is called per invocation, and loading a
     table per call would cost milliseconds. ``fibuild.load`` gives a fresh Kernel instead.
     """
     settings = settings or Settings.from_env()
-    memo_key = (name, fallback, policy, device, settings)
+    memo_key = (name, fallback, policy, strict, device, settings)
     kernel = _APPLIED.get(memo_key)
     if kernel is None:
         with _APPLIED_LOCK:
             kernel = _APPLIED.get(memo_key)
             if kernel is None:
-                kernel = load(name, policy=policy, device=device, settings=settings, fallback=fallback)
+                kernel = load(name, policy=policy, device=device, strict=strict, settings=settings,
+                              fallback=fallback)
                 _APPLIED[memo_key] = kernel
     return kernel
 
 
 def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
           fallback: Callable | None = None, policy: str = "nearest", device: str | None = None,
-          settings: Settings | None = None):
+          strict: bool = False, settings: Settings | None = None):
     """Run definition ``name`` through the fastest correct solution, or a fallback.
 
     As a decorator, the decorated function is the fallback (used where the definition's
@@ -124,11 +125,12 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
 
     The kernel is loaded on the first call, not at decoration. As a call,
     ``apply(name, args=(x, w), fallback=f)`` runs once and returns the outputs; kernels
-    are memoized per process (settings are read per call). Raises as :func:`load`.
+    are memoized per process (settings are read per call). ``policy``, ``strict`` and
+    ``device`` as :func:`load`. Raises as :func:`load`.
     """
     if args is not None:
-        return _applied_kernel(name, fallback, policy, device, settings)(*args)
-    policy_chain(policy)
+        return _applied_kernel(name, fallback, policy, device, settings, strict)(*args)
+    policy_chain(policy, strict=strict)
 
     def decorate(func: Callable) -> Callable:
         state: dict[str, Kernel] = {}
@@ -137,10 +139,11 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
         def dispatch(*call_args, out=None):
             kernel = state.get("kernel")
             if kernel is None:
-                kernel = state["kernel"] = _applied_kernel(name, func, policy, device, settings)
+                kernel = state["kernel"] = _applied_kernel(name, func, policy, device, settings, strict)
             return kernel(*call_args, out=out)
 
-        dispatch.kernel = lambda: state.get("kernel") or _applied_kernel(name, func, policy, device, settings)
+        dispatch.kernel = lambda: state.get("kernel") or _applied_kernel(name, func, policy, device,
+                                                                         settings, strict)
         return dispatch
 
     return decorate if fn is None else decorate(fn)

@@ -1,9 +1,11 @@
-"""The callable ``fibuild.load`` returns: shapes -> tuple key -> dict hit -> kernel.
+"""The callable ``fibuild.load`` returns: shapes -> tuple key -> dict hit -> checked kernel.
 
 Per call (the hot path): read each var axis off the argument that carries it (positions
-precomputed from the definition), one ``dict.get``, one call. No I/O, hashing or
-validation. A key seen for the first time is resolved once (loading, or building, the
-chosen solution) and memoized; later calls with that key never resolve again.
+precomputed from the definition), one ``dict.get``, then the key's generated function:
+the input checks of :mod:`fibuild.runtime.input_checks` (dtype, shape, layout, device of
+every tensor) and the call. No I/O or hashing. A key seen for the first time is resolved
+once (loading, or building, the chosen solution) and memoized; later calls with that key
+never resolve again.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from fibuild.errors import BuildError, FibuildError, ResolveError
 from fibuild.spec.calling import axis_sources, make_caller, solution_caller
 from fibuild.spec.model import ApplyKey, Definition
 
+from .decisions import REFERENCE, Rejected, Resolution, format_key
+from .input_checks import guarded, mismatch
 from .resolve import Resolver, policy_chain
 from .table import ApplyTable
-from .trace import REFERENCE, Rejected, Resolution, format_key
 
 log = logging.getLogger("fibuild.runtime")
 
@@ -75,6 +78,7 @@ class Kernel:
         self.strict = strict
         self.device = device
         self.fallback = fallback
+        self._cuda = device.startswith("cuda")
         self._digest = table_digest
         self._resolver = Resolver(table, reference_label=FALLBACK if fallback else REFERENCE)
         sources = axis_sources(definition)
@@ -87,6 +91,7 @@ class Kernel:
         self._sources = tuple(sources.get(a, GROUP_SIZE) for a in definition.var_axes)
         self._fast: dict[ApplyKey, Callable] = {}      # key -> value-returning callable
         self._callers: dict[ApplyKey, Callable] = {}   # key -> callable accepting out=
+        self._checks: dict[ApplyKey, Callable] = {}    # key -> input check alone (out= calls)
         self._resolutions: dict[ApplyKey, Resolution] = {}
         self._loaded: dict[str, tuple[Callable, Callable]] = {}  # solution -> (fast, caller)
         self._entries: dict[str, Callable] = {}        # solution -> raw entry point (introspection)
@@ -127,13 +132,21 @@ class Kernel:
                 caller = self._callers[key]
         if out is None:
             return self._fast[key](*args)
+        self._checks[key](*args)
         return caller(*args, out=out)
 
     def _memoize(self, key: ApplyKey) -> None:
         resolution, fast, caller = self._resolve_and_load(key)
         self._resolutions[key] = resolution
         self._callers[key] = caller
-        self._fast[key] = fast  # last: the hot path reads this one without the lock
+
+        def on_mismatch(args: tuple) -> Exception:
+            return mismatch(self.definition, args, key, cuda=self._cuda, device=self.device)
+
+        self._checks[key] = guarded(self.definition, key, _nothing, cuda=self._cuda,
+                                    on_mismatch=on_mismatch)
+        # Last: the hot path reads this one without the lock.
+        self._fast[key] = guarded(self.definition, key, fast, cuda=self._cuda, on_mismatch=on_mismatch)
 
     def _resolve_and_load(self, key: ApplyKey) -> tuple[Resolution, Callable, Callable]:
         """Resolve ``key``; a solution that fails to build is excluded and the key resolved
@@ -204,11 +217,8 @@ class Kernel:
         return self._loaded[REFERENCE]
 
     def _bad_args(self, args: tuple) -> FibuildError:
-        want = ", ".join(f"{s.name}" + (" (scalar)" if s.is_scalar else f" [{', '.join(s.shape)}]")
-                         for s in self.definition.inputs)
-        got = ", ".join(type(a).__name__ if not hasattr(a, "shape") else f"tensor{tuple(a.shape)}"
-                        for a in args)
-        return FibuildError(f"{self.name}: expected inputs ({want}), got ({got})")
+        """The InputError of a call whose key cannot even be read off its arguments."""
+        return mismatch(self.definition, args, None, cuda=self._cuda, device=self.device)
 
     # -- introspection -----------------------------------------------------------------
     def resolution(self, key: ApplyKey) -> Resolution:
@@ -273,6 +283,10 @@ class _OneAxisKernel(Kernel):
             if fn is not None:
                 return fn(*args)
         return self._slow(key, args, out)
+
+
+def _nothing(*args) -> None:
+    """The call behind an input check made on its own (``out=`` calls check, then call)."""
 
 
 #: Placeholder source of the world-size axis of a distributed definition.

@@ -8,8 +8,10 @@ Policies, tried as a chain that starts at the requested one (``strict`` tries on
 - ``def_best``: the solution that is fastest on the most keys;
 - ``reference``: the definition's own reference (always answers).
 
-A solution that failed some workload at the key itself is never chosen for it, whatever
-the policy. Pure: no I/O; the caller turns the answer into a callable.
+The reference competes at every policy: its latency is in every evaluation, and where it
+is faster than every usable solution at the evaluated key, it is the answer (nothing
+slower than the reference is ever chosen). A solution that failed some workload at the key
+itself is never chosen for it, whatever the policy. Pure: no I/O; the caller turns the answer into a callable.
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ from typing import Sequence
 from fibuild.errors import ResolveError
 from fibuild.spec.model import ApplyKey
 
-from .table import ApplyTable, Timing, slower_reason
-from .trace import (
+from .decisions import (
     REFERENCE,
     Accepted,
     BaseReporter,
@@ -31,6 +32,7 @@ from .trace import (
     format_key,
     format_us,
 )
+from .table import ApplyTable, Timing, slower_reason
 
 POLICIES = ("exact", "nearest", "def_best", "reference")
 
@@ -113,22 +115,34 @@ class Resolver:
     def _usable(self, k: ApplyKey, out: dict[str, str]) -> list[Timing]:
         return [t for t in self.table.ranked.get(k, ()) if t.solution not in out]
 
-    def _exact(self, key: ApplyKey, out: dict[str, str]):
-        usable = self._usable(key, out)
+    def _fastest(self, k: ApplyKey, out: dict[str, str]) -> tuple[Timing | None, str]:
+        """The winner at evaluated key ``k`` (the reference when it is faster than every
+        usable solution) and how to say so; (None, "") when no solution is usable there."""
+        usable = self._usable(k, out)
         if not usable:
+            return None, ""
+        win = self.table.winner_at(k, out)
+        if win.solution == REFERENCE:
+            return win, (f"the reference is faster than every usable solution at {format_key(k)}: "
+                         f"{format_us(win.median_us)} vs {usable[0].solution} "
+                         f"{format_us(usable[0].median_us)}")
+        return win, f"fastest at {format_key(k)}: {format_us(win.median_us)}"
+
+    def _exact(self, key: ApplyKey, out: dict[str, str]):
+        win, why = self._fastest(key, out)
+        if win is None:
             return PolicySkipped("exact", f"no usable PASSED evaluation at {format_key(key)}")
-        return usable[0], key, f"fastest at {format_key(key)}: {format_us(usable[0].median_us)}"
+        return win, key, why
 
     def _nearest(self, key: ApplyKey, out: dict[str, str]):
         for k in sorted(self.table.ranked, key=lambda k: (log_distance(key, k), k)):
-            usable = self._usable(k, out)
-            if not usable:
+            win, why = self._fastest(k, out)
+            if win is None:
                 continue
             if k == key:
-                return usable[0], k, f"fastest at {format_key(k)}: {format_us(usable[0].median_us)}"
-            return usable[0], k, (f"not evaluated at this key; nearest evaluated key {format_key(k)} "
-                                  f"at distance {log_distance(key, k):.2f}; fastest there: "
-                                  f"{format_us(usable[0].median_us)}")
+                return win, k, why
+            return win, k, (f"not evaluated at this key; nearest evaluated key {format_key(k)} "
+                            f"at distance {log_distance(key, k):.2f}; {why}")
         return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
 
     def _def_best(self, key: ApplyKey, out: dict[str, str]):
@@ -136,7 +150,8 @@ class Resolver:
         for name in sorted(wins, key=lambda s: (-wins[s], s)):
             if name not in out:
                 return (Timing(name, math.nan, math.nan), None,
-                        f"def_best: fastest on {wins[name]}/{len(self.table.ranked)} evaluated keys")
+                        f"def_best: fastest on {wins[name]}/{len(self.table.ranked)} evaluated keys"
+                        + (" (the reference counts as a competitor)" if name == REFERENCE else ""))
         return PolicySkipped("def_best", "no solution is fastest on any key")
 
     def _reference(self, key: ApplyKey, out: dict[str, str]):
@@ -146,6 +161,10 @@ class Resolver:
     def _finish(self, key, step, answer, out, decisions, reporter) -> Resolution:
         table = self.table
         chosen, evaluated_key, reason = answer
+        ref_latency, ref_won = None, False
+        if chosen is not None and chosen.solution == REFERENCE:  # the reference won on speed
+            ref_latency = chosen.median_us if evaluated_key is not None else None
+            chosen, ref_won = None, True
         name = chosen.solution if chosen is not None else self.reference_label
         accepted = Accepted(name, reason)
         decisions.append(accepted)
@@ -158,23 +177,30 @@ class Resolver:
                 continue
             if other in ranked_here and chosen is not None:
                 why = slower_reason(ranked_here[other], chosen)
+            elif other in ranked_here and ref_latency is not None:
+                why = slower_reason(ranked_here[other], Timing(REFERENCE, ref_latency, math.nan))
             elif evaluated_key is not None:
                 why = f"not evaluated at {format_key(evaluated_key)}"
-            elif chosen is not None:
+            elif chosen is not None or ref_won:
                 why = f"fastest on fewer keys ({table.wins.get(other, 0)})"
             else:
                 why = "no usable evaluation"
             decisions.append(Rejected(other, why))
             reporter.rejecting(decisions[-1])
+        ref = table.reference.get(evaluated_key) if evaluated_key is not None else None
+        if chosen is not None and ref is not None:  # the reference competed and lost
+            decisions.append(Rejected(REFERENCE, slower_reason(ref, chosen)))
+            reporter.rejecting(decisions[-1])
         cand = table.candidates.get(chosen.solution) if chosen is not None else None
-        latency = None
+        latency = ref_latency
         if chosen is not None and evaluated_key is not None:
             latency = chosen.median_us
         resolution = Resolution(
             definition=table.definition, key=key, device=table.device,
             solution=cand.solution if cand is not None else None,
             build_key=(cand.build_key or None) if cand is not None else None,
-            policy=step if chosen is not None or self.reference_label == REFERENCE else self.reference_label,
+            policy=(step if chosen is not None or ref_won
+                    or self.reference_label == REFERENCE else self.reference_label),
             latency_us=latency, decisions=tuple(decisions), evaluated_key=evaluated_key,
             var_axes=table.var_axes)
         reporter.ending(resolution)

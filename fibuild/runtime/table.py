@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from fibuild.spec.model import ApplyKey, Evaluation, Solution
 
-from .trace import format_us
+from .decisions import REFERENCE, format_us
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,10 @@ class ApplyTable:
     first. ``failed[s]``: keys where ``s`` failed some workload. ``excluded[s]``: why ``s``
     takes no part at all (stale digest, no evaluation on this device, cannot run here, not
     in the workspace). ``failures[s]``: a summary such as ``INCORRECT_NUMERICAL on 3/12
-    workloads``. ``wins[s]``: keys where ``s`` is fastest; ``def_best`` has the most.
+    workloads``. ``reference[key]``: the definition's reference at ``key`` (medians of the
+    reference latencies the key's records carry), a competitor like any solution.
+    ``wins[s]``: keys where ``s`` is fastest, the reference included (as ``reference``);
+    ``def_best`` has the most.
     """
 
     definition: str
@@ -69,10 +72,21 @@ class ApplyTable:
     wins: dict[str, int] = field(default_factory=dict)
     def_best: str | None = None
     here: bool = True
+    reference: dict[ApplyKey, Timing] = field(default_factory=dict)
 
     def best_at(self, key: ApplyKey) -> Timing | None:
         ranked = self.ranked.get(tuple(key))
         return ranked[0] if ranked else None
+
+    def winner_at(self, key: ApplyKey, exclude=()) -> Timing | None:
+        """The fastest of the usable solutions at ``key`` and the reference: the best
+        Timing not in ``exclude``, or the reference's when it is faster (or nothing is
+        usable). None when neither is known at ``key``."""
+        best = next((t for t in self.ranked.get(tuple(key), ()) if t.solution not in exclude), None)
+        ref = self.reference.get(tuple(key))
+        if ref is not None and (best is None or ref.median_us < best.median_us):
+            return ref
+        return best
 
     # JSON form (the table cache): keys become lists, Solutions their manifest dicts.
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +99,7 @@ class ApplyTable:
             "failed": {s: [list(k) for k in sorted(keys)] for s, keys in self.failed.items()},
             "failures": dict(self.failures), "excluded": dict(self.excluded),
             "wins": dict(self.wins), "def_best": self.def_best,
+            "reference": [[list(k), t.median_us, t.p80_us] for k, t in self.reference.items()],
         }
 
     @classmethod
@@ -104,6 +119,7 @@ class ApplyTable:
             failed={s: frozenset(tuple(k) for k in keys) for s, keys in data["failed"].items()},
             failures=dict(data["failures"]), excluded=dict(data["excluded"]),
             wins={s: int(n) for s, n in data["wins"].items()}, def_best=data["def_best"],
+            reference={tuple(k): Timing(REFERENCE, float(m), float(p)) for k, m, p in data["reference"]},
         )
 
 
@@ -202,20 +218,26 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
 
     failed: dict[str, set] = defaultdict(set)
     ranked: dict[ApplyKey, list[Timing]] = defaultdict(list)
+    reference: dict[ApplyKey, list[Evaluation]] = defaultdict(list)
     for (name, key), evs in per_key.items():
+        reference[key] += [ev for ev in evs if ev.reference_latency is not None]
         if any(ev.status != "PASSED" or ev.latency is None for ev in evs):
             failed[name].add(key)
             continue
         ranked[key].append(Timing(name, statistics.median(ev.latency.median_us for ev in evs),
                                   statistics.median(ev.latency.p80_us for ev in evs)))
     table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(ranked.items())}
+    table.reference = {
+        k: Timing(REFERENCE, statistics.median(ev.reference_latency.median_us for ev in evs),
+                  statistics.median(ev.reference_latency.p80_us for ev in evs))
+        for k, evs in sorted(reference.items()) if evs}
     table.failed = {s: frozenset(keys) for s, keys in sorted(failed.items())}
     for name, counts in sorted(statuses.items()):
         total = sum(counts.values())
         bad = sorted((s, n) for s, n in counts.items() if s != "PASSED")
         if bad:
             table.failures[name] = ", ".join(f"{s} on {n}/{total} workloads" for s, n in bad)
-    wins = Counter(ts[0].solution for ts in table.ranked.values())
+    wins = Counter(table.winner_at(k).solution for k in table.ranked)
     table.wins = dict(sorted(wins.items()))
     if wins:
         table.def_best = min(wins, key=lambda s: (-wins[s], s))

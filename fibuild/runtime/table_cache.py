@@ -27,7 +27,7 @@ from .table import ApplyTable
 log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
-FORMAT = 1  # bump when the cached JSON layout changes
+FORMAT = 2  # bump when the cached JSON layout changes
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:

@@ -10,7 +10,7 @@ import torch
 import fibuild
 from fibuild.errors import FibuildError, ResolveError
 from fibuild.runtime.api import apply, load, resolve
-from fibuild.runtime.trace import Accepted, Rejected
+from fibuild.runtime.decisions import Accepted, Rejected
 
 from runtime_helpers import DEF, inputs, reference_rmsnorm
 
@@ -257,3 +257,17 @@ def test_public_names_are_lazy_attributes(workspace):
     y = fibuild.apply(DEF, args=(x, w), fallback=reference_rmsnorm, settings=workspace.settings)
     torch.testing.assert_close(y, reference_rmsnorm(x, w), atol=0, rtol=0)
     assert calls == [1]
+
+
+def test_apply_takes_strict(workspace):
+    workspace.record("torch_alt", 8, 20.0)
+
+    @apply(DEF, policy="exact", strict=True, settings=workspace.settings)
+    def rmsnorm(hidden_states, weight):
+        return reference_rmsnorm(hidden_states, weight)
+
+    rmsnorm(*inputs(8))
+    with pytest.raises(ResolveError, match=r"no solution for \(9,\)"):
+        rmsnorm(*inputs(9))
+    with pytest.raises(ResolveError, match=r"no solution for \(9,\)"):
+        apply(DEF, args=inputs(9), policy="exact", strict=True, settings=workspace.settings)

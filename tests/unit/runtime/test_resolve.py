@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from fibuild.errors import ResolveError
+from fibuild.runtime.decisions import Accepted, BaseReporter, PolicySkipped, Rejected
 from fibuild.runtime.resolve import Resolver, log_distance, policy_chain
 from fibuild.runtime.table import ApplyTable, Candidate, build_table
-from fibuild.runtime.trace import Accepted, BaseReporter, PolicySkipped, Rejected
 from fibuild.spec.model import Evaluation, LatencyStats, Solution
 
 CASES = Path(__file__).resolve().parents[2] / "fixtures" / "resolve"
@@ -37,11 +37,16 @@ def load_case(path: Path):
             m = float(e["median_us"])
             latency = LatencyStats(m, m * 0.95, float(e.get("p80_us", m * 1.05)), m, 100)
         axes = {k: int(v) for k, v in e["axes"].items()}
+        ref = None
+        if "reference_us" in e:  # the reference's latency, measured beside the solution
+            r = float(e["reference_us"])
+            ref = LatencyStats(r, r * 0.95, r * 1.05, r, 100)
         evaluations.append(Evaluation(
             definition=definition, solution=e["solution"],
             solution_digest=e.get("digest", digests.get(e["solution"], "")), build_key="",
             workload_uuid=e.get("workload", "w-" + "-".join(f"{k}{v}" for k, v in sorted(axes.items()))),
-            axes=axes, status=status, device=e.get("device", device), latency=latency))
+            axes=axes, status=status, device=e.get("device", device), latency=latency,
+            reference_latency=ref))
     table = build_table(definition, case["var_axes"], device, candidates, evaluations)
     query = case["query"]
     key = tuple(query["axes"][a] for a in case["var_axes"])

@@ -96,7 +96,6 @@ class Resolution:
         return dict(zip(self.var_axes, self.key))
 
     def __str__(self) -> str:
-        """The readable trace (``print(kernel.explain(batch_size=32))``); repr keeps the fields."""
         return self.explain()
 
     def explain(self) -> str:
