@@ -39,7 +39,7 @@ def _chosen_command(argv: list[str]) -> str | None:
     return None
 
 
-def _common_options(after_command: bool) -> argparse.ArgumentParser:
+def common_options(after_command: bool = False) -> argparse.ArgumentParser:
     """``--root`` and ``--json``. After the subcommand their defaults are SUPPRESS, so a
     value given before it is not overwritten."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -56,11 +56,11 @@ def _parser(chosen: str | None) -> argparse.ArgumentParser:
     from fibuild import __version__
 
     parser = argparse.ArgumentParser(prog="fibuild", description="Build, benchmark and dispatch GPU kernels.",
-                                     parents=[_common_options(False)])
+                                     parents=[common_options()])
     parser.add_argument("--version", action="version", version=f"fibuild {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    after = _common_options(True)
+    after = common_options(after_command=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[after])
         if name == chosen:

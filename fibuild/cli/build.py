@@ -109,7 +109,8 @@ def _counts(report) -> dict[str, int]:
     counts: dict[str, int] = {}
     for outcome in report.outcomes:
         counts[_shown(outcome.status)] = counts.get(_shown(outcome.status), 0) + 1
-    return {s: counts[s] for s in ("built", "cached", "skipped", "failed", "not built") if s in counts}
+    return {s: counts.get(s, 0) for s in ("cached", "built", "failed", "skipped", "not built")
+            if s in counts or s in ("cached", "built")}
 
 
 def _outcome_json(outcome) -> dict:

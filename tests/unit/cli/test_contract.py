@@ -135,7 +135,7 @@ def test_build_all_skips_what_cannot_build_here_with_the_reason(ws, capsys, monk
             in out.splitlines())
     assert f"skipped toy_double/cuda_double: CUDA_HOME {tmp_path / 'no-cuda'} does not exist" in out
     assert "built toy_double/needs_dist" not in out and "built toy_double/cuda_double" not in out
-    assert out.splitlines()[-1].startswith("build: 4 solutions: 2 built, 2 skipped")
+    assert out.splitlines()[-1].startswith("build: 4 solutions: 0 cached, 2 built, 2 skipped")
     # Named on the command line, a solution that cannot build here is an error.
     assert main(["--root", str(ws), "build", "toy_double/needs_dist", "--json"]) == 1
     doc = _json(capsys)
