@@ -8,6 +8,7 @@ README's table (:func:`env_table_markdown`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_MAX_JOBS", "", "ninja -j for build-all. Empty: the number of CPUs."),
     Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
     Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cpu`, `cuda` or `cuda:N`. Empty: cuda if available."),
+    Knob("FIBUILD_PREPARE_TIMEOUT", "900", "Seconds a solution's load and first call (JIT builds, IPC "
+         "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
+         "the per-item `--timeout` applies after it."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
@@ -61,18 +65,24 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected 0 or 1")
 
 
-def _int(env: Mapping[str, str], name: str) -> int | None:
-    """Knob ``name`` as an integer >= 1, or None when it and its default are empty."""
+def _number(env: Mapping[str, str], name: str, convert, what: str, bound: str):
+    """Knob ``name`` converted by ``convert`` (int or float), finite and > 0; None when it
+    and its default are empty. ConfigError says ``expected <what> <bound>``."""
     raw = _raw(env, name)
     if not raw:
         return None
     try:
-        value = int(raw)
+        value = convert(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r}: expected an integer >= 1")
+        raise ConfigError(f"{name}={raw!r}: expected {what}") from None
+    if not 0 < value < math.inf:
+        raise ConfigError(f"{name}={raw!r}: expected {what} {bound}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    """Knob ``name`` as an integer >= 1, or None when it and its default are empty."""
+    return _number(env, name, int, "an integer", ">= 1")
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class Settings:
     device: str
     log_level: str
     cuda_home: Path
+    prepare_timeout_s: float  # the default covers FlashInfer's trtllm_comm JIT build (~300 s)
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
 
     @classmethod
@@ -115,6 +126,7 @@ class Settings:
             log_level=_raw(env, "FIBUILD_LOG_LEVEL").upper(),
             cuda_home=Path(_raw(env, "CUDA_HOME")),
             build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
+            prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

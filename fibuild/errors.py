@@ -84,3 +84,14 @@ class CacheError(FibuildError):
 
 class RegistryError(FibuildError):
     """An evaluation record cannot be written (invalid record, unwritable file)."""
+
+
+class DatasetError(FibuildError):
+    """A dataset or dump file cannot be read: ``path`` and ``line`` (1-based, 0 when the
+    whole file is at fault) say where, the message says what."""
+
+    def __init__(self, path: str | Path, line: int, message: str):
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        super().__init__(f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}")

@@ -39,15 +39,17 @@ def _finite(value: float | None) -> float | None:
     return float(value)
 
 
-def _latency_to_dict(stats: LatencyStats | None) -> dict[str, Any] | None:
+def latency_to_dict(stats: LatencyStats | None) -> dict[str, Any] | None:
+    """The JSON form of latency stats (None stays None): the one codec of records and replies."""
     if stats is None:
         return None
     return {"median_us": float(stats.median_us), "p20_us": float(stats.p20_us),
             "p80_us": float(stats.p80_us), "mean_us": float(stats.mean_us), "n": int(stats.n)}
 
 
-def _latency_from_dict(data: Any) -> LatencyStats | None:
-    if data is None:
+def latency_from_dict(data: Any) -> LatencyStats | None:
+    """Inverse of :func:`latency_to_dict`; None or ``{}`` is None; ValueError/KeyError if malformed."""
+    if data is None or data == {}:
         return None
     if not isinstance(data, Mapping):
         raise ValueError("latency is not an object")
@@ -67,14 +69,15 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
         "axes": {k: int(v) for k, v in ev.axes.items()},
         "status": ev.status,
         "device": ev.device,
-        "latency": _latency_to_dict(ev.latency),
-        "reference_latency": _latency_to_dict(ev.reference_latency),
+        "latency": latency_to_dict(ev.latency),
+        "reference_latency": latency_to_dict(ev.reference_latency),
         "speedup": _finite(ev.speedup),
         "max_abs_error": _finite(ev.max_abs_error),
         "max_rel_error": _finite(ev.max_rel_error),
         "error": ev.error,
         "environment": dict(ev.environment),
         "timestamp": ev.timestamp,
+        **({"prepare_s": _finite(ev.prepare_s)} if ev.prepare_s is not None else {}),
     }
 
 
@@ -108,11 +111,11 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
         solution_digest=str(data.get("solution_digest", "")), build_key=str(data.get("build_key", "")),
         workload_uuid=strings["workload_uuid"], axes={str(k): int(v) for k, v in axes.items()},
         status=strings["status"], device=strings["device"],
-        latency=_latency_from_dict(data.get("latency")),
-        reference_latency=_latency_from_dict(data.get("reference_latency")),
+        latency=latency_from_dict(data.get("latency")),
+        reference_latency=latency_from_dict(data.get("reference_latency")),
         speedup=opt_float("speedup"), max_abs_error=opt_float("max_abs_error"),
         max_rel_error=opt_float("max_rel_error"), error=str(data.get("error", "")),
-        environment=dict(env), timestamp=str(data.get("timestamp", "")),
+        environment=dict(env), timestamp=str(data.get("timestamp", "")), prepare_s=opt_float("prepare_s"),
     )
 
 

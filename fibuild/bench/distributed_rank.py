@@ -1,12 +1,14 @@
 """One rank of a distributed benchmark: checks and times solutions inside a process group.
 
 Run as ``python -m fibuild.bench.distributed_rank``; spoken to by
-:mod:`fibuild.bench.distributed` over pipes in JSON lines (nothing is pickled). Protocol:
+:mod:`fibuild.bench.rank_group` in the JSON lines of :mod:`fibuild.bench.protocol`:
 
 - parent -> ``{"op": "init", "settings", "device" ("cpu" | "cuda:N"), "rank", "world_size",
   "backend" ("gloo" | "nccl"), "store_path", "timeout_s"}``; the rank joins the group through
   a FileStore at ``store_path`` and answers ``{"op": "ready", "environment", "pid"}`` (or
   ``{"op": "error", "error"}``).
+- parent -> ``{"op": "prepare", ...}`` (as the worker's: load and first call, timed, on
+  every rank at once; collective setup such as IPC workspaces happens here).
 - parent -> ``{"op": "run", "id", "definition", "solution" ("def/sol"), "workload",
   "warmup_ms", "rep_ms"}`` (the same message to every rank); rank -> ``{"op": "result",
   "id", "status", "latency", "reference_latency", "max_abs_error", "max_rel_error", "error",
@@ -20,7 +22,6 @@ or none), and timers whose repetition counts are agreed by an all-reduce too.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -28,7 +29,9 @@ import traceback
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
-from .worker import SolutionLoader
+from ..registry import latency_to_dict
+from .protocol import child_main, workload_from_json
+from .worker import SolutionLoader, first_call_reply
 
 #: Cloned input sets the timers rotate through.
 INPUT_SETS = 2
@@ -80,7 +83,7 @@ def time_collective_cpu(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warm
     """
     import torch.distributed as dist
 
-    from .timing import Timing, repetitions, summarize
+    from .timing import Measurement, repetitions, summarize
 
     k = len(arg_sets)
     t0 = time.perf_counter_ns()
@@ -97,8 +100,8 @@ def time_collective_cpu(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warm
         start = time.perf_counter_ns()
         fn(*arg_sets[i % k])
         samples.append((time.perf_counter_ns() - start) / 1e3)
-    return Timing(summarize(samples), {"method": "perf_counter_ns+barrier", "input_sets": k,
-                                       "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+    return Measurement(summarize(samples), {"method": "perf_counter_ns+barrier", "input_sets": k,
+                                            "warmup_ms": warmup_ms, "rep_ms": rep_ms})
 
 
 def time_collective_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device: str,
@@ -109,34 +112,15 @@ def time_collective_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], 
     Replay counts come from the slowest rank's estimate; a barrier lines the ranks up before
     the timed replays. Raises whatever capture raises (the rank then leaves the group).
     """
-    import torch
     import torch.distributed as dist
 
-    from .timing import Timing, capture_cuda_graph, repetitions, summarize
+    from .timing import capture_cuda_graph, time_graph_replays
 
-    k = len(arg_sets)
     graph = capture_cuda_graph(fn, arg_sets, device=device, calls_per_graph=calls_per_graph)
     dist.barrier()
-    t0 = time.perf_counter_ns()
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize(device)
-    est_ms = _agree_max((time.perf_counter_ns() - t0) / 3e6, device)
-    for _ in range(repetitions(warmup_ms, est_ms, low=1)):
-        graph.replay()
-    reps = repetitions(rep_ms, est_ms)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    torch.cuda.synchronize(device)
-    dist.barrier()
-    for i in range(reps):
-        starts[i].record()
-        graph.replay()
-        ends[i].record()
-    torch.cuda.synchronize(device)
-    samples = [s.elapsed_time(e) * 1e3 / calls_per_graph for s, e in zip(starts, ends)]
-    return Timing(summarize(samples), {"method": "cuda_graph", "calls_per_graph": calls_per_graph,
-                                       "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+    return time_graph_replays(graph, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                              calls_per_graph=calls_per_graph, input_sets=len(arg_sets),
+                              estimate_ms=lambda ms: _agree_max(ms, device), before_timing=dist.barrier)
 
 
 class Rank(SolutionLoader):
@@ -150,6 +134,7 @@ class Rank(SolutionLoader):
         self.world_size = world_size
         self._ref_key: tuple[str, str] | None = None
         self._ref: dict[str, Any] = {}
+        self._inputs: tuple[tuple[str, str] | None, list[Any]] = (None, [])
 
     def sync(self) -> None:
         if self.device != "cpu":
@@ -166,6 +151,31 @@ class Rank(SolutionLoader):
         return time_collective_cuda_graph(fn, arg_sets, device=self.device, warmup_ms=warmup_ms,
                                           rep_ms=rep_ms)
 
+    def inputs(self, defn, workload) -> list[Any]:
+        """This rank's inputs of ``workload`` (made once per workload; callers clone them)."""
+        from fibuild.spec.calling import load_reference
+
+        key = (defn.name, workload.uuid)
+        if self._inputs[0] != key:
+            self._inputs = (key, rank_inputs(defn, workload, self.rank, device=self.device,
+                                             reference_ns=load_reference(defn)))
+        return self._inputs[1]
+
+    def prepare(self, msg: Mapping[str, Any]) -> dict[str, Any]:
+        """Load the solution and call it once on this rank's inputs; a failure is fatal
+        (the other ranks may be inside a collective of that call)."""
+        def inputs():
+            return self.inputs(self.workspace().definition(msg["definition"]), workload_from_json(msg["workload"]))
+
+        def kernel():
+            return self.kernel(self.workspace().definition(msg["definition"]), msg["solution"])
+
+        reply = first_call_reply(msg, inputs, kernel, self.sync, fatal=True)
+        if reply["status"] != "PASSED":
+            reply["fatal"] = True
+            reply["error"] = f"rank {self.rank}: {reply['error']}"
+        return reply
+
     def reference(self, defn, workload, warmup_ms: float, rep_ms: float) -> dict[str, Any]:
         """This rank's inputs, the reference's outputs and latency for ``workload`` (once)."""
         from fibuild.spec.calling import load_reference
@@ -176,11 +186,10 @@ class Rank(SolutionLoader):
         key = (defn.name, workload.uuid)
         if self._ref_key == key:
             return self._ref
-        ns = load_reference(defn)
-        run = ns.get("run")
+        run = load_reference(defn).get("run")
         if not callable(run):
             raise ValueError(f"the reference of {defn.name} defines no run()")
-        inputs = rank_inputs(defn, workload, self.rank, device=self.device, reference_ns=ns)
+        inputs = self.inputs(defn, workload)
         args = clone_inputs(inputs)
         outputs = reference_outputs(defn, run(*args), args)
         self.sync()
@@ -194,7 +203,6 @@ class Rank(SolutionLoader):
 
         from .checks import PASSED, check_outputs
         from .inputs import clone_inputs
-        from .worker import _latency_json, workload_from_json
 
         reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "RUNTIME_ERROR",
                                  "latency": None, "reference_latency": None, "max_abs_error": None,
@@ -206,7 +214,7 @@ class Rank(SolutionLoader):
             workload = workload_from_json(msg["workload"])
             stage = "reference"
             ref = self.reference(defn, workload, warmup, rep)
-            reply["reference_latency"] = _latency_json(ref["timing"].stats)
+            reply["reference_latency"] = latency_to_dict(ref["timing"].stats)
             stage = "load"
             try:
                 kernel = self.kernel(defn, msg["solution"])
@@ -225,7 +233,7 @@ class Rank(SolutionLoader):
             if _agree_max(0.0 if reply["status"] == PASSED else 1.0, self.device) == 0.0:
                 stage = "timing"
                 timing = self.time(kernel.call, ref["inputs"], warmup, rep)
-                reply.update(latency=_latency_json(timing.stats), timing=timing.method)
+                reply.update(latency=latency_to_dict(timing.stats), timing=timing.method)
             reply["fatal"] = False
         except Exception as exc:
             tail = "".join(traceback.format_exception(exc)[-6:])
@@ -240,7 +248,7 @@ def _start(init: Mapping[str, Any]) -> Rank:
     import torch
     import torch.distributed as dist
 
-    from .worker import settings_from_json
+    from .protocol import settings_from_json
 
     settings = settings_from_json(init["settings"])
     device, rank, world = init["device"], int(init["rank"]), int(init["world_size"])
@@ -254,51 +262,14 @@ def _start(init: Mapping[str, Any]) -> Rank:
     return Rank(settings, device, rank, world)
 
 
-def _serve(proto_in, proto_out) -> int:
-    def send(obj: dict) -> None:
-        proto_out.write(json.dumps(obj, default=str) + "\n")
-        proto_out.flush()
-
-    first = proto_in.readline()
-    if not first:
-        return 0
-    try:
-        rank = _start(json.loads(first))
-        from fibuild.devices import device_environment
-
-        send({"op": "ready", "environment": device_environment(rank.device), "pid": os.getpid()})
-    except Exception as exc:
-        send({"op": "error", "error": f"rank did not start: {type(exc).__name__}: {exc}"})
-        return 2
-    for line in proto_in:
-        if not line.strip():
-            continue
-        msg = json.loads(line)
-        if msg.get("op") == "exit":
-            break
-        if msg.get("op") == "run":
-            reply = rank.run(msg)
-            send(reply)
-            if reply["fatal"]:
-                return 3
+def _leave_group() -> None:
     import torch.distributed as dist
 
     dist.destroy_process_group()
-    return 0
 
 
 def main() -> int:
-    # Keep the real stdout for the protocol; anything else written to fd 1 goes to stderr.
-    proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    code = _serve(sys.stdin, proto_out)
-    if code == 3:
-        # The group may be half way through a collective: leave without tearing it down
-        # (that could block); the parent kills the other ranks.
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return child_main(_start, on_exit=_leave_group)
 
 
 if __name__ == "__main__":

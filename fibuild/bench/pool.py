@@ -5,7 +5,9 @@ device, spoken to in JSON lines (see :mod:`fibuild.bench.worker`). :meth:`reques
 at most ``timeout_s`` for the reply; a hang kills the process (``WorkerTimeout``), an exit
 without a reply (segfault, abort, ``os._exit``) raises ``WorkerCrashed`` with the exit
 signal and the tail of the worker's stderr. The caller records the status and starts a
-fresh worker.
+fresh worker. :func:`killed_from_outside` tells a crash of the kernel (a signal the process
+raised itself: SIGSEGV, SIGBUS, SIGABRT...) from a kill by someone else (SIGKILL, SIGTERM, the
+OOM killer), which is not the kernel's fault.
 """
 from __future__ import annotations
 
@@ -19,14 +21,33 @@ import threading
 from typing import Any
 
 from ..errors import BenchError
+from .protocol import stderr_tail
 
 #: Seconds a worker may take to import torch and probe its device.
 START_TIMEOUT_S = 180.0
-_STDERR_TAIL = 3000
+#: Signals a process does not raise on itself by faulting: sent by a person, a supervisor or
+#: the OOM killer (SIGKILL). Linux does not tell a parent who sent a signal, so the signal
+#: is the evidence; a kernel that kills itself with one of these is retried once, then
+#: recorded as WORKER_KILLED.
+OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+def killed_from_outside(returncode: int | None) -> bool:
+    """Whether a child's return code says it died by a signal sent from outside."""
+    return returncode is not None and returncode < 0 and -returncode in {int(s) for s in OUTSIDE_SIGNALS}
 
 
 class WorkerCrashed(Exception):
-    """The worker exited without replying; ``message`` says how (signal, exit code, stderr)."""
+    """The worker exited without replying; the message says how (signal, exit code, stderr);
+    ``returncode`` is the child's (negative: the signal)."""
+
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.returncode = returncode
+
+    @property
+    def from_outside(self) -> bool:
+        return killed_from_outside(self.returncode)
 
 
 class WorkerTimeout(Exception):
@@ -88,7 +109,7 @@ class WorkerProcess:
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._proc.wait()
-            raise WorkerCrashed(self._crash_message()) from None
+            raise WorkerCrashed(self._crash_message(), self._proc.returncode) from None
         while True:
             try:
                 line = self._lines.get(timeout=timeout_s)
@@ -97,19 +118,24 @@ class WorkerProcess:
                 raise WorkerTimeout(f"no reply within {timeout_s:g} s; worker killed") from None
             if line is None:
                 self._proc.wait()
-                raise WorkerCrashed(self._crash_message())
+                raise WorkerCrashed(self._crash_message(), self._proc.returncode)
             try:
                 return json.loads(line)
             except ValueError:
                 continue  # not a protocol line; the worker only writes JSON here
 
     def _crash_message(self) -> str:
-        self._stderr.seek(0, 2)
-        size = self._stderr.tell()
-        self._stderr.seek(max(0, size - _STDERR_TAIL))
-        tail = self._stderr.read().decode("utf-8", "replace").strip()
+        tail = stderr_tail(self._stderr)
         text = f"worker {describe_exit(self._proc.returncode)}"
         return f"{text}\n{tail}" if tail else text
+
+    def stderr_tail(self) -> str:
+        """The end of what the worker wrote to stderr (build logs, warnings)."""
+        return stderr_tail(self._stderr)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     @property
     def alive(self) -> bool:

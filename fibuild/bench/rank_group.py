@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BenchError
-from ..spec.model import LatencyStats
-from .pool import describe_exit
+from .pool import describe_exit, killed_from_outside
+from .protocol import stderr_tail
 
 #: Seconds the ranks may take to import torch and join the group.
 START_TIMEOUT_S = 180.0
@@ -34,19 +34,22 @@ START_TIMEOUT_S = 180.0
 GRACE_S = 5.0
 #: Seconds ranks get to leave after ``exit`` before they are killed.
 EXIT_TIMEOUT_S = 10.0
-#: Variables every rank gets: NVLink multicast off (NCCL NVLS, torch symmetric memory).
-RANK_ENVIRONMENT = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-_STDERR_TAIL = 3000
+#: Variables every rank gets: NVLink multicast off (NCCL NVLS, torch symmetric memory,
+#: NVSHMEM NVLS), which the lent multi-GPU machines require.
+RANK_ENVIRONMENT = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                    "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 @dataclass
 class GroupOutcome:
     """The ranks' answers to one request: ``replies`` by rank, ``gone`` (rank -> how it
-    exited, with its stderr tail) and ``silent`` (ranks that did not answer in time)."""
+    exited, with its stderr tail), ``silent`` (ranks that did not answer in time) and
+    ``killed`` (ranks gone by a signal from outside)."""
 
     replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     gone: dict[int, str] = field(default_factory=dict)
     silent: list[int] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)
 
     @property
     def broken(self) -> bool:
@@ -68,6 +71,8 @@ class RankGroup:
     """
 
     def __init__(self, settings_json: dict[str, Any], devices: Sequence[str], backend: str, timeout_s: float):
+        """``timeout_s``: the longest a request may take (the collectives' own timeout
+        outwaits it, so a hang is the parent's TIMEOUT, not a collective's error)."""
         self.devices = list(devices)
         self.world_size = len(devices)
         self.backend = backend
@@ -159,6 +164,8 @@ class RankGroup:
             if line is None:
                 if rank not in out.replies:
                     out.gone[rank] = self._exit_message(rank)
+                    if killed_from_outside(self._procs[rank].returncode):
+                        out.killed.append(rank)
                     deadline = min(deadline, time.monotonic() + GRACE_S)
                 continue
             try:
@@ -177,13 +184,14 @@ class RankGroup:
             proc.wait(timeout=GRACE_S)
         except subprocess.TimeoutExpired:
             pass  # closed its stdout but still running: killed with the group
-        err = self._stderr[rank]
-        err.seek(0, 2)
-        size = err.tell()
-        err.seek(max(0, size - _STDERR_TAIL))
-        tail = err.read().decode("utf-8", "replace").strip()
+        tail = stderr_tail(self._stderr[rank])
         text = f"rank {rank} {describe_exit(proc.returncode)}"
         return f"{text}\n{tail}" if tail else text
+
+    def stderr_tail(self) -> str:
+        """The end of every rank's stderr (build logs, warnings), rank by rank."""
+        parts = [(r, stderr_tail(err, 1500)) for r, err in enumerate(self._stderr)]
+        return "\n".join(f"rank {r}:\n{tail}" for r, tail in parts if tail)
 
     def kill(self) -> None:
         """Kill every rank (the whole OS process group) and reap them."""
@@ -224,28 +232,23 @@ class RankGroup:
         shutil.rmtree(self._store_dir, ignore_errors=True)
 
 
-def _stats(data: dict | None) -> LatencyStats | None:
-    if not data:
-        return None
-    return LatencyStats(median_us=float(data["median_us"]), p20_us=float(data["p20_us"]),
-                        p80_us=float(data["p80_us"]), mean_us=float(data["mean_us"]), n=int(data["n"]))
+def _slowest(replies: dict[int, dict[str, Any]], key: str) -> tuple[dict[str, Any] | None, list[float]]:
+    """The stats (JSON form) of the rank with the largest median (a collective is as slow
+    as its slowest rank), and every rank's median in rank order."""
+    measured = [reply[key] for _, reply in sorted(replies.items()) if reply.get(key)]
+    medians = [float(stats["median_us"]) for stats in measured]
+    return (max(measured, key=lambda stats: float(stats["median_us"])) if measured else None), medians
 
 
-def _slowest(replies: dict[int, dict[str, Any]], key: str) -> tuple[LatencyStats | None, list[float]]:
-    """The stats of the rank with the largest median (a collective is as slow as its
-    slowest rank), and every rank's median in rank order."""
-    stats = {r: _stats(reply.get(key)) for r, reply in sorted(replies.items())}
-    medians = [s.median_us for s in stats.values() if s is not None]
-    measured = [s for s in stats.values() if s is not None]
-    return (max(measured, key=lambda s: s.median_us) if measured else None), medians
-
-
-def merge_outcome(outcome: GroupOutcome, timeout_s: float) -> tuple[str, dict[str, Any], str]:
+def merge_outcome(outcome: GroupOutcome, timeout_s: float, *,
+                  silent_status: str = "TIMEOUT") -> tuple[str, dict[str, Any], str]:
     """(status, merged reply, error text) for one item from every rank's answer.
 
-    A rank that left without answering makes it RUNTIME_ERROR; else a rank's failing status
-    (lowest rank first); else TIMEOUT when some rank did not answer; else PASSED with the
-    slowest rank's latency. Max errors are the largest over the ranks.
+    A rank killed from outside makes it WORKER_KILLED (the others' failures follow from
+    it); else a rank that left without answering makes it RUNTIME_ERROR; else a rank's
+    failing status (lowest rank first); else ``silent_status`` when some rank did not
+    answer; else PASSED with the slowest rank's latency. Max errors and ``prepare_s`` are
+    the largest over the ranks.
     """
     replies = outcome.replies
     errors = [how for _, how in sorted(outcome.gone.items())]
@@ -255,18 +258,20 @@ def merge_outcome(outcome: GroupOutcome, timeout_s: float) -> tuple[str, dict[st
         errors.append(f"rank{'s' if len(outcome.silent) > 1 else ''} "
                       f"{', '.join(map(str, outcome.silent))} did not answer within {timeout_s:g} s; "
                       "all ranks killed")
-    if outcome.gone:
+    if outcome.killed:
+        status = "WORKER_KILLED"
+    elif outcome.gone:
         status = "RUNTIME_ERROR"
     elif failing:
         status = failing[0][1].get("status") or "RUNTIME_ERROR"
     elif outcome.silent:
-        status = "TIMEOUT"
+        status = silent_status
     else:
         status = "PASSED"
     latency, medians = _slowest(replies, "latency")
     ref, ref_medians = _slowest(replies, "reference_latency")
     merged: dict[str, Any] = {"latency": latency if status == "PASSED" else None, "reference_latency": ref}
-    for name in ("max_abs_error", "max_rel_error"):
+    for name in ("max_abs_error", "max_rel_error", "prepare_s"):
         values = [reply[name] for reply in replies.values() if reply.get(name) is not None]
         merged[name] = max(values) if values else None
     timing = next((reply.get("timing") for _, reply in sorted(replies.items()) if reply.get("timing")), None)

@@ -4,8 +4,9 @@ Every timer calls ``fn(*args)`` on input sets rotated round-robin (several clone
 so a kernel that caches its last output cannot win), warms up for ``warmup_ms``, then
 times one call per sample for about ``rep_ms`` (at least ``MIN_REPS``, at most
 ``MAX_REPS`` samples). :func:`summarize` turns samples into median / p20 / p80 / mean.
-Each timer returns a :class:`Timing`: the stats plus a description of the method, which
-goes into the evaluation's environment.
+Each timer returns a :class:`Measurement`: the stats plus a description of the method, which
+goes into the evaluation's environment. :func:`time_graph_replays` is the one CUDA-graph
+timer; the distributed ranks call it too, with a barrier before the timed replays.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ GRAPH_CALLS = 20
 
 
 @dataclass(frozen=True)
-class Timing:
+class Measurement:
+    """Latency ``stats`` of one timed function and ``method``: how they were measured."""
+
     stats: LatencyStats
     method: dict[str, Any] = field(default_factory=dict)
 
@@ -62,7 +65,7 @@ def _check_sets(arg_sets: Sequence[Sequence[Any]]) -> None:
 
 
 def time_cpu(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
-             clock: Callable[[], int] = time.perf_counter_ns) -> Timing:
+             clock: Callable[[], int] = time.perf_counter_ns) -> Measurement:
     """Time ``fn`` on the CPU with ``clock`` (ns), one sample per call.
 
     Warm-up runs until ``warmup_ms`` has passed (at least one call); its mean per-call time
@@ -84,7 +87,7 @@ def time_cpu(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: floa
         t0 = clock()
         fn(*args)
         samples.append((clock() - t0) / 1e3)
-    return Timing(summarize(samples), {"method": "perf_counter_ns", "input_sets": k,
+    return Measurement(summarize(samples), {"method": "perf_counter_ns", "input_sets": k,
                                        "warmup_ms": warmup_ms, "rep_ms": rep_ms})
 
 
@@ -133,7 +136,7 @@ def _host_seconds_per_sample(fn: Callable, arg_sets, flush, calls: int = 8) -> f
 
 
 def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
-              device=None) -> Timing:
+              device=None) -> Measurement:
     """Time ``fn`` with CUDA events around each call, the L2 flushed before each sample.
 
     Runs on the current stream of ``device`` (default: the current device). The flush is
@@ -167,7 +170,7 @@ def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: flo
         ends[i].record()
     torch.cuda.synchronize(device)
     samples = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
-    return Timing(summarize(samples), {"method": "cuda_events", "l2_flush_bytes": flush.numel(),
+    return Measurement(summarize(samples), {"method": "cuda_events", "l2_flush_bytes": flush.numel(),
                                        "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms,
                                        "queued_ahead": AHEAD_CHUNK})
 
@@ -197,10 +200,49 @@ def capture_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, devic
     return graph
 
 
+def time_graph_replays(graph, *, device, warmup_ms: float, rep_ms: float, calls_per_graph: int,
+                       input_sets: int, estimate_ms: Callable[[float], float] | None = None,
+                       before_timing: Callable[[], None] | None = None) -> Measurement:
+    """Time the replays of a captured CUDA ``graph`` of ``calls_per_graph`` calls with CUDA
+    events; a sample is one replay divided by the calls in it.
+
+    ``estimate_ms`` may turn this process's estimate of one replay into the one every
+    process uses (the ranks agree on the slowest, so all replay equally often);
+    ``before_timing`` runs after the warm-up, just before the timed replays (a barrier).
+    Cost: about ``warmup_ms + rep_ms`` of GPU time.
+    """
+    import torch
+
+    t0 = time.perf_counter_ns()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize(device)
+    est_ms = (time.perf_counter_ns() - t0) / 3e6
+    if estimate_ms is not None:
+        est_ms = estimate_ms(est_ms)
+    for _ in range(repetitions(warmup_ms, est_ms, low=1)):
+        graph.replay()
+    reps = repetitions(rep_ms, est_ms)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    torch.cuda.synchronize(device)
+    if before_timing is not None:
+        before_timing()
+    for i in range(reps):
+        starts[i].record()
+        graph.replay()
+        ends[i].record()
+    torch.cuda.synchronize(device)
+    samples = [s.elapsed_time(e) * 1e3 / calls_per_graph for s, e in zip(starts, ends)]
+    return Measurement(summarize(samples), {"method": "cuda_graph", "calls_per_graph": calls_per_graph,
+                                            "input_sets": input_sets, "warmup_ms": warmup_ms,
+                                            "rep_ms": rep_ms})
+
+
 def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
-                    device=None, calls_per_graph: int = GRAPH_CALLS) -> Timing:
+                    device=None, calls_per_graph: int = GRAPH_CALLS) -> Measurement:
     """Capture ``calls_per_graph`` calls (rotating the input sets) in one CUDA graph and time
-    its replays with CUDA events; a sample is one replay divided by the calls in it.
+    its replays (:func:`time_graph_replays`).
 
     For launch-bound kernels: launch overhead is gone and the L2 is not flushed between
     calls. Raises whatever capture raises for kernels that cannot be captured.
@@ -209,26 +251,13 @@ def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_m
 
     _check_sets(arg_sets)
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    k = len(arg_sets)
     graph = capture_cuda_graph(fn, arg_sets, device=device, calls_per_graph=calls_per_graph)
-    est_ms = _estimate_cuda_ms(lambda: graph.replay(), [()], calls=3)
-    for _ in range(repetitions(warmup_ms, est_ms, low=1)):
-        graph.replay()
-    reps = repetitions(rep_ms, est_ms)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        starts[i].record()
-        graph.replay()
-        ends[i].record()
-    torch.cuda.synchronize(device)
-    samples = [s.elapsed_time(e) * 1e3 / calls_per_graph for s, e in zip(starts, ends)]
-    return Timing(summarize(samples), {"method": "cuda_graph", "calls_per_graph": calls_per_graph,
-                                       "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms})
+    return time_graph_replays(graph, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                              calls_per_graph=calls_per_graph, input_sets=len(arg_sets))
 
 
 def time_calls(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device: str, warmup_ms: float,
-               rep_ms: float, graph: bool = False) -> Timing:
+               rep_ms: float, graph: bool = False) -> Measurement:
     """Pick the timer for ``device`` (``cpu``, ``cuda``, ``cuda:N``) and ``graph`` mode."""
     if device == "cpu":
         if graph:

@@ -1,30 +1,33 @@
 """The benchmark worker process: checks and times solutions on one device.
 
-Run as ``python -m fibuild.bench.worker``; spoken to by :mod:`fibuild.bench.pool` over
-pipes in JSON lines (nothing is pickled). Protocol:
+Run as ``python -m fibuild.bench.worker``; spoken to by :mod:`fibuild.bench.pool` in the
+JSON lines of :mod:`fibuild.bench.protocol`:
 
-- parent -> ``{"op": "init", "settings": {...}, "device": "cpu" | "cuda:N"}``;
-  worker -> ``{"op": "ready", "environment": {...}}`` (or ``{"op": "error", ...}``).
-- parent -> ``{"op": "run", "id", "definition", "solution" ("def/sol"), "workload": {...},
-  "warmup_ms", "rep_ms", "graph"}``; worker -> ``{"op": "result", "id", "status",
-  "latency", "reference_latency", "max_abs_error", "max_rel_error", "error", "timing",
-  "fatal"}``. ``fatal`` means the worker exits after replying (a CUDA error poisons the
-  context), so the parent starts a new one.
-- parent -> ``{"op": "exit"}``.
+- ``{"op": "init", "settings": {...}, "device": "cpu" | "cuda:N"}`` -> ``ready``.
+- ``{"op": "prepare", "id", "definition", "solution" ("def/sol"), "workload", ...}`` ->
+  ``{"op": "result", "id", "status", "prepare_s", "error", "fatal"}``: the solution's load
+  and first call on the workload's inputs (where JIT builds, workspaces and autotuning
+  happen), timed, under the parent's prepare limit. ``status`` is PASSED when the call
+  returned, COMPILE_ERROR when loading or a build inside the call failed, RUNTIME_ERROR
+  when the call raised anything else (a shape the kernel refuses is that shape's failure).
+- ``{"op": "run", "id", "definition", "solution", "workload", "warmup_ms", "rep_ms",
+  "graph"}`` -> ``{"op": "result", "id", "status", "latency", "reference_latency",
+  "max_abs_error", "max_rel_error", "error", "timing", "fatal"}``. ``fatal`` means the worker
+  exits after replying (a CUDA error poisons the context), so the parent starts a new one.
+- ``{"op": "exit"}``.
 
-The protocol owns the real stdout; file descriptor 1 is pointed at stderr so whatever a
-kernel prints cannot corrupt it. The reference output and latency of the last workload
-are kept, so each workload's reference runs once per worker.
+The inputs, reference output and latency of the last workload are kept, so each
+workload's inputs are made and its reference runs once per worker.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
+import time
 import traceback
-from dataclasses import fields
-from pathlib import Path
 from typing import Any, Mapping
+
+from ..registry import latency_to_dict
+from .protocol import child_main, workload_from_json
 
 #: How many cloned input sets the timers rotate through (fewer for big inputs).
 MAX_INPUT_SETS = 8
@@ -32,61 +35,61 @@ MAX_INPUT_SETS = 8
 INPUT_SETS_BYTES = 1 << 30
 
 
-def settings_to_json(settings) -> dict[str, Any]:
-    """A Settings as JSON: paths as strings, tuples as lists."""
-    out = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, Path):
-            value = {"path": str(value)}
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
+def looks_like_build_failure(exc: BaseException) -> bool:
+    """Whether an exception from a solution's first call is a failed build: fibuild's
+    BuildError, a compiler subprocess that failed, Triton's CompilationError, or the
+    messages of torch's cpp_extension and FlashInfer's JIT (both run ninja)."""
+    from fibuild.errors import BuildError
+
+    if isinstance(exc, BuildError):
+        return True
+    import subprocess
+
+    if isinstance(exc, subprocess.CalledProcessError):
+        return True
+    if any("Compilation" in cls.__name__ for cls in type(exc).__mro__):
+        return True
+    text = str(exc).lower()
+    return "error building extension" in text or "ninja" in text
 
 
-def settings_from_json(data: Mapping[str, Any]):
-    """Inverse of :func:`settings_to_json`."""
-    from fibuild.config import Settings
+def first_call_reply(msg: Mapping[str, Any], inputs, kernel, sync, *, fatal: bool) -> dict[str, Any]:
+    """The reply to ``prepare``: ``inputs()`` (not timed), then ``kernel()`` (the loaded
+    solution) called once on a copy of them and ``sync()``, timed as ``prepare_s``. Never
+    raises; an exception in the call is fatal when ``fatal`` (CUDA, or a collective).
+    Shared by the worker and the distributed ranks.
+    """
+    from fibuild.errors import BuildError, FibuildError
 
-    values = {}
-    for f in fields(Settings):
-        value = data.get(f.name)
-        if isinstance(value, dict) and set(value) == {"path"}:
-            value = Path(value["path"])
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[f.name] = value
-    return Settings(**values)
+    from .inputs import clone_inputs
 
-
-def workload_to_json(workload) -> dict[str, Any]:
-    return {"uuid": workload.uuid, "axes": dict(workload.axes), "source": workload.source,
-            "inputs": {name: {"kind": s.kind, "value": s.value, "path": s.path, "tensor_key": s.tensor_key}
-                       for name, s in workload.inputs.items()}}
-
-
-def workload_from_json(data: Mapping[str, Any]):
-    from fibuild.spec.model import InputSpec, Workload
-
-    return Workload(uuid=data["uuid"], axes={k: int(v) for k, v in data["axes"].items()},
-                    inputs={k: InputSpec(**v) for k, v in data.get("inputs", {}).items()},
-                    source=data.get("source", ""))
-
-
-def _latency_json(stats) -> dict[str, Any] | None:
-    if stats is None:
-        return None
-    return {"median_us": stats.median_us, "p20_us": stats.p20_us, "p80_us": stats.p80_us,
-            "mean_us": stats.mean_us, "n": stats.n}
+    reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "PASSED", "prepare_s": None,
+                             "error": "", "fatal": False}
+    stage = "inputs"
+    try:
+        args = inputs()
+        stage = "first call"
+        start = time.perf_counter()
+        kernel().call(*clone_inputs(args))
+        sync()
+        reply["prepare_s"] = time.perf_counter() - start
+    except BuildError as exc:
+        reply.update(status="COMPILE_ERROR", error=str(exc))
+    except FibuildError as exc:  # a bad workload: the runner's fault report, not the kernel's
+        reply.update(status="RUNTIME_ERROR", error=f"{stage}: {exc}")
+    except Exception as exc:
+        tail = "".join(traceback.format_exception(exc)[-6:])
+        build = stage == "first call" and looks_like_build_failure(exc)
+        reply.update(status="COMPILE_ERROR" if build else "RUNTIME_ERROR", fatal=fatal,
+                     error=f"{stage} failed: {type(exc).__name__}: {exc}\n{tail}")
+    return reply
 
 
 class _ReferenceCache:
-    """Inputs, outputs and latency of the reference for the last workload seen."""
+    """Outputs and latency of the reference for the last workload seen."""
 
-    def __init__(self):
-        self.key: tuple[str, str] | None = None
-        self.inputs: list[Any] = []
+    def __init__(self, key: tuple[str, str] | None = None):
+        self.key = key
         self.outputs: list[Any] = []
         self.timing = None
         self.error = ""
@@ -127,6 +130,7 @@ class Worker(SolutionLoader):
         self.device = device
         self._references: dict[str, dict] = {}
         self._ref = _ReferenceCache()
+        self._inputs: tuple[tuple[str, str] | None, list[Any]] = (None, [])
 
     def reference_ns(self, defn) -> dict:
         if defn.name not in self._references:
@@ -151,28 +155,47 @@ class Worker(SolutionLoader):
         count = max(2, min(MAX_INPUT_SETS, INPUT_SETS_BYTES // max(nbytes, 1)))
         return [clone_inputs(inputs) for _ in range(count)]
 
+    def inputs(self, defn, workload) -> list[Any]:
+        """The inputs of ``workload`` (made once per workload; callers clone them)."""
+        from .inputs import make_inputs
+
+        key = (defn.name, workload.uuid)
+        if self._inputs[0] != key:
+            self._inputs = (key, make_inputs(defn, workload, device=self.device,
+                                             reference_ns=self.reference_ns(defn)))
+        return self._inputs[1]
+
     # -- one request ---------------------------------------------------------------------
+    def prepare(self, msg: Mapping[str, Any]) -> dict[str, Any]:
+        """Load the solution and call it once on the workload's inputs (see the protocol)."""
+        def inputs():
+            defn = self.workspace().definition(msg["definition"])
+            return self.inputs(defn, workload_from_json(msg["workload"]))
+
+        def kernel():
+            return self.kernel(self.workspace().definition(msg["definition"]), msg["solution"])
+
+        return first_call_reply(msg, inputs, kernel, self.sync, fatal=self.device != "cpu")
+
     def reference(self, defn, workload, warmup_ms: float, rep_ms: float, graph: bool) -> _ReferenceCache:
         """The reference's inputs/outputs (and its latency) for ``workload``, computed once."""
         from .checks import reference_outputs
-        from .inputs import clone_inputs, make_inputs
+        from .inputs import clone_inputs
         from .timing import time_calls
 
         key = (defn.name, workload.uuid)
         if self._ref.key == key:
             return self._ref
-        ref = _ReferenceCache()
-        ref.key = key
-        ns = self.reference_ns(defn)
-        run = ns.get("run")
+        ref = _ReferenceCache(key)
+        run = self.reference_ns(defn).get("run")
         if not callable(run):
             raise ValueError(f"the reference of {defn.name} defines no run()")
-        ref.inputs = make_inputs(defn, workload, device=self.device, reference_ns=ns)
-        args = clone_inputs(ref.inputs)
+        inputs = self.inputs(defn, workload)
+        args = clone_inputs(inputs)
         ref.outputs = reference_outputs(defn, run(*args), args)
         self.sync()
         try:
-            ref.timing = time_calls(run, self.input_sets(ref.inputs), device=self.device,
+            ref.timing = time_calls(run, self.input_sets(inputs), device=self.device,
                                     warmup_ms=warmup_ms, rep_ms=rep_ms, graph=graph)
         except Exception as exc:  # e.g. a reference that cannot be graph-captured: no speedup
             ref.error = f"reference not timed: {type(exc).__name__}: {exc}"
@@ -200,8 +223,9 @@ class Worker(SolutionLoader):
         stage = "reference"
         try:
             ref = self.reference(defn, workload, warmup, rep, graph)
+            inputs = self.inputs(defn, workload)
             if ref.timing is not None:
-                reply["reference_latency"] = _latency_json(ref.timing.stats)
+                reply["reference_latency"] = latency_to_dict(ref.timing.stats)
             stage = "load"
             try:
                 kernel = self.kernel(defn, msg["solution"])
@@ -209,8 +233,7 @@ class Worker(SolutionLoader):
                 reply.update(status="COMPILE_ERROR", error=str(exc))
                 return reply
             stage = "call"
-            args = clone_inputs(ref.inputs)
-            result = kernel.call(*args)
+            result = kernel.call(*clone_inputs(inputs))
             self.sync()
             check = check_outputs(defn, result, ref.outputs)
             reply.update(status=check.status, max_abs_error=check.max_abs_error,
@@ -218,9 +241,9 @@ class Worker(SolutionLoader):
             if check.status != PASSED:
                 return reply
             stage = "timing"
-            timing = time_calls(kernel.call, self.input_sets(ref.inputs), device=self.device,
+            timing = time_calls(kernel.call, self.input_sets(inputs), device=self.device,
                                 warmup_ms=warmup, rep_ms=rep, graph=graph)
-            reply["latency"] = _latency_json(timing.stats)
+            reply["latency"] = latency_to_dict(timing.stats)
             reply["timing"] = timing.method
             if ref.error:
                 reply["error"] = ref.error
@@ -235,49 +258,19 @@ class Worker(SolutionLoader):
         return reply
 
 
-def _serve(proto_in, proto_out) -> int:
-    def send(obj: dict) -> None:
-        proto_out.write(json.dumps(obj, default=str) + "\n")
-        proto_out.flush()
+def _start(init: Mapping[str, Any]) -> Worker:
+    from .protocol import settings_from_json
 
-    first = proto_in.readline()
-    if not first:
-        return 0
-    try:
-        init = json.loads(first)
-        settings = settings_from_json(init["settings"])
-        device = init["device"]
-        if device != "cpu":
-            import torch
+    device = init["device"]
+    if device != "cpu":
+        import torch
 
-            torch.cuda.set_device(device)
-        from fibuild.devices import device_environment
-
-        worker = Worker(settings, device)
-        send({"op": "ready", "environment": device_environment(device), "pid": os.getpid()})
-    except Exception as exc:
-        send({"op": "error", "error": f"worker start failed: {type(exc).__name__}: {exc}"})
-        return 2
-    for line in proto_in:
-        if not line.strip():
-            continue
-        msg = json.loads(line)
-        if msg.get("op") == "exit":
-            return 0
-        if msg.get("op") == "run":
-            reply = worker.run(msg)
-            send(reply)
-            if reply.get("fatal"):
-                return 3
-    return 0
+        torch.cuda.set_device(device)
+    return Worker(settings_from_json(init["settings"]), device)
 
 
 def main() -> int:
-    # Keep the real stdout for the protocol; anything else written to fd 1 goes to stderr.
-    proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return _serve(sys.stdin, proto_out)
+    return child_main(_start)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ COMMANDS = {
     "bench": ("bench", "Check and time solutions; append evaluations to registry/."),
     "table": ("bench", "Leaderboard of a definition's evaluations."),
     "resolve": ("resolve", "Pick the solution for a set of axis values."),
+    "import": ("dataset", "Import a flashinfer-trace dataset or FlashInfer API dumps."),
+    "export": ("dataset", "Export definitions, solutions, workloads and evaluations as flashinfer-trace."),
 }
 
 

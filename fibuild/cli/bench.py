@@ -124,15 +124,18 @@ class _RichReporter:
 
 def run_bench(args: argparse.Namespace, settings) -> int:
     """Exit 1 when any evaluation is not PASSED, unless ``--allow-failures``."""
-    from fibuild.bench.report import summary_rows
-    from fibuild.bench.runner import default_device, plan_benchmarks, run_benchmarks
+    from fibuild.bench.leaderboard import summary_rows
+    from fibuild.bench.plan import plan_benchmarks
+    from fibuild.bench.runner import run_benchmarks
     from fibuild.cli.common import parse_device
+    from fibuild.devices import default_device
     from fibuild.spec.manifest import Workspace
 
     workspace = Workspace.discover(settings)
     device = parse_device(args.device, workspace, local_only=True).kind if args.device else default_device(settings)
     if args.world_size:
-        from fibuild.bench.distributed import plan_distributed, run_distributed
+        from fibuild.bench.distributed import run_distributed
+        from fibuild.bench.plan import plan_distributed
         from fibuild.errors import BenchError
 
         if len(args.definitions) != 1:
@@ -211,7 +214,7 @@ def _summary_table(evaluations):
     """One row per solution: passed and failed counts, speedup, the first failure."""
     from rich.table import Table
 
-    from fibuild.bench.report import summary_rows
+    from fibuild.bench.leaderboard import summary_rows
 
     table = Table(title=f"{len(evaluations)} evaluation(s) on {evaluations[0].device}", title_justify="left")
     for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
@@ -238,12 +241,12 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
         return slug
     if not devices:
         raise BenchError(f"no evaluations of {definition} yet: run `fibuild bench {definition}`")
-    from fibuild.bench.runner import default_device
-    from fibuild.devices import device_slug
+    from fibuild.devices import default_device, device_slug
+    from fibuild.errors import FibuildError
 
     try:
         here = device_slug(default_device(settings))
-    except BenchError:
+    except FibuildError:
         here = None
     if here in devices:
         return here
@@ -254,7 +257,7 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
 
 
 def run_table(args: argparse.Namespace, settings) -> int:
-    from fibuild.bench.report import leaderboard, plot_leaderboard, rich_table
+    from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
     from fibuild.registry import Registry
     from fibuild.spec.manifest import Workspace
 

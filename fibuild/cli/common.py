@@ -24,32 +24,6 @@ class DeviceChoice:
         return self.kind is not None
 
 
-def _is_kind(text: str) -> bool:
-    kind, sep, index = text.partition(":")
-    return (kind == "cpu" and not sep) or (kind == "cuda" and (not sep or index.isdigit()))
-
-
-def local_devices() -> dict[str, str]:
-    """This machine's devices, ``slug -> kind``: the CPU, then each visible GPU (``cuda:N``).
-
-    Cost: the first call imports torch and probes the GPUs (cached by fibuild.devices).
-    """
-    from fibuild.devices import device_slug
-
-    found = {device_slug("cpu"): "cpu"}
-    import torch
-
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        gpus: dict[str, list[int]] = {}
-        for index in range(count):
-            gpus.setdefault(device_slug(f"cuda:{index}"), []).append(index)
-        for slug, indices in gpus.items():
-            # A slug every visible GPU shares means all of them, as the kind ``cuda`` does.
-            found[slug] = "cuda" if len(indices) == count else f"cuda:{indices[0]}"
-    return found
-
-
 def recorded_devices(workspace) -> list[str]:
     """Device slugs with an evaluation file anywhere in ``workspace``'s registry, sorted."""
     from fibuild.registry import WORKLOADS_FILE
@@ -60,28 +34,29 @@ def recorded_devices(workspace) -> list[str]:
 def parse_device(text: str, workspace, *, local_only: bool = False) -> DeviceChoice:
     """Read a ``--device`` value: a kind (``cpu``, ``cuda``, ``cuda:N``) or a device slug.
 
-    A kind must be present here (BenchError otherwise, from fibuild.devices). A slug must
-    name this machine's CPU or a visible GPU, or (unless ``local_only``: the command runs
-    work here) a device with records in the workspace's registry; anything else raises
-    FibuildError listing the known slugs. Cost: one device probe (torch import).
+    A kind must be present here. A slug must name this machine's CPU or a visible GPU, or
+    (unless ``local_only``: the command runs work here) a device with records in the
+    workspace's registry. Anything else raises ConfigError listing the known slugs. A GPU
+    slug that every visible GPU shares means them all, as ``cuda`` does. Cost: one device
+    probe (torch import), cached by fibuild.devices.
     """
-    from fibuild.devices import device_slug
-    from fibuild.errors import FibuildError
+    from fibuild.devices import is_kind, local_devices, resolve_device_arg
+    from fibuild.errors import ConfigError
 
-    value = text.strip()
-    if _is_kind(value.lower()):
-        kind = value.lower()
-        return DeviceChoice(device_slug(kind), kind)
-    here = local_devices()
-    if value in here:
-        return DeviceChoice(value, here[value])
-    recorded = [] if local_only else recorded_devices(workspace)
-    if value in recorded:
-        return DeviceChoice(value, None)
-    known = sorted(set(here) | set(recorded))
-    what = "this machine's devices" if local_only else "known devices"
-    raise FibuildError(f"--device {text!r}: not a device kind (cpu, cuda, cuda:N) nor a known slug; "
-                       f"{what}: {', '.join(known)}")
+    try:
+        device = resolve_device_arg(text, known_slugs=[] if local_only else recorded_devices(workspace))
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}" + (" (this command runs on this machine's devices only)"
+                                         if local_only else "")) from None
+    if not device.local:
+        return DeviceChoice(device.slug, None)
+    if is_kind(text):
+        return DeviceChoice(device.slug, text.strip().lower())
+    if device.kind == "cpu":
+        return DeviceChoice(device.slug, "cpu")
+    gpus = local_devices("cuda")
+    sharing = [d for d in gpus if d.slug == device.slug]
+    return DeviceChoice(device.slug, "cuda" if len(sharing) == len(gpus) else f"cuda:{device.index}")
 
 
 def print_json(data: Any) -> None:

@@ -73,7 +73,8 @@ def run_resolve(args: argparse.Namespace, settings) -> int:
     from fibuild.cli.common import parse_device, print_json
     from fibuild.runtime.api import resolve
     from fibuild.runtime.collect import target_device
-    from fibuild.runtime.decisions import format_key, format_us
+    from fibuild.runtime.decisions import format_key
+    from fibuild.units import format_us
 
     axes = parse_axes(args.axes)
     device = args.device

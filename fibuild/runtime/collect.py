@@ -7,48 +7,21 @@ resolve --device <other slug>``), whether a solution can build here does not mat
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fibuild.config import Settings
-from fibuild.errors import BuildError, FibuildError
+from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
 
 from .table import ApplyTable, Candidate, build_table
 
-_GPU_WORDS = ("cuda", "gpu", "nvidia")
-
 
 def hardware_mismatch(sol: Solution, device: str) -> str:
-    """Why ``sol.target_hardware`` excludes device slug ``device`` ("" when it does not).
+    """Why ``sol.target_hardware`` excludes device slug ``device`` ("" when it does not):
+    :meth:`fibuild.devices.Device.mismatch`, the rule the bench runner applies too."""
+    from fibuild.devices import Device
 
-    An empty list means any device. ``cpu`` matches ``cpu-*`` slugs; ``cuda``/``gpu``/
-    ``nvidia`` match any GPU slug; ``sm90``/``sm_90a``/``9.0`` match that compute
-    capability; any other word matches when it is part of the slug (``h100``).
-    """
-    if not sol.target_hardware:
-        return ""
-    is_cpu = device.startswith("cpu-") or device == "cpu"
-    sm = re.search(r"-sm(\d+)$", device)
-    for target in sol.target_hardware:
-        t = target.strip().lower()
-        if t in ("any", "all"):
-            return ""
-        if is_cpu:
-            if t == "cpu":
-                return ""
-            continue
-        if t in _GPU_WORDS:
-            return ""
-        arch = re.fullmatch(r"(?:sm_?|compute_?)?(\d+)\.?(\d)?a?", t)
-        if arch and sm:
-            digits = arch.group(1) + (arch.group(2) or "")
-            if digits == sm.group(1):
-                return ""
-            continue
-        if re.sub(r"[^a-z0-9]+", "-", t).strip("-") in device:
-            return ""
-    return f"target_hardware [{', '.join(sol.target_hardware)}] does not include {device}"
+    return Device.from_slug(device).mismatch(sol.target_hardware)
 
 
 def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
@@ -131,39 +104,28 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
 
 def local_device(settings: Settings, device: str | None = None) -> str:
     """The device kind to run on: ``device``, else ``FIBUILD_DEVICE``, else cuda when
-    available, else cpu. Raises FibuildError for anything but cpu/cuda/cuda:N."""
-    kind = (device or settings.device or "").strip().lower()
-    if not kind:
-        import torch
+    available, else cpu. Raises ConfigError for anything but cpu/cuda/cuda:N."""
+    from fibuild.devices import default_device, parse_kind
 
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind != "cpu" and not re.fullmatch(r"cuda(:\d+)?", kind):
-        raise FibuildError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    kind = (device or "").strip().lower() or default_device(settings)
+    parse_kind(kind)
     return kind
 
 
 def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
     """``(slug, here)`` for a device kind (``cpu``, ``cuda``, ``cuda:N``) or a device slug.
 
-    A slug is ``here`` when it names this machine's CPU or visible GPU. Raises
-    FibuildError (BenchError) when a device kind is not present.
+    A slug is ``here`` when it names this machine's CPU or a visible GPU; any other
+    well-formed slug is another machine's. Raises ConfigError for a kind that is not
+    present or text that is neither a kind nor a slug.
     """
-    from fibuild.devices import device_slug
+    from fibuild.devices import Device, is_kind, resolve_device_arg
 
-    if device is not None and device.strip().lower() not in ("", "cpu", "cuda") \
-            and not re.fullmatch(r"cuda:\d+", device.strip().lower()):
-        slug = device.strip()
-        if slug == device_slug("cpu"):
-            return slug, True
-        try:
-            import torch
-
-            if torch.cuda.is_available() and slug == device_slug("cuda"):
-                return slug, True
-        except FibuildError:
-            pass
-        return slug, False
-    return device_slug(local_device(settings, device)), True
+    text = (device or "").strip()
+    if text and not is_kind(text):
+        found = resolve_device_arg(text, known_slugs=[Device.from_slug(text).slug])
+        return found.slug, found.local
+    return Device.parse(local_device(settings, device)).slug, True
 
 
 def definition_file(root: Path, name: str) -> Path | None:

@@ -116,11 +116,6 @@ class Resolution:
         }
 
 
-def format_us(value: float) -> str:
-    """``41.2 µs`` (one decimal from 10 µs up, two below)."""
-    return f"{value:.1f} µs" if value >= 10 else f"{value:.2f} µs"
-
-
 def format_key(key: ApplyKey) -> str:
     """A key as Python writes a tuple: ``(32,)``, ``(32, 128)``."""
     return repr(tuple(key))

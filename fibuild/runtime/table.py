@@ -13,9 +13,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from fibuild.spec.model import ApplyKey, Evaluation, Solution
+from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, Solution
+from fibuild.units import format_us
 
-from .decisions import REFERENCE, format_us
+from .decisions import REFERENCE
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
     seen_here: dict[str, set[str]] = defaultdict(set)  # solution -> digests seen on this device
     elsewhere: dict[str, set[str]] = defaultdict(set)  # solution -> other devices with records
     for ev in evaluations:
-        if ev.definition != definition:
+        if ev.definition != definition or ev.status in NOT_THE_KERNELS_FAULT:
             continue
         if ev.device != device:
             elsewhere[ev.solution].add(ev.device)

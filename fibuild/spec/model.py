@@ -18,7 +18,10 @@ DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_
 
 #: evaluation statuses, as the bench runner assigns them.
 STATUSES = ("PASSED", "INCORRECT_SHAPE", "INCORRECT_NUMERICAL", "INCORRECT_DTYPE",
-            "RUNTIME_ERROR", "COMPILE_ERROR", "TIMEOUT")
+            "RUNTIME_ERROR", "COMPILE_ERROR", "TIMEOUT", "WORKER_KILLED")
+#: statuses that say nothing about the kernel (its worker was killed from outside twice):
+#: the resolver reads such a record as no record.
+NOT_THE_KERNELS_FAULT = ("WORKER_KILLED",)
 
 LANGUAGES = ("cuda", "cpp", "triton", "python")
 
@@ -215,3 +218,4 @@ class Evaluation:
     error: str = ""
     environment: Mapping[str, Any] = field(default_factory=dict)
     timestamp: str = ""
+    prepare_s: float | None = None  # seconds the solution's load and first call took (JIT, workspaces)

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import BenchError
 from ..registry import latest_per_workload
 from ..spec.model import Definition, Evaluation
+from ..units import format_us
 
 #: Short forms of failing statuses for table cells.
 STATUS_SHORT = {"INCORRECT_SHAPE": "shape", "INCORRECT_NUMERICAL": "wrong", "INCORRECT_DTYPE": "dtype",
@@ -81,14 +82,6 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
 
     return Leaderboard(defn.name, device, var_axes, sorted({s for s, _ in latest}),
                        sorted(rows.values(), key=order))
-
-
-def format_us(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value / 1000:.2f} ms"
-    return f"{value:.1f} µs" if value >= 10 else f"{value:.2f} µs"
 
 
 def cell_text(ev: Evaluation | None) -> str:

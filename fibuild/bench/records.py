@@ -1,0 +1,128 @@
+"""From planned groups to items, and from a child's reply to an Evaluation: the steps both
+runners (single device, distributed) share.
+
+:func:`build_items` builds each planned solution in the parent (a BuildError becomes a
+COMPILE_ERROR record per workload) and orders the rest workload-major, so consecutive items
+share a workload and a worker computes each reference once. :func:`evaluation` is the one
+place a record is assembled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+from ..errors import BuildError, FibuildError
+from ..registry import latency_from_dict
+from ..spec.model import Definition, Evaluation, Solution, Workload
+from .plan import PlannedSolution
+from .protocol import workload_to_json
+from .reporter import BenchReporter
+
+#: Characters of error text a record keeps (the tail: where tracebacks end).
+ERROR_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One (definition, solution, workload) to check and time, with its build identity."""
+
+    index: int
+    definition: Definition
+    solution: Solution
+    workload: Workload
+    build_key: str
+    solution_digest: str
+
+    def message(self, op: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The protocol request ``op`` (``prepare`` or ``run``) for this item."""
+        return {"op": op, "id": self.index, "definition": self.definition.name,
+                "solution": self.solution.qualified_name, "workload": workload_to_json(self.workload),
+                **options}
+
+
+def utc_timestamp() -> str:
+    """Now, UTC, ISO 8601 with milliseconds and ``Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def evaluation(item: BenchItem, slug: str, status: str, environment: Mapping[str, Any], *,
+               reply: Mapping[str, Any] | None = None, error: str = "",
+               prepare_s: float | None = None) -> Evaluation:
+    """The record of ``item`` on device ``slug``.
+
+    ``reply`` is a child's (or the ranks' merged) result: ``latency`` and
+    ``reference_latency`` as JSON dicts, max errors, ``timing`` (goes into the environment)
+    and ``error`` (used when ``error`` is empty). The speedup is reference over solution median.
+    """
+    reply = reply or {}
+    latency = latency_from_dict(reply.get("latency"))
+    ref = latency_from_dict(reply.get("reference_latency"))
+    speedup = None
+    if latency and ref and latency.median_us > 0 and ref.median_us > 0:
+        speedup = ref.median_us / latency.median_us
+    env = dict(environment)
+    if reply.get("timing"):
+        env["timing"] = reply["timing"]
+    return Evaluation(
+        definition=item.definition.name, solution=item.solution.name,
+        solution_digest=item.solution_digest, build_key=item.build_key,
+        workload_uuid=item.workload.uuid, axes=dict(item.workload.axes), status=status, device=slug,
+        latency=latency, reference_latency=ref, speedup=speedup,
+        max_abs_error=reply.get("max_abs_error"), max_rel_error=reply.get("max_rel_error"),
+        error=(error or reply.get("error") or "")[-ERROR_TAIL:], environment=env,
+        timestamp=utc_timestamp(), prepare_s=prepare_s)
+
+
+def build_for_bench(cache, settings, defn: Definition, sol: Solution,
+                    reporter: BenchReporter) -> tuple[str, str | None]:
+    """Build ``sol`` (or find it built) before it is benchmarked, reporting both steps.
+
+    Returns ``(build key, None)``; on a BuildError ``(its key, or "" when even the key cannot
+    be computed, the error text)``, and the caller records COMPILE_ERROR for its workloads.
+    """
+    reporter.building(sol.qualified_name)
+    try:
+        key = cache.get_or_build(defn, sol).build_key
+    except BuildError as exc:
+        reporter.built(sol.qualified_name, str(exc))
+        from ..compile.keys import build_key
+
+        try:
+            key = build_key(defn, sol, settings)
+        except FibuildError:
+            key = ""
+        return key, str(exc)
+    reporter.built(sol.qualified_name, None)
+    return key, None
+
+
+def build_items(groups: Sequence[PlannedSolution], settings, reporter: BenchReporter,
+                compile_error: Callable[[BenchItem, str], None]) -> list[BenchItem]:
+    """Build every group's solution; return the items to run, workload-major.
+
+    For a solution that does not build, ``compile_error(item, error text)`` is called once
+    per workload instead (the caller records it). Cost: the builds (cache hits are cheap).
+    """
+    from ..compile.cache import BuildCache
+    from ..compile.keys import solution_digest
+
+    cache = BuildCache(settings)
+    items: list[BenchItem] = []
+    order: dict[tuple[str, str], int] = {}
+    index = 0
+    for group in groups:
+        defn, sol = group.definition, group.solution
+        for wl in group.workloads:
+            order.setdefault((defn.name, wl.uuid), len(order))
+        digest = solution_digest(defn, sol)
+        key, error = build_for_bench(cache, settings, defn, sol, reporter)
+        for wl in group.workloads:
+            item = BenchItem(index, defn, sol, wl, key, digest)
+            index += 1
+            if error is None:
+                items.append(item)
+            else:
+                compile_error(item, error)
+    items.sort(key=lambda it: (order[(it.definition.name, it.workload.uuid)], it.index))
+    return items

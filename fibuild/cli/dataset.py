@@ -1,0 +1,70 @@
+"""``fibuild import`` and ``fibuild export``: the flashinfer-trace dataset and FlashInfer dumps.
+
+``fibuild import flashinfer-trace DIR [--definitions NAME...] [--op-type T]``
+``fibuild import flashinfer-dump DIR``
+``fibuild export flashinfer-trace DIR [DEF...]``
+
+Progress goes to stderr, one line per item; the report (counts, every skipped item with
+its reason, fields not carried over) to stdout. Exit 0 when the command ran, skipped
+items included; 1 for unreadable input (the file and line are named).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", choices=("flashinfer-trace", "flashinfer-dump"),
+                        help="flashinfer-trace: a dataset directory (definitions/, solutions/, workloads/, "
+                             "blob/, traces/); flashinfer-dump: a FLASHINFER_DUMP_DIR written at "
+                             "FLASHINFER_LOGLEVEL=10 with FLASHINFER_DUMP_SAFETENSORS=1")
+    parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--definitions", nargs="+", default=[], metavar="NAME",
+                        help="flashinfer-trace only: import these definitions (and their solutions, "
+                             "workloads, traces)")
+    parser.add_argument("--op-type", metavar="T", help="flashinfer-trace only: import definitions of this op type")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", choices=("flashinfer-trace",), help="the dataset layout to write")
+    parser.add_argument("directory", metavar="DIR", help="written into (created if missing)")
+    parser.add_argument("definitions", nargs="*", metavar="DEF", help="definitions to export (default: all)")
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _print(report) -> None:
+    for line in report.lines():
+        print(line)
+
+
+def run_import(args: argparse.Namespace, settings) -> int:
+    from fibuild.errors import FibuildError
+    from fibuild.spec.manifest import Workspace
+
+    workspace = Workspace.discover(settings)
+    if args.source == "flashinfer-dump":
+        if args.definitions or args.op_type:
+            raise FibuildError("--definitions and --op-type apply to flashinfer-trace imports only")
+        from fibuild.dataset.dump_import import import_flashinfer_dump
+
+        report = import_flashinfer_dump(workspace, args.directory, progress=_progress)
+    else:
+        from fibuild.dataset.trace_import import import_flashinfer_trace
+
+        report = import_flashinfer_trace(workspace, args.directory, definitions=args.definitions,
+                                         op_type=args.op_type, progress=_progress)
+    _print(report)
+    return 0
+
+
+def run_export(args: argparse.Namespace, settings) -> int:
+    from fibuild.dataset.trace_export import export_flashinfer_trace
+    from fibuild.spec.manifest import Workspace
+
+    workspace = Workspace.discover(settings)
+    _print(export_flashinfer_trace(workspace, args.directory, args.definitions, progress=_progress))
+    return 0

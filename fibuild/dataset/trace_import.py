@@ -1,0 +1,437 @@
+"""``fibuild import flashinfer-trace DIR``: a flashinfer-trace directory into a workspace.
+
+Dataset layout: ``definitions/<op_type>/<name>.json``, ``solutions/**/<name>.json`` (inline
+sources), ``workloads/<op_type>/<definition>.jsonl``, blobs under the dataset root
+(``blob/workloads/...``), ``traces/**/*.jsonl``. It becomes ``defs/<op_type>/<name>.yaml``,
+``solutions/<definition>/<name>/``, ``registry/<definition>/workloads.jsonl`` with blobs in
+``registry/<definition>/blobs/`` (paths relative to the workspace root), and evaluations in
+``registry/<definition>/<device>.jsonl`` (device: the slugified ``environment.hardware``).
+
+All or nothing for bad input: every file is read and checked, and manifests are written
+to a staging folder and loaded by fibuild's own loaders, before anything enters the
+workspace. A malformed file raises DatasetError naming the file and line; what fibuild
+cannot express is skipped and listed in the report. Re-importing the same data writes
+nothing (items already present are counted as such).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import DatasetError, FibuildError, ManifestError
+from ..registry import Registry, evaluation_to_dict
+from ..spec.manifest import Workspace, load_definition, load_solution
+from . import trace_mapping as tm
+from .checks import rejected_workloads
+from .files import (
+    confined,
+    copy_file,
+    dump_yaml,
+    iter_jsonl,
+    line_of,
+    read_json,
+    relative_path,
+    safetensors_header,
+    same_bytes,
+    write_text,
+)
+from .report import DatasetReport
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _Def:
+    manifest: dict
+    source: Path
+    model: Any = None  # the loaded Definition
+    new: bool = True
+    solutions: dict = field(default_factory=dict)  # name -> (manifest, files, new, digest)
+    workloads: list = field(default_factory=list)  # (record, where)
+    blobs: dict = field(default_factory=dict)  # dataset blob path -> workspace blob name
+    evaluations: list = field(default_factory=list)
+
+
+def import_flashinfer_trace(workspace: Workspace, source: str | Path, *, definitions: Iterable[str] = (),
+                            op_type: str | None = None, progress: Progress | None = None) -> DatasetReport:
+    """Import the dataset at ``source`` into ``workspace``; returns what was written and skipped.
+
+    ``definitions`` / ``op_type`` restrict the import (an unknown one is an error).
+    Raises DatasetError (file and line) for malformed dataset files and FibuildError for a
+    directory that is not a dataset. Cost: reads every selected file once; blobs are
+    copied, their headers read.
+    """
+    root = Path(source).expanduser().resolve()
+    if not (root / "definitions").is_dir():
+        raise DatasetError(root, 0, "not a flashinfer-trace directory (no definitions/ folder)")
+    say = progress or (lambda _line: None)
+    report = DatasetReport()
+    defs = _read_definitions(root, workspace, set(definitions), op_type, report, say)
+    stage = Path(tempfile.mkdtemp(prefix=".import-", dir=workspace.root))
+    try:
+        _stage_definitions(defs, stage, report)
+        _read_solutions(root, defs, stage, report, say)
+        _read_workloads(root, workspace, defs, stage, report, say)
+        _read_traces(root, workspace, defs, report, say)
+        _commit(workspace, root, defs, stage, report)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+# --- definitions -------------------------------------------------------------------------
+
+def _read_definitions(root: Path, workspace: Workspace, wanted: set[str], op_type: str | None,
+                      report: DatasetReport, say: Progress) -> dict[str, _Def]:
+    files = sorted((root / "definitions").rglob("*.json"))
+    op_types = sorted({p.parent.name for p in files})
+    if op_type is not None and op_type not in op_types:
+        raise DatasetError(root / "definitions", 0, f"unknown op type {op_type!r} "
+                           f"(the dataset has {', '.join(op_types) or 'none'})")
+    defs: dict[str, _Def] = {}
+    seen: dict[str, Path] = {}
+    for path in files:
+        data, text = read_json(path)
+        try:
+            manifest, notes = tm.definition_from_dataset(data)
+        except ValueError as exc:
+            raise DatasetError(path, _line_for(text, exc), str(exc)) from None
+        except tm.Unsupported as exc:
+            name = data.get("name", path.stem) if isinstance(data, dict) else path.stem
+            seen[name] = path
+            if _selected(name, path.parent.name, wanted, op_type):
+                report.skip("definition", name, str(exc), str(path))
+            continue
+        name = manifest["name"]
+        if path.parent != root / "definitions" and path.parent.name != manifest["op_type"]:
+            raise DatasetError(path, line_of(text, "op_type"), f"op_type {manifest['op_type']!r} does not "
+                               f"match its folder definitions/{path.parent.name}/ (unknown op type there)")
+        if name in seen:
+            raise DatasetError(path, line_of(text, "name"), f"definition {name!r} is also in {seen[name]}")
+        seen[name] = path
+        if not _selected(name, manifest["op_type"], wanted, op_type):
+            continue
+        say(f"definition {name}")
+        report.notes += notes
+        defs[name] = _Def(manifest, path)
+    missing = sorted(wanted - set(seen))
+    if missing:
+        raise FibuildError(f"no definition {', '.join(missing)} in {root / 'definitions'}")
+    existing = _existing_definitions(workspace)
+    for name, item in list(defs.items()):
+        old = existing.get(name)
+        if old is not None:
+            if dict(old.raw) != item.manifest:
+                report.skip("definition", name, f"the workspace's {old.path} differs; remove it or "
+                            "import into another workspace", str(item.source))
+                del defs[name]
+            else:
+                item.model, item.new = old, False
+                report.unchanged["definition"] += 1
+    return defs
+
+
+def _selected(name: str, op_type: str, wanted: set[str], only_op: str | None) -> bool:
+    return (not wanted or name in wanted) and (only_op is None or op_type == only_op)
+
+
+def _existing_definitions(workspace: Workspace) -> dict:
+    out = {}
+    for path in workspace.definition_files():
+        try:
+            defn = load_definition(path)
+        except ManifestError:
+            continue  # the workspace's own problem; `fibuild validate` reports it
+        out[defn.name] = defn
+    return out
+
+
+def _line_for(text: str, exc: Exception) -> int:
+    """The line of the first quoted key a message names, else 1."""
+    for word in str(exc).replace('"', "'").split("'")[1::2]:
+        line = line_of(text, word)  # a key
+        if not line and json.dumps(word) in text:  # else a value
+            line = text.count("\n", 0, text.index(json.dumps(word))) + 1
+        if line:
+            return line
+    return 1
+
+
+def _stage_definitions(defs: dict[str, _Def], stage: Path, report: DatasetReport) -> None:
+    for name, item in list(defs.items()):
+        if not item.new:
+            continue
+        path = stage / "defs" / item.manifest["op_type"] / f"{name}.yaml"
+        write_text(path, dump_yaml(item.manifest))
+        try:
+            item.model = load_definition(path)
+        except ManifestError as exc:
+            report.skip("definition", name, "fibuild's loader rejects it: " +
+                        "; ".join(f"{p}: {m}" for p, m in exc.problems), str(item.source))
+            del defs[name]
+
+
+# --- solutions ---------------------------------------------------------------------------
+
+def _read_solutions(root: Path, defs: dict[str, _Def], stage: Path, report: DatasetReport, say: Progress) -> None:
+    from ..compile.keys import solution_digest
+
+    names = set(defs)
+    for path in sorted((root / "solutions").rglob("*.json")):
+        data, text = read_json(path)
+        try:
+            manifest, files, notes = tm.solution_from_dataset(data)
+        except ValueError as exc:
+            raise DatasetError(path, _line_for(text, exc), str(exc)) from None
+        except tm.Unsupported as exc:
+            if isinstance(data, dict) and data.get("definition") in defs:
+                report.skip("solution", f"{data['definition']}/{data.get('name')}", str(exc), str(path))
+            elif isinstance(data, dict):
+                _dependent(report, "solution", str(data.get("definition")))
+            continue
+        item = defs.get(manifest["definition"])
+        if item is None:
+            _dependent(report, "solution", manifest["definition"])
+            continue
+        name = manifest["name"]
+        if name in item.solutions:
+            raise DatasetError(path, line_of(text, "name"), f"solution {name!r} of {manifest['definition']} "
+                               "appears twice in the dataset")
+        say(f"solution {manifest['definition']}/{name}")
+        folder = stage / "solutions" / manifest["definition"] / name
+        for rel, content in files.items():
+            write_text(folder / rel, content)
+        write_text(folder / "solution.yaml", dump_yaml(manifest))
+        try:
+            sol = load_solution(folder / "solution.yaml", names)
+        except ManifestError as exc:
+            report.skip("solution", f"{manifest['definition']}/{name}", "fibuild's loader rejects it: " +
+                        "; ".join(f"{p}: {m}" for p, m in exc.problems), str(path))
+            continue
+        report.notes += notes
+        item.solutions[name] = (manifest, folder, solution_digest(item.model, sol))
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+def _read_workloads(root: Path, workspace: Workspace, defs: dict[str, _Def], stage: Path,
+                    report: DatasetReport, say: Progress) -> None:
+    known = _dataset_definitions(root)
+    for path in sorted((root / "workloads").rglob("*.jsonl")):
+        say(f"workloads {path.relative_to(root)}")
+        for lineno, data in iter_jsonl(path):
+            try:
+                name, workload, _, _ = tm.workload_line(data, evaluated=False)
+            except ValueError as exc:
+                raise DatasetError(path, lineno, str(exc)) from None
+            _check_known(known, name, path, lineno, root / "workloads")
+            item = defs.get(name)
+            if item is None:
+                _dependent(report, "workload", name)
+                continue
+            record = _workload_record(root, workspace, item, workload, path, lineno, report)
+            if record is not None:
+                item.workloads.append((record, f"{path}:{lineno}"))
+    for item in defs.values():
+        _validate_workloads(workspace, item, stage, report)
+
+
+def _dataset_definitions(root: Path) -> dict[str, str]:
+    """Definition name -> op type of every definition file (names read cheaply)."""
+    out = {}
+    for path in (root / "definitions").rglob("*.json"):
+        data, _ = read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            out[data["name"]] = str(data.get("op_type"))
+    return out
+
+
+def _check_known(known: dict[str, str], name: str, path: Path, lineno: int, by_op_type: Path | None) -> None:
+    """The line's definition exists; under ``by_op_type/<op_type>/`` the folder is its op type."""
+    if name not in known:
+        raise DatasetError(path, lineno, f"unknown definition {name!r} (no definitions/*/{name}.json)")
+    if by_op_type is not None and path.parent.parent == by_op_type and path.parent.name != known[name]:
+        raise DatasetError(path, lineno, f"definition {name!r} has op_type {known[name]!r}, not the "
+                           f"folder's {path.parent.name!r} (unknown op type there)")
+
+
+def _dependent(report: DatasetReport, kind: str, definition: str) -> None:
+    """Count an item left out with its definition (only definitions the user selected)."""
+    if any(s.kind == "definition" and s.name == definition for s in report.skipped):
+        report.dependents[(kind, definition)] += 1
+
+
+def _workload_record(root: Path, workspace: Workspace, item: _Def, workload: dict, path: Path,
+                     lineno: int, report: DatasetReport) -> dict | None:
+    """The fibuild workload record of one dataset workload (blobs noted for copying)."""
+    defn = item.model
+    axes = {}
+    for axis, value in workload["axes"].items():
+        const = defn.axes.get(axis)
+        if const is not None and const.kind == "const":
+            if value != const.value:
+                report.skip("workload", workload["uuid"], f"axis {axis}={value} contradicts the const "
+                            f"{const.value}", f"{path}:{lineno}")
+                return None
+            continue
+        axes[axis] = value
+    inputs = {}
+    for name, spec in workload.get("inputs", {}).items():
+        if not isinstance(spec, dict) or spec.get("type") not in ("random", "scalar", "safetensors"):
+            raise DatasetError(path, lineno, f"input {name!r}: {spec!r} is not a random, scalar or "
+                               "safetensors input")
+        if spec["type"] == "safetensors":
+            spec = _blob_input(root, workspace, item, name, spec, path, lineno)
+        inputs[name] = dict(spec)
+    return {"uuid": workload["uuid"], "axes": axes, "inputs": inputs}
+
+
+def _blob_input(root: Path, workspace: Workspace, item: _Def, name: str, spec: dict, path: Path,
+                lineno: int) -> dict:
+    """Check a safetensors input's blob and choose its name under registry/<def>/blobs/."""
+    try:
+        rel = relative_path(spec.get("path"))
+        blob = confined(root, rel)
+    except ValueError as exc:
+        raise DatasetError(path, lineno, f"input {name!r}: {exc}") from None
+    key = spec.get("tensor_key")
+    if not isinstance(key, str) or not key:
+        raise DatasetError(path, lineno, f"input {name!r}: safetensors input without a tensor_key")
+    if not blob.is_file():
+        raise DatasetError(path, lineno, f"input {name!r}: blob {rel} not found in {root}")
+    header = safetensors_header(blob)
+    if key not in header:
+        raise DatasetError(path, lineno, f"input {name!r}: blob {rel} has no tensor {key!r} "
+                           f"(has {', '.join(sorted(header)) or 'none'})")
+    try:
+        want = item.model.input(name).dtype
+    except KeyError:
+        want = header[key][0]  # an unknown input: fibuild's loader reports it
+    if header[key][0] != want:
+        raise DatasetError(path, lineno, f"input {name!r}: tensor {key!r} of {rel} is {header[key][0]}, "
+                           f"the definition declares {want}")
+    target = item.blobs.get(rel)
+    if target is None:
+        target = blob.name
+        dest = workspace.registry_dir / item.manifest["name"] / "blobs" / target
+        taken = set(item.blobs.values())
+        if target in taken or (dest.exists() and not same_bytes(dest, blob)):
+            digest = hashlib.sha256(blob.read_bytes()).hexdigest()[:12]
+            target = f"{blob.stem}-{digest}{blob.suffix}"
+        item.blobs[rel] = target
+    return {"type": "safetensors", "path": f"{workspace.registry_dir.name}/{item.manifest['name']}/blobs/{target}",
+            "tensor_key": key}
+
+
+def _validate_workloads(workspace: Workspace, item: _Def, stage: Path, report: DatasetReport) -> None:
+    """Drop workloads already in the workspace; the rest must pass fibuild's workloads loader."""
+    present = set() if item.new else {w.uuid for w in workspace.workloads(item.model)}
+    fresh = []
+    for record, where in item.workloads:
+        if record["uuid"] in present:
+            report.unchanged["workload"] += 1
+        else:
+            present.add(record["uuid"])
+            fresh.append((record, where))
+    while fresh:
+        rejected = rejected_workloads(stage, item.model, [r for r, _ in fresh])
+        if not rejected:
+            break
+        for index in sorted(rejected, reverse=True):
+            record, where = fresh.pop(index)
+            report.skip("workload", record["uuid"], "fibuild's loader rejects it: " + "; ".join(rejected[index]), where)
+    item.workloads = [r for r, _ in fresh]
+
+
+# --- traces ------------------------------------------------------------------------------
+
+def _read_traces(root: Path, workspace: Workspace, defs: dict[str, _Def], report: DatasetReport,
+                 say: Progress) -> None:
+    from ..spec.schema import validate
+
+    known = _dataset_definitions(root)
+    registry = Registry(workspace.registry_dir)
+    present: dict[str, set] = {}
+    for path in sorted((root / "traces").rglob("*.jsonl")):
+        say(f"traces {path.relative_to(root)}")
+        for lineno, data in iter_jsonl(path):
+            try:
+                name, workload, solution, evaluation = tm.workload_line(data, evaluated=True)
+            except ValueError as exc:
+                raise DatasetError(path, lineno, str(exc)) from None
+            _check_known(known, name, path, lineno, None)
+            item = defs.get(name)
+            if item is None:
+                _dependent(report, "evaluation", name)
+                continue
+            if solution not in item.solutions:
+                report.skip("evaluation", f"{name}/{solution}/{workload['uuid']}",
+                            f"solution {solution!r} is not imported", f"{path}:{lineno}")
+                continue
+            try:
+                ev = tm.evaluation_from_dataset(name, workload, solution, evaluation, item.solutions[solution][2])
+            except ValueError as exc:
+                raise DatasetError(path, lineno, str(exc)) from None
+            problems = validate("evaluation", evaluation_to_dict(ev))
+            if problems:
+                raise DatasetError(path, lineno, "; ".join(f"{p}: {m}" for p, m in problems))
+            if name not in present:
+                present[name] = {_ev_key(e) for e in registry.read(name)}
+            if _ev_key(ev) in present[name]:
+                report.unchanged["evaluation"] += 1
+                continue
+            present[name].add(_ev_key(ev))
+            item.evaluations.append(ev)
+
+
+def _ev_key(ev) -> tuple:
+    return (ev.device, ev.solution, ev.workload_uuid, ev.timestamp, ev.status)
+
+
+# --- commit ------------------------------------------------------------------------------
+
+def _commit(workspace: Workspace, root: Path, defs: dict[str, _Def], stage: Path, report: DatasetReport) -> None:
+    """Move staged manifests into the workspace, copy blobs, append workloads and evaluations."""
+    registry = Registry(workspace.registry_dir)
+    for name, item in defs.items():
+        if item.new:
+            target = workspace.defs_dir / item.manifest["op_type"] / f"{name}.yaml"
+            copy_file(stage / "defs" / item.manifest["op_type"] / f"{name}.yaml", target)
+            report.written["definition"] += 1
+        for sol_name, (manifest, folder, _) in item.solutions.items():
+            target = workspace.solutions_dir / name / sol_name
+            if target.exists():
+                if _same_tree(folder, target):
+                    report.unchanged["solution"] += 1
+                else:
+                    report.skip("solution", f"{name}/{sol_name}", f"{target} exists and differs; remove it "
+                                "or import into another workspace")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(folder, target.with_name(f".{sol_name}.tmp"), dirs_exist_ok=True)
+            target.with_name(f".{sol_name}.tmp").rename(target)
+            report.written["solution"] += 1
+        for rel, blob_name in item.blobs.items():
+            dest = workspace.registry_dir / name / "blobs" / blob_name
+            if dest.exists():
+                report.unchanged["blob"] += 1
+            else:
+                copy_file(root / rel, dest)
+                report.written["blob"] += 1
+        if item.workloads:
+            registry.append_workloads(name, item.workloads)
+            report.written["workload"] += len(item.workloads)
+        for ev in item.evaluations:
+            registry.append(ev)
+        report.written["evaluation"] += len(item.evaluations)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all(same_bytes(a / f, b / f) for f in files_a)

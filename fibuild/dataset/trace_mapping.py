@@ -1,0 +1,341 @@
+"""One record at a time between flashinfer-trace JSON and fibuild manifests and records.
+
+The dataset's format is FlashInfer-Bench's (``flashinfer_bench.data``): a Definition JSON,
+a Solution JSON with inline ``sources`` and a ``spec``, workload lines (a Trace whose
+``solution`` and ``evaluation`` are null) and trace lines. Functions here are pure: they
+take and return dicts. ``Unsupported(reason)`` means fibuild cannot express the record (it
+is reported and skipped); ``ValueError`` means the record is malformed (the caller names
+the file and line). Key order follows the dataset's files so exports diff cleanly.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from ..devices import slugify
+from ..spec.model import DTYPES, LANGUAGES, STATUSES, Evaluation, LatencyStats
+
+#: Definition keys of the dataset, in the order its files write them.
+DEFINITION_KEYS = ("name", "description", "op_type", "tags", "axes", "constraints", "inputs",
+                   "outputs", "reference", "custom_inputs_entrypoint")
+SOLUTION_KEYS = ("name", "definition", "description", "author", "spec", "sources")
+SPEC_KEYS = ("language", "target_hardware", "entry_point", "dependencies",
+             "destination_passing_style", "binding")
+_TENSOR_KEYS = ("shape", "dtype", "description")
+_AXIS_KEYS = ("type", "value", "description")
+
+
+class Unsupported(Exception):
+    """fibuild cannot express this record; ``str(exc)`` says why."""
+
+
+def _mapping(value: Any, what: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} is not a JSON object")
+    return value
+
+
+def _string(data: Mapping, key: str, what: str, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _dropped(data: Mapping, known: tuple[str, ...], what: str) -> list[str]:
+    return [f"{what}: field {k!r} has no fibuild equivalent and was not kept" for k in data if k not in known]
+
+
+# --- definitions -------------------------------------------------------------------------
+
+def definition_from_dataset(data: Any) -> tuple[dict, list[str]]:
+    """A fibuild definition manifest (key order of ``defs/*.yaml``) and notes on dropped fields.
+
+    Raises ValueError for a malformed definition, Unsupported for one fibuild cannot hold
+    (a dtype it lacks, an optional input, a zero-sized const axis).
+    """
+    data = _mapping(data, "definition")
+    for key in ("name", "op_type", "reference"):
+        _string(data, key, "definition")
+    name = data["name"]
+    notes = _dropped(data, DEFINITION_KEYS, f"definition {name}")
+    out: dict[str, Any] = {"name": name, "op_type": data["op_type"]}
+    if data.get("description") is not None:
+        out["description"] = data["description"]
+    if data.get("tags"):
+        out["tags"] = list(data["tags"])
+    axes = {}
+    for axis, spec in _mapping(data.get("axes"), f"definition {name}: axes").items():
+        spec = _mapping(spec, f"axis {axis}")
+        notes += _dropped(spec, _AXIS_KEYS, f"definition {name}: axis {axis}")
+        if spec.get("type") == "const" and spec.get("value") == 0:
+            raise Unsupported(f"const axis {axis!r} is 0 (fibuild axes are at least 1)")
+        axes[axis] = {k: spec[k] for k in _AXIS_KEYS if spec.get(k) is not None}
+    out["axes"] = axes
+    if data.get("constraints"):
+        out["constraints"] = list(data["constraints"])
+    for section in ("inputs", "outputs"):
+        tensors = {}
+        for tensor, spec in _mapping(data.get(section), f"definition {name}: {section}").items():
+            spec = _mapping(spec, f"{section} {tensor}")
+            if spec.get("optional"):
+                raise Unsupported(f"{section[:-1]} {tensor!r} is optional; fibuild inputs are all required")
+            notes += _dropped(spec, _TENSOR_KEYS + ("optional",), f"definition {name}: {section[:-1]} {tensor}")
+            if spec.get("dtype") not in DTYPES:
+                raise Unsupported(f"{section[:-1]} {tensor!r} has dtype {spec.get('dtype')!r}, which "
+                                  f"fibuild lacks (it has {', '.join(DTYPES)})")
+            tensors[tensor] = {k: spec[k] for k in _TENSOR_KEYS if k in spec and (k == "shape" or spec[k] is not None)}
+            if "shape" not in tensors[tensor]:
+                raise ValueError(f"{section[:-1]} {tensor!r} has no 'shape' (null for a scalar)")
+        out[section] = tensors
+    if "custom_inputs_entrypoint" in data:
+        out["custom_inputs_entrypoint"] = data["custom_inputs_entrypoint"]
+    out["reference"] = data["reference"]
+    return out, notes
+
+
+def definition_to_dataset(manifest: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """The dataset JSON of a fibuild definition manifest and notes on what it leaves out.
+
+    Raises Unsupported for definitions the dataset cannot describe: distributed ones and
+    in-place outputs (the dataset's outputs are separate, differently named tensors).
+    """
+    name = manifest["name"]
+    if manifest.get("distributed"):
+        raise Unsupported("it runs over a process group (distributed), which flashinfer-trace cannot describe")
+    inplace = [o for o, spec in manifest["outputs"].items() if spec.get("inplace")]
+    if inplace:
+        raise Unsupported(f"output(s) {', '.join(inplace)} are written in place, which flashinfer-trace "
+                          "cannot describe (its outputs are distinct tensors)")
+    notes = []
+    if "tolerance" in manifest:
+        notes.append(f"definition {name}: tolerance {manifest['tolerance']} has no flashinfer-trace field")
+    out: dict[str, Any] = {"name": name}
+    if manifest.get("description"):
+        out["description"] = manifest["description"]
+    out["op_type"] = manifest["op_type"]
+    if manifest.get("tags"):
+        out["tags"] = list(manifest["tags"])
+    out["axes"] = {a: {k: s[k] for k in _AXIS_KEYS if k in s} for a, s in manifest["axes"].items()}
+    if manifest.get("constraints"):
+        out["constraints"] = list(manifest["constraints"])
+    for section in ("inputs", "outputs"):
+        out[section] = {t: {k: s[k] for k in _TENSOR_KEYS if k in s} for t, s in manifest[section].items()}
+    out["reference"] = manifest["reference"]
+    if "custom_inputs_entrypoint" in manifest:
+        out["custom_inputs_entrypoint"] = manifest["custom_inputs_entrypoint"]
+    return out, notes
+
+
+# --- solutions ---------------------------------------------------------------------------
+
+def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
+    """``(solution.yaml manifest, {source path: content}, notes)`` for a dataset Solution.
+
+    Raises ValueError when malformed (an absolute or ``..`` source path included),
+    Unsupported for a language fibuild has no builder for or a torch-binding C++/CUDA
+    solution (fibuild builds native code through tvm-ffi only).
+    """
+    from .files import relative_path
+
+    data = _mapping(data, "solution")
+    for key in ("name", "definition", "author"):
+        _string(data, key, "solution")
+    spec = _mapping(data.get("spec"), f"solution {data['name']}: spec")
+    language = _string(spec, "language", "spec")
+    entry = _string(spec, "entry_point", "spec")
+    if entry.count("::") != 1:
+        raise ValueError(f"spec: entry_point {entry!r} is not 'file::function'")
+    sources = data.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise ValueError("solution: 'sources' must be a non-empty list of {path, content}")
+    files: dict[str, str] = {}
+    for i, source in enumerate(sources):
+        source = _mapping(source, f"sources[{i}]")
+        try:
+            path = relative_path(source.get("path"))
+        except ValueError as exc:
+            raise ValueError(f"sources[{i}]: {exc}") from None
+        if not isinstance(source.get("content"), str):
+            raise ValueError(f"sources[{i}] ({path}): 'content' must be a string")
+        if path in files:
+            raise ValueError(f"sources[{i}]: duplicate source path {path!r}")
+        files[path] = source["content"]
+    if language not in LANGUAGES:
+        raise Unsupported(f"language {language!r} has no fibuild builder (fibuild builds {', '.join(LANGUAGES)})")
+    binding = spec.get("binding")
+    if language in ("cuda", "cpp") and binding not in (None, "tvm-ffi"):
+        raise Unsupported(f"a {language} solution with binding {binding!r}: fibuild builds C++/CUDA "
+                          "through tvm-ffi only (a torch-binding extension would need torch's headers "
+                          "and PYBIND11 module)")
+    if "solution.yaml" in files:
+        raise Unsupported("a source named solution.yaml would overwrite fibuild's manifest")
+    name = data["name"]
+    notes = _dropped(data, SOLUTION_KEYS, f"solution {name}") + _dropped(spec, SPEC_KEYS, f"solution {name}: spec")
+    out: dict[str, Any] = {"name": name, "definition": data["definition"], "author": data["author"]}
+    if data.get("description") is not None:
+        out["description"] = data["description"]
+    out["language"] = language
+    out["entry_point"] = entry
+    out["sources"] = list(files)
+    if spec.get("target_hardware"):
+        out["target_hardware"] = list(spec["target_hardware"])
+    # The dataset's default is destination passing; fibuild's is value-returning: always explicit.
+    out["destination_passing_style"] = bool(spec.get("destination_passing_style", True))
+    if spec.get("dependencies"):
+        out["dependencies"] = list(spec["dependencies"])
+    return out, files, notes
+
+
+def solution_to_dataset(manifest: Mapping[str, Any], files: Mapping[str, str]) -> tuple[dict, list[str]]:
+    """The dataset Solution of a fibuild solution manifest and its source texts, and notes."""
+    name = manifest["name"]
+    notes = []
+    if any(manifest.get("build", {}).values()):
+        notes.append(f"solution {name}: build flags {manifest['build']} have no flashinfer-trace field")
+    author = manifest.get("author") or "unknown"
+    out: dict[str, Any] = {"name": name, "definition": manifest["definition"]}
+    if manifest.get("description"):
+        out["description"] = manifest["description"]
+    out["author"] = author
+    spec: dict[str, Any] = {"language": manifest["language"],
+                            "target_hardware": list(manifest.get("target_hardware") or ["cuda"]),
+                            "entry_point": manifest["entry_point"],
+                            "dependencies": list(manifest.get("dependencies") or []),
+                            "destination_passing_style": bool(manifest.get("destination_passing_style", False))}
+    if manifest["language"] in ("cuda", "cpp"):
+        spec["binding"] = "tvm-ffi"
+    out["spec"] = spec
+    out["sources"] = [{"path": p, "content": files[p]} for p in manifest["sources"]]
+    return out, notes
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+def workload_line(data: Any, *, evaluated: bool) -> tuple[str, Mapping, str | None, Mapping | None]:
+    """``(definition, workload, solution, evaluation)`` of a dataset line; ValueError if malformed.
+
+    ``evaluated``: a trace line (solution and evaluation required) or a workload line
+    (both null or absent).
+    """
+    data = _mapping(data, "line")
+    definition = _string(data, "definition", "line")
+    workload = _mapping(data.get("workload"), "workload")
+    _string(workload, "uuid", "workload")
+    axes = _mapping(workload.get("axes"), "workload.axes")
+    for axis, value in axes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"workload.axes.{axis} = {value!r} is not a non-negative integer")
+    _mapping(workload.get("inputs", {}), "workload.inputs")
+    solution, evaluation = data.get("solution"), data.get("evaluation")
+    if evaluated:
+        _string(data, "solution", "trace")
+        _mapping(evaluation, "evaluation")
+    elif solution is not None or evaluation is not None:
+        raise ValueError("a workloads file holds workload lines only (solution and evaluation null)")
+    return definition, workload, solution, evaluation
+
+
+def workload_to_dataset(definition: str, uuid: str, axes: Mapping[str, int], inputs: Mapping[str, Any]) -> dict:
+    """A workload line as the dataset's workloads files write it."""
+    return {"definition": definition, "solution": None,
+            "workload": {"uuid": uuid, "axes": dict(axes), "inputs": dict(inputs)}, "evaluation": None}
+
+
+# --- evaluations -------------------------------------------------------------------------
+
+def _timestamp(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"evaluation.timestamp {value!r} is not a string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"evaluation.timestamp {value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:  # the dataset writes naive UTC times too
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+
+
+def _latency(ms: Any) -> LatencyStats | None:
+    if ms is None:
+        return None
+    us = float(ms) * 1000.0
+    # The dataset keeps one figure (the mean); fibuild's statistics all take it, over n=1.
+    return LatencyStats(median_us=us, p20_us=us, p80_us=us, mean_us=us, n=1)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, str):  # pydantic writes NaN/inf as strings
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def evaluation_from_dataset(definition: str, workload: Mapping, solution: str, evaluation: Mapping,
+                            solution_digest: str) -> Evaluation:
+    """A fibuild Evaluation of a trace line; ValueError if malformed.
+
+    The device slug is the slugified ``environment.hardware``; the environment is kept
+    whole under ``environment`` (plus the correctness ``extra``, when given).
+    """
+    status = evaluation.get("status")
+    if status not in STATUSES:
+        raise ValueError(f"evaluation.status {status!r} is not one of {', '.join(STATUSES)}")
+    env = _mapping(evaluation.get("environment"), "evaluation.environment")
+    hardware = _string(env, "hardware", "evaluation.environment")
+    device = slugify(hardware)
+    if not device:
+        raise ValueError(f"evaluation.environment.hardware {hardware!r} names no device")
+    correctness = evaluation.get("correctness") or {}
+    performance = evaluation.get("performance") or {}
+    environment = {"hardware": hardware, "libs": dict(env.get("libs") or {})}
+    if correctness.get("extra") is not None:
+        environment["correctness_extra"] = correctness["extra"]
+    speedup = _finite(performance.get("speedup_factor"))
+    return Evaluation(
+        definition=definition, solution=solution, solution_digest=solution_digest, build_key="",
+        workload_uuid=workload["uuid"], axes={k: int(v) for k, v in workload["axes"].items()},
+        status=status, device=device,
+        latency=_latency(performance.get("latency_ms")) if performance else None,
+        reference_latency=_latency(performance.get("reference_latency_ms")) if performance else None,
+        speedup=speedup if speedup else None,
+        max_abs_error=_finite(correctness.get("max_absolute_error")) if correctness else None,
+        max_rel_error=_finite(correctness.get("max_relative_error")) if correctness else None,
+        error=str(evaluation.get("log") or ""), environment=environment,
+        timestamp=_timestamp(evaluation.get("timestamp")),
+    )
+
+
+def evaluation_to_dataset(ev: Evaluation, workload_inputs: Mapping[str, Any]) -> dict:
+    """A trace line for ``ev``, in the key order flashinfer-bench's models write.
+
+    Raises Unsupported when the status needs figures the record lacks (PASSED without a
+    latency or errors, INCORRECT_NUMERICAL without errors).
+    """
+    env = ev.environment
+    hardware = env.get("hardware") or env.get("device_name") or ev.device
+    libs = env.get("libs")
+    if not isinstance(libs, Mapping):
+        libs = {k: str(env[k]) for k in ("torch", "cuda", "triton", "tvm_ffi", "flashinfer", "fibuild")
+                if env.get(k) is not None}
+    evaluation: dict[str, Any] = {"status": ev.status, "environment": {"hardware": hardware, "libs": dict(libs)},
+                                  "timestamp": ev.timestamp, "log": ev.error, "correctness": None,
+                                  "performance": None}
+    if ev.status in ("PASSED", "INCORRECT_NUMERICAL"):
+        if ev.max_abs_error is None or ev.max_rel_error is None:
+            raise Unsupported(f"a {ev.status} record without error figures")
+        evaluation["correctness"] = {"max_relative_error": ev.max_rel_error,
+                                     "max_absolute_error": ev.max_abs_error,
+                                     "extra": env.get("correctness_extra")}
+    if ev.status == "PASSED":
+        if ev.latency is None:
+            raise Unsupported("a PASSED record without a latency")
+        ref = ev.reference_latency.mean_us / 1000.0 if ev.reference_latency else 0.0
+        evaluation["performance"] = {"latency_ms": ev.latency.mean_us / 1000.0, "reference_latency_ms": ref,
+                                     "speedup_factor": ev.speedup or 0.0}
+    return {"definition": ev.definition,
+            "workload": {"axes": dict(ev.axes), "inputs": dict(workload_inputs), "uuid": ev.workload_uuid},
+            "solution": ev.solution, "evaluation": evaluation}
