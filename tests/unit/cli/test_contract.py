@@ -69,7 +69,7 @@ def test_root_and_json_are_accepted_before_and_after_the_command(ws, capsys, com
         assert outputs[0]["root"] == str(ws) and outputs[0]["checked"] == 5
 
 
-def test_json_documents_of_build_bench_and_gc(ws, capsys):
+def test_json_documents_of_build_bench_gc_and_export(ws, capsys):
     assert main(["--root", str(ws), "build", "toy_double/torch", "--json"]) == 0
     build = _json(capsys)
     assert build["ok"] and [s["status"] for s in build["solutions"]] == ["built"]
@@ -81,6 +81,9 @@ def test_json_documents_of_build_bench_and_gc(ws, capsys):
     assert main(["gc", "--all", "--dry-run", "--json"]) == 0
     gc = _json(capsys)
     assert gc["dry_run"] and any(build["solutions"][0]["key"][:20] in p for p in gc["removed"])
+    assert main(["export", "flashinfer-trace", str(ws.parent / "ds"), "--json", "--root", str(ws)]) == 0
+    export = _json(capsys)
+    assert export["ok"] and export["written"]["definition"] == 1
 
 
 def test_bench_exits_1_when_an_evaluation_is_not_passed(ws, capsys):
