@@ -11,7 +11,7 @@ DEVICE ?= nvidia-h100-80gb-hbm3-sm90
 
 install:  ## install fibuild and its dependencies (CPU torch where none is installed)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev,plot]"
+	$(PYTHON) -m pip install -e ".[dev,plot,farm]"
 
 test:  ## the test suite (GPU tests skip without a GPU)
 	$(PYTHON) -m pytest -q

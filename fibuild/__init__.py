@@ -2,7 +2,8 @@
 
 Public API (imported lazily, so ``import fibuild`` costs almost nothing): the verbs
 ``load``, ``apply``, ``resolve``; the objects they return, ``Kernel`` and ``Resolution``;
-``Workspace``, ``Settings``; the error hierarchy rooted at ``FibuildError``; ``__version__``.
+``Workspace``, ``Settings``; the serving integration's ``enable`` / ``disable``; the error
+hierarchy rooted at ``FibuildError``; ``__version__``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ _LAZY = {
     "Resolution": ("fibuild.runtime.decisions", "Resolution"),
     "Workspace": ("fibuild.spec.workspace", "Workspace"),
     "Settings": ("fibuild.config", "Settings"),
+    "enable": ("fibuild.integrations.activation", "enable"),
+    "disable": ("fibuild.integrations.activation", "disable"),
     **{name: ("fibuild.errors", name) for name in _ERRORS},
 }
 

@@ -39,6 +39,10 @@ KNOBS: tuple[Knob, ...] = (
          "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
          "the per-item `--timeout` applies after it."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
+    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer and `F.linear` calls of any Python "
+         "process as workloads under registry/ (through the installed `.pth` hook)."),
+    Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
+         "(the original where fibuild has nothing better)."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -100,6 +104,8 @@ class Settings:
     cuda_home: Path
     prepare_timeout_s: float  # the default covers FlashInfer's trtllm_comm JIT build (~300 s)
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
+    trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
+    apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -127,6 +133,8 @@ class Settings:
             cuda_home=Path(_raw(env, "CUDA_HOME")),
             build_env=tuple(sorted((k, env[k]) for k in BUILD_ENV_VARS if env.get(k))),
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
+            trace=_flag(env, "FIBUILD_TRACE"),
+            apply=_flag(env, "FIBUILD_APPLY"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

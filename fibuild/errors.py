@@ -95,3 +95,35 @@ class DatasetError(FibuildError):
         self.line = line
         self.message = message
         super().__init__(f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}")
+
+
+def os_error_advice(exc: OSError, elsewhere: str = "") -> str:
+    """What a user can do about ``exc``: one clause keyed on its errno.
+
+    ``elsewhere`` is how to point fibuild at another place (e.g. "set FIBUILD_CACHE_DIR
+    to a writable directory"); it ends the advice for the errors only a move fixes.
+    """
+    import errno
+
+    tail = f", or {elsewhere}" if elsewhere else ""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"the file system is full: free some space{tail}"
+    if code == errno.EROFS:
+        return f"the file system is read-only{tail or ': use a writable one'}"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied: fix the owner or mode{tail}"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return f"a file stands where a directory is expected: remove it{tail}"
+    if code == errno.EISDIR:
+        return f"a directory stands where a file is expected: remove it{tail}"
+    if code == errno.ELOOP:
+        return "it is a symbolic link, which fibuild refuses here: replace it with a real file or folder"
+    return f"{exc.strerror or exc}{tail}"
+
+
+def cache_error(exc: OSError, path: str | Path, doing: str) -> CacheError:
+    """A CacheError for an OS error met while ``doing`` something on ``path`` in the build cache."""
+    why = exc.strerror or type(exc).__name__
+    return CacheError(f"{path}: cannot {doing} ({why}): "
+                      f"{os_error_advice(exc, 'set FIBUILD_CACHE_DIR to another directory')}")

@@ -8,6 +8,9 @@ Writes: validated against ``schemas/evaluation.schema.json``, then appended as o
 ``os.write`` of one line (``O_APPEND``) under ``filelock.FileLock(<file>.lock)``, so
 concurrent writers never interleave and a killed writer leaves at most one torn last line.
 Reads: a torn, garbled or invalid line is skipped with a logged warning, never fatal.
+Symbolic links are refused: a registry file, its lock or a blob that is a link, or a
+folder resolving outside the registry root, is a RegistryError on write (never
+followed, so nothing outside the workspace is appended to) and skipped on read.
 
 Workloads (traced or imported) go through :meth:`Registry.append_workloads` (validated lines,
 one locked append of the whole batch) and :meth:`Registry.write_blob` (a safetensors file
@@ -78,6 +81,7 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
         "environment": dict(ev.environment),
         "timestamp": ev.timestamp,
         **({"prepare_s": _finite(ev.prepare_s)} if ev.prepare_s is not None else {}),
+        **({"plan_latency": latency_to_dict(ev.plan_latency)} if ev.plan_latency else {}),
     }
 
 
@@ -116,6 +120,7 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
         speedup=opt_float("speedup"), max_abs_error=opt_float("max_abs_error"),
         max_rel_error=opt_float("max_rel_error"), error=str(data.get("error", "")),
         environment=dict(env), timestamp=str(data.get("timestamp", "")), prepare_s=opt_float("prepare_s"),
+        plan_latency=latency_from_dict(data.get("plan_latency")),
     )
 
 
@@ -152,7 +157,7 @@ class Registry:
             raise RegistryError(f"invalid evaluation of {evaluation.definition}/{evaluation.solution}: {detail}")
         line = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         path = self.path(evaluation.definition, evaluation.device)
-        _append_lines(path, line, "evaluation")
+        append_lines(path, line, "evaluation", self.root)
         return path
 
     def workloads_path(self, definition: str) -> Path:
@@ -179,7 +184,7 @@ class Registry:
             lines.append(json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
         path = self.workloads_path(definition)
         if lines:
-            _append_lines(path, "".join(lines), "workloads")
+            append_lines(path, "".join(lines), "workloads", self.root)
         return path
 
     def write_blob(self, definition: str, name: str, tensors: Mapping[str, Any]) -> str:
@@ -194,11 +199,18 @@ class Registry:
 
         if not name or name.startswith(".") or not all(c.isalnum() or c in "_-." for c in name):
             raise RegistryError(f"blob name {name!r} cannot name a file")
+        import tempfile
+
         folder = self.workloads_path(definition).parent / "blobs"
         final = folder / f"{name}.safetensors"
         tmp = folder / f".{name}.{os.getpid()}.tmp"
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            _confined(final, self.root)
+            # a fresh name made by mkstemp (O_EXCL): a link planted at a guessable name is never followed
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            tmp = Path(tmp_name)
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -238,6 +250,9 @@ class Registry:
         return out
 
     def _read_file(self, path: Path) -> Iterable[Evaluation]:
+        if path.is_symlink():
+            log.warning("%s: skipped: a symbolic link (registry files must be regular files)", path)
+            return []
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -251,19 +266,35 @@ class Registry:
                 continue
             try:
                 out.append(evaluation_from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-                log.warning("%s:%d: skipping unreadable evaluation record (%s)", path, lineno, exc)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+                log.warning("%s:%d: skipping unreadable evaluation record (%s)", path, lineno,
+                            "nested too deeply" if isinstance(exc, RecursionError) else exc)
         return out
 
 
-def _append_lines(path: Path, text: str, what: str) -> None:
+def _confined(path: Path, root: Path) -> None:
+    """RegistryError unless ``path``'s folder resolves inside ``root`` and neither ``path``
+    nor its lock is a symbolic link (a link would send writes outside the workspace)."""
+    if not path.parent.resolve().is_relative_to(root.resolve()):
+        raise RegistryError(f"{path}: its folder resolves outside the registry {root} (a symbolic "
+                            "link?); replace the link with a real folder")
+    for candidate in (path, Path(str(path) + ".lock")):
+        if candidate.is_symlink():
+            raise RegistryError(f"{candidate}: is a symbolic link; registry files must be regular files "
+                                "inside the workspace: replace it with the file itself")
+
+
+def append_lines(path: Path, text: str, what: str, root: Path | None = None) -> None:
     """Append ``text`` (whole lines) to ``path`` in one write under ``<path>.lock``."""
     from filelock import FileLock
 
+    from .errors import os_error_advice
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _confined(path, root or path.parents[1])
         with FileLock(str(path) + ".lock"):
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 data = text.encode("utf-8")
                 if _ends_torn(fd):
@@ -275,7 +306,8 @@ def _append_lines(path: Path, text: str, what: str) -> None:
             finally:
                 os.close(fd)
     except OSError as exc:
-        raise RegistryError(f"{path}: cannot append {what}: {exc}") from exc
+        raise RegistryError(f"{path}: cannot append {what}: {exc.strerror or exc}: "
+                            f"{os_error_advice(exc, 'point --root at a writable workspace')}") from exc
 
 
 def _ends_torn(fd: int) -> bool:

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# The whole GPU pass in one call: build every solution, benchmark every definition into
-# registry/, draw the rmsnorm leaderboard, run the GPU tests, the rmsnorm end-to-end example,
-# the dispatch and cold-start benchmarks, and the build benchmarks. Each step has its own time limit so the results
-# of the earlier steps come back even if a later one runs long.
+# The GPU pass, in two calls of at most ten minutes each, on a machine with two GPUs (one GPU
+# runs everything but the two-rank steps). Each step has its own time limit, so the results of
+# the earlier steps come back even if a later one runs long; steps on different GPUs overlap.
 #
-# Usage on a GPU machine, from the repository root:  benchmarks/device/gpu_session.sh OUT_DIR
-# (the device kit, if present in .devkit/, is unpacked first).
+#   benchmarks/device/gpu_session.sh checks OUT   build, new evaluations (the all-reduce + RMSNorm
+#                                                on 2 ranks, paged decode page size 16), the
+#                                                FlashInfer dump fixture, the two-GPU tests
+#   benchmarks/device/gpu_session.sh serving OUT  the decode step (plain / traced / applied), the
+#                                                integration, dispatch and artifact-check
+#                                                overheads, the single-GPU test suite
+#
+# From the repository root. The device kit (.devkit/) and carried wheels (.whl/) are unpacked
+# first when present. Everything comes back as OUT/session-<part>.tar plus OUT/log-<part>.txt.
 set -u
-out=${1:-${OUT:-out}}
-mkdir -p "$out/results"
+part=${1:?checks or serving}
+out=${2:-${OUT:-out}}
+res="$out/$part"
+mkdir -p "$res"
 if [ -f .devkit/site-py312.tar.xz ]; then
-  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site
-  export PYTHONPATH=/tmp/site:$PWD
+  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
+    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
 fi
-export PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
-exec > >(tee -a "$out/log.txt") 2>&1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
+# NVLink multicast stays off in every process (shared hosts).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+exec > >(tee -a "$out/log-$part.txt") 2>&1
 
 step() {  # step SECONDS TITLE COMMAND...
   local limit=$1 title=$2; shift 2
@@ -22,21 +35,53 @@ step() {  # step SECONDS TITLE COMMAND...
   timeout --kill-after=10 "$limit" "$@"; local rc=$?
   echo "--- $title: exit $rc, $((SECONDS - t0)) s"
 }
+on_gpu() {  # on_gpu N COMMAND...: run on GPU N alone
+  local n=$1; shift
+  CUDA_VISIBLE_DEVICES=$n "$@"
+}
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-step 150 "build every solution" python3 -m fibuild build --all
-step 300 "benchmark every definition" python3 -m fibuild bench --timeout 240
-tar -cf "$out/registry.tar" registry
-step 30 "rmsnorm leaderboard" python3 -m fibuild table rmsnorm_h4096 --plot "$out/results/rmsnorm_h4096.png"
-step 170 "GPU tests" python3 -m pytest -q -m gpu tests -p no:cacheprovider
-step 60 "rmsnorm end to end" python3 examples/rmsnorm_e2e.py --skip-bench
-step 60 "dispatch overhead" python3 benchmarks/bench_dispatch.py --device cuda --out "$out/results/dispatch-cuda.md"
-step 60 "cold start" python3 benchmarks/bench_coldstart.py --device cuda --out "$out/results/coldstart-cuda.md"
-step 150 "build benchmarks" python3 benchmarks/bench_build.py --quick --out "$out/results/build-cuda.md"
-gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
-for n in 2 4 8; do
-  [ "$gpus" -ge "$n" ] && step 300 "allreduce_add_rmsnorm_h4096 on $n ranks" \
-    python3 -m fibuild bench allreduce_add_rmsnorm_h4096 --world-size "$n" --device cuda
-done
-tar -cf "$out/registry.tar" registry
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
+
+case "$part" in
+checks)
+  # The dump needs no fibuild build: make it on GPU 1 while the builds compile.
+  step 100 "FlashInfer level-10 dump" on_gpu 1 python3 benchmarks/device/make_flashinfer_dump.py "$res/fidump" &
+  step 120 "build every solution" python3 -m fibuild build --all
+  wait
+  step 150 "allreduce_add_rmsnorm_h4096 on 2 ranks" \
+    python3 -m fibuild bench allreduce_add_rmsnorm_h4096 --world-size 2 --device cuda --allow-failures
+  step 110 "GPU tests on two GPUs (distributed ranks, farm)" python3 -m pytest -q -m gpu -p no:cacheprovider \
+    tests/gpu/test_distributed_gpu.py $(ls tests/gpu/test_farm*_gpu.py 2>/dev/null)
+  step 100 "paged decode, page size 16" python3 -m fibuild bench gqa_paged_decode_h32_kv8_d128_ps16 \
+    --device cuda --allow-failures
+  slug=$(python3 -c 'from fibuild.devices import device_slug; print(device_slug("cuda"))')
+  python3 -m fibuild table allreduce_add_rmsnorm_h4096 --device "$slug" > "$res/allreduce-table.txt" 2>&1
+  python3 -m fibuild table gqa_paged_decode_h32_kv8_d128_ps16 --device "$slug" > "$res/decode-ps16-table.txt" 2>&1
+  tar -cf "$res/registry.tar" registry
+  ;;
+serving)
+  # The decode step owns GPU 0 (graph replays: GPU-bound); GPU 1 takes the host-bound overhead
+  # benchmarks first, then the single-GPU test suite.
+  step 450 "decode step: plain, traced, bench, applied" on_gpu 0 \
+    python3 benchmarks/serving_step.py --out "$res/serving-step" --bench-timeout 200 --child-timeout 200 &
+  (
+    step 90 "build for the overhead benchmarks" python3 -m fibuild build --all
+    step 80 "integration overhead" on_gpu 1 python3 benchmarks/bench_integration.py --out "$res/integration"
+    step 60 "dispatch overhead" on_gpu 1 python3 benchmarks/bench_dispatch.py --device cuda --out "$res/dispatch-cuda.md"
+    step 45 "artifact check at load" on_gpu 1 python3 benchmarks/bench_artifact_check.py --runs 9
+    step 200 "GPU tests on one GPU" on_gpu 1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+      --ignore=tests/gpu/test_distributed_gpu.py $(ls tests/gpu/test_farm*_gpu.py 2>/dev/null | sed 's/^/--ignore=/')
+  )
+  wait
+  ws="$res/serving-step/workspace"
+  if [ -d "$ws" ]; then  # keep what tracing wrote, not the workspace copy
+    (cd "$ws" && find registry -name workloads.jsonl -o -name '*.safetensors' -o -path '*_trace*' -type f \
+       | tar -cf "$OLDPWD/$res/traced.tar" -T - ) 2>/dev/null
+    rm -rf "$ws"
+  fi
+  ;;
+*) echo "unknown part $part"; exit 2 ;;
+esac
+tar -cf "$out/session-$part.tar" -C "$out" "$part"
+ls -la "$out"

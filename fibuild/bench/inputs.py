@@ -1,11 +1,12 @@
 """Inputs of a workload, in the definition's calling order.
 
 Input kinds (:class:`~fibuild.spec.model.InputSpec`): ``random`` (seeded per workload and
-input, in the declared dtype, on the target device: floats ~ N(0, 1), integers in
-[0, 16), bools fair), ``scalar`` (the value), ``safetensors`` (tensor ``tensor_key`` of a
-file whose path is relative to the workloads file, or to the definition for declared
-workloads) and ``custom`` (the definition's ``custom_inputs_entrypoint``, a function of the
-reference source called as ``fn(axes: dict[str, int], device: torch.device,
+input, in the declared dtype, on the target device: floats ~ N(0, 1), integers in [0, 16),
+bools fair), ``scalar`` (the value), ``safetensors`` (tensor ``tensor_key`` of a file
+whose path is relative to the workspace root and must resolve inside it, e.g.
+``registry/<definition>/blobs/<name>.safetensors`` as ``Registry.write_blob`` returns) and
+``custom`` (the definition's ``custom_inputs_entrypoint``, a function of the reference
+source called as ``fn(axes: dict[str, int], device: torch.device,
 generator=torch.Generator)`` returning a dict of input name -> value; the generator is a
 CPU one seeded per workload). Tensor inputs without an InputSpec are ``random``.
 
@@ -64,12 +65,26 @@ def random_tensor(spec: TensorSpec, shape: Sequence[int], *, seed: int, device) 
     return torch.randint(0, INT_HIGH, shape, generator=gen, device=device, dtype=dtype)
 
 
-def _base_dir(defn: Definition, workload: Workload) -> Path:
-    if workload.source and workload.source != "declared":
-        return Path(workload.source).parent
-    if defn.path is not None:
-        return Path(defn.path).parent
-    return Path.cwd()
+def workspace_root(defn: Definition, workload: Workload) -> Path:
+    """The workspace root a definition lives in (``<root>/defs/<op_type>/<name>.yaml``);
+    BenchError when the definition was not loaded from a workspace."""
+    if defn.path is not None and Path(defn.path).parent.parent.name == "defs":
+        return Path(defn.path).parents[2]
+    raise BenchError(f"workload {workload.uuid} of {defn.name}: safetensors inputs need the definition "
+                     "to come from a workspace (defs/<op_type>/<name>.yaml); its paths are relative "
+                     "to the workspace root")
+
+
+def _safetensors_path(defn: Definition, workload: Workload, name: str, rel: str) -> Path:
+    """``rel`` resolved against the workspace root, symbolic links included, and confined to it."""
+    root = workspace_root(defn, workload).resolve()
+    candidate = Path(rel)
+    path = (root / candidate).resolve()
+    if candidate.is_absolute() or ".." in candidate.parts or not path.is_relative_to(root):
+        raise BenchError(f"workload {workload.uuid} of {defn.name}: input {name!r}: safetensors path "
+                         f"{rel!r} leaves the workspace {root}; give a path relative to the workspace "
+                         "root that stays inside it (e.g. registry/<definition>/blobs/<name>.safetensors)")
+    return path
 
 
 def _safetensors_value(defn: Definition, workload: Workload, name: str, spec: InputSpec,
@@ -77,7 +92,7 @@ def _safetensors_value(defn: Definition, workload: Workload, name: str, spec: In
     if not spec.path or not spec.tensor_key:
         raise BenchError(f"workload {workload.uuid} of {defn.name}: input {name!r}: safetensors "
                          "needs both path and tensor_key")
-    path = (_base_dir(defn, workload) / spec.path).resolve()
+    path = _safetensors_path(defn, workload, name, spec.path)
     if path not in files:
         try:
             from safetensors.torch import load_file

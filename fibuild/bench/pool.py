@@ -12,6 +12,7 @@ OOM killer), which is not the kernel's fault.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -77,7 +78,8 @@ class WorkerProcess:
         self.environment: dict[str, Any] = {}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "fibuild.bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, text=True, encoding="utf-8", bufsize=1)
+            stderr=self._stderr, text=True, encoding="utf-8", bufsize=1,
+            env={**os.environ, "_FIBUILD_PARENT_PID": str(os.getpid())})  # see lifeline.die_with_parent
         self._reader = threading.Thread(target=self._read, name=f"fibuild-worker-{device}", daemon=True)
         self._reader.start()
 

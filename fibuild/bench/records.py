@@ -68,8 +68,8 @@ def evaluation(item: BenchItem, slug: str, status: str, environment: Mapping[str
         definition=item.definition.name, solution=item.solution.name,
         solution_digest=item.solution_digest, build_key=item.build_key,
         workload_uuid=item.workload.uuid, axes=dict(item.workload.axes), status=status, device=slug,
-        latency=latency, reference_latency=ref, speedup=speedup,
-        max_abs_error=reply.get("max_abs_error"), max_rel_error=reply.get("max_rel_error"),
+        latency=latency, reference_latency=ref, plan_latency=latency_from_dict(reply.get("plan_latency")),
+        speedup=speedup, max_abs_error=reply.get("max_abs_error"), max_rel_error=reply.get("max_rel_error"),
         error=(error or reply.get("error") or "")[-ERROR_TAIL:], environment=env,
         timestamp=utc_timestamp(), prepare_s=prepare_s)
 

@@ -25,6 +25,8 @@ COMMANDS = {
     "resolve": ("resolve", "Pick the solution for a set of axis values."),
     "import": ("dataset", "Import a flashinfer-trace dataset or FlashInfer API dumps."),
     "export": ("dataset", "Export definitions, solutions, workloads and evaluations as flashinfer-trace."),
+    "run": ("run", "Run a command with tracing and/or substitution of FlashInfer calls on."),
+    "trace": ("trace", "Report what tracing recorded (fibuild trace report)."),
 }
 
 

@@ -67,6 +67,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-size", type=_positive_int, metavar="N",
                         help="run one distributed definition on N ranks (gloo on cpu; nccl on cuda, "
                              "one GPU a rank, timed with CUDA-graph replays)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip (workload, solution, digest, device) items the registry already holds")
+    farm = parser.add_argument_group("farm", "run on the workers of a Dask cluster (pip install 'fibuild[farm]')")
+    farm.add_argument("--executor", choices=("local", "dask"), default="local",
+                      help="local: worker processes on this machine (default); dask: a Dask cluster")
+    farm.add_argument("--address", metavar="ADDR",
+                      help="scheduler of an existing Dask cluster (tcp://host:8786); default: start a "
+                           "local cluster for this run and stop it after")
+    farm.add_argument("--farm-workers", type=_positive_int, default=2, metavar="N",
+                      help="CPU workers of a local cluster (default 2; a cuda farm starts one per GPU)")
+    farm.add_argument("--task-size", type=_positive_int, default=8, metavar="N",
+                      help="workloads per farm task (default 8)")
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +136,6 @@ class _RichReporter:
 
 def run_bench(args: argparse.Namespace, settings) -> int:
     """Exit 1 when any evaluation is not PASSED, unless ``--allow-failures``."""
-    from fibuild.bench.leaderboard import summary_rows
     from fibuild.bench.plan import plan_benchmarks
     from fibuild.bench.runner import run_benchmarks
     from fibuild.cli.common import parse_device
@@ -132,6 +143,10 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     from fibuild.spec.manifest import Workspace
 
     workspace = Workspace.discover(settings)
+    if (args.executor != "local" or args.address) and not args.dry_run:
+        from fibuild.cli.bench_farm import run_bench_farm
+
+        return run_bench_farm(args, settings, workspace)
     device = parse_device(args.device, workspace, local_only=True).kind if args.device else default_device(settings)
     if args.world_size:
         from fibuild.bench.distributed import run_distributed
@@ -151,6 +166,15 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     else:
         plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
                                workload_limit=args.workload_limit)
+        if args.resume:
+            from fibuild.bench.farm.driver import drop_recorded
+            from fibuild.devices import local_devices
+            from fibuild.registry import Registry
+
+            slug = local_devices(device)[0].slug
+            plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
+            if dropped:
+                console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
 
         def run(reporter):
             return run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
@@ -181,20 +205,25 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     finally:
         if reporter.task is not None:
             reporter.progress.stop()
+    return report_evaluations(args, out, err, evaluations, workspace.registry_dir)
+
+
+def report_evaluations(args, out, err, evaluations, registry_dir) -> int:
+    """Print the evaluations (``--json``: one document; else a table per device) and the
+    count of those not PASSED. Returns the exit code: 1 when any is not PASSED, unless
+    ``--allow-failures``."""
     failing = [ev for ev in evaluations if ev.status != "PASSED"]
     ok = not failing or args.allow_failures
     if args.json:
+        from fibuild.bench.leaderboard import summary_rows
         from fibuild.registry import evaluation_to_dict
 
-        print_json({"ok": ok, "device": evaluations[0].device if evaluations else None,
-                    "registry": str(workspace.registry_dir), "summary": summary_rows(evaluations),
+        print_json({"ok": ok, "devices": sorted({ev.device for ev in evaluations}),
+                    "registry": str(registry_dir), "summary": summary_rows(evaluations),
                     "evaluations": [{k: v for k, v in evaluation_to_dict(ev).items() if k != "environment"}
                                     for ev in evaluations]})
-    elif not evaluations:
-        err.print("nothing to benchmark")
     else:
-        out.print(_summary_table(evaluations))
-        out.print(f"records appended under {workspace.registry_dir}")
+        print_summary(out, err, evaluations, registry_dir)
     if failing:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(_status_counts(failing).items()))
         verdict = "allowed by --allow-failures" if args.allow_failures else "exit 1; --allow-failures accepts them"
@@ -210,22 +239,28 @@ def _status_counts(evaluations) -> dict[str, int]:
     return counts
 
 
-def _summary_table(evaluations):
-    """One row per solution: passed and failed counts, speedup, the first failure."""
+def print_summary(out, err, evaluations, registry_dir) -> None:
+    """One table per device slug: passed / failed counts and speedup per solution."""
     from rich.table import Table
 
     from fibuild.bench.leaderboard import summary_rows
 
-    table = Table(title=f"{len(evaluations)} evaluation(s) on {evaluations[0].device}", title_justify="left")
-    for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
-        table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
-    for row in summary_rows(evaluations):
-        passed = row["counts"].get("PASSED", 0)
-        failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
-        speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
-        first = row["error"].splitlines()[0][:80] if row["error"] else ""
-        table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
-    return table
+    if not evaluations:
+        err.print("nothing to benchmark")
+        return
+    for device in sorted({ev.device for ev in evaluations}):
+        mine = [ev for ev in evaluations if ev.device == device]
+        table = Table(title=f"{len(mine)} evaluation(s) on {device}", title_justify="left")
+        for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
+            table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
+        for row in summary_rows(mine):
+            passed = row["counts"].get("PASSED", 0)
+            failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
+            speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            first = row["error"].splitlines()[0][:80] if row["error"] else ""
+            table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
+        out.print(table)
+    out.print(f"records appended under {registry_dir}")
 
 
 def _table_device(registry, definition: str, settings, requested: str | None, workspace) -> str:

@@ -301,13 +301,13 @@ def add_gc_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_gc(args, settings) -> int:
     """Without options, removes failed and unfinished build directories only."""
-    from fibuild.compile.gc import collect
+    from fibuild.compile.prune import prune
     from fibuild.errors import FibuildError
 
     if args.older_than is not None and args.older_than < 0:
         raise FibuildError(f"--older-than {args.older_than}: expected a number of days >= 0")
     cutoff = None if args.older_than is None else time.time() - args.older_than * 86400
-    result = collect(settings.cache_dir, everything=args.all, older_than=cutoff, dry_run=args.dry_run)
+    result = prune(settings.cache_dir, everything=args.all, older_than=cutoff, dry_run=args.dry_run)
     if args.json:
         from fibuild.cli.common import print_json
 

@@ -1,12 +1,16 @@
-"""Building many solutions at once: one top ninja file, one ninja run (``fibuild build --all``).
+"""The build sequence, once: try -> lock -> try again -> build -> commit -> index.
 
-Steps: compute every key, skip committed builds, take the locks of the stale keys (in
-key order, so two build-alls never deadlock), check again, prepare each stale directory,
-run Python-level builds in-process, then write **one** top file that declares
-``pool nvcc`` (depth FIBUILD_NVCC_JOBS) and pulls in each stale native ``build.ninja``
-with ``subninja``, and run ``ninja -k 0 -j N`` once. ``FAILED:`` lines are mapped back to
-build directories; each success is committed, each failure gets ``failed.json``.
-Progress goes to a reporter (no-op hooks; the CLI renders them).
+:func:`build_items` is the only place that decides to build (DESIGN §4). It serves
+``fibuild build --all`` (:func:`build_many`) and a single ``BuildCache.get_or_build``
+alike: one solution is a batch of one. Steps: compute every key, skip verified committed
+builds, take the locks of the stale keys (in key order, so two batches never deadlock),
+check again, honour a recorded failure and FIBUILD_DISABLE_BUILD, prepare each stale
+directory (a damaged one is moved aside first), run Python-level builds in-process, then
+write **one** top file that declares ``pool nvcc`` (depth FIBUILD_NVCC_JOBS) and pulls in
+each stale native ``build.ninja`` with ``subninja``, and run ``ninja -k 0 -j N`` once.
+``FAILED:`` lines are mapped back to build directories; each success is committed
+(:mod:`fibuild.compile.commit`), each failure gets ``failed.json``. Progress goes to a
+reporter (no-op hooks; the CLI renders them).
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from typing import Iterable
 
 from fibuild.compile import keys, store
 from fibuild.compile.builders import get_builder
+from fibuild.compile.commit import commit_build, failed_error, meta_fields, record_failure
 from fibuild.compile.ninja import NinjaFile, NinjaResult, run_ninja, write_if_different
 from fibuild.config import Settings
-from fibuild.errors import BuildError
+from fibuild.errors import BuildError, CacheError, FibuildError, cache_error
 from fibuild.spec.model import Definition, Solution
 
 STATUSES = ("cached", "built", "failed", "unavailable", "skipped")
@@ -39,6 +44,8 @@ class BuildOutcome:
     build_dir: Path | None = None
     seconds: float = 0.0
     error: str = ""
+    meta: dict | None = field(default=None, repr=False)  # the committed meta.json (cached, built)
+    exception: FibuildError | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -94,82 +101,98 @@ def run_native(top_dir: Path, ninja_files: list[Path], settings: Settings, *, jo
 
 
 @dataclass
-class _Item:
+class BuildItem:
+    """One solution to settle; ``inputs`` may be given when the caller computed them."""
+
     defn: Definition
     sol: Solution
+    inputs: dict | None = None
     key: str = ""
-    inputs: dict = field(default_factory=dict)
     directory: Path | None = None
     plan: object = None
     start: float = 0.0
 
 
-def _outcome(item: _Item, status: str, seconds: float = 0.0, error: str = "") -> BuildOutcome:
-    return BuildOutcome(item.sol.qualified_name, status, item.key, item.directory, seconds, error)
+def _outcome(item: BuildItem, status: str, seconds: float = 0.0, error: BuildError | str = "",
+             meta: dict | None = None) -> BuildOutcome:
+    exc = error if isinstance(error, FibuildError) else None
+    return BuildOutcome(item.sol.qualified_name, status, item.key, item.directory, seconds, str(error),
+                        meta=meta, exception=exc)
 
 
-def build_many(cache, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int | None = None,
+def build_many(settings: Settings, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int | None = None,
                keep_going: bool = True, retry_failed: bool = False, reporter: BuildReporter | None = None
                ) -> BuildReport:
-    """Build every stale ``(definition, solution)`` of ``pairs`` through ``cache`` (a BuildCache).
+    """Build every stale ``(definition, solution)`` of ``pairs``; see :func:`build_items`."""
+    return build_items(settings, [BuildItem(d, s) for d, s in pairs], jobs=jobs, keep_going=keep_going,
+                       retry_failed=retry_failed, reporter=reporter)
 
-    Never raises for a solution's failure: each one becomes a BuildOutcome. A no-op run
-    (everything committed) costs one key computation and one ``meta.json`` read per
+
+def build_items(settings: Settings, items: list[BuildItem], *, jobs: int | None = None,
+                keep_going: bool = True, retry_failed: bool = False,
+                reporter: BuildReporter | None = None) -> BuildReport:
+    """Settle every item: ``cached`` (a verified commit), ``built``, ``failed``,
+    ``unavailable`` or ``skipped``, one BuildOutcome each (the failed ones carry their
+    BuildError). Never raises for a solution's failure; raises CacheError when the cache
+    itself cannot be used (a file in its place, a read-only or full disk, a lock that
+    cannot be taken). A no-op run costs one key computation and one verification per
     solution, and starts no process. ``jobs`` defaults to FIBUILD_MAX_JOBS.
     """
-    from fibuild.compile.cache import commit_meta, failed_error, record_failure
-
-    settings = cache.settings
     reporter = reporter or BuildReporter()
     start = time.perf_counter()
     report = BuildReport()
     seen: set[str] = set()
-    stale: list[_Item] = []
+    stale: list[BuildItem] = []
 
     def settle(outcome: BuildOutcome) -> None:
         report.outcomes.append(outcome)
         reporter.finished(outcome)
 
-    for defn, sol in pairs:
-        item = _Item(defn, sol)
+    for item in items:
         try:
-            item.inputs = keys.key_inputs(defn, sol, settings)
+            if item.inputs is None:
+                item.inputs = keys.key_inputs(item.defn, item.sol, settings)
         except BuildError as exc:
-            settle(_outcome(item, "failed", error=str(exc)))
+            settle(_outcome(item, "failed", error=exc))
             continue
         item.key = keys.key_of(item.inputs)
         if item.key in seen:
             continue
         seen.add(item.key)
-        item.directory = store.build_dir(settings.cache_dir, item.key, sol.qualified_name)
-        if store.read_meta(item.directory, item.key) is not None:
-            report.outcomes.append(_outcome(item, "cached"))
+        item.directory = store.build_dir(settings.cache_dir, item.key, item.sol.qualified_name)
+        meta = store.read_meta(item.directory, item.key)
+        if meta is not None:
+            report.outcomes.append(_outcome(item, "cached", meta=meta))
             continue
         stale.append(item)
     reporter.starting(len(report.outcomes) + len(stale), len(stale))
 
     with ExitStack() as locks:
-        todo: list[_Item] = []
+        todo: list[BuildItem] = []
         for item in sorted(stale, key=lambda it: it.key):
             builder = get_builder(item.sol.language)
             reason = builder.unavailable_reason(settings)
             if reason:
-                settle(_outcome(item, "unavailable", error=f"unavailable: {reason}"))
+                settle(_outcome(item, "unavailable", error=BuildError(
+                    f"{item.sol.qualified_name}: unavailable: {reason}", solution=item.sol.qualified_name)))
                 continue
-            locks.enter_context(store.key_lock(settings.cache_dir, item.key))
-            if store.read_meta(item.directory, item.key) is not None:
-                settle(_outcome(item, "cached"))
+            locks.enter_context(store.holding(store.key_lock(settings.cache_dir, item.key)))
+            meta, damage = store.check_meta(item.directory, item.key)
+            if meta is not None:
+                settle(_outcome(item, "cached", meta=meta))
                 continue
-            failed = store.read_failed(item.directory)
+            failed = None if damage else store.read_failed(item.directory, item.key)
             if failed and not retry_failed:
-                settle(_outcome(item, "failed", error=str(failed_error(item.sol, item.directory, failed))))
+                settle(_outcome(item, "failed", error=failed_error(item.sol, item.directory, failed)))
                 continue
             if settings.disable_build:
-                settle(_outcome(item, "failed", error=f"{item.sol.qualified_name}: FIBUILD_DISABLE_BUILD=1"))
+                settle(_outcome(item, "failed", error=BuildError(
+                    f"{item.sol.qualified_name}: not built and FIBUILD_DISABLE_BUILD=1",
+                    solution=item.sol.qualified_name, build_dir=item.directory)))
                 continue
             todo.append(item)
 
-        native: list[_Item] = []
+        native: list[BuildItem] = []
         stop = False
         for item in todo:
             if stop:
@@ -177,22 +200,21 @@ def build_many(cache, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int
                 continue
             builder = get_builder(item.sol.language)
             item.start = time.perf_counter()
+            store.reset_dir(item.directory, item.key, settings.cache_dir)
             try:
-                store.reset_dir(item.directory, item.key)
-                item.plan = builder.prepare(item.defn, item.sol, settings, item.directory)
+                item.plan = _prepare(builder, item, settings)
             except BuildError as exc:
                 record_failure(item.directory, item.sol, item.key, exc)
-                settle(_outcome(item, "failed", time.perf_counter() - item.start, str(exc)))
+                settle(_outcome(item, "failed", time.perf_counter() - item.start, exc))
                 stop = not keep_going
                 continue
             if item.plan.ninja_file is not None:
                 native.append(item)
             else:
-                _commit(cache, item, builder, time.perf_counter() - item.start, settle, commit_meta)
+                _commit(settings, item, builder, time.perf_counter() - item.start, settle)
 
         if native and not stop:
-            _run_batch(cache, native, jobs or settings.max_jobs, keep_going, reporter, settle,
-                       commit_meta, record_failure)
+            _run_batch(settings, native, jobs or settings.max_jobs, keep_going, reporter, settle)
         elif native:
             for item in native:
                 settle(_outcome(item, "skipped", error="not built: an earlier build failed"))
@@ -202,17 +224,27 @@ def build_many(cache, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int
     return report
 
 
-def _commit(cache, item: _Item, builder, seconds: float, settle, commit_meta) -> None:
-    meta = commit_meta(item.defn, item.sol, item.key, item.inputs, builder, item.plan, seconds)
-    store.commit(item.directory, meta)
-    cache._index_record(item.key, item.directory, meta, None)
-    settle(_outcome(item, "built", seconds))
+def _prepare(builder, item: BuildItem, settings: Settings):
+    """``builder.prepare`` with the disk's own faults told apart from the solution's."""
+    try:
+        return builder.prepare(item.defn, item.sol, settings, item.directory)
+    except OSError as exc:
+        raise cache_error(exc, item.directory, "write the build directory") from None
 
 
-def _run_batch(cache, native: list[_Item], jobs: int, keep_going: bool, reporter: BuildReporter, settle,
-               commit_meta, record_failure) -> None:
+def _commit(settings: Settings, item: BuildItem, builder, seconds: float, settle) -> None:
+    meta = meta_fields(item.defn, item.sol, item.key, item.inputs, builder, item.plan, seconds)
+    meta = commit_build(settings.cache_dir, item.directory, meta, item.plan)
+    settle(_outcome(item, "built", seconds, meta=meta))
+
+
+#: Compiler output that means the disk failed, not the solution: no failed.json then.
+_DISK_FAULTS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def _run_batch(settings: Settings, native: list[BuildItem], jobs: int, keep_going: bool,
+               reporter: BuildReporter, settle) -> None:
     """One ninja run over every prepared native build; commit or fail each."""
-    settings = cache.settings
     finished_at: dict[str, float] = {}
     link_names = {f"LINK {it.sol.qualified_name}": it.key for it in native}
 
@@ -221,31 +253,43 @@ def _run_batch(cache, native: list[_Item], jobs: int, keep_going: bool, reporter
             finished_at[link_names[description]] = time.perf_counter()
         reporter.progress(done, total, description)
 
-    runs = settings.cache_dir / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    top_dir = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=runs))
+    runs = store.private_dir(settings.cache_dir / "runs", settings.cache_dir)
+    try:
+        top_dir = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=runs))
+    except OSError as exc:
+        raise cache_error(exc, runs, "create a build run folder") from None
     try:
         result = run_native(top_dir, [it.plan.ninja_file for it in native], settings, jobs=jobs,
                             keep_going=keep_going, on_status=on_status)
+    except OSError as exc:
+        raise cache_error(exc, top_dir, "write the top build file") from None
     finally:
         shutil.rmtree(top_dir, ignore_errors=True)
     for item in native:
         prefix = str(item.directory) + os.sep
         failed_outs = [o for o in result.failed_outputs if o.startswith(prefix)]
         log_text = _log_for(result, item)
-        (item.directory / store.LOG).write_text(log_text + "\n")
+        try:
+            (item.directory / store.LOG).write_text(log_text + "\n")
+        except OSError as exc:
+            raise cache_error(exc, item.directory / store.LOG, "write the build log") from None
         seconds = finished_at.get(item.key, time.perf_counter()) - item.start
         if failed_outs or not (item.directory / item.plan.artifact).is_file():
+            fault = next((f for f in _DISK_FAULTS if f in log_text), None)
+            if fault:  # the disk failed, not the solution: nothing recorded, so a rerun retries
+                raise CacheError(f"{item.directory}: building {item.sol.qualified_name} failed: {fault}: "
+                                 "free space, or set FIBUILD_CACHE_DIR to another file system\n"
+                                 + store.log_tail(log_text, 5))
             why = "compile failed" if failed_outs else "not built (ninja stopped before it)"
             exc = BuildError(f"{item.sol.qualified_name}: {why}", solution=item.sol.qualified_name,
                              build_dir=item.directory, log_tail=store.log_tail(log_text))
             record_failure(item.directory, item.sol, item.key, exc)
-            settle(_outcome(item, "failed", seconds, str(exc)))
+            settle(_outcome(item, "failed", seconds, exc))
             continue
-        _commit(cache, item, get_builder(item.sol.language), seconds, settle, commit_meta)
+        _commit(settings, item, get_builder(item.sol.language), seconds, settle)
 
 
-def _log_for(result: NinjaResult, item: _Item) -> str:
+def _log_for(result: NinjaResult, item: BuildItem) -> str:
     """This build's share of the ninja output: its status lines and the blocks under them."""
     name = item.sol.qualified_name
     directory = str(item.directory)

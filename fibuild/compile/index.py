@@ -9,6 +9,11 @@ recreated and refilled by scanning the store. Other stages keep derived JSON her
 Values are JSON text only: :class:`JSONOnlyDisk` refuses to store anything else and
 refuses to load a value or key stored any other way, so a pickle planted in the
 database is never unpickled. The directory is mode 0700 and nothing is ever evicted.
+
+Only a *corrupt* database ("file is not a database", "malformed") is wiped and refilled.
+An operational failure (full or read-only disk, locked database, a file where the
+directory should be) leaves it alone and raises :class:`~fibuild.errors.CacheError`
+naming the directory and what to do; callers treat the index as optional.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import diskcache
 from diskcache.core import MODE_RAW, MODE_TEXT, UNKNOWN
 
 from fibuild.compile import store
-from fibuild.errors import CacheError
+from fibuild.errors import CacheError, cache_error
 
 log = logging.getLogger("fibuild.compile")
 
@@ -89,18 +94,47 @@ class Index:
         try:
             self._cache = self._connect()
         except sqlite3.DatabaseError as exc:
+            self._unless_corrupt(exc)
             log.warning("index %s is corrupt (%s); recreating it from the store", self.directory, exc)
             self._wipe()
-            self._cache = self._connect()
+            self._cache = self._checked(self._connect)
             fresh = True
         if fresh:
-            self.rebuild()
+            self._checked(self.rebuild)
         return self._cache
 
     def _connect(self) -> diskcache.Cache:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        os.chmod(self.directory, 0o700)  # makedirs' mode is masked by the umask
-        return diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none")
+        store.private_dir(self.directory, self.cache_dir)
+        try:
+            cache = diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none")
+            store.tighten(self.directory)  # sqlite creates its files 0644 whatever the folder's mode
+            return cache
+        except OSError as exc:
+            raise cache_error(exc, self.directory, "open the build index") from None
+
+    def _unless_corrupt(self, exc: sqlite3.DatabaseError) -> None:
+        """Raise CacheError unless ``exc`` says the database file itself is corrupt."""
+        text = str(exc).lower()
+        if type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:
+            return
+        try:
+            fs = os.statvfs(self.directory)
+            read_only, full = bool(fs.f_flag & os.ST_RDONLY), fs.f_bavail == 0
+        except OSError:
+            read_only = full = False
+        advice = ("the file system is full: free some space" if full or "full" in text else
+                  "the file system is read-only" if read_only or "readonly" in text
+                  else "retry, or remove the directory (it is rebuilt from the store)")
+        raise CacheError(f"{self.directory}: the build index cannot be used ({exc}): {advice}, "
+                         "or set FIBUILD_CACHE_DIR to another directory") from None
+
+    def _checked(self, op):
+        try:
+            return op()
+        except sqlite3.DatabaseError as exc:
+            self._unless_corrupt(exc)
+            raise CacheError(f"{self.directory}: the build index is corrupt ({exc}); remove the "
+                             "directory (it is rebuilt from the store)") from None
 
     def _wipe(self) -> None:
         if self._cache is not None:
@@ -109,13 +143,15 @@ class Index:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _guard(self, op):
-        """Run ``op(cache)``; a corrupt database is recreated (and refilled) once."""
+        """Run ``op(cache)``; a corrupt database is recreated (and refilled) once; any other
+        database failure is a CacheError (the index is left as it is)."""
         try:
             return op(self._open())
         except sqlite3.DatabaseError as exc:
+            self._unless_corrupt(exc)
             log.warning("index %s is corrupt (%s); recreating it from the store", self.directory, exc)
             self._wipe()
-            return op(self._open())
+            return self._checked(lambda: op(self._open()))
 
     def close(self) -> None:
         if self._cache is not None:
@@ -165,7 +201,7 @@ class Index:
         """Every ``(key, value)`` of ``namespace``; refused entries are skipped with a warning."""
         prefix = self._key(namespace, "")
         cache = self._open()
-        for full in list(cache.iterkeys()):
+        for full in self._checked(lambda: list(cache.iterkeys())):
             if isinstance(full, str) and full.startswith(prefix):
                 try:
                     value = cache.get(full)

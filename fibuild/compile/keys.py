@@ -35,8 +35,11 @@ def sha256_hex(data: bytes | str) -> str:
 
 
 def _tensor(spec) -> dict[str, Any]:
-    return {"name": spec.name, "shape": list(spec.shape) if spec.shape is not None else None,
-            "dtype": spec.dtype, "inplace": spec.inplace}
+    out = {"name": spec.name, "shape": list(spec.shape) if spec.shape is not None else None,
+           "dtype": spec.dtype, "inplace": spec.inplace}
+    if spec.structural:  # only when set: keys of definitions without plans stay as they were
+        out["structural"] = True
+    return out
 
 
 def definition_spec(defn: Definition) -> dict[str, Any]:
@@ -66,6 +69,7 @@ def solution_spec(sol: Solution) -> dict[str, Any]:
         "destination_passing_style": sol.destination_passing_style,
         "dependencies": sorted(sol.dependencies),
         "build": {k: list(v) for k, v in dataclasses.asdict(sol.build).items()},
+        **({"plan": sol.plan} if sol.plan else {}),  # only when set, as for the definition
     }
 
 

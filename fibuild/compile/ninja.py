@@ -1,9 +1,12 @@
 """A small ninja file writer and runner.
 
 Generated files use absolute paths so one file can run alone or be pulled into a top file
-with ``subninja``. Files are rewritten only when their text changes, so mtimes (and
-ninja) stay quiet. :func:`run_ninja` streams ninja's output line by line and parses the
-``FAILED:`` lines into the outputs that failed.
+with ``subninja``. Every value written is one line: ninja has no escape for a newline, so
+a control character in a path, flag or variable is refused (BuildError), never written — a
+newline would let a flag add its own ``rule``/``build`` lines to the file. Files are
+rewritten only when their text changes, so mtimes (and ninja) stay quiet.
+:func:`run_ninja` streams ninja's output line by line and parses the ``FAILED:`` lines
+into the outputs that failed.
 """
 from __future__ import annotations
 
@@ -19,15 +22,30 @@ from typing import Callable, Iterable, Sequence
 
 from fibuild.errors import BuildError
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str, what: str = "value") -> str:
+    """``text`` unchanged; BuildError if it holds a control character (newline, NUL, ...)."""
+    found = _CONTROL.search(text)
+    if found:
+        raise BuildError(f"refusing to write {what} {text!r} into a ninja file: it holds the control "
+                         f"character {found.group()!r}")
+    return text
+
 
 def escape_path(path: str | os.PathLike) -> str:
-    """Escape a path for a ninja build line (``$``, space and ``:`` are special)."""
-    return str(path).replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+    """Escape a path for a ninja build line (``$``, space and ``:`` are special).
+
+    Raises BuildError for a path holding a control character."""
+    return one_line(str(path), "path").replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
 
 
 def shell_quote(arg: str | os.PathLike) -> str:
-    """Quote one argument for the shell ninja runs commands with; ``$`` escaped for ninja."""
-    text = str(arg)
+    """Quote one argument for the shell ninja runs commands with; ``$`` escaped for ninja.
+
+    Raises BuildError for an argument holding a control character."""
+    text = one_line(str(arg), "argument")
     if text and re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
         return text
     return "'" + text.replace("'", "'\\''").replace("$", "$$") + "'"
@@ -40,20 +58,20 @@ class NinjaFile:
         self._lines: list[str] = []
 
     def comment(self, text: str) -> None:
-        self._lines += [f"# {line}" for line in text.splitlines()]
+        self._lines += [f"# {one_line(line, 'comment')}" for line in text.splitlines()]
 
     def variable(self, name: str, value: str) -> None:
-        self._lines.append(f"{name} = {value}")
+        self._lines.append(f"{name} = {one_line(value, 'variable')}")
 
     def pool(self, name: str, depth: int) -> None:
         self._lines += [f"pool {name}", f"  depth = {depth}"]
 
     def rule(self, name: str, command: str, *, description: str | None = None,
              depfile: str | None = None, deps: str | None = None, pool: str | None = None) -> None:
-        self._lines += [f"rule {name}", f"  command = {command}"]
+        self._lines += [f"rule {name}", f"  command = {one_line(command, 'command')}"]
         for key, value in (("description", description), ("depfile", depfile), ("deps", deps), ("pool", pool)):
             if value:
-                self._lines.append(f"  {key} = {value}")
+                self._lines.append(f"  {key} = {one_line(value, key)}")
 
     def build(self, outputs: Sequence[str | os.PathLike], rule: str, inputs: Sequence[str | os.PathLike] = (),
               *, implicit: Sequence[str | os.PathLike] = (), variables: dict[str, str] | None = None) -> None:
@@ -64,7 +82,7 @@ class NinjaFile:
             line += " | " + " ".join(map(escape_path, implicit))
         self._lines.append(line)
         for key, value in (variables or {}).items():
-            self._lines.append(f"  {key} = {value}")
+            self._lines.append(f"  {key} = {one_line(value, key)}")
 
     def subninja(self, path: str | os.PathLike) -> None:
         self._lines.append(f"subninja {escape_path(path)}")
@@ -172,8 +190,10 @@ def run_ninja(ninja_file: Path, *, jobs: int, keep_going: bool = True, cwd: Path
     run_env["NINJA_STATUS"] = "[%f/%t] "
     start = time.perf_counter()
     try:
+        # umask 077: objects and libraries are private to the user whatever the caller's umask
         proc = subprocess.Popen(cmd, cwd=str(cwd or ninja_file.parent), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", env=run_env)
+                                stderr=subprocess.STDOUT, text=True, errors="replace", env=run_env,
+                                umask=0o077)
     except OSError as exc:
         raise BuildError(f"unavailable: cannot run ninja: {exc}") from exc
     lines: list[str] = []

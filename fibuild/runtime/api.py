@@ -37,7 +37,8 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
 
     ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``,
     ``reference``); the chain goes on after it unless ``strict``. ``device``: ``cpu``,
-    ``cuda`` or ``cuda:N`` (default ``FIBUILD_DEVICE``, else cuda when available).
+    ``cuda``, ``cuda:N`` or the slug of one of this machine's devices (default
+    ``FIBUILD_DEVICE``, else cuda when available).
     ``fallback``: a value-returning function used instead of the reference. Reads
     ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE`` (through Settings).
 
@@ -45,17 +46,18 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     invalid manifests (only when the table is not cached), ResolveError for an unknown
     policy. Building happens on the first call of a key, not here.
     """
-    from fibuild.devices import device_slug
+    from fibuild.devices import Device, is_kind, resolve_device_arg
 
     from .collect import local_device
     from .table_cache import load_table
 
     settings = settings or Settings.from_env()
     policy_chain(policy, strict=strict)
-    kind = local_device(settings, device)
-    slug = device_slug(kind)
-    defn, table, digest = load_table(_workspace(settings), settings, name, slug, here=True)
-    return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=kind,
+    text = (device or "").strip()
+    # A slug must name a device of this machine: load runs kernels here.
+    dev = resolve_device_arg(text) if text and not is_kind(text) else Device.parse(local_device(settings, device))
+    defn, table, digest = load_table(_workspace(settings), settings, name, dev.slug, here=True)
+    return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=dev.torch_device,
                        table_digest=digest, fallback=fallback)
 
 

@@ -141,6 +141,8 @@ def solution_manifest(sol: Solution) -> dict[str, Any]:
         data["target_hardware"] = list(sol.target_hardware)
     if sol.dependencies:
         data["dependencies"] = list(sol.dependencies)
+    if sol.plan:
+        data["plan"] = sol.plan
     flags = {k: list(v) for k, v in vars(sol.build).items() if v}
     if flags:
         data["build"] = flags

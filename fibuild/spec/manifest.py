@@ -66,7 +66,7 @@ def _tensor(name: str, spec: Mapping[str, Any]) -> TensorSpec:
     shape = spec.get("shape")
     return TensorSpec(name=name, shape=tuple(shape) if shape is not None else None,
                       dtype=spec["dtype"], description=spec.get("description", ""),
-                      inplace=spec.get("inplace"))
+                      inplace=spec.get("inplace"), structural=bool(spec.get("structural", False)))
 
 
 def _input_spec(spec: Mapping[str, Any]) -> InputSpec:
@@ -121,7 +121,7 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         dependencies=tuple(data.get("dependencies") or ()),
         build=BuildFlags(**{k: tuple(build.get(k) or ()) for k in
                             ("cflags", "cuda_cflags", "ldflags", "include_dirs")}),
-        path=directory, raw=data,
+        plan=data.get("plan"), path=directory, raw=data,
     )
 
 

@@ -41,7 +41,9 @@ class TensorSpec:
     """An input or output. ``shape`` is a tuple of axis names, or None for a scalar.
 
     ``inplace`` (outputs only) names the input this output is written into: the solution
-    mutates that input instead of returning or receiving a separate tensor.
+    mutates that input instead of returning or receiving a separate tensor. ``structural``
+    (inputs only): what a plan/run solution plans from (page tables, indptrs, scalars a
+    plan bakes in); see :mod:`fibuild.compile.plans`.
     """
 
     name: str
@@ -49,6 +51,7 @@ class TensorSpec:
     dtype: str
     description: str = ""
     inplace: str | None = None
+    structural: bool = False
 
     @property
     def is_scalar(self) -> bool:
@@ -57,6 +60,10 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How far a solution's output may stray from the reference's: an element passes when
+    ``|a - b| <= atol + rtol * |b|``. Both are finite and >= 0; ``atol <= 1000`` and
+    ``rtol < 1`` (an rtol of 1 would pass an all-zero output), so the check can fail."""
+
     atol: float = 1e-2
     rtol: float = 1e-2
 
@@ -66,8 +73,9 @@ class InputSpec:
     """How a workload makes one input.
 
     kind ``random``: seeded random tensor in the declared dtype; ``scalar``: ``value``;
-    ``safetensors``: tensor ``tensor_key`` of file ``path`` (relative to the workload's
-    file); ``custom``: produced by the definition's ``custom_inputs_entrypoint``.
+    ``safetensors``: tensor ``tensor_key`` of file ``path`` (relative to the workspace
+    root and confined to it, e.g. ``registry/<definition>/blobs/<name>.safetensors``);
+    ``custom``: produced by the definition's ``custom_inputs_entrypoint``.
     """
 
     kind: Literal["random", "scalar", "safetensors", "custom"]
@@ -122,6 +130,11 @@ class Definition:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def structural_inputs(self) -> tuple[str, ...]:
+        """Names of the inputs marked ``structural``, in calling order."""
+        return tuple(s.name for s in self.inputs if s.structural)
+
+    @property
     def var_axes(self) -> tuple[str, ...]:
         """Names of the var axes, in declaration order: the layout of an ApplyKey."""
         return tuple(a.name for a in self.axes.values() if a.kind == "var")
@@ -157,6 +170,8 @@ class Solution:
     ``path``, the solution's directory). ``destination_passing_style``: the function takes
     the inputs, then preallocated non-in-place outputs, and returns nothing; otherwise it
     returns the non-in-place outputs (one tensor, or a tuple in declaration order).
+    ``plan`` (``"file.py::function"`` or None): the solution is plan/run; the entry point
+    is the run and takes the plan first (see :mod:`fibuild.compile.plans`).
     """
 
     name: str
@@ -170,6 +185,7 @@ class Solution:
     destination_passing_style: bool = False
     dependencies: tuple[str, ...] = ()
     build: BuildFlags = BuildFlags()
+    plan: str | None = None
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -185,6 +201,14 @@ class Solution:
     @property
     def entry_symbol(self) -> str:
         return self.entry_point.split("::", 1)[1]
+
+    @property
+    def plan_file(self) -> str | None:
+        return self.plan.split("::", 1)[0] if self.plan else None
+
+    @property
+    def plan_symbol(self) -> str | None:
+        return self.plan.split("::", 1)[1] if self.plan else None
 
 
 @dataclass(frozen=True)
@@ -212,6 +236,7 @@ class Evaluation:
     device: str  # the device slug, e.g. nvidia-h100-80gb-hbm3-sm90
     latency: LatencyStats | None = None
     reference_latency: LatencyStats | None = None
+    plan_latency: LatencyStats | None = None  # plan/run solutions: one plan, host wall clock
     speedup: float | None = None
     max_abs_error: float | None = None
     max_rel_error: float | None = None

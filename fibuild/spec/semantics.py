@@ -7,9 +7,12 @@ the manifest, plus one ``ast.parse`` of the reference and one ``stat`` per sourc
 from __future__ import annotations
 
 import ast
+import math
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Mapping
 
+from . import flags
 from .schema import pointer_of
 
 Problems = list[tuple[str, str]]
@@ -39,6 +42,7 @@ def check_definition(data: Mapping[str, Any], path: Path | None = None) -> Probl
                     problems.append((pointer_of([section, name, "shape", i]),
                                      f"unknown axis {axis!r} (declared axes: {known})"))
     problems += _inplace(inputs, outputs)
+    problems += _tolerance(data.get("tolerance"))
     problems += _distributed(data.get("distributed"), axes, inputs)
     reference_functions, ref_problems = _reference(data["reference"], list(inputs))
     problems += ref_problems
@@ -57,6 +61,16 @@ def check_definition(data: Mapping[str, Any], path: Path | None = None) -> Probl
                              f"/workloads/{seen[uuid]}); give one of them a distinct uuid"))
         else:
             seen[uuid] = i
+    return problems
+
+
+def _tolerance(tolerance: Mapping[str, Any] | None) -> Problems:
+    """Finite tolerances whose check can fail (the schema bounds them; NaN slips past bounds)."""
+    problems: Problems = []
+    for name, value in (tolerance or {}).items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            problems.append((f"/tolerance/{name}", f"{name} is {value}: a tolerance must be a finite "
+                             "number (a check with an infinite or NaN tolerance passes any output)"))
     return problems
 
 
@@ -128,7 +142,7 @@ def _reference(source: str, inputs: list[str]) -> tuple[set[str] | None, Problem
         tree = ast.parse(source, filename="<reference>")
     except SyntaxError as exc:
         return None, [("/reference", f"syntax error at line {exc.lineno}: {exc.msg}")]
-    except RecursionError:
+    except (RecursionError, MemoryError):
         return None, [("/reference", "nested too deeply to parse")]
     except ValueError as exc:  # e.g. NUL bytes
         return None, [("/reference", f"cannot parse: {exc}")]
@@ -190,6 +204,10 @@ def check_workload_fields(workload: Mapping[str, Any], axes: Mapping[str, Any],
             problems.append((pointer, f"input {name!r} is a tensor; a scalar value fits scalar inputs only"))
         elif kind in ("random", "safetensors") and inputs[name]["shape"] is None:
             problems.append((pointer, f"input {name!r} is a scalar: give `type: scalar` with a value"))
+        if kind == "safetensors" and isinstance(spec.get("path"), str):
+            reason = check_relative_path(spec["path"], "the workspace root")
+            if reason:
+                problems.append((pointer_of(prefix + ["inputs", name, "path"]), reason))
     for name, spec in inputs.items():
         if spec["shape"] is None and name not in specs:
             problems.append((pointer_of(prefix + ["inputs"]),
@@ -200,12 +218,12 @@ def check_workload_fields(workload: Mapping[str, Any], axes: Mapping[str, Any],
 
 # --- solutions -------------------------------------------------------------------------
 
-def check_relative_path(value: str) -> str | None:
-    """Why ``value`` is not a safe relative path inside a directory, or None."""
+def check_relative_path(value: str, inside: str = "the solution directory") -> str | None:
+    """Why ``value`` is not a safe relative path inside ``inside`` (a folder), or None."""
     if not value or value.startswith("/") or PurePosixPath(value).is_absolute() or value[1:3] == ":\\":
-        return f"{value!r} is absolute; sources are paths relative to the solution directory"
+        return f"{value!r} is absolute; give a path relative to {inside}"
     if ".." in PurePosixPath(value.replace("\\", "/")).parts:
-        return f"{value!r} leaves the solution directory ('..'); list files inside it"
+        return f"{value!r} leaves {inside} ('..'); name a file inside it"
     return None
 
 
@@ -229,6 +247,11 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
     if entry_file not in sources:
         problems.append(("/entry_point", f"entry point file {entry_file!r} is not listed in sources "
                          f"({', '.join(sources)})"))
+    plan_file = data["plan"].split("::", 1)[0] if data.get("plan") else None
+    if plan_file is not None and plan_file not in sources:
+        problems.append(("/plan", f"plan file {plan_file!r} is not listed in sources ({', '.join(sources)})"))
+    if plan_file is not None and data["language"] not in ("python", "triton"):
+        problems.append(("/plan", f"a plan step needs a python or triton solution, not {data['language']}"))
     if path is not None:
         directory = Path(path).parent
         problems += _solution_layout(data, directory)
@@ -243,6 +266,9 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
             elif not target.resolve().is_relative_to(root):
                 problems.append((pointer_of(["sources", i]),
                                  f"source {source!r} resolves outside the solution directory"))
+        if not problems:
+            problems += _entry_point(data, directory)
+    problems += _build_flags(data.get("build") or {})
     if definitions is not None and data["definition"] not in definitions:
         import difflib
 
@@ -250,6 +276,77 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
         hint = f"; did you mean {close[0]!r}?" if close else ""
         problems.append(("/definition", f"definition {data['definition']!r} does not exist in the "
                          f"workspace{hint}"))
+    return problems
+
+
+#: Source files larger than this are not scanned for the entry point (it is reported).
+MAX_SOURCE_BYTES = 4 << 20
+_PYTHON_LANGUAGES = ("python", "triton")
+
+
+def _entry_point(data: Mapping[str, Any], directory: Path) -> Problems:
+    """The entry point's function exists: defined at the top level of the Python file
+    (read with ``ast``, never imported), or exported from a native source with
+    ``TVM_FFI_DLL_EXPORT_TYPED_FUNC(name, ...)``. Sources are known to exist here."""
+    entry_file, symbol = data["entry_point"].split("::", 1)
+    if data["language"] in _PYTHON_LANGUAGES:
+        if not entry_file.endswith(".py"):
+            return [("/entry_point", f"entry point file {entry_file!r} is not a .py file "
+                     f"({data['language']} solutions name a Python function)")]
+        text, why = _source_text(directory / entry_file)
+        if text is None:
+            return [("/entry_point", f"{entry_file}: {why}")]
+        try:
+            tree = ast.parse(text, filename=entry_file)
+        except SyntaxError:
+            return []  # a compile error, reported by the build like a native one (COMPILE_ERROR)
+        except (RecursionError, MemoryError, ValueError):
+            return [("/entry_point", f"{entry_file}: cannot be parsed (nested too deeply or NUL bytes)")]
+        if symbol not in _top_level_names(tree):
+            return [("/entry_point", f"{entry_file} defines no top-level function {symbol!r}")]
+        return []
+    export = re.compile(r"TVM_FFI_DLL_EXPORT_TYPED_FUNC\s*\(\s*" + re.escape(symbol) + r"\s*,")
+    for source in data["sources"]:
+        text, _why = _source_text(directory / source)
+        if text is not None and export.search(text):
+            return []
+    return [("/entry_point", f"no source exports {symbol!r}: a native entry point is exported with "
+             f"TVM_FFI_DLL_EXPORT_TYPED_FUNC({symbol}, <function>) in one of the sources")]
+
+
+def _source_text(path: Path) -> tuple[str | None, str]:
+    try:
+        if path.stat().st_size > MAX_SOURCE_BYTES:
+            return None, f"larger than {MAX_SOURCE_BYTES} bytes"
+        return path.read_text(encoding="utf-8", errors="replace"), ""
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at its top level: functions, classes, assignments, imports."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _build_flags(build: Mapping[str, Any]) -> Problems:
+    """Flags that would run or load another program (see :mod:`fibuild.spec.flags`)."""
+    problems: Problems = []
+    for field in ("cflags", "cuda_cflags", "ldflags"):
+        for i, why in flags.refusals(build.get(field) or []):
+            problems.append((pointer_of(["build", field, i]), why))
+    for i, value in enumerate(build.get("include_dirs") or []):
+        why = flags.include_dir_reason(value)
+        if why:
+            problems.append((pointer_of(["build", "include_dirs", i]), why))
     return problems
 
 

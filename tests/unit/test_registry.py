@@ -144,3 +144,40 @@ def test_write_blob_is_renamed_into_place(tmp_path):
     assert [p.name for p in (tmp_path / "registry/d/blobs").iterdir()] == ["pt0.safetensors"]
     with pytest.raises(RegistryError, match="cannot name a file"):
         reg.write_blob("d", "../x", {})
+
+
+def test_registry_file_that_is_a_symlink_is_refused(tmp_path, caplog):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n")
+    reg = Registry(tmp_path / "registry")
+    path = reg.path(make_eval().definition, make_eval().device)
+    path.parent.mkdir(parents=True)
+    path.symlink_to(outside)
+    with pytest.raises(RegistryError, match=rf"{path}: is a symbolic link"):
+        reg.append(make_eval())
+    assert outside.read_text() == "untouched\n"
+    with caplog.at_level(logging.WARNING):
+        assert reg.read(make_eval().definition) == [] and "symbolic link" in caplog.text
+
+
+def test_registry_folder_that_links_outside_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    reg = Registry(tmp_path / "registry")
+    reg.root.mkdir()
+    (reg.root / make_eval().definition).symlink_to(elsewhere)
+    with pytest.raises(RegistryError, match="resolves outside the registry"):
+        reg.append(make_eval())
+    with pytest.raises(RegistryError, match="resolves outside the registry"):
+        reg.append_workloads(make_eval().definition, [{"uuid": "w", "axes": {"batch_size": 1}, "inputs": {}}])
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_deeply_nested_registry_line_is_skipped(tmp_path, caplog):
+    reg = Registry(tmp_path)
+    path = reg.append(make_eval())
+    with open(path, "a") as fh:
+        fh.write("[" * 100_000 + "]" * 100_000 + "\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(reg.read(make_eval().definition)) == 1
+    assert "nested too deeply" in caplog.text

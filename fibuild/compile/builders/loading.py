@@ -30,9 +30,17 @@ def pin_triton_cache(cache_dir: Path) -> str:
 
 
 def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
+    """The entry function; for a plan/run solution (``meta["plan_symbol"]``) a
+    :class:`~fibuild.compile.plans.PlannedEntry` joining its plan and run."""
     from fibuild.compile.builders.sources import import_entry
 
-    return import_entry(build_dir, meta)
+    entry = import_entry(build_dir, meta)
+    if not meta.get("plan_symbol"):
+        return entry
+    from fibuild.compile.plans import PlannedEntry
+
+    plan = import_entry(build_dir, {**meta, "entry_file": meta["plan_file"], "entry_symbol": meta["plan_symbol"]})
+    return PlannedEntry(entry, plan, meta["plan_inputs"], name=meta["solution"])
 
 
 def load_triton(build_dir: Path, meta: Mapping[str, Any]) -> Callable:

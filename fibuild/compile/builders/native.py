@@ -20,6 +20,7 @@ from fibuild.compile.builders.sources import copy_sources
 from fibuild.compile.ninja import NinjaFile, shell_quote, write_if_different
 from fibuild.config import Settings
 from fibuild.errors import BuildError
+from fibuild.spec import flags as flag_policy
 from fibuild.spec.model import Definition, Solution
 
 CXX_SUFFIXES = (".cc", ".cpp", ".cxx", ".c")
@@ -52,6 +53,9 @@ class NativeBuilder:
     def _includes(self, sol: Solution, src: str) -> list[str]:
         flags = []
         for inc in sol.build.include_dirs:
+            why = flag_policy.include_dir_reason(inc)
+            if why:
+                raise BuildError(f"{sol.qualified_name}: build.include_dirs: {why}", solution=sol.qualified_name)
             path = inc if inc.startswith("/") else str(PurePosixPath(src) / inc)
             flags += ["-I", path]
         return flags
@@ -59,8 +63,13 @@ class NativeBuilder:
     def flags(self, sol: Solution, settings: Settings, src: str) -> dict[str, list[str]]:
         """Final compile and link flags; ``src`` is the sources dir (or the key placeholder).
 
-        Raises BuildError when FIBUILD_CUDA_ARCH_LIST holds something that is not an arch.
+        Raises BuildError when FIBUILD_CUDA_ARCH_LIST holds something that is not an arch,
+        or when a flag would run or load another program (:mod:`fibuild.spec.flags`; also
+        checked at validation, repeated here for solutions made from unchecked dicts).
         """
+        for field in ("cflags", "cuda_cflags", "ldflags"):
+            for _i, why in flag_policy.refusals(getattr(sol.build, field)):
+                raise BuildError(f"{sol.qualified_name}: build.{field}: {why}", solution=sol.qualified_name)
         ffi = toolchain.tvm_ffi_paths()
         ffi_inc = ffi.include_dir if ffi else "<tvm-ffi missing>"
         ffi_lib = ffi.lib_dir if ffi else "<tvm-ffi missing>"

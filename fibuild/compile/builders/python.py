@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.compile.builders import BuildPlan, register
-from fibuild.compile.builders.sources import SRC_DIR, check_python_syntax, copy_sources, import_entry
+from fibuild.compile.builders.loading import load_python
+from fibuild.compile.builders.sources import SRC_DIR, check_python_syntax, copy_sources
 from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
@@ -40,10 +41,24 @@ class PythonBuilder:
         if not sol.entry_file.endswith(".py"):
             raise BuildError(f"{sol.qualified_name}: entry point {sol.entry_point!r} is not a .py file",
                              solution=sol.qualified_name, build_dir=build_dir)
+        meta: dict[str, Any] = {"entry_file": sol.entry_file}
+        if sol.plan:
+            meta.update(plan_meta(defn, sol, build_dir))
         src = copy_sources(sol, build_dir)
         check_python_syntax(sol, src, build_dir)
         (build_dir / "build.log").write_text(f"copied {len(sol.sources)} source(s) to {src}\n")
-        return BuildPlan(artifact=f"{SRC_DIR}/{sol.entry_file}", meta={"entry_file": sol.entry_file})
+        return BuildPlan(artifact=f"{SRC_DIR}/{sol.entry_file}", meta=meta)
 
     def load(self, build_dir: Path, meta: Mapping[str, Any]) -> Callable:
-        return import_entry(build_dir, meta)
+        return load_python(build_dir, meta)
+
+
+def plan_meta(defn: Definition, sol: Solution, build_dir: Path) -> dict[str, Any]:
+    """``meta.json`` fields of a plan/run solution: its plan function and the positions of the
+    structural inputs it takes. BuildError when the definition marks no input structural."""
+    positions = [i for i, spec in enumerate(defn.inputs) if spec.structural]
+    if not positions:
+        raise BuildError(f"{sol.qualified_name}: declares plan {sol.plan!r} but {defn.name} marks no "
+                         "input `structural: true` to plan from", solution=sol.qualified_name,
+                         build_dir=build_dir)
+    return {"plan_file": sol.plan_file, "plan_symbol": sol.plan_symbol, "plan_inputs": positions}

@@ -75,11 +75,16 @@ def test_custom_inputs_of_the_shipped_paged_definition():
     assert torch.equal(indices, make_inputs(defn, wl)[4])  # seeded
 
 
-def test_safetensors_relative_to_the_workloads_file(tmp_path):
+def _in_workspace(root: Path):
+    """PAGED as if loaded from ``root/defs/toy/toy_paged.yaml`` (safetensors paths are root-relative)."""
+    return definition_from_dict(PAGED, root / "defs" / "toy" / "toy_paged.yaml")
+
+
+def test_safetensors_relative_to_the_workspace_root(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"ip": torch.tensor([0, 2, 5], dtype=torch.int32)}, str(tmp_path / "t.safetensors"))
-    defn = definition_from_dict(PAGED)
+    defn = _in_workspace(tmp_path)
     spec = {"indptr": InputSpec("safetensors", path="t.safetensors", tensor_key="ip"),
             "scale": InputSpec("scalar", value=1.0)}
     wl = Workload("w2", {"n": 2, "len_indptr": 3}, spec, source=str(tmp_path / "workloads.jsonl"))
@@ -91,12 +96,28 @@ def test_safetensors_relative_to_the_workloads_file(tmp_path):
         make_inputs(defn, missing)
 
 
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.safetensors", "registry/../../outside.safetensors",
+                                  "registry/link/outside.safetensors"])
+def test_safetensors_paths_are_confined_to_the_workspace(tmp_path, path):
+    from safetensors.torch import save_file
+
+    root = tmp_path / "ws"
+    (root / "registry").mkdir(parents=True)
+    save_file({"ip": torch.tensor([0, 2, 5], dtype=torch.int32)}, str(tmp_path / "outside.safetensors"))
+    (root / "registry" / "link").symlink_to(tmp_path)  # a link inside the workspace pointing out of it
+    wl = Workload("w5", {"n": 2, "len_indptr": 3},
+                  {"indptr": InputSpec("safetensors", path=path, tensor_key="ip"),
+                   "scale": InputSpec("scalar", value=1.0)})
+    with pytest.raises(BenchError, match="w5.*'indptr'.*leaves the workspace"):
+        make_inputs(_in_workspace(root), wl)
+
+
 def test_axis_values_are_checked_against_tensor_shapes(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"ip": torch.tensor([0, 2, 5], dtype=torch.int32),
                "ip64": torch.tensor([0, 2, 5], dtype=torch.int64)}, str(tmp_path / "t.safetensors"))
-    defn = definition_from_dict(PAGED)
+    defn = _in_workspace(tmp_path)
     src = str(tmp_path / "workloads.jsonl")
     wrong_len = Workload("bad_len", {"n": 2, "len_indptr": 4},
                          {"indptr": InputSpec("safetensors", path="t.safetensors", tensor_key="ip"),

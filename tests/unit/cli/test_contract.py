@@ -76,7 +76,7 @@ def test_json_documents_of_build_bench_gc_and_export(ws, capsys):
     assert len(build["solutions"][0]["key"]) == 64
     assert main(["--root", str(ws), "bench", "toy_double", "--solution", "torch", *FAST, "--json"]) == 0
     bench = _json(capsys)
-    assert bench["ok"] and bench["device"] == device_slug("cpu")
+    assert bench["ok"] and bench["devices"] == [device_slug("cpu")]
     assert [(e["solution"], e["status"]) for e in bench["evaluations"]] == [("torch", "PASSED")]
     assert main(["gc", "--all", "--dry-run", "--json"]) == 0
     gc = _json(capsys)

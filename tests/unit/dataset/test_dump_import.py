@@ -160,8 +160,6 @@ def test_gpu_dump_becomes_workloads(workspace):
     assert [s.where.rsplit("_pid", 1)[-1] for s in report.skipped if s.kind == "call"] == expected["unmatched"]
 
 
-@pytest.mark.xfail(strict=True, reason="blob paths are relative to the workspace root; fibuild bench resolves them "
-                   "so once the hardening branch is merged (then drop this mark)")
 def test_imported_safetensors_workloads_run_in_bench(tmp_path, settings_env):
     """The dataset's blob workload and a dump's run on CPU through `fibuild bench`."""
     ws = Workspace(tmp_path / "ws")

@@ -86,13 +86,23 @@ def reference_outputs(defn: Definition, args: list) -> list:
 
 
 def load_entry(sol: Solution):
-    """Import a python solution's entry point from its source file."""
+    """Import a python solution's entry point from its source file; a plan/run solution's
+    plan and run joined as fibuild loads them (a PlannedEntry)."""
     path = Path(sol.path) / sol.entry_file
     module_name = f"fibuild_test_{sol.definition}_{sol.name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, sol.entry_symbol)
+    entry = getattr(module, sol.entry_symbol)
+    if not sol.plan:
+        return entry
+    from fibuild.compile.plans import PlannedEntry
+
+    if sol.plan_file != sol.entry_file:
+        raise ValueError(f"{sol.qualified_name}: the test loader expects the plan in the entry's file")
+    defn = workspace().definition(sol.definition)
+    positions = [i for i, s in enumerate(defn.inputs) if s.structural]
+    return PlannedEntry(entry, getattr(module, sol.plan_symbol), positions, name=sol.qualified_name)
 
 
 def solution_outputs(defn: Definition, sol: Solution, entry, args: list) -> list:

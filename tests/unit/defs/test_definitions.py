@@ -9,7 +9,7 @@ from fibuild.spec.calling import load_reference, make_caller
 import defs_support as ds
 
 SHIPPED = ["rmsnorm_h4096", "fused_add_rmsnorm_h4096", "silu_and_mul_i14336", "gemm_n6144_k4096",
-           "gqa_paged_decode_h32_kv8_d128_ps1"]
+           "gqa_paged_decode_h32_kv8_d128_ps1", "gqa_paged_decode_h32_kv8_d128_ps16"]
 
 #: The smallest declared workload must stay cheap on a CPU (gemm's fp16 weight alone is 48 MiB);
 #: the largest must be a shape real serving sees on a GPU.

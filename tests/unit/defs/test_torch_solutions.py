@@ -54,7 +54,8 @@ def test_torch_solution_matches_reference_on_cuda(sol):
 
 def test_flashinfer_baselines_cover_the_flashinfer_ops():
     assert {s.definition for s in FLASHINFER_SOLUTIONS} == {
-        "rmsnorm_h4096", "fused_add_rmsnorm_h4096", "silu_and_mul_i14336", "gqa_paged_decode_h32_kv8_d128_ps1"}
+        "rmsnorm_h4096", "fused_add_rmsnorm_h4096", "silu_and_mul_i14336", "gqa_paged_decode_h32_kv8_d128_ps1",
+        "gqa_paged_decode_h32_kv8_d128_ps16"}
     for sol in FLASHINFER_SOLUTIONS:
         assert sol.language == "python"
         assert sol.dependencies == ("flashinfer-python",)

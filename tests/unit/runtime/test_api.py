@@ -271,3 +271,13 @@ def test_apply_takes_strict(workspace):
         rmsnorm(*inputs(9))
     with pytest.raises(ResolveError, match=r"no solution for \(9,\)"):
         apply(DEF, args=inputs(9), policy="exact", strict=True, settings=workspace.settings)
+
+
+def test_load_takes_this_machines_slug_and_refuses_others(workspace):
+    from fibuild.devices import device_slug
+    from fibuild.errors import ConfigError
+
+    k = load(DEF, settings=workspace.settings, device=device_slug("cpu"))
+    assert k.device == "cpu"
+    with pytest.raises(ConfigError, match="nvidia-h100-80gb-hbm3-sm90"):
+        load(DEF, settings=workspace.settings, device="nvidia-h100-80gb-hbm3-sm90")

@@ -1,0 +1,371 @@
+"""A Llama-3.1-8B-shaped decode step, called the way SGLang's FlashInfer backend calls FlashInfer,
+run plain, traced (FIBUILD_TRACE=1, then ``fibuild bench`` on what was traced) and applied
+(FIBUILD_APPLY=1), in a CUDA graph, at several batch sizes.
+
+The step: 32 layers with distinct weights; ``fused_add_rmsnorm`` (``rmsnorm`` at layer 0),
+QKV / O / gate-up / down through ``F.linear``, K/V written into per-layer page-size-1 caches
+(``[tokens, kv_heads, head_dim]``, SGLang's layout), paged decode attention through one
+``BatchDecodeWithPagedKVCacheWrapper`` planned once per step and run per layer, ``silu_and_mul``.
+Each mode runs in its own process (activation is by environment, as in a served engine):
+weights and inputs are seeded, so every mode computes the same step; outputs are compared
+(traced must equal plain exactly, applied within tolerance). The weight-streaming floor is
+(weight bytes + KV bytes read) / the device copy bandwidth measured in the same run.
+
+    python3 benchmarks/serving_step.py --out benchmarks/results/serving-step-h200      # on a GPU
+    python3 benchmarks/serving_step.py --device cpu --layers 2 --model tiny \\
+        --flashinfer-path tests/fixtures/flashinfer_stub --out /tmp/step                  # CPU smoke
+
+The workspace traced into and benched is a copy of the shipped one under ``--out`` (the
+repository's registry is not touched). Results: a table on stdout and ``serving_step.md`` /
+``serving_step.json`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {  # hidden, heads, kv heads, head dim, intermediate
+    "llama3-8b": (4096, 32, 8, 128, 14336),
+    "tiny": (256, 8, 2, 32, 512),
+}
+EPS = 1e-5
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the model (child processes)
+# --------------------------------------------------------------------------------------------
+
+class Model:
+    """Seeded weights of ``layers`` decoder layers and their KV caches, and the step."""
+
+    def __init__(self, args, batch: int, device):
+        import torch
+
+        hidden, heads, kv_heads, head_dim, inter = MODELS[args.model]
+        self.dims = (hidden, heads, kv_heads, head_dim, inter)
+        self.batch, self.kv_len, self.device = batch, args.kv_len, device
+        g = torch.Generator(device=device).manual_seed(1234)
+        bf16 = torch.bfloat16
+
+        def weight(n, k):
+            return (torch.randn(n, k, generator=g, device=device, dtype=torch.float32) / k ** 0.5).to(bf16)
+
+        qkv = (heads + 2 * kv_heads) * head_dim
+        self.layers = []
+        tokens = batch * args.kv_len + batch  # every sequence's pages, plus the new token
+        for _ in range(args.layers):
+            self.layers.append({
+                "ln1": (1 + 0.1 * torch.randn(hidden, generator=g, device=device)).to(bf16),
+                "ln2": (1 + 0.1 * torch.randn(hidden, generator=g, device=device)).to(bf16),
+                "qkv": weight(qkv, hidden), "o": weight(hidden, heads * head_dim),
+                "gate_up": weight(2 * inter, hidden), "down": weight(hidden, inter),
+                "k": torch.randn(tokens, kv_heads, head_dim, generator=g, device=device).to(bf16),
+                "v": torch.randn(tokens, kv_heads, head_dim, generator=g, device=device).to(bf16),
+            })
+        self.final_norm = torch.ones(hidden, device=device, dtype=bf16)
+        # The page table: each sequence kv_len + 1 tokens (its new one last), pages in random order.
+        perm = torch.randperm(tokens, generator=torch.Generator().manual_seed(7)).to(torch.int32)
+        lens = [args.kv_len + 1] * batch
+        self.kv_indptr = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(batch)], dtype=torch.int32, device=device)
+        self.kv_indices = perm.to(device)
+        self.kv_last_page_len = torch.ones(batch, dtype=torch.int32, device=device)
+        self.out_cache_loc = self.kv_indices[self.kv_indptr[1:].long() - 1].long()  # each new token's slot
+        self.hidden = torch.randn(batch, hidden, generator=g, device=device).to(bf16)
+        import flashinfer
+
+        self.flashinfer = flashinfer
+        workspace = torch.empty(128 * 1024 * 1024 if device.type == "cuda" else 1024, dtype=torch.uint8, device=device)
+        # SGLang's CUDA-graph wrappers: fixed index buffers that plan() refills before each replay.
+        self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_cuda_graph=device.type == "cuda", paged_kv_indptr_buffer=self.kv_indptr,
+            paged_kv_indices_buffer=self.kv_indices, paged_kv_last_page_len_buffer=self.kv_last_page_len)
+        weight_bytes = sum(t.numel() * t.element_size() for L in self.layers
+                           for n, t in L.items() if n not in ("k", "v"))
+        kv_bytes = args.layers * 2 * sum(lens) * kv_heads * head_dim * 2
+        self.bytes = weight_bytes + kv_bytes
+
+    def plan(self):
+        import torch
+
+        _, heads, kv_heads, head_dim, _ = self.dims
+        self.wrapper.plan(self.kv_indptr, self.kv_indices, self.kv_last_page_len, heads, kv_heads, head_dim, 1,
+                          pos_encoding_mode="NONE", q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+
+    def step(self, hidden_in):
+        import torch.nn.functional as F
+
+        fi = self.flashinfer
+        hidden, heads, kv_heads, head_dim, _ = self.dims
+        b = self.batch
+        residual = hidden_in.clone()
+        h = fi.norm.rmsnorm(hidden_in, self.layers[0]["ln1"], EPS)
+        for i, L in enumerate(self.layers):
+            if i:
+                fi.norm.fused_add_rmsnorm(h, residual, L["ln1"], EPS)
+            qkv = F.linear(h, L["qkv"])
+            q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+            L["k"][self.out_cache_loc] = k.reshape(b, kv_heads, head_dim)
+            L["v"][self.out_cache_loc] = v.reshape(b, kv_heads, head_dim)
+            o = self.wrapper.run(q.reshape(b, heads, head_dim), (L["k"], L["v"]))
+            h = F.linear(o.reshape(b, heads * head_dim), L["o"])
+            fi.norm.fused_add_rmsnorm(h, residual, L["ln2"], EPS)
+            h = F.linear(fi.activation.silu_and_mul(F.linear(h, L["gate_up"])), L["down"])
+        fi.norm.fused_add_rmsnorm(h, residual, self.final_norm, EPS)
+        return h
+
+
+def copy_bandwidth(device) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write counted), 1 GiB buffers."""
+    import torch
+
+    n = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src, dst = torch.empty(n, dtype=torch.uint8, device=device), torch.empty(n, dtype=torch.uint8, device=device)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(10):
+        t = _timer(device)
+        dst.copy_(src)
+        times.append(t())
+    return 2 * n / sorted(times)[len(times) // 2]
+
+
+def _timer(device):
+    """Start a timer; calling the result returns the seconds elapsed (CUDA events on a GPU)."""
+    import torch
+
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+
+        def stop():
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return stop
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def child(args) -> int:
+    """Run the step at each batch size in this process's mode; print one JSON line."""
+    import torch
+
+    if args.flashinfer_path:
+        sys.path.insert(0, str(Path(args.flashinfer_path).resolve()))
+    if os.environ.get("FIBUILD_TRACE", "0") != "0" or os.environ.get("FIBUILD_APPLY", "0") != "0":
+        from fibuild.integrations.activation import active, start_from_env
+
+        if active() is None:  # no .pth hook installed (a checkout): do what it would do
+            start_from_env()
+    device = torch.device(args.device)
+    out_dir = Path(args.out)
+    results = {"mode": args.child, "batches": {}}
+    if args.child == "plain":
+        results["copy_bandwidth"] = copy_bandwidth(device)
+    torch.set_grad_enabled(False)
+    for batch in args.batch:
+        model = Model(args, batch, device)
+        model.plan()
+        x = model.hidden
+        out = model.step(x.clone())  # eager warm-up: every call shape seen before capture
+        run = lambda: model.step(x.clone())  # noqa: E731
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = model.step(x.clone())
+            run = graph.replay
+        times = []
+        for i in range(args.warmup + args.iters):
+            model.plan()  # once per step, outside the graph, as the engine does
+            t = _timer(device)
+            run()
+            if i >= args.warmup:
+                times.append(t())
+        # the KV caches received the same new tokens every step: the output is the same each time
+        model.plan()
+        result = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        else:
+            out = result
+        torch.save(out.float().cpu(), out_dir / f"out-{args.child}-b{batch}.pt")
+        median = sorted(times)[len(times) // 2]
+        results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes}
+        log(f"[{args.child}] batch {batch}: {median * 1e3:.3f} ms per step")
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if args.child != "plain":
+        from fibuild.integrations.activation import active
+
+        integration = active()
+        results["substituted"] = dict(integration.session.substituted) if integration else {}
+        from fibuild.integrations.activation import disable
+
+        disable()
+    print(json.dumps(results), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------------
+
+def _spawn(args, mode: str, env_extra: dict, workspace: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode] + _passthrough(args)
+    env = dict(os.environ, FIBUILD_ROOT=str(workspace), FIBUILD_TRACE="0", FIBUILD_APPLY="0")
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    log(f"== {mode}: {' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'no fibuild'}")
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=args.child_timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"serving_step: the {mode} run failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _passthrough(args) -> list[str]:
+    out = ["--device", args.device, "--layers", str(args.layers), "--model", args.model, "--kv-len", str(args.kv_len),
+           "--iters", str(args.iters), "--warmup", str(args.warmup), "--out", str(args.out),
+           "--batch", *map(str, args.batch)]
+    if args.flashinfer_path:
+        out += ["--flashinfer-path", str(Path(args.flashinfer_path).resolve())]
+    return out
+
+
+def _bench_traced(args, workspace: Path) -> list[str]:
+    """``fibuild bench`` on every definition the trace saw; returns their names."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + (
+        [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])), FIBUILD_TRACE="0", FIBUILD_APPLY="0")
+    report = subprocess.run([sys.executable, "-m", "fibuild", "--root", str(workspace), "trace", "report", "--json"],
+                            env=env, stdout=subprocess.PIPE, text=True, check=True, timeout=300)
+    names = sorted(json.loads(report.stdout)["definitions"])
+    log(f"== fibuild bench on the traced definitions: {', '.join(names)}")
+    cmd = [sys.executable, "-m", "fibuild", "--root", str(workspace), "bench", *names, "--device", args.device,
+           "--timeout", "120"]
+    if args.device == "cuda":
+        cmd.append("--graph")
+    try:
+        subprocess.run(cmd, env=env, timeout=args.bench_timeout, check=False)
+    except subprocess.TimeoutExpired:
+        log(f"fibuild bench stopped after {args.bench_timeout} s; the evaluations recorded so far count")
+    return names
+
+
+def _compare(out_dir: Path, mode: str, batch: int) -> tuple[float, float]:
+    """(max abs difference, relative L2 error) of ``mode``'s output against plain's."""
+    import torch
+
+    a = torch.load(out_dir / f"out-plain-b{batch}.pt")
+    b = torch.load(out_dir / f"out-{mode}-b{batch}.pt")
+    return float((a - b).abs().max()), float((a - b).norm() / a.norm().clamp_min(1e-30))
+
+
+def driver(args) -> int:
+    import platform
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workspace = out_dir / "workspace"
+    if not workspace.exists():
+        for part in ("defs", "solutions", "registry"):
+            shutil.copytree(REPO / part, workspace / part, ignore=shutil.ignore_patterns("__pycache__"))
+    t0 = time.time()
+    plain = _spawn(args, "plain", {}, workspace)
+    traced = _spawn(args, "trace", {"FIBUILD_TRACE": "1"}, workspace)
+    benched = [] if args.skip_bench else _bench_traced(args, workspace)
+    applied = _spawn(args, "apply", {"FIBUILD_APPLY": "1"}, workspace)
+    bandwidth = plain["copy_bandwidth"]
+    rows = []
+    for batch in args.batch:
+        key = str(batch)
+        p, t, a = (r["batches"][key]["step_s"] for r in (plain, traced, applied))
+        floor = plain["batches"][key]["bytes"] / bandwidth
+        trace_diff = _compare(out_dir, "trace", batch)
+        apply_diff = _compare(out_dir, "apply", batch)
+        ok = trace_diff[0] == 0.0 and apply_diff[1] <= args.rtol
+        rows.append({"batch": batch, "kv_len": args.kv_len, "plain_ms": p * 1e3, "traced_ms": t * 1e3,
+                     "applied_ms": a * 1e3, "speedup": p / a, "floor_ms": floor * 1e3,
+                     "applied_of_floor": floor / a, "traced_max_abs_diff": trace_diff[0],
+                     "applied_rel_l2": apply_diff[1], "applied_max_abs_diff": apply_diff[0], "agree": ok})
+    device = _device_name(args.device)
+    summary = {"device": device, "model": args.model, "layers": args.layers, "copy_bandwidth_gbs": bandwidth / 1e9,
+               "rows": rows, "benched": benched, "substituted": applied.get("substituted", {}),
+               "python": platform.python_version(), "seconds": time.time() - t0}
+    (out_dir / "serving_step.json").write_text(json.dumps(summary, indent=2))
+    md = _markdown(summary, args)
+    (out_dir / "serving_step.md").write_text(md)
+    print(md)
+    return 0 if all(r["agree"] for r in rows) else 1
+
+
+def _device_name(kind: str) -> str:
+    import torch
+
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return platform_cpu()
+
+
+def platform_cpu() -> str:
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def _markdown(s: dict, args) -> str:
+    lines = [f"# Decode step, {s['model']} shapes, {s['layers']} layers — {s['device']}", "",
+             f"Copy bandwidth measured in the same run: {s['copy_bandwidth_gbs']:.0f} GB/s. Floor = "
+             "(weights + KV bytes read) / that bandwidth. Step time: median of "
+             f"{args.iters} {'CUDA-graph replays' if args.device == 'cuda' else 'eager steps'}, "
+             "the decode wrapper planned before each.", "",
+             "| batch | KV len | plain ms | traced ms | applied ms | speedup | floor ms | applied % of floor | "
+             "traced = plain | applied rel. L2 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["rows"]:
+        lines.append(f"| {r['batch']} | {r['kv_len']} | {r['plain_ms']:.3f} | {r['traced_ms']:.3f} | "
+                     f"{r['applied_ms']:.3f} | {r['speedup']:.3f}× | {r['floor_ms']:.3f} | "
+                     f"{100 * r['applied_of_floor']:.0f} % | {'yes' if r['traced_max_abs_diff'] == 0 else 'NO'} | "
+                     f"{r['applied_rel_l2']:.1e}{'' if r['agree'] else ' (over tolerance)'} |")
+    subs = ", ".join(f"{k} ({v} keys)" for k, v in sorted(s["substituted"].items())) or "none (every call resolved " \
+        "to FlashInfer/cuBLAS itself or to the reference, so the original ran)"
+    lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}.",
+              f"Substituted when applied: {subs}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--model", choices=tuple(MODELS), default="llama3-8b")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64, 128])
+    p.add_argument("--kv-len", type=int, default=1024, help="tokens already in each sequence's cache")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rtol", type=float, default=2e-2, help="relative L2 tolerance of applied vs plain")
+    p.add_argument("--out", default="serving-step-results", help="folder for the results and the workspace copy")
+    p.add_argument("--flashinfer-path", help="folder to put first on sys.path (a stand-in flashinfer)")
+    p.add_argument("--skip-bench", action="store_true", help="do not run fibuild bench on the traced definitions")
+    p.add_argument("--bench-timeout", type=int, default=900)
+    p.add_argument("--child-timeout", type=int, default=900)
+    p.add_argument("--child", choices=("plain", "trace", "apply"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Turning the serving integration on and off: ``enable``, ``disable``, and the ``.pth`` start.
+
+``enable(trace=..., apply=..., root=...)`` patches the adapted APIs of modules already
+imported and, for the others, installs a :class:`PostImportFinder` that patches each module
+right after its first import (FlashInfer is never imported by fibuild). ``disable()`` flushes
+the trace and restores every patched attribute to the very object it held.
+
+The ``fibuild_integrations.pth`` file installed with fibuild runs :func:`start_from_env` at
+interpreter start only when ``FIBUILD_TRACE`` or ``FIBUILD_APPLY`` is set to something other
+than empty or ``0``; otherwise it costs one environment lookup and imports nothing.
+
+Patching is process-wide, so there is at most one active integration per process (held
+here); ``enable`` while one is active replaces it.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import importlib
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from fibuild.config import Settings
+from fibuild.errors import ConfigError
+
+from .patching import Patcher, PostImportFinder
+
+log = logging.getLogger("fibuild.integrations")
+
+_LOCK = threading.RLock()
+_ACTIVE: list["Integration"] = []  # zero or one
+
+
+class Integration:
+    """An enabled integration: its session, what it patched, and its import hook."""
+
+    def __init__(self, session, adapters):
+        self.session = session
+        self.adapters = adapters
+        self.patcher = Patcher()
+        self.patched: list[str] = []
+        self.finder: PostImportFinder | None = None
+
+    def patch_module(self, root: str) -> None:
+        """Patch every adapter whose API lives under the imported module ``root``."""
+        from .adapters.attention import WRAPPER_ADAPTERS, patch_wrapper_class
+        from .sites import patched_function
+
+        for adapter in self.adapters:
+            if adapter.root != root:
+                continue
+            try:
+                module = sys.modules.get(adapter.module) or importlib.import_module(adapter.module)
+            except ImportError as exc:
+                log.info("fibuild: %s not patched (%s)", adapter.api, exc)
+                continue
+            if isinstance(adapter, WRAPPER_ADAPTERS):
+                cls = getattr(module, adapter.attr, None)
+                if cls is not None and patch_wrapper_class(self, adapter, cls):
+                    self.patched.append(adapter.api)
+                continue
+            original = getattr(module, adapter.attr, None)
+            if original is None or hasattr(original, "fibuild_memo"):
+                continue
+            wrapper = patched_function(self.session, adapter, original)
+            self.patcher.replace(module, adapter.attr, wrapper)
+            self.patcher.replace_aliases(original, wrapper, (root,))
+            self.patched.append(adapter.api)
+
+    def flush(self) -> None:
+        if self.session.recorder is not None:
+            self.session.recorder.flush()
+
+    def close(self) -> None:
+        if self.finder is not None:
+            self.finder.uninstall()
+        self.patcher.restore()
+        self.flush()
+        try:
+            atexit.unregister(self.flush)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+#: module whose import triggers patching -> the adapters' module prefix it covers
+_ROOTS = ("flashinfer", "torch.nn.functional")
+
+
+def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None = None,
+           per_key: int = 2, flush_every: int = 64, policy: str = "nearest",
+           settings: Settings | None = None, adapters=None) -> Integration:
+    """Trace and/or substitute FlashInfer's adapted APIs and ``F.linear`` in this process.
+
+    ``root``: the workspace (default ``FIBUILD_ROOT``, else the usual discovery).
+    ``per_key``: traced workloads kept per shape bucket; ``flush_every``: records per write.
+    ``policy``: the resolution policy of the kernels (``fibuild.load``'s). ``adapters``:
+    instances to use instead of the built-in ones (tests). Raises ConfigError when neither
+    ``trace`` nor ``apply`` is set. Logs one line saying what was enabled and where.
+    """
+    from .adapters import default_adapters
+    from .session import Session
+
+    if not trace and not apply:
+        raise ConfigError("fibuild.enable(): set trace=True and/or apply=True")
+    settings = settings or Settings.from_env()
+    if root is not None:
+        settings = dataclasses.replace(settings, root=Path(root).expanduser().resolve())
+    with _LOCK:
+        disable()
+        session = Session(settings, trace=trace, apply=apply, per_key=per_key,
+                          flush_every=flush_every, policy=policy)
+        integration = Integration(session, list(adapters) if adapters is not None else default_adapters())
+        waiting = {}
+        for name in _ROOTS:
+            if name in sys.modules:
+                integration.patch_module(name)
+            else:
+                waiting[name] = lambda module, root=name: integration.patch_module(root)
+        if waiting:
+            integration.finder = PostImportFinder(waiting)
+            integration.finder.install()
+        if trace:
+            atexit.register(integration.flush)
+        _ACTIVE.append(integration)
+    what = "+".join(w for w, on in (("trace", trace), ("apply", apply)) if on)
+    log.warning("fibuild: serving integration enabled (%s) on workspace %s; patched now: %s%s", what,
+                session.workspace.root, ", ".join(integration.patched) or "nothing",
+                f"; patching on import: {', '.join(waiting)}" if waiting else "")
+    return integration
+
+
+def disable() -> None:
+    """Flush the trace and restore every patched object; a no-op when nothing is enabled."""
+    with _LOCK:
+        while _ACTIVE:
+            _ACTIVE.pop().close()
+
+
+def active() -> Integration | None:
+    """The enabled integration, or None."""
+    return _ACTIVE[0] if _ACTIVE else None
+
+
+def start_from_env(env: Any = None) -> Integration | None:
+    """Enable from ``FIBUILD_TRACE`` / ``FIBUILD_APPLY`` (and ``FIBUILD_ROOT``); the ``.pth``
+    hook's entry point. Never raises: a bad setting is logged and nothing is patched."""
+    try:
+        settings = Settings.from_env(env)
+        if not settings.trace and not settings.apply:
+            return None
+        return enable(trace=settings.trace, apply=settings.apply, settings=settings)
+    except ConfigError as exc:
+        print(f"fibuild: serving integration not enabled: {exc}", file=sys.stderr)
+    except Exception:  # noqa: BLE001 - interpreter start must never fail because of fibuild
+        log.exception("fibuild: serving integration not enabled")
+    return None

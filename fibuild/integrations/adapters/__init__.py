@@ -1,0 +1,11 @@
+"""The adapters fibuild ships: FlashInfer's norms, activation and attention wrappers, and
+``torch.nn.functional.linear``."""
+from __future__ import annotations
+
+
+def default_adapters() -> list:
+    """One instance of every built-in adapter (cheap: no imports beyond fibuild's)."""
+    from .attention import PagedDecode, PagedPrefill, RaggedPrefill
+    from .functions import FUNCTION_ADAPTERS
+
+    return [cls() for cls in FUNCTION_ADAPTERS] + [PagedDecode(), PagedPrefill(), RaggedPrefill()]

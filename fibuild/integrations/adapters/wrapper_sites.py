@@ -1,0 +1,154 @@
+"""The patched ``plan`` and ``run`` of FlashInfer's attention wrappers.
+
+``plan``: the original plan, then the :class:`PlanContext` (and, when the trace wants this
+bucket, host copies of the index tensors for its blob: plan runs outside graph capture and
+syncs anyway). ``run``: the context's memo, keyed by the call form (q shape and dtype,
+keywords), holds the handler: the original ``run``, a counter around it, or the substitute,
+which per call only unpacks the KV cache into views, checks contiguity and shapes, and calls
+the Kernel with the inputs fixed at decision time. Per call on a seen form: one weak-dict
+lookup, one tuple key, one dict lookup.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from fibuild.errors import InputError
+
+from .attention import PlanContext, WrapperAdapter
+
+log = logging.getLogger("fibuild.integrations")
+
+
+def patched_plan(session, adapter: WrapperAdapter, plan: Callable, contexts) -> Callable:
+    def fibuild_plan(self, *args, **kwargs):
+        result = plan(self, *args, **kwargs)
+        try:
+            ctx = adapter.plan_context(self, args, kwargs)
+            if ctx.reason is None and session.recorder is not None:
+                _prepare_blobs(session, adapter, ctx, kwargs)
+        except Exception as exc:  # noqa: BLE001 - never break the engine's plan
+            ctx = PlanContext()
+            ctx.reason = f"adapter error in plan: {type(exc).__name__}: {exc}"
+            log.warning("fibuild: %s: %s", adapter.api, ctx.reason)
+        contexts[self] = ctx
+        return result
+
+    return fibuild_plan
+
+
+def _prepare_blobs(session, adapter, ctx: PlanContext, kwargs) -> None:
+    """Copy the index tensors to the host when the trace still wants this bucket."""
+    from fibuild.spec.templates import definition_name
+
+    dtype = _dtype_name(kwargs.get("q_data_type", kwargs.get("data_type")))
+    name = definition_name(adapter.op, {**ctx.consts, "dtype": dtype})
+    if session.recorder.wants(name, ctx.counts, adapter.bucket_of):
+        ctx.blobs = {k: t.to("cpu").clone() for k, t in ctx.tensors.items()}
+
+
+def _dtype_name(value) -> str:
+    text = str(value).removeprefix("torch.") if value is not None else "float16"
+    return {"half": "float16", "float": "float32"}.get(text, text)
+
+
+def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts) -> Callable:
+    def decide(inst, ctx: PlanContext, args, kwargs) -> Callable:
+        if ctx.reason is not None:
+            return session.unmapped_handler(adapter, run, ctx.reason)
+
+        def prepare():
+            call, inputs = adapter.run_call(inst, ctx, args, kwargs)
+            record = None
+            if ctx.blobs is not None and not ctx.recorded:
+                ctx.recorded = True
+                record = ({"sm_scale": {"type": "scalar", "value": float(inputs[-1])}}, ctx.blobs,
+                          adapter.bucket_of)
+            return adapter.template_params(call), inputs, record
+
+        return session.decide(adapter, run, lambda kernel, defn, inputs: substitute(
+            session, adapter, run, ctx, kernel, defn, inputs, bool(kwargs.get("return_lse", False))), prepare)
+
+    def fibuild_run(self, *args, **kwargs):
+        ctx = contexts.get(self)
+        if ctx is None:
+            return run(self, *args, **kwargs)
+        try:
+            q = args[0]
+            key = (len(args), tuple(kwargs.items()) if kwargs else (), q.shape, q.dtype)
+            handler = ctx.memo[key]
+        except KeyError:
+            handler = ctx.memo[key] = decide(self, ctx, args, kwargs)
+        except Exception:  # noqa: BLE001 - a form the key cannot read: the original decides
+            return run(self, *args, **kwargs)
+        return handler(self, *args, **kwargs)
+
+    return fibuild_run
+
+
+def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext, kernel, defn,
+               inputs: tuple, want_lse: bool) -> Callable:
+    """The run handler calling ``kernel`` with the plan's index tensors (``inputs[3:]``)."""
+    from ..sites import ran_a_solution
+
+    guard = session.guard
+    tail = inputs[3:]
+    k0 = inputs[1]
+    cache_shape = tuple(k0.shape[1:])
+    paged = adapter.paged
+    rows = k0.shape[0]
+    settled: list[bool | None] = [None]
+    planned: list[bool | None] = [None]  # whether the solution is a plan/run one (known once loaded)
+
+    def fibuild_run_substitute(inst, *args, **kwargs):
+        if settled[0] is False or getattr(guard, "active", False):
+            return run(inst, *args, **kwargs)
+        if planned[0] is not False and _capturing():
+            # A plan/run solution captured in a graph would replay the plan of capture time
+            # after the engine re-plans new contents into the same buffers (FlashInfer's
+            # CUDA-graph wrapper refreshes its plan in place; fibuild plans are new objects):
+            # the original is captured instead. Unknown (not loaded yet) counts as planned.
+            return run(inst, *args, **kwargs)
+        q = args[0]
+        if paged:
+            k, v = args[1]
+            if k.dim() == 3:
+                k, v = k.unsqueeze(1), v.unsqueeze(1)
+        else:
+            k, v = args[1][:rows], args[2][:rows]
+        if tuple(k.shape[1:]) != cache_shape or v.shape != k.shape or not (
+                q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+            return run(inst, *args, **kwargs)
+        guard.active = True
+        try:
+            out, lse = kernel(q, k, v, *tail)
+        except InputError:  # raised before anything ran: the original takes the call
+            return run(inst, *args, **kwargs)
+        finally:
+            guard.active = False
+        if settled[0] is None:
+            settled[0] = ran_a_solution(adapter, kernel, defn, (q, k, v, *tail))
+            entry = kernel.entry(defn.apply_key(_axes(defn, (q, k, v, *tail))))
+            planned[0] = hasattr(entry, "plan_for")
+        return (out, lse) if want_lse else out
+
+    return fibuild_run_substitute
+
+
+def _axes(defn, inputs):
+    from ..session import var_axes
+
+    return var_axes(defn, inputs)
+
+
+def _capturing() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def context_of(wrapper_instance) -> Any:
+    """The PlanContext of a wrapper instance's last plan (None before any plan); for tests."""
+    run = type(wrapper_instance).run
+    contexts = getattr(run, "fibuild_contexts", None)
+    return contexts.get(wrapper_instance) if contexts is not None else None

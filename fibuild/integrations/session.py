@@ -1,0 +1,220 @@
+"""One enabled integration: its workspace, kernels, recorder, and the per-call decisions.
+
+A :class:`Session` decides, once per distinct call shape (the adapter's fast key), what a
+patched API does: call the original (unmapped, or fibuild resolves to the reference or to
+the API itself), or run the definition's resolved solution through ``fibuild.load``
+(one Kernel per definition, cached). When tracing, the first calls of each shape are
+recorded and every call is counted. Decisions are memoized by the patched function; this
+module is only on the first call of a shape.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+from typing import Any, Callable
+
+from fibuild.config import Settings
+from fibuild.errors import FibuildError
+
+from .adapters.base import Adapter, Unmapped
+
+log = logging.getLogger("fibuild.integrations")
+
+
+class Session:
+    """State of one ``enable()``; see the module docstring. Thread-safe."""
+
+    def __init__(self, settings: Settings, *, trace: bool, apply: bool, per_key: int = 2,
+                 flush_every: int = 64, policy: str = "nearest"):
+        from fibuild.registry import Registry
+        from fibuild.spec.workspace import Workspace
+
+        from .tracing import TraceRecorder
+
+        self.settings = settings
+        self.trace = trace
+        self.apply = apply
+        self.policy = policy
+        self.workspace = Workspace.discover(settings)
+        self.recorder = (TraceRecorder(Registry(self.workspace.registry_dir), per_key=per_key,
+                                       flush_every=flush_every) if trace else None)
+        self.guard = threading.local()  # .active while a substituted solution runs
+        self._lock = threading.RLock()
+        self._definitions: dict[str, Any] = {}  # name -> Definition | Unmapped
+        self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
+        self.substituted: dict[str, int] = {}   # definition -> keys sent to a fibuild solution
+
+    # -- definitions and kernels -----------------------------------------------------------
+    def definition(self, adapter: Adapter, name: str, params: dict[str, Any]):
+        """The workspace's definition ``name``, checked against the call's constants; made from
+        the op template when tracing and it does not exist. Raises Unmapped."""
+        with self._lock:
+            found = self._definitions.get(name)
+            if found is None:
+                found = self._definitions[name] = self._find_definition(adapter, name, params)
+        if isinstance(found, Unmapped):
+            raise found
+        mismatch = _mismatch(found, adapter.op, params)
+        if mismatch:
+            raise Unmapped(f"definition {name} differs from the call: {mismatch}")
+        return found
+
+    def _find_definition(self, adapter: Adapter, name: str, params: dict[str, Any]):
+        from fibuild.spec.templates import definition_document, write_definition
+        from fibuild.spec.workspace import Workspace
+
+        try:
+            return self.workspace.definition(name)
+        except FibuildError as exc:
+            if not self.trace or not str(exc).startswith("unknown definition"):
+                return Unmapped(f"definition {name}: {str(exc).splitlines()[0]}")
+        try:
+            path = write_definition(self.workspace.defs_dir, definition_document(adapter.op, params))
+        except FibuildError as exc:
+            return Unmapped(f"definition {name} cannot be made from the {adapter.op} template: {exc}")
+        log.info("fibuild: made definition %s from a traced %s call (%s)", name, adapter.api, path)
+        self.workspace = Workspace(self.workspace.root)  # see the new file
+        return self.workspace.definition(name)
+
+    def kernel(self, name: str):
+        """``fibuild.load(name)`` for this session (cached); raises Unmapped if it cannot load."""
+        with self._lock:
+            found = self._kernels.get(name)
+            if found is None:
+                from fibuild.runtime.api import load
+
+                try:
+                    found = load(name, policy=self.policy, settings=self.settings)
+                except FibuildError as exc:
+                    found = Unmapped(f"fibuild.load({name!r}) failed: {str(exc).splitlines()[0]}")
+                self._kernels[name] = found
+        if isinstance(found, Unmapped):
+            raise found
+        return found
+
+    # -- decisions -------------------------------------------------------------------------
+    def decide(self, adapter: Adapter, original: Callable, substitute: Callable[[Any, Any, tuple], Callable],
+               prepare: Callable[[], tuple]) -> Callable:
+        """The handler for calls of one fast key.
+
+        ``prepare()`` returns ``(template params, definition inputs, record)``: ``record`` is
+        ``(input specs, blobs, bucket)`` for the trace, or None to record nothing.
+        ``substitute(kernel, definition, inputs)`` builds the handler that runs the kernel.
+        Tracing records the call (first ``per_key`` per bucket) and wraps the handler in a
+        counter. Never raises for a call it cannot take: that call gets ``original``.
+        """
+        from fibuild.spec.templates import definition_name
+
+        from .tracing import axes_bucket
+
+        handler = original
+        try:
+            params, inputs, record = prepare()
+            name = definition_name(adapter.op, params)
+            defn = self.definition(adapter, name, params)
+            axes = var_axes(defn, inputs)
+            if self.recorder is not None and record is not None:
+                specs, blobs, bucket = record
+                self.recorder.add(name, axes, specs, blobs, bucket or axes_bucket)
+            if self.apply:
+                handler = self.choose(adapter, name, defn, axes, original,
+                                      lambda kernel, d: substitute(kernel, d, inputs))
+        except Unmapped as exc:
+            return self.unmapped_handler(adapter, original, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - never break the caller for fibuild's sake
+            reason = f"adapter error: {type(exc).__name__}: {exc}"
+            log.warning("fibuild: %s: %s; calling the original", adapter.api, reason)
+            return self.unmapped_handler(adapter, original, reason)
+        if self.recorder is None:
+            return handler
+        return counted(handler, self.recorder.counter(name, adapter.op, axes))
+
+    def unmapped_handler(self, adapter: Adapter, original: Callable, reason: str) -> Callable:
+        """``original``, counted under ``reason`` when tracing."""
+        log.debug("fibuild: %s not taken: %s", adapter.api, reason)
+        if self.recorder is None:
+            return original
+        return counted(original, self.recorder.counter(None, adapter.op, reason=reason))
+
+    def choose(self, adapter: Adapter, name: str, defn, axes: dict[str, int], original: Callable,
+               substitute: Callable[[Any, Any], Callable]) -> Callable:
+        """``original`` unless the kernel of ``name`` resolves ``axes`` to a solution that is
+        not the API itself; then the substitute handler."""
+        kernel = self.kernel(name)
+        resolution = kernel.resolution(defn.apply_key(axes))
+        sol = resolution.solution
+        if sol is None or adapter.is_original(sol):
+            return original
+        with self._lock:
+            self.substituted[name] = self.substituted.get(name, 0) + 1
+        return substitute(kernel, defn)
+
+
+def counted(handler: Callable, cell: list[int]) -> Callable:
+    def handler_counted(*args, **kwargs):
+        cell[0] += 1
+        return handler(*args, **kwargs)
+
+    return handler_counted
+
+
+def var_axes(defn, inputs: tuple) -> dict[str, int]:
+    """Var-axis values read off ``inputs`` (definition order). Raises Unmapped when an input
+    does not have the rank the definition declares."""
+    out: dict[str, int] = {}
+    for spec, value in zip(defn.inputs, inputs):
+        if spec.shape is None:
+            continue
+        shape = getattr(value, "shape", None)
+        if shape is None or len(shape) != len(spec.shape):
+            raise Unmapped(f"input {spec.name} does not have the definition's rank {len(spec.shape)}")
+        for axis, size in zip(spec.shape, shape):
+            kind = defn.axes[axis]
+            if kind.kind == "const" and kind.value != size:
+                raise Unmapped(f"{spec.name}: axis {axis} is {size}, the definition fixes {kind.value}")
+            if kind.kind == "var" and out.setdefault(axis, int(size)) != int(size):
+                raise Unmapped(f"axis {axis} is {out[axis]} and {size} in one call")
+    return out
+
+
+def _mismatch(defn, op: str, params: dict[str, Any]) -> str:
+    """What makes ``defn`` a different operator than the template would make for ``params``
+    ("" when none): dtypes, input/output names and shapes, const axes, EPS."""
+    from fibuild.spec.templates import definition_document
+
+    doc = definition_document(op, params)
+    want_in = [(n, tuple(s["shape"] or ()), s["dtype"]) for n, s in doc["inputs"].items()]
+    have_in = [(s.name, tuple(s.shape or ()), s.dtype) for s in defn.inputs]
+    if want_in != have_in:
+        return f"inputs {have_in} (the call needs {want_in})"
+    want_out = [(n, s["dtype"]) for n, s in doc["outputs"].items()]
+    have_out = [(s.name, s.dtype) for s in defn.outputs]
+    if want_out != have_out:
+        return f"outputs {have_out} (the call needs {want_out})"
+    consts = {n: a["value"] for n, a in doc["axes"].items() if a["type"] == "const"}
+    if defn.const_axes != consts:
+        return f"const axes {defn.const_axes} (the call needs {consts})"
+    if "eps" in params:
+        eps = reference_constant(defn.reference, "EPS")
+        if eps is None:
+            return "its reference declares no EPS constant to compare the call's eps with"
+        if float(eps) != float(params["eps"]):
+            return f"EPS {eps} (the call passes eps={params['eps']})"
+    return ""
+
+
+def reference_constant(source: str, name: str) -> Any:
+    """The value of a top-level ``NAME = <number>`` in reference source (parsed, not run)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                return None
+    return None

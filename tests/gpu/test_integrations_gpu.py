@@ -1,0 +1,155 @@
+"""The serving integration with the real flashinfer-python on a GPU: each adapted call returns
+what the original returns (in-place effects included) and really runs the resolved solution,
+also inside a captured CUDA graph."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+flashinfer = pytest.importorskip("flashinfer")
+
+import fibuild  # noqa: E402
+from fibuild.config import Settings  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "integrations"))
+from integration_helpers import SmallWorkspace  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+BF16 = torch.bfloat16
+LLAMA = {
+    "rmsnorm_h4096": ("rmsnorm", {"hidden_size": 4096, "dtype": "bfloat16", "eps": 1e-5}),
+    "fused_add_rmsnorm_h4096": ("fused_add_rmsnorm", {"hidden_size": 4096, "dtype": "bfloat16", "eps": 1e-5}),
+    "silu_and_mul_i14336": ("silu_and_mul", {"intermediate_size": 14336, "dtype": "bfloat16"}),
+    "gemm_n6144_k4096_bf16": ("gemm", {"n": 6144, "k": 4096, "dtype": "bfloat16"}),
+    "gqa_paged_decode_h32_kv8_d128_ps1": ("gqa_paged_decode", {"num_qo_heads": 32, "num_kv_heads": 8,
+                                                               "head_dim": 128, "page_size": 1, "dtype": "bfloat16"}),
+}
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    import integration_helpers
+
+    monkeypatch.setattr(integration_helpers, "SMALL", LLAMA)
+    w = SmallWorkspace.create(tmp_path)
+    w.settings = Settings.from_env({"FIBUILD_ROOT": str(w.root), "FIBUILD_CACHE_DIR": str(tmp_path / "cache"),
+                                    "FIBUILD_DEVICE": "cuda"})
+    yield w
+    fibuild.disable()
+
+
+def _record_cuda(ws, name, axes):
+    from fibuild.compile.keys import solution_digest
+    from fibuild.devices import device_slug
+    from fibuild.registry import Registry
+    from fibuild.spec.model import Evaluation, LatencyStats
+    from fibuild.spec.workspace import Workspace
+
+    w = Workspace(ws.root)
+    defn, sol = w.definition(name), w.solution("counted", name)
+    Registry(w.registry_dir).append(Evaluation(
+        definition=name, solution="counted", solution_digest=solution_digest(defn, sol), build_key="",
+        workload_uuid=f"{name}-gpu", axes=axes, status="PASSED", device=device_slug("cuda"),
+        latency=LatencyStats(1.0, 1.0, 1.0, 1.0, 1), timestamp="2026-01-01T00:00:00Z"))
+
+
+def _calls(name):
+    from fibuild.integrations.activation import active
+
+    return active().session.kernel(name)
+
+
+def _close(a, b, tol=2e-2):
+    torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+def test_norms_silu_and_linear_substituted_match_flashinfer(ws):
+    for name, axes in (("rmsnorm_h4096", {"batch_size": 8}), ("fused_add_rmsnorm_h4096", {"batch_size": 8}),
+                       ("silu_and_mul_i14336", {"num_tokens": 8}), ("gemm_n6144_k4096_bf16", {"M": 8})):
+        ws.add_counted_solution(name)
+        _record_cuda(ws, name, axes)
+    x = torch.randn(8, 4096, dtype=BF16, device="cuda")
+    r = torch.randn(8, 4096, dtype=BF16, device="cuda")
+    w = torch.rand(4096, dtype=BF16, device="cuda")
+    g = torch.randn(8, 28672, dtype=BF16, device="cuda")
+    b = torch.randn(6144, 4096, dtype=BF16, device="cuda") / 64
+    want = [flashinfer.norm.rmsnorm(x, w, 1e-5), flashinfer.activation.silu_and_mul(g),
+            torch.nn.functional.linear(x, b)]
+    xo, ro = x.clone(), r.clone()
+    flashinfer.norm.fused_add_rmsnorm(xo, ro, w, 1e-5)
+    fibuild.enable(apply=True, settings=ws.settings)
+    got = [flashinfer.norm.rmsnorm(x, w, 1e-5), flashinfer.activation.silu_and_mul(g), torch.nn.functional.linear(x, b)]
+    xs, rs = x.clone(), r.clone()
+    assert flashinfer.norm.fused_add_rmsnorm(xs, rs, w, 1e-5) is None
+    for a, e in zip(got, want):
+        _close(a, e, 5e-2)
+    _close(xs, xo)
+    _close(rs, ro)
+    for name in ("rmsnorm_h4096", "fused_add_rmsnorm_h4096", "silu_and_mul_i14336", "gemm_n6144_k4096_bf16"):
+        kernel = _calls(name)
+        key = kernel.keys[0]
+        assert len(kernel.entry(key).__globals__["CALLS"]) == 1, name
+
+
+def _decode_inputs(batch=4, kv_len=300, pages=4096):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    indptr = torch.arange(0, (batch + 1) * kv_len, kv_len, dtype=torch.int32, device="cuda")
+    indices = torch.randperm(pages, device="cuda", generator=g)[:batch * kv_len].to(torch.int32)
+    k = torch.randn(pages, 8, 128, dtype=BF16, device="cuda", generator=g)
+    v = torch.randn(pages, 8, 128, dtype=BF16, device="cuda", generator=g)
+    q = torch.randn(batch, 32, 128, dtype=BF16, device="cuda", generator=g)
+    return q, k, v, indptr, indices, torch.ones(batch, dtype=torch.int32, device="cuda")
+
+
+def test_decode_wrapper_substituted_matches_flashinfer(ws):
+    name = "gqa_paged_decode_h32_kv8_d128_ps1"
+    q, k, v, indptr, indices, last = _decode_inputs()
+    ws.add_counted_solution(name)
+    _record_cuda(ws, name, {"batch_size": 4, "num_pages": 4096, "len_indptr": 5, "num_kv_indices": 1200})
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
+    wrapper.plan(indptr, indices, last, 32, 8, 128, 1, q_data_type=BF16, kv_data_type=BF16)
+    want, want_lse = wrapper.run(q, (k, v), return_lse=True)
+    fibuild.enable(apply=True, settings=ws.settings)
+    wrapper.plan(indptr, indices, last, 32, 8, 128, 1, q_data_type=BF16, kv_data_type=BF16)
+    got, lse = wrapper.run(q, (k, v), return_lse=True)
+    _close(got, want)
+    _close(lse, want_lse)
+    kernel = _calls(name)
+    assert len(kernel.entry(kernel.keys[0]).__globals__["CALLS"]) == 1
+
+
+def test_substitution_inside_a_captured_cuda_graph(ws):
+    ws.add_counted_solution("rmsnorm_h4096")
+    _record_cuda(ws, "rmsnorm_h4096", {"batch_size": 16})
+    # a capturable solution: the counted one is Python + torch, fine in a graph
+    fibuild.enable(apply=True, settings=ws.settings)
+    x = torch.randn(16, 4096, dtype=BF16, device="cuda")
+    w = torch.rand(4096, dtype=BF16, device="cuda")
+    flashinfer.norm.rmsnorm(x, w, 1e-5)   # warm-up: the decision is made before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = flashinfer.norm.rmsnorm(x, w, 1e-5)
+    calls = _calls("rmsnorm_h4096").entry((16,)).__globals__["CALLS"]
+    n = len(calls)
+    x.copy_(torch.randn(16, 4096, dtype=BF16, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert len(calls) == n   # replay runs no Python
+    fibuild.disable()
+    _close(y, flashinfer.norm.rmsnorm(x, w, 1e-5))
+
+
+@pytest.mark.slow
+def test_serving_step_end_to_end_small(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "serving_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--layers", "2", "--batch", "1", "16", "--kv-len", "256",
+                           "--iters", "5", "--out", str(tmp_path / "out"), "--bench-timeout", "300"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| 16 | 256 |" in proc.stdout

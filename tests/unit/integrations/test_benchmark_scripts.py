@@ -1,0 +1,46 @@
+"""The two benchmark scripts run end to end on the CPU with the stand-in flashinfer."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from integration_helpers import STUB_DIR
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIBUILD_")}
+    env.update(PYTHONPATH=os.pathsep.join(sys.path), FIBUILD_CACHE_DIR=str(tmp_path / "cache"))
+    return env
+
+
+@pytest.mark.slow
+def test_serving_step_smoke_traces_benches_and_applies(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serving_step.py"), "--device", "cpu",
+                           "--model", "tiny", "--layers", "2", "--batch", "1", "3", "--kv-len", "8", "--iters", "2",
+                           "--warmup", "1", "--flashinfer-path", str(STUB_DIR), "--out", str(out)],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "serving_step.json").read_text())
+    assert [r["batch"] for r in summary["rows"]] == [1, 3]
+    assert all(r["traced_max_abs_diff"] == 0 and r["agree"] for r in summary["rows"])
+    assert "gqa_paged_decode_h8_kv2_d32_ps1" in summary["benched"]
+    assert (out / "workspace" / "registry" / "gqa_paged_decode_h8_kv2_d32_ps1" / "workloads.jsonl").is_file()
+    assert "| 3 | 8 |" in (out / "serving_step.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_integration_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_integration.py"), "--device", "cpu",
+                           "--small", "--calls", "200", "--rounds", "1", "--flashinfer-path", str(STUB_DIR),
+                           "--out", str(tmp_path)], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench_integration.json").read_text())["rows"]
+    assert [r["api"] for r in rows][-1] == "torch.nn.functional.linear"
+    assert all("trace added_us" in r for r in rows)
