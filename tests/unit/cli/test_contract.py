@@ -56,6 +56,7 @@ def test_init_makes_a_workspace_and_an_empty_one_fails_validate_saying_where(tmp
 @pytest.mark.parametrize("command", [
     ["validate"], ["build", "toy_double/torch"], ["info", "toy_double/torch"], ["gc", "--dry-run"],
     ["bench", "toy_double", "--dry-run", "--device", "cpu"], ["resolve", "toy_double", "--axes", "n=4"],
+    ["trace", "report"],
 ], ids=lambda c: c[0])
 def test_root_and_json_are_accepted_before_and_after_the_command(ws, capsys, command):
     outputs = []
