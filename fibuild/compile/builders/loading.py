@@ -5,7 +5,6 @@ the ninja writer (nor ``subprocess``): a warm start pays only for the load itsel
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -24,11 +23,6 @@ def load_native(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
                          f"{type(exc).__name__}: {exc}", solution=meta["solution"], build_dir=build_dir) from exc
 
 
-def pin_triton_cache(cache_dir: Path) -> str:
-    """Set TRITON_CACHE_DIR to ``cache_dir/triton`` if unset; return the value in effect."""
-    return os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
-
-
 def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
     """The entry function; for a plan/run solution (``meta["plan_symbol"]``) a
     :class:`~fibuild.compile.plans.PlannedEntry` joining its plan and run."""
@@ -43,14 +37,8 @@ def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
     return PlannedEntry(entry, plan, meta["plan_inputs"], name=meta["solution"])
 
 
-def load_triton(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
-    # build_dir is <cache>/builds/<xx>/<dir>: the cache root is three levels up.
-    pin_triton_cache(build_dir.parents[2])
-    return load_python(build_dir, meta)
-
-
 LOADERS: dict[str, Callable[[Path, Mapping[str, Any]], Callable]] = {
-    "cpp": load_native, "cuda": load_native, "python": load_python, "triton": load_triton,
+    "cpp": load_native, "cuda": load_native, "python": load_python, "triton": load_python,
 }
 
 

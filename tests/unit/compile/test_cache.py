@@ -121,7 +121,7 @@ def test_unknown_language_and_missing_function(ws, make_settings, pair):
         BuildCache(make_settings()).get_or_build(defn, missing)
 
 
-def test_triton_build_pins_cache_and_runs_interpreted(ws, make_settings, pair, tmp_path):
+def test_triton_build_runs_interpreted_and_leaves_the_environment(ws, make_settings, pair, tmp_path):
     defn, sol = pair(ws, "add_one_f32/triton_add")
     settings = make_settings()
     built_dir = BuildCache(settings).get_or_build(defn, sol).build_dir
@@ -133,10 +133,10 @@ def test_triton_build_pins_cache_and_runs_interpreted(ws, make_settings, pair, t
         "from fibuild.compile.cache import load_committed\n"
         f"f = load_committed({str(built_dir)!r})\n"
         "x = torch.arange(3000, dtype=torch.float32); y = torch.empty_like(x); f(x, y)\n"
-        "print(torch.equal(y, x + 1), os.environ['TRITON_CACHE_DIR'])\n")
+        "print(torch.equal(y, x + 1), os.environ.get('TRITON_CACHE_DIR', '-'))\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", str(settings.cache_dir / "triton")]
+    assert out.stdout.split() == ["True", "-"]
 
 
 def test_load_committed_rejects_uncommitted(tmp_path):
