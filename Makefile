@@ -7,7 +7,7 @@ AXES ?= batch_size=32
 # `make table DEVICE=<slug>` for another, e.g. the slug `fibuild bench` printed).
 DEVICE ?= nvidia-h100-80gb-hbm3-sm90
 
-.PHONY: install test test-gpu validate build-all bench table resolve demo clean-cache benchmarks
+.PHONY: install test test-gpu lint validate build-all bench table resolve demo clean-cache benchmarks
 
 install:  ## install fibuild and its dependencies (CPU torch where none is installed)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -18,6 +18,9 @@ test:  ## the test suite (GPU tests skip without a GPU)
 
 test-gpu:  ## only the GPU tests (run on a GPU machine)
 	$(PYTHON) -m pytest -q -m gpu
+
+lint:  ## ruff over the package, the tests and the examples (as CI runs it)
+	$(PYTHON) -m ruff check fibuild tests examples setup.py .ci
 
 validate:  ## validate every manifest of the workspace
 	$(FIBUILD) validate

@@ -181,7 +181,6 @@ class Worker(SolutionLoader):
         """The reference's inputs/outputs (and its latency) for ``workload``, computed once."""
         from .checks import reference_outputs
         from .inputs import clone_inputs
-        from .plans import prepare_plans
         from .timing import time_calls
 
         key = (defn.name, workload.uuid)

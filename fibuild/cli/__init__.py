@@ -1,17 +1,21 @@
-"""The ``fibuild`` command: subcommands live one per module in this package.
+"""The ``fibuild`` command: subcommands live in the modules of this package.
 
-Each module ``fibuild.cli.<name>`` defines ``add_arguments(parser)`` and
-``run(args, settings) -> int``; modules are imported only when their subcommand runs.
-User errors (FibuildError) print without a traceback and exit 1.
+Each module ``fibuild.cli.<module>`` defines ``add_<command>_arguments(parser)`` and
+``run_<command>(args, settings) -> int``; a module is imported only when its subcommand
+runs. ``--root`` and ``--json`` are accepted before or after the subcommand. User errors
+(FibuildError) print without a traceback and exit 1 (with ``--json``, ``{"ok": false,
+"error": ...}`` on stdout too); a closed stdout (``| head -1``) exits 141 quietly.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMANDS = {
+    "init": ("init", "Create an empty workspace (defs/, solutions/, registry/)."),
     "validate": ("validate", "Validate manifests (all, or the given files)."),
     "build": ("build", "Build solutions into the content-addressed cache."),
     "info": ("build", "Show a solution's build key, key inputs and build status."),
@@ -39,18 +43,30 @@ def _chosen_command(argv: list[str]) -> str | None:
     return None
 
 
+def common_options(after_command: bool = False) -> argparse.ArgumentParser:
+    """``--root`` and ``--json``. After the subcommand their defaults are SUPPRESS, so a
+    value given before it is not overwritten."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS if after_command else None,
+                        help="workspace root (default: FIBUILD_ROOT, else the nearest ancestor holding "
+                             "defs/, else the shipped library)")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if after_command else False,
+                        help="print one JSON document on stdout instead of text")
+    return parser
+
+
 def _parser(chosen: str | None) -> argparse.ArgumentParser:
     """The argument parser; only the chosen subcommand's module is imported."""
     from fibuild import __version__
 
-    parser = argparse.ArgumentParser(prog="fibuild", description="Build, benchmark and dispatch GPU kernels.")
+    parser = argparse.ArgumentParser(prog="fibuild", description="Build, benchmark and dispatch GPU kernels.",
+                                     parents=[common_options()])
     parser.add_argument("--version", action="version", version=f"fibuild {__version__}")
-    parser.add_argument("--root", help="workspace root (default: FIBUILD_ROOT, else the nearest "
-                        "ancestor holding defs/, else the shipped workspace)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    after = common_options(after_command=True)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[after])
         if name == chosen:
             mod = importlib.import_module(f"fibuild.cli.{module}")
             getattr(mod, f"add_{name}_arguments")(p)
@@ -73,10 +89,28 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
                             format="%(levelname)s %(name)s: %(message)s")
         mod = importlib.import_module(f"fibuild.cli.{args._module}")
-        return int(getattr(mod, args._run)(args, settings) or 0)
+        code = int(getattr(mod, args._run)(args, settings) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler, not at exit
+        return code
     except FibuildError as exc:
+        if args.json:
+            from fibuild.cli.common import print_json
+
+            print_json({"ok": False, "error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141  # as a program killed by SIGPIPE: the reader stopped, nothing is wrong here
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file (tests capture it): nothing will flush at exit

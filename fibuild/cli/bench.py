@@ -7,8 +7,9 @@ torch and rich are imported when a subcommand runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from fibuild.cli.common import console, print_json
 
 
 def _positive_float(text: str) -> float:
@@ -41,23 +42,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _device(text: str) -> str:
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
-    return text
-
-
-def _console(stderr: bool = False):
-    """A rich Console; when not a terminal, wide enough that names are never folded."""
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=200)
-
-
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("definitions", nargs="*", metavar="DEF",
                         help="definitions to benchmark (default: every definition)")
@@ -65,9 +49,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only this solution (name or def/name); repeatable")
     parser.add_argument("--workload-limit", type=_positive_int, metavar="N",
                         help="only the first N workloads of each definition")
-    parser.add_argument("--device", type=_device, metavar="DEVICE",
-                        help="cpu, cuda (one worker per visible GPU) or cuda:N "
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="cpu, cuda (one worker per visible GPU), cuda:N, or this machine's device slug "
                              "(default: FIBUILD_DEVICE, else cuda if available, else cpu)")
+    parser.add_argument("--allow-failures", action="store_true",
+                        help="exit 0 even when an evaluation is not PASSED (default: exit 1)")
     parser.add_argument("--warmup", type=_non_negative_float, default=25.0, metavar="MS",
                         help="warm-up time per measurement in ms (default 25)")
     parser.add_argument("--rep", type=_positive_float, default=100.0, metavar="MS",
@@ -97,10 +83,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("definition", metavar="DEF", help="the definition")
-    parser.add_argument("--device", metavar="SLUG",
-                        help="device slug of the registry file (default: this machine's device if it "
-                             "has records, else the only device with records)")
-    parser.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="a device slug with records, or cpu, cuda, cuda:N for this machine's (default: "
+                             "this machine's device if it has records, else the only device with records)")
     parser.add_argument("--plot", metavar="OUT.png", help="also write a latency plot (needs matplotlib)")
 
 
@@ -150,8 +135,10 @@ class _RichReporter:
 
 
 def run_bench(args: argparse.Namespace, settings) -> int:
+    """Exit 1 when any evaluation is not PASSED, unless ``--allow-failures``."""
     from fibuild.bench.plan import plan_benchmarks
     from fibuild.bench.runner import run_benchmarks
+    from fibuild.cli.common import parse_device
     from fibuild.devices import default_device
     from fibuild.spec.manifest import Workspace
 
@@ -160,7 +147,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
         from fibuild.cli.bench_farm import run_bench_farm
 
         return run_bench_farm(args, settings, workspace)
-    device = args.device or default_device(settings)
+    device = parse_device(args.device, workspace, local_only=True).kind if args.device else default_device(settings)
     if args.world_size:
         from fibuild.bench.distributed import run_distributed
         from fibuild.bench.plan import plan_distributed
@@ -187,15 +174,22 @@ def run_bench(args: argparse.Namespace, settings) -> int:
             slug = local_devices(device)[0].slug
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
             if dropped:
-                _console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
+                console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
 
         def run(reporter):
             return run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
                                   warmup_ms=args.warmup, rep_ms=args.rep, graph=args.graph,
                                   timeout_s=args.timeout, reporter=reporter, plan=plan)
-    out = _console()
-    err = _console(stderr=True)
+    out = console()
+    err = console(stderr=True)
     if args.dry_run:
+        if args.json:
+            print_json({"ok": True, "dry_run": True, "device": device, "world_size": args.world_size,
+                        "items": plan.total, "registry": str(workspace.registry_dir),
+                        "runs": [{"solution": g.solution.qualified_name, "language": g.solution.language,
+                                  "workloads": [w.uuid for w in g.workloads]} for g in plan.groups],
+                        "skipped": [{"name": name, "reason": reason} for name, reason in plan.skipped]})
+            return 0
         for name, reason in plan.skipped:
             out.print(f"skip {name}: {reason}")
         for group in plan.groups:
@@ -211,8 +205,38 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     finally:
         if reporter.task is not None:
             reporter.progress.stop()
-    print_summary(out, err, evaluations, workspace.registry_dir)
-    return 0
+    return report_evaluations(args, out, err, evaluations, workspace.registry_dir)
+
+
+def report_evaluations(args, out, err, evaluations, registry_dir) -> int:
+    """Print the evaluations (``--json``: one document; else a table per device) and the
+    count of those not PASSED. Returns the exit code: 1 when any is not PASSED, unless
+    ``--allow-failures``."""
+    failing = [ev for ev in evaluations if ev.status != "PASSED"]
+    ok = not failing or args.allow_failures
+    if args.json:
+        from fibuild.bench.leaderboard import summary_rows
+        from fibuild.registry import evaluation_to_dict
+
+        print_json({"ok": ok, "devices": sorted({ev.device for ev in evaluations}),
+                    "registry": str(registry_dir), "summary": summary_rows(evaluations),
+                    "evaluations": [{k: v for k, v in evaluation_to_dict(ev).items() if k != "environment"}
+                                    for ev in evaluations]})
+    else:
+        print_summary(out, err, evaluations, registry_dir)
+    if failing:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(_status_counts(failing).items()))
+        verdict = "allowed by --allow-failures" if args.allow_failures else "exit 1; --allow-failures accepts them"
+        print(f"{'warning' if args.allow_failures else 'error'}: {len(failing)} of {len(evaluations)} "
+              f"evaluations not PASSED ({counts}); {verdict}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _status_counts(evaluations) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ev in evaluations:
+        counts[ev.status] = counts.get(ev.status, 0) + 1
+    return counts
 
 
 def print_summary(out, err, evaluations, registry_dir) -> None:
@@ -239,15 +263,17 @@ def print_summary(out, err, evaluations, registry_dir) -> None:
     out.print(f"records appended under {registry_dir}")
 
 
-def _table_device(registry, definition: str, settings, requested: str | None) -> str:
+def _table_device(registry, definition: str, settings, requested: str | None, workspace) -> str:
+    from fibuild.cli.common import parse_device
     from fibuild.errors import BenchError
 
     devices = registry.devices(definition)
     if requested:
-        if requested not in devices:
-            raise BenchError(f"no evaluations of {definition} on {requested!r} "
+        slug = parse_device(requested, workspace).slug
+        if slug not in devices:
+            raise BenchError(f"no evaluations of {definition} on {slug!r} "
                              f"(devices with records: {', '.join(devices) or 'none'})")
-        return requested
+        return slug
     if not devices:
         raise BenchError(f"no evaluations of {definition} yet: run `fibuild bench {definition}`")
     from fibuild.devices import default_device, device_slug
@@ -273,18 +299,17 @@ def run_table(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
     registry = Registry(workspace.registry_dir)
-    device = _table_device(registry, defn.name, settings, args.device)
+    device = _table_device(registry, defn.name, settings, args.device, workspace)
     board = leaderboard(defn, device, registry.read(defn.name, device))
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
         data = board.to_json()
         if plotted:
             data["plot"] = str(plotted)
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(data)
         return 0
-    console = _console()
-    console.print(rich_table(board))
+    out = console()
+    out.print(rich_table(board))
     if plotted:
-        console.print(f"plot written to {plotted}")
+        out.print(f"plot written to {plotted}")
     return 0

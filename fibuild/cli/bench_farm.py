@@ -79,7 +79,8 @@ def _reporter(console):
 def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     """Run ``fibuild bench`` on a Dask cluster; see :func:`fibuild.bench.farm.driver.run_farm`."""
     from fibuild.bench.farm.driver import run_farm
-    from fibuild.cli.bench import _console, print_summary
+    from fibuild.cli.bench import report_evaluations
+    from fibuild.cli.common import console
     from fibuild.devices import default_device
 
     if args.executor != "dask":
@@ -97,7 +98,7 @@ def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     if not args.address:  # a local cluster of this machine's devices
         device = device or default_device(settings)
     engine = DaskEngine(args.address, kind=device or "cpu", local_workers=args.farm_workers)
-    out, err = _console(), _console(stderr=True)
+    out, err = console(), console(stderr=True)
     reporter = _reporter(err)
     try:
         evaluations = run_farm(workspace, settings, engine, args.definitions, solutions=args.solutions,
@@ -106,5 +107,4 @@ def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
                                resume=args.resume, task_size=args.task_size, reporter=reporter)
     finally:
         reporter.stop()
-    print_summary(out, err, evaluations, workspace.registry_dir)
-    return 0
+    return report_evaluations(args, out, err, evaluations, workspace.registry_dir)

@@ -27,6 +27,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_build(args, settings) -> int:
+    """Exit 1 when a build failed, or when a solution named on the command line cannot be
+    built here; with ``--all``, solutions this machine cannot build are skipped (exit 0)."""
+    from fibuild.compile.batch import BuildOutcome, BuildReport
     from fibuild.compile.cache import BuildCache
     from fibuild.errors import FibuildError
     from fibuild.spec.workspace import Workspace
@@ -43,52 +46,102 @@ def run_build(args, settings) -> int:
         for name in wanted:
             workspace.definition(name)  # unknown names fail here, with suggestions
         solutions = [s for s in workspace.solutions() if not wanted or s.definition in wanted]
+        if not solutions:
+            workspace.require_manifests(workspace.manifest_files())
     else:
         solutions = [workspace.solution(name) for name in args.solutions]
-    pairs = [(workspace.definition(s.definition), s) for s in solutions]
+    reporter = make_reporter(sys.stdout, quiet=args.json)
+    skipped, pairs = [], []
+    for sol in solutions:
+        reason = unavailable_reason(sol, settings)
+        if reason:
+            skipped.append(BuildOutcome(sol.qualified_name, "unavailable", error=reason))
+            reporter.skipped(sol.qualified_name, reason)
+        else:
+            pairs.append((workspace.definition(sol.definition), sol))
     keep_going = args.all if args.keep_going is None else args.keep_going
-    reporter = make_reporter(sys.stdout)
     try:
         report = BuildCache(settings).build_many(pairs, jobs=args.jobs, keep_going=keep_going,
-                                                 retry_failed=args.retry_failed, reporter=reporter)
+                                                 retry_failed=args.retry_failed, reporter=reporter) \
+            if pairs else BuildReport()
     finally:
         reporter.close()
-    failed = report.having("failed") + report.having("skipped")
-    for outcome in failed:
+    report.outcomes[:0] = skipped
+    ok = report.ok and (args.all or not report.having("unavailable"))
+    if args.json:
+        from fibuild.cli.common import print_json
+
+        print_json({"ok": ok, "seconds": round(report.seconds, 3), "counts": _counts(report),
+                    "solutions": [_outcome_json(o) for o in report.outcomes]})
+        return 0 if ok else 1
+    for outcome in report.having("failed") + report.having("skipped"):
         print(f"error: {outcome.error}", file=sys.stderr)
-    print(report.summary())
-    return 0 if report.ok else 1
+    counts = ", ".join(f"{n} {status}" for status, n in _counts(report).items())
+    print(f"build: {len(report.outcomes)} solutions: {counts} ({report.seconds:.2f} s)")
+    return 0 if ok else 1
 
 
-def make_reporter(stream):
-    """A rich progress display on a terminal, plain lines otherwise."""
+def unavailable_reason(sol, settings) -> str:
+    """Why ``sol`` cannot be built here ("" when it can): a declared dependency (a
+    distribution name) is not installed, or its builder's toolchain is missing."""
+    import importlib.metadata
+
+    from fibuild.compile.builders import get_builder
+
+    for dist in sol.dependencies:
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return f"dependency {dist} is not installed"
+    return get_builder(sol.language).unavailable_reason(settings) or ""
+
+
+# What the build statuses read as: "unavailable" solutions are skipped with their reason;
+# the batch's "skipped" ones were stopped by an earlier failure (without --keep-going).
+_SHOWN = {"unavailable": "skipped", "skipped": "not built"}
+
+
+def _shown(status: str) -> str:
+    return _SHOWN.get(status, status)
+
+
+def _counts(report) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in report.outcomes:
+        counts[_shown(outcome.status)] = counts.get(_shown(outcome.status), 0) + 1
+    return {s: counts.get(s, 0) for s in ("cached", "built", "failed", "skipped", "not built")
+            if s in counts or s in ("cached", "built")}
+
+
+def _outcome_json(outcome) -> dict:
+    return {"solution": outcome.solution, "status": _shown(outcome.status), "key": outcome.key or None,
+            "build_dir": str(outcome.build_dir) if outcome.build_dir else None,
+            "seconds": round(outcome.seconds, 3), "reason": outcome.error or None}
+
+
+def make_reporter(stream, quiet: bool = False):
+    """A rich progress display on a terminal, plain lines otherwise, nothing when ``quiet``."""
+    if quiet:
+        return _QuietReporter()
     if stream.isatty():
         return _RichReporter()
     return _PlainReporter(stream)
 
 
-class _PlainReporter:
-    """One line per solution built, failed or unavailable; nothing for cached ones."""
+class _QuietReporter:
+    """Prints nothing (``--json``: the document is the output)."""
 
-    def __init__(self, stream):
-        self.stream = stream
-        self.settled = 0
-        self.stale = 0
+    def skipped(self, solution, reason):
+        pass
 
     def starting(self, total, stale):
-        self.stale = stale
+        pass
 
     def progress(self, done, total, current):
         pass
 
     def finished(self, outcome):
-        if outcome.status == "cached":
-            return
-        self.settled += 1
-        detail = f" ({outcome.seconds:.1f} s)" if outcome.status == "built" else \
-            ": " + outcome.error.splitlines()[0].removeprefix(f"{outcome.solution}: ") if outcome.error else ""
-        print(f"[{self.settled}/{self.stale}] {outcome.status} {outcome.solution}{detail}",
-              file=self.stream, flush=True)
+        pass
 
     def done(self, report):
         pass
@@ -97,7 +150,31 @@ class _PlainReporter:
         pass
 
 
-class _RichReporter:
+class _PlainReporter(_QuietReporter):
+    """One line per solution built, failed or skipped; nothing for cached ones."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.settled = 0
+        self.stale = 0
+
+    def skipped(self, solution, reason):
+        print(f"skipped {solution}: {reason}", file=self.stream, flush=True)
+
+    def starting(self, total, stale):
+        self.stale = stale
+
+    def finished(self, outcome):
+        if outcome.status == "cached":
+            return
+        self.settled += 1
+        detail = f" ({outcome.seconds:.1f} s)" if outcome.status == "built" else \
+            ": " + outcome.error.splitlines()[0].removeprefix(f"{outcome.solution}: ") if outcome.error else ""
+        print(f"[{self.settled}/{self.stale}] {_shown(outcome.status)} {outcome.solution}{detail}",
+              file=self.stream, flush=True)
+
+
+class _RichReporter(_QuietReporter):
     """n/N solutions settled, the current ninja edge and the failure count, live."""
 
     def __init__(self):
@@ -106,10 +183,13 @@ class _RichReporter:
 
         self.console = Console(stderr=False)
         self.bar = Progress(TextColumn("build"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("[red]{task.fields[failures]} failed"), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[current]}"), console=self.console, transient=True)
+                            TextColumn("[red]{task.fields[failures]} failed"), TimeElapsedColumn(),
+                            TextColumn("{task.fields[current]}"), console=self.console, transient=True)
         self.task = None
         self.failures = 0
+
+    def skipped(self, solution, reason):
+        self.console.print(f"[yellow]skipped[/] {solution}: {reason}")
 
     def starting(self, total, stale):
         if stale:
@@ -126,12 +206,10 @@ class _RichReporter:
         if outcome.status in ("failed", "skipped"):
             self.failures += 1
         style = {"built": "green", "failed": "red", "skipped": "red"}.get(outcome.status, "yellow")
-        self.bar.console.print(f"[{style}]{outcome.status}[/] {outcome.solution}"
-                                    + (f" ({outcome.seconds:.1f} s)" if outcome.status == "built" else ""))
+        detail = f" ({outcome.seconds:.1f} s)" if outcome.status == "built" else \
+            f": {outcome.error.splitlines()[0]}" if outcome.status == "unavailable" and outcome.error else ""
+        self.bar.console.print(f"[{style}]{_shown(outcome.status)}[/] {outcome.solution}{detail}")
         self.bar.update(self.task, advance=1, failures=self.failures)
-
-    def done(self, report):
-        pass
 
     def close(self):
         if self.task is not None:
@@ -142,7 +220,6 @@ class _RichReporter:
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("solution", nargs="?", metavar="SOLUTION",
                         help="definition/solution, or a unique solution name")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--env", action="store_true", help="print the table of environment variables")
 
 
@@ -231,6 +308,12 @@ def run_gc(args, settings) -> int:
         raise FibuildError(f"--older-than {args.older_than}: expected a number of days >= 0")
     cutoff = None if args.older_than is None else time.time() - args.older_than * 86400
     result = prune(settings.cache_dir, everything=args.all, older_than=cutoff, dry_run=args.dry_run)
+    if args.json:
+        from fibuild.cli.common import print_json
+
+        print_json({"ok": True, "dry_run": args.dry_run, "removed": [str(p) for p in result.removed],
+                    "bytes": result.bytes, "kept": result.kept, "in_use": [str(p) for p in result.locked]})
+        return 0
     verb = "would remove" if args.dry_run else "removed"
     for path in result.removed:
         print(f"{verb} {path}")

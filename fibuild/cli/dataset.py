@@ -36,7 +36,18 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _print(report) -> None:
+def _print(report, as_json: bool = False) -> None:
+    if as_json:
+        from dataclasses import asdict
+
+        from fibuild.cli.common import print_json
+
+        print_json({"ok": True, "written": dict(report.written), "unchanged": dict(report.unchanged),
+                    "skipped": [asdict(s) for s in report.skipped],
+                    "dependents": [{"kind": kind, "definition": name, "count": n}
+                                   for (kind, name), n in sorted(report.dependents.items())],
+                    "notes": list(report.notes)})
+        return
     for line in report.lines():
         print(line)
 
@@ -57,7 +68,7 @@ def run_import(args: argparse.Namespace, settings) -> int:
 
         report = import_flashinfer_trace(workspace, args.directory, definitions=args.definitions,
                                          op_type=args.op_type, progress=_progress)
-    _print(report)
+    _print(report, args.json)
     return 0
 
 
@@ -66,5 +77,5 @@ def run_export(args: argparse.Namespace, settings) -> int:
     from fibuild.spec.manifest import Workspace
 
     workspace = Workspace.discover(settings)
-    _print(export_flashinfer_trace(workspace, args.directory, args.definitions, progress=_progress))
+    _print(export_flashinfer_trace(workspace, args.directory, args.definitions, progress=_progress), args.json)
     return 0

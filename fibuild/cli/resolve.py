@@ -7,8 +7,6 @@ like every other user error.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 POLICIES = ("exact", "nearest", "def_best", "reference")
 
@@ -23,10 +21,9 @@ def add_resolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="try only --policy; exit 1 when it has no answer")
     parser.add_argument("--device", metavar="DEVICE",
-                        help="cpu, cuda, or a device slug such as nvidia-h100-80gb-hbm3-sm90 "
-                             "(another machine's slug answers from its committed records)")
+                        help="cpu, cuda, cuda:N, or a device slug such as nvidia-h100-80gb-hbm3-sm90 "
+                             "(a slug with records in registry/ answers from them; unknown slugs are errors)")
     parser.add_argument("--explain", action="store_true", help="print the decision trace")
-    parser.add_argument("--json", action="store_true", help="print the resolution as JSON")
 
 
 def parse_axes(items: list[str]) -> dict[str, str]:
@@ -73,21 +70,26 @@ def build_status(resolution, settings, here: bool) -> str:
 
 
 def run_resolve(args: argparse.Namespace, settings) -> int:
+    from fibuild.cli.common import parse_device, print_json
     from fibuild.runtime.api import resolve
     from fibuild.runtime.collect import target_device
     from fibuild.runtime.decisions import format_key
     from fibuild.units import format_us
 
     axes = parse_axes(args.axes)
-    res = resolve(args.definition, axes, policy=args.policy, device=args.device,
+    device = args.device
+    if device is not None:
+        from fibuild.spec.workspace import Workspace
+
+        device = parse_device(device, Workspace.discover(settings)).slug
+    res = resolve(args.definition, axes, policy=args.policy, device=device,
                   strict=args.strict, settings=settings)
-    _, here = target_device(settings, args.device)
+    _, here = target_device(settings, device)
     status = build_status(res, settings, here)
     if args.json:
         data = res.to_dict()
         data["build_status"] = status
-        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print_json(data)
         return 0
     latency = "-"
     if res.latency_us is not None:

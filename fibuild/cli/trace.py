@@ -10,8 +10,11 @@ import json
 def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="trace_command", metavar="ACTION")
     sub.required = True
-    report = sub.add_parser("report", help="list traced definitions, keys, counts and unmapped calls")
-    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    from fibuild.cli import common_options
+
+    # --root and --json are accepted after ``report`` too, like after any command.
+    sub.add_parser("report", help="list traced definitions, keys, counts and unmapped calls",
+                   parents=[common_options(after_command=True)])
 
 
 def trace_report(registry_dir) -> dict:

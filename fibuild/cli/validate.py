@@ -1,7 +1,8 @@
 """``fibuild validate [PATH...] [--json]``: check manifests, print every problem.
 
-Exit 0 when every checked file is valid, 1 otherwise. Lines read
-``file: /pointer: message`` (paths relative to the current directory when under it).
+Exit 0 when every checked file is valid, 1 otherwise (an empty workspace included). Lines
+read ``file: /pointer: message`` (paths relative to the current directory when under it);
+``--json`` prints ``{"ok", "errors": [{"file", "pointer", "message"}], "checked", "root"}``.
 """
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="definition .yaml, solution.yaml or workloads.jsonl files, or folders "
                              "holding them (default: the whole workspace)")
-    parser.add_argument("--json", action="store_true",
-                        help='print {"ok", "errors": [{"file", "pointer", "message"}], "checked"}')
 
 
 def run_validate(args: argparse.Namespace, settings) -> int:
@@ -25,11 +24,13 @@ def run_validate(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     paths = args.paths or None
     files = workspace.manifest_files(paths)
+    workspace.require_manifests(files, paths)
     errors = workspace.validate(files if paths else None)
     rows = [{"file": _shown(e.path), "pointer": pointer or "/", "message": message}
             for e in errors for pointer, message in e.problems]
     if args.json:
-        print(json.dumps({"ok": not rows, "errors": rows, "checked": len(files)}, indent=2))
+        print(json.dumps({"ok": not rows, "errors": rows, "checked": len(files), "root": str(workspace.root)},
+                         indent=2))
     else:
         for row in rows:
             print(f"{row['file']}: {row['pointer']}: {row['message']}")

@@ -22,7 +22,6 @@ from typing import Callable, Iterable, Sequence
 
 from fibuild.errors import BuildError
 
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

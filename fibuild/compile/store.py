@@ -38,8 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from fibuild.compile.files import (checksums, file_checksum, fsync_path, open_regular, private_dir,  # noqa: F401
-                                   safe_relative, tighten)
+from fibuild.compile.files import (  # noqa: F401
+    checksums,
+    file_checksum,
+    fsync_path,
+    open_regular,
+    private_dir,
+    safe_relative,
+    tighten,
+)
 from fibuild.errors import cache_error
 
 log = logging.getLogger("fibuild.compile")

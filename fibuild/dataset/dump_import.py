@@ -219,7 +219,8 @@ def _axis_of(defn: Definition, name: str) -> str:
 
 def _bind(axes: dict, spec, shape: list[int]) -> None:
     if len(shape) != len(spec.shape):
-        raise _NoMatch(f"input {spec.name!r} has {len(shape)} dims {shape}, the definition {len(spec.shape)} {list(spec.shape)}")
+        raise _NoMatch(f"input {spec.name!r} has {len(shape)} dims {shape}, "
+                       f"the definition {len(spec.shape)} {list(spec.shape)}")
     for axis, size in zip(spec.shape, shape):
         if axes.setdefault(axis, size) != size:
             raise _NoMatch(f"axis {axis} is {axes[axis]}, but {spec.name} has {size} there")

@@ -151,6 +151,8 @@ def start_from_env(env: Any = None) -> Integration | None:
         settings = Settings.from_env(env)
         if not settings.trace and not settings.apply:
             return None
+        if _ACTIVE:  # the hook ran already (a second site dir holding it, or fibuild run's shim)
+            return _ACTIVE[-1]
         return enable(trace=settings.trace, apply=settings.apply, settings=settings)
     except ConfigError as exc:
         print(f"fibuild: serving integration not enabled: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from fibuild.config import Settings
 from fibuild.errors import FibuildError
 
-from .adapters.base import Adapter, Call, Unmapped
+from .adapters.base import Adapter, Unmapped
 
 log = logging.getLogger("fibuild.integrations")
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping
 
 from fibuild.config import Settings
 
+from .decisions import BaseReporter, Resolution
 from .dispatch import Kernel, key_from_axes, make_kernel
 from .resolve import Resolver, policy_chain
-from .decisions import BaseReporter, Resolution
 
 
 def _workspace(settings: Settings):

@@ -15,6 +15,7 @@ from fibuild.spec.model import Definition, Solution
 
 from .table import ApplyTable, Candidate, build_table
 
+
 def hardware_mismatch(sol: Solution, device: str) -> str:
     """Why ``sol.target_hardware`` excludes device slug ``device`` ("" when it does not):
     :meth:`fibuild.devices.Device.mismatch`, the rule the bench runner applies too."""

@@ -19,10 +19,10 @@ from fibuild.errors import BuildError, FibuildError, ResolveError
 from fibuild.spec.calling import axis_sources, make_caller, solution_caller
 from fibuild.spec.model import ApplyKey, Definition
 
-from .resolve import Resolver, policy_chain
-from .table import ApplyTable
 from .decisions import REFERENCE, Rejected, Resolution, format_key
 from .input_checks import guarded, mismatch
+from .resolve import Resolver, policy_chain
+from .table import ApplyTable
 
 log = logging.getLogger("fibuild.runtime")
 

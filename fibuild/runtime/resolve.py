@@ -22,8 +22,7 @@ from fibuild.errors import ResolveError
 from fibuild.spec.model import ApplyKey
 from fibuild.units import format_us
 
-from .decisions import (REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected,
-                        Resolution, format_key)
+from .decisions import REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected, Resolution, format_key
 from .table import ApplyTable, Timing, slower_reason
 
 POLICIES = ("exact", "nearest", "def_best", "reference")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, Solution
-
 from fibuild.units import format_us
 
 from .decisions import REFERENCE

@@ -15,9 +15,7 @@ from fibuild.errors import ManifestError
 
 from . import schema, semantics
 from .documents import parse_json_line, parse_yaml_mapping, read_text
-from .model import (Axis, BuildFlags, Definition, Distributed, InputSpec, Solution, TensorSpec, Tolerance,
-                    Workload)
-
+from .model import Axis, BuildFlags, Definition, Distributed, InputSpec, Solution, TensorSpec, Tolerance, Workload
 
 # --- definitions -----------------------------------------------------------------------
 

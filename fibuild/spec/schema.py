@@ -1,15 +1,15 @@
 """JSON Schema validation of manifests and records, with messages a person can act on.
 
-The schema files are ``schemas/<kind>.schema.json`` next to the package (every
+The schema files are package data, ``fibuild/spec/schemas/<kind>.schema.json``, read with
+:mod:`importlib.resources` (so they load from a wheel, a zip or a checkout alike). Every
 ``*.schema.json`` there is loaded, so ``$ref`` between them resolves through one
-``referencing.Registry``). They are read once per process, on first use, never at import.
+``referencing.Registry``. They are read once per process, on first use, never at import.
 """
 from __future__ import annotations
 
 import difflib
 import functools
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
 from fibuild.errors import FibuildError
@@ -22,9 +22,15 @@ _TYPE_WORDS = {"object": "mapping", "array": "list", "null": "null", "string": "
                "number": "number", "integer": "integer", "boolean": "boolean"}
 
 
-def schema_dir() -> Path:
-    """The ``schemas/`` folder shipped with fibuild (next to the ``fibuild`` package)."""
-    return Path(__file__).resolve().parents[2] / "schemas"
+def schema_files() -> list:
+    """Every ``*.schema.json`` resource of the package (``importlib.resources`` Traversables,
+    sorted by name)."""
+    from importlib import resources
+
+    folder = resources.files("fibuild.spec").joinpath("schemas")
+    if not folder.is_dir():
+        return []
+    return sorted((f for f in folder.iterdir() if f.name.endswith(".schema.json")), key=lambda f: f.name)
 
 
 @functools.cache
@@ -32,10 +38,9 @@ def _registry():
     """Every ``*.schema.json`` as a ``referencing.Registry`` keyed by ``$id`` (cached)."""
     from referencing import Registry, Resource
 
-    folder = schema_dir()
     resources = []
     schemas = {}
-    for path in sorted(folder.glob("*.schema.json")):
+    for path in schema_files():
         try:
             contents = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -46,7 +51,8 @@ def _registry():
         resources.append((uri, Resource.from_contents(contents)))
         schemas[uri] = contents
     if not resources:
-        raise FibuildError(f"no schema files in {folder}")
+        raise FibuildError("no schema files in the fibuild.spec package (fibuild/spec/schemas/): "
+                           "the installation is incomplete; reinstall fibuild")
     return Registry().with_resources(resources), schemas
 
 

@@ -30,8 +30,11 @@ class Workspace:
     manifests and FibuildError for unknown names; ``validate()`` never raises for them.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, origin: str = "given"):
         self.root = Path(root).expanduser().resolve()
+        #: How the root was chosen, for messages: given, FIBUILD_ROOT or --root, the current
+        #: directory's ancestry, or the shipped library.
+        self.origin = origin
         self._definitions: dict[str, Definition] | None = None
         self._one_definition: dict[str, Definition] = {}
         self._solutions: dict[str | None, list[Solution]] = {}
@@ -52,12 +55,12 @@ class Workspace:
 
             settings = Settings.from_env()
         if settings.root is not None:
-            return cls(settings.root)
+            return cls(settings.root, "set by FIBUILD_ROOT or --root")
         here = Path(cwd if cwd is not None else Path.cwd()).resolve()
         for folder in (here, *here.parents):
             if (folder / "defs").is_dir():
-                return cls(folder)
-        return cls(shipped_root())
+                return cls(folder, f"the nearest folder holding defs/ at or above {here}")
+        return cls(shipped_root(), f"the shipped library (no folder holding defs/ from {here})")
 
     @property
     def defs_dir(self) -> Path:
@@ -99,6 +102,20 @@ class Workspace:
             else:
                 found[path] = None
         return list(found)
+
+    def require_manifests(self, files: list[Path], paths: Iterable[str | Path] | None = None) -> None:
+        """Raise FibuildError when ``files`` (from :meth:`manifest_files`) is empty: an empty
+        workspace is a mistake to report (a wrong ``--root``), never "0 manifests OK"."""
+        if files:
+            return
+        if paths is not None:
+            raise FibuildError(f"no manifests in {', '.join(str(p) for p in paths)}: expected definition "
+                               ".yaml files, solution.yaml files or workloads.jsonl files, or folders holding them")
+        missing = "" if self.root.is_dir() else " (the folder does not exist)"
+        raise FibuildError(
+            f"no manifests in workspace {self.root}{missing} ({self.origin}): looked for "
+            f"{self.defs_dir}/<op_type>/<name>.yaml, {self.solutions_dir}/<definition>/<solution>/solution.yaml "
+            f"and {self.registry_dir}/<definition>/workloads.jsonl")
 
     def _definition_names(self) -> set[str]:
         """Names of the definitions present, valid or not (file stems: cheap, no parsing)."""
@@ -319,9 +336,50 @@ def _files(folder: Path, keep) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+WORKSPACE_README = """# {name}
+
+A fibuild workspace: definitions in `defs/<op_type>/<name>.yaml`, solutions in
+`solutions/<definition>/<solution>/solution.yaml`, evaluations in `registry/` (run `fibuild validate` here).
+"""
+WORKSPACE_GITIGNORE = "# OS file locks of registry appends\n*.lock\n"
+
+
+def init_workspace(root: str | Path) -> list[Path]:
+    """Create an empty workspace at ``root``: ``defs/``, ``solutions/``, ``registry/``, a
+    README.md and a .gitignore for lock files. Returns what was created.
+
+    Existing README.md and .gitignore are kept. Raises FibuildError when ``root`` already
+    holds a workspace (``defs/``) or is a file.
+    """
+    root = Path(root).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise FibuildError(f"{root} is a file: cannot create a workspace there")
+    if (root / "defs").exists():
+        raise FibuildError(f"{root} already holds a workspace ({root / 'defs'} exists)")
+    created = []
+    for name in ("defs", "solutions", "registry"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        created.append(root / name)
+    for name, text in (("README.md", WORKSPACE_README.format(name=root.name)), (".gitignore", WORKSPACE_GITIGNORE)):
+        path = root / name
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+            created.append(path)
+    return created
+
+
 def shipped_root() -> Path:
-    """The workspace shipped with fibuild: the folder holding ``fibuild/`` and ``defs/``."""
-    return Path(__file__).resolve().parents[2]
+    """The kernel library shipped with fibuild (a read-mostly workspace).
+
+    In an installed wheel it is package data, ``fibuild/_shipped/`` (setup.py copies
+    ``defs/``, ``solutions/`` and ``registry/`` there); in a checkout or an editable install it
+    is the repository root, the folder holding ``fibuild/`` and ``defs/``. Cost: two stats.
+    """
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_shipped"
+    if (installed / "defs").is_dir():
+        return installed
+    return package.parent
 
 
 def _is_manifest_name(path: Path) -> bool:

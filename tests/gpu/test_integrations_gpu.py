@@ -3,9 +3,7 @@ what the original returns (in-place effects included) and really runs the resolv
 also inside a captured CUDA graph."""
 from __future__ import annotations
 
-import shutil
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -78,7 +76,8 @@ def test_norms_silu_and_linear_substituted_match_flashinfer(ws):
     w = torch.rand(4096, dtype=BF16, device="cuda")
     g = torch.randn(8, 28672, dtype=BF16, device="cuda")
     b = torch.randn(6144, 4096, dtype=BF16, device="cuda") / 64
-    want = [flashinfer.norm.rmsnorm(x, w, 1e-5), flashinfer.activation.silu_and_mul(g), torch.nn.functional.linear(x, b)]
+    want = [flashinfer.norm.rmsnorm(x, w, 1e-5), flashinfer.activation.silu_and_mul(g),
+            torch.nn.functional.linear(x, b)]
     xo, ro = x.clone(), r.clone()
     flashinfer.norm.fused_add_rmsnorm(xo, ro, w, 1e-5)
     fibuild.enable(apply=True, settings=ws.settings)

@@ -11,6 +11,7 @@ import pytest
 
 from fibuild.compile.toolchain import cuda_unavailable_reason
 from fibuild.config import Settings
+
 from toolchain_support import FIXTURE_ROOT, BuiltWorkspace, run_cli, settings_for
 
 

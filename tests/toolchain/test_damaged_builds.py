@@ -15,6 +15,7 @@ import pytest
 
 from fibuild.compile import store
 from fibuild.compile.cache import BuildCache
+
 from toolchain_support import run_cli
 
 LOAD = """

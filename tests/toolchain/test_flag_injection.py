@@ -13,6 +13,7 @@ import pytest
 from fibuild.compile.cache import BuildCache
 from fibuild.errors import BuildError
 from fibuild.spec import flags as flag_policy
+
 from toolchain_support import settings_for
 
 

@@ -24,8 +24,9 @@ def settings_for(cache: Path, root: Path, **env: str) -> Settings:
 def run_cli(command: str, argv: list[str], settings: Settings) -> tuple[int, str, str]:
     """Run one of fibuild/cli/build.py's subcommands in-process; return (rc, stdout, stderr)."""
     from fibuild.cli import build as cli
+    from fibuild.cli import common_options
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(parents=[common_options()])
     getattr(cli, f"add_{command}_arguments")(parser)
     args = parser.parse_args(argv)
     out, err = io.StringIO(), io.StringIO()

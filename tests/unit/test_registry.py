@@ -8,8 +8,7 @@ import threading
 import pytest
 
 from fibuild.errors import RegistryError
-from fibuild.registry import (Registry, evaluation_from_dict, evaluation_to_dict,
-                              latest_per_workload)
+from fibuild.registry import Registry, evaluation_from_dict, evaluation_to_dict, latest_per_workload
 from fibuild.spec.model import Evaluation, LatencyStats
 from fibuild.spec.schema import validate
 

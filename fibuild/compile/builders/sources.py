@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fibuild.errors import BuildError
+
 if TYPE_CHECKING:
     from fibuild.spec.model import Solution
 

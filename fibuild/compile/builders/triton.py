@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.compile.builders import register
-from fibuild.compile.builders.python import PythonBuilder
 from fibuild.compile.builders.loading import load_python
+from fibuild.compile.builders.python import PythonBuilder
 from fibuild.compile.toolchain import package_version
 from fibuild.config import Settings
 

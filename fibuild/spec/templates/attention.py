@@ -107,7 +107,8 @@ _MAKE_PAGES = '''batch = int(axes["len_indptr"]) - 1
     out["kv_indptr"] = _split(int(axes["num_kv_indices"]), batch)
     if int(axes["num_kv_indices"]) > int(axes["num_pages"]):
         raise ValueError("num_kv_indices must not exceed num_pages (pages are distinct)")
-    out["kv_indices"] = torch.randperm(int(axes["num_pages"]), generator=generator, device=gen_device)[:int(axes["num_kv_indices"])]
+    pages = torch.randperm(int(axes["num_pages"]), generator=generator, device=gen_device)
+    out["kv_indices"] = pages[:int(axes["num_kv_indices"])]
     if PAGE_SIZE > 1:
         out["kv_last_page_len"] = torch.full((batch,), PAGE_SIZE, dtype=torch.int64)'''
 

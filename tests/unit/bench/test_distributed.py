@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from fibuild.bench.distributed import run_distributed
-from fibuild.bench.plan import plan_distributed
 from fibuild.bench.distributed_rank import rank_inputs
+from fibuild.bench.plan import plan_distributed
 from fibuild.bench.rank_group import GroupOutcome, merge_outcome
 from fibuild.bench.reporter import BenchReporter
-from fibuild.compile.keys import solution_digest
 from fibuild.cli import main
+from fibuild.compile.keys import solution_digest
 from fibuild.config import Settings
 from fibuild.devices import device_slug
 from fibuild.errors import BenchError
@@ -115,7 +115,8 @@ def test_plan_keeps_the_world_size_workloads_and_refuses_bad_requests():
     plan = plan_distributed(ws, TOY, world_size=2, solutions=["torch_separate"], device="cpu")
     assert [(g.solution.name, [w.axes for w in g.workloads]) for g in plan.groups] == [
         ("torch_separate", [{"num_tokens": 3, "world_size": 2}, {"num_tokens": 16, "world_size": 2}])]
-    assert [w.axes["world_size"] for w in plan_distributed(ws, TOY, world_size=4, device="cpu").groups[0].workloads] == [4]
+    four = plan_distributed(ws, TOY, world_size=4, device="cpu").groups[0].workloads
+    assert [w.axes["world_size"] for w in four] == [4]
     with pytest.raises(BenchError, match=r"no workloads with world_size=3 .*\[2, 4\]"):
         plan_distributed(ws, TOY, world_size=3, device="cpu")
     with pytest.raises(BenchError, match="no solution named nope"):

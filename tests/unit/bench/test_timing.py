@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fibuild.bench.timing import (MAX_REPS, MIN_REPS, percentile, repetitions, summarize,
-                                  time_calls, time_cpu)
+from fibuild.bench.timing import MAX_REPS, MIN_REPS, percentile, repetitions, summarize, time_calls, time_cpu
 from fibuild.errors import BenchError
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from fibuild.bench.pool import WorkerCrashed, WorkerProcess, describe_exit
-from fibuild.bench.protocol import (settings_from_json, settings_to_json, workload_from_json,
-                                    workload_to_json)
+from fibuild.bench.protocol import settings_from_json, settings_to_json, workload_from_json, workload_to_json
 from fibuild.config import Settings
 from fibuild.spec.model import InputSpec, Workload
 

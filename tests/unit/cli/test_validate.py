@@ -67,7 +67,8 @@ def test_given_files_json(capsys, monkeypatch):
 
 def test_clean_json(capsys):
     assert main(["--root", str(WORKSPACES / "good"), "validate", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"ok": True, "errors": [], "checked": 6}
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "errors": [], "checked": 6,
+                                                   "root": str(WORKSPACES / "good")}
 
 
 def test_folder_argument_expands_to_its_manifests(capsys):

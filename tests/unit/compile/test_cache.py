@@ -98,7 +98,8 @@ def test_failed_build_is_remembered_until_retry(ws, make_settings, pair, monkeyp
     with pytest.raises(BuildError, match="syntax error in kernel.py line 1") as err:
         BuildCache(make_settings()).get_or_build(defn, sol)
     assert err.value.solution == "add_one_f32/py_add" and err.value.build_dir
-    failed = json.loads((store_dir := __import__("pathlib").Path(err.value.build_dir)).joinpath("failed.json").read_text())
+    store_dir = __import__("pathlib").Path(err.value.build_dir)
+    failed = json.loads(store_dir.joinpath("failed.json").read_text())
     assert failed["solution"] == "add_one_f32/py_add" and "syntax error" in failed["error"]
     calls = _count_builds(monkeypatch)
     with pytest.raises(BuildError, match="failed before"):

@@ -12,7 +12,6 @@ from fibuild.spec.manifest import load_definition, load_solution
 from fibuild.spec.workspace import Workspace
 
 
-
 def _key(ws, name, settings):
     sol = ws.solution(name)
     defn = ws.definition(sol.definition)

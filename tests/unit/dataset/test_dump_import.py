@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flashinfer_dump_writer import (DECODE_PLAN_SIGNATURE, DECODE_RUN_SIGNATURE, DumpWriter, FakeWrapper,
-                                    write_handmade_dump)
+from flashinfer_dump_writer import (
+    DECODE_PLAN_SIGNATURE,
+    DECODE_RUN_SIGNATURE,
+    DumpWriter,
+    FakeWrapper,
+    write_handmade_dump,
+)
 from safetensors.torch import load_file
 
 from fibuild.dataset.dump_import import import_flashinfer_dump
@@ -84,7 +89,8 @@ def test_run_without_plan_is_reported(tmp_path, workspace):
     writer = DumpWriter(tmp_path / "dump")
     k = torch.zeros(8, 1, 8, 128, dtype=torch.bfloat16)
     writer.call("BatchDecodeWithPagedKVCacheWrapper.run", "flashinfer.decode", DECODE_RUN_SIGNATURE,
-                (FakeWrapper("BatchDecodeWithPagedKVCacheWrapper"), torch.zeros(2, 32, 128, dtype=torch.bfloat16), (k, k.clone())))
+                (FakeWrapper("BatchDecodeWithPagedKVCacheWrapper"), torch.zeros(2, 32, 128, dtype=torch.bfloat16),
+                 (k, k.clone())))
     (skip,) = import_flashinfer_dump(workspace, tmp_path / "dump").skipped
     assert "no BatchDecodeWithPagedKVCacheWrapper.plan()" in skip.reason
 
@@ -105,7 +111,8 @@ def _one_call(tmp_path) -> Path:
     (lambda f: (f / "metadata.jsonl").write_text('{"event": "something else"}\n'), "metadata.jsonl", 1,
      "not a FlashInfer level-10 dump record"),
     (lambda f: ((f / "inputs.safetensors").rename(f / "inputs.pt"),
-                (f / "metadata.jsonl").write_text((f / "metadata.jsonl").read_text().replace('"safetensors"', '"torch"'))),
+                (f / "metadata.jsonl").write_text(
+                    (f / "metadata.jsonl").read_text().replace('"safetensors"', '"torch"'))),
      "inputs.pt", 0, "FLASHINFER_DUMP_SAFETENSORS=1"),
     (lambda f: (f / "metadata.jsonl").unlink(), "", 0, "without metadata.jsonl"),
 ])

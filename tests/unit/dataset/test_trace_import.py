@@ -130,12 +130,14 @@ def test_export_writes_the_dataset_files_back(tmp_path):
         assert exported.read_text() == original.read_text()
     for original in (FIXTURE / "blob").rglob("*.safetensors"):
         assert filecmp.cmp(original, tmp_path / "ds" / original.relative_to(FIXTURE), shallow=False)
-    traces = [json.loads(line) for line in (tmp_path / "ds/traces/rmsnorm/rmsnorm_h4096.jsonl").read_text().splitlines()]
+    traces_file = tmp_path / "ds/traces/rmsnorm/rmsnorm_h4096.jsonl"
+    traces = [json.loads(line) for line in traces_file.read_text().splitlines()]
     originals = [json.loads(line) for line in (FIXTURE / "traces/rmsnorm/rmsnorm_h4096.jsonl").read_text().splitlines()]
     for line in originals + traces:
         line["evaluation"]["timestamp"] = line["evaluation"]["timestamp"].rstrip("Z")
     key = lambda t: (t["solution"], t["workload"]["uuid"])  # noqa: E731
-    assert sorted(traces, key=key) == sorted((t for t in originals if t["solution"] != "rmsnorm_cuda_torch_ext"), key=key)
+    kept = (t for t in originals if t["solution"] != "rmsnorm_cuda_torch_ext")
+    assert sorted(traces, key=key) == sorted(kept, key=key)
 
 
 def test_flashinfer_bench_loads_the_export(tmp_path):
@@ -152,8 +154,8 @@ def test_flashinfer_bench_loads_the_export(tmp_path):
 def test_export_reports_what_the_dataset_cannot_hold(tmp_path):
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(SHIPPED / "defs", tmp_path / "ws" / "defs")
-    report = export_flashinfer_trace(ws, tmp_path / "ds", ["fused_add_rmsnorm_h4096", "gqa_paged_decode_h32_kv8_d128_ps1",
-                                                           "allreduce_add_rmsnorm_h4096"])
+    report = export_flashinfer_trace(ws, tmp_path / "ds", [
+        "fused_add_rmsnorm_h4096", "gqa_paged_decode_h32_kv8_d128_ps1", "allreduce_add_rmsnorm_h4096"])
     reasons = {s.name: s.reason for s in report.skipped}
     assert "in place" in reasons["fused_add_rmsnorm_h4096"]
     assert "distributed" in reasons["allreduce_add_rmsnorm_h4096"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import defs_support as ds
 from fibuild.spec.calling import load_reference, make_caller
+
+import defs_support as ds
 
 SHIPPED = ["rmsnorm_h4096", "fused_add_rmsnorm_h4096", "silu_and_mul_i14336", "gemm_n6144_k4096",
            "gqa_paged_decode_h32_kv8_d128_ps1", "gqa_paged_decode_h32_kv8_d128_ps16"]

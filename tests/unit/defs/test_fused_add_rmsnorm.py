@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-import defs_support as ds
 from fibuild.spec.calling import load_reference, make_caller, solution_caller
+
+import defs_support as ds
 
 WS = ds.workspace()
 DEFN = WS.definition("fused_add_rmsnorm_h4096")

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-import defs_support as ds
 from fibuild.spec.calling import load_reference, solution_caller
+
+import defs_support as ds
 
 WS = ds.workspace()
 DEFN = WS.definition("gqa_paged_decode_h32_kv8_d128_ps1")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from integration_helpers import STUB_DIR
 
 PTH = Path(__file__).resolve().parents[3] / "fibuild" / "integrations" / "fibuild_integrations.pth"

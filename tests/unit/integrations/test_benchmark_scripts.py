@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from integration_helpers import STUB_DIR
 
 REPO = Path(__file__).resolve().parents[3]

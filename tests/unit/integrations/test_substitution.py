@@ -5,11 +5,10 @@ import textwrap
 
 import pytest
 import torch
+from integration_helpers import solution_calls
 
 import fibuild
 from fibuild.integrations.adapters.wrapper_sites import context_of
-
-from integration_helpers import solution_calls
 
 BF16 = torch.bfloat16
 
@@ -103,7 +102,8 @@ def test_a_solution_calling_the_patched_api_gets_the_original(flashinfer_stub, s
         entry_point: kernel.py::run
         sources: [kernel.py]
         """))
-    (folder / "kernel.py").write_text("import flashinfer\n\ndef run(x, w):\n    return flashinfer.norm.rmsnorm(x, w, 1e-5)\n")
+    (folder / "kernel.py").write_text(
+        "import flashinfer\n\ndef run(x, w):\n    return flashinfer.norm.rmsnorm(x, w, 1e-5)\n")
     small_ws.record("rmsnorm_h64", "calls_flashinfer", {"batch_size": 4})
     import flashinfer
 

@@ -33,7 +33,8 @@ def test_traced_workloads_are_valid_and_benchable_with_their_blobs(flashinfer_st
     indptr = torch.tensor([0, 5, 9, 16], dtype=torch.int32)
     indices = torch.randperm(40)[:20].to(torch.int32)   # longer than indptr[-1]: a buffer
     wrapper.plan(indptr, indices, torch.ones(3, dtype=torch.int32), 8, 2, 16, 1, q_data_type=BF16, sm_scale=0.3)
-    q, kc, vc = torch.randn(3, 8, 16, dtype=BF16), torch.randn(40, 2, 16, dtype=BF16), torch.randn(40, 2, 16, dtype=BF16)
+    q = torch.randn(3, 8, 16, dtype=BF16)
+    kc, vc = torch.randn(40, 2, 16, dtype=BF16), torch.randn(40, 2, 16, dtype=BF16)
     expected = wrapper.run(q, (kc, vc), return_lse=True)
     assert not (root / "registry").exists() or not list((root / "registry").glob("*/workloads.jsonl"))  # buffered
     fibuild.disable()   # flushes
@@ -80,7 +81,7 @@ def test_several_processes_write_one_parseable_file(tmp_path):
     # only when they read it first, so between 6 and 18 lines, all whole and unique
     assert 6 <= len(loaded) <= 18
     assert len({w.uuid for w in loaded}) == len(loaded)
-    calls = [json.loads(l) for l in (root / "registry" / "_trace" / "calls.jsonl").read_text().splitlines()]
+    calls = [json.loads(line) for line in (root / "registry" / "_trace" / "calls.jsonl").read_text().splitlines()]
     assert sum(c["calls"] for c in calls if c["definition"] == "rmsnorm_h64") == 18
 
 

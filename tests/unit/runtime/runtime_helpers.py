@@ -1,4 +1,5 @@
-"""Helpers for the apply tests: a temp copy of the shipped rmsnorm workspace with CPU solutions, and a way to add records.
+"""Helpers for the apply tests: a temp copy of the shipped rmsnorm workspace with CPU solutions,
+and a way to add records.
 
 ``ws.record(solution, batch_size, median_us)`` appends a real, schema-valid evaluation to
 ``registry/rmsnorm_h4096/<this CPU's slug>.jsonl`` with the solution's current digest.

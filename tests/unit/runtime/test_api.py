@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import fibuild
+from fibuild.errors import FibuildError, ResolveError
 from fibuild.runtime.api import apply, load, resolve
 from fibuild.runtime.decisions import Accepted, Rejected
-from fibuild.errors import FibuildError, ResolveError
 
 from runtime_helpers import DEF, inputs, reference_rmsnorm
 

@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from runtime_helpers import DEF
 from fibuild.cli import main
 from fibuild.cli.resolve import parse_axes
 from fibuild.errors import ResolveError
+
+from runtime_helpers import DEF
 
 H100 = "nvidia-h100-80gb-hbm3-sm90"
 

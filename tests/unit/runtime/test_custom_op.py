@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime_helpers import DEF, inputs, reference_rmsnorm
+from fibuild.errors import ResolveError
 from fibuild.runtime.api import load
 from fibuild.runtime.custom_op import op_schema
-from fibuild.errors import ResolveError
 from fibuild.spec.model import Axis, Definition, TensorSpec
+
+from runtime_helpers import DEF, inputs, reference_rmsnorm
 
 
 def _defn(inputs, outputs, axes=None):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fibuild.errors import ResolveError
+from fibuild.runtime.decisions import Accepted, BaseReporter, PolicySkipped, Rejected
 from fibuild.runtime.resolve import Resolver, log_distance, policy_chain
 from fibuild.runtime.table import ApplyTable, Candidate, build_table
-from fibuild.runtime.decisions import Accepted, BaseReporter, PolicySkipped, Rejected
-from fibuild.errors import ResolveError
 from fibuild.spec.model import Evaluation, LatencyStats, Solution
 
 CASES = Path(__file__).resolve().parents[2] / "fixtures" / "resolve"

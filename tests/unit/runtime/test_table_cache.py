@@ -9,10 +9,11 @@ import textwrap
 
 import pytest
 
-from runtime_helpers import DEF
 from fibuild.runtime import collect, table_cache
 from fibuild.runtime.api import load, resolve
 from fibuild.runtime.table_cache import input_digest
+
+from runtime_helpers import DEF
 
 
 def _no_collect(*a, **kw):

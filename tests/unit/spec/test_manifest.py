@@ -7,8 +7,15 @@ import pytest
 import yaml
 
 from fibuild.errors import ManifestError
-from fibuild.spec.manifest import (Workspace, definition_from_dict, load_definition, load_solution,
-                                   load_workloads_jsonl, shipped_root, solution_from_dict)
+from fibuild.spec.manifest import (
+    Workspace,
+    definition_from_dict,
+    load_definition,
+    load_solution,
+    load_workloads_jsonl,
+    shipped_root,
+    solution_from_dict,
+)
 from fibuild.spec.model import Axis, BuildFlags, InputSpec, TensorSpec, Tolerance
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "manifests"
@@ -273,7 +280,7 @@ def test_recorded_uuid_may_not_repeat_a_declared_one(tmp_path):
 
 def test_shipped_root_holds_the_shipped_workspace():
     root = shipped_root()
-    assert (root / "defs").is_dir() and (root / "schemas").is_dir() and (root / "fibuild").is_dir()
+    assert (root / "defs").is_dir() and (root / "solutions").is_dir() and (root / "registry").is_dir()
 
 
 def test_shipped_workspace_validates_clean():

@@ -1,0 +1,75 @@
+"""What every subcommand shares: the ``--device`` reading, JSON output, a rich console.
+
+Only the standard library is imported at module level; torch is imported only when a
+device has to be probed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """What ``--device`` named. ``slug`` names registry files; ``kind`` (``cpu``, ``cuda``,
+    ``cuda:N``) is set when the device is this machine's, so work can run on it."""
+
+    slug: str
+    kind: str | None
+
+    @property
+    def here(self) -> bool:
+        return self.kind is not None
+
+
+def recorded_devices(workspace) -> list[str]:
+    """Device slugs with an evaluation file anywhere in ``workspace``'s registry, sorted."""
+    from fibuild.registry import WORKLOADS_FILE
+
+    return sorted({p.stem for p in workspace.registry_dir.glob("*/*.jsonl") if p.name != WORKLOADS_FILE})
+
+
+def parse_device(text: str, workspace, *, local_only: bool = False) -> DeviceChoice:
+    """Read a ``--device`` value: a kind (``cpu``, ``cuda``, ``cuda:N``) or a device slug.
+
+    A kind must be present here. A slug must name this machine's CPU or a visible GPU, or
+    (unless ``local_only``: the command runs work here) a device with records in the
+    workspace's registry. Anything else raises ConfigError listing the known slugs. A GPU
+    slug that every visible GPU shares means them all, as ``cuda`` does. Cost: one device
+    probe (torch import), cached by fibuild.devices.
+    """
+    from fibuild.devices import is_kind, local_devices, resolve_device_arg
+    from fibuild.errors import ConfigError
+
+    try:
+        device = resolve_device_arg(text, known_slugs=[] if local_only else recorded_devices(workspace))
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}" + (" (this command runs on this machine's devices only)"
+                                         if local_only else "")) from None
+    if not device.local:
+        return DeviceChoice(device.slug, None)
+    if is_kind(text):
+        return DeviceChoice(device.slug, text.strip().lower())
+    if device.kind == "cpu":
+        return DeviceChoice(device.slug, "cpu")
+    gpus = local_devices("cuda")
+    sharing = [d for d in gpus if d.slug == device.slug]
+    return DeviceChoice(device.slug, "cuda" if len(sharing) == len(gpus) else f"cuda:{device.index}")
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout (indented, a final newline)."""
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+def console(stderr: bool = False):
+    """A rich Console; when not a terminal, wide enough that names are never folded."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=200)
