@@ -148,7 +148,7 @@ def main() -> int:
     import triton
     import tvm_ffi
     from fibuild.spec.calling import load_reference, make_caller, solution_caller
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     ws = Workspace(ROOT)
     device_name = torch.cuda.get_device_name()

@@ -140,7 +140,7 @@ def main() -> int:
     from fibuild.bench.inputs import make_inputs
     from fibuild.bench.timing import time_cuda
     from fibuild.spec.calling import load_reference
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ class SolutionLoader:
 
     def workspace(self):
         if self._workspace is None:
-            from fibuild.spec.manifest import Workspace
+            from fibuild.spec.workspace import Workspace
 
             self._workspace = Workspace(self.settings.root)
         return self._workspace

@@ -140,7 +140,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     from fibuild.bench.runner import run_benchmarks
     from fibuild.cli.common import parse_device
     from fibuild.devices import default_device
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     workspace = Workspace.discover(settings)
     if (args.executor != "local" or args.address) and not args.dry_run:
@@ -294,7 +294,7 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
 def run_table(args: argparse.Namespace, settings) -> int:
     from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
     from fibuild.registry import Registry
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)

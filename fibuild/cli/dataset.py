@@ -54,7 +54,7 @@ def _print(report, as_json: bool = False) -> None:
 
 def run_import(args: argparse.Namespace, settings) -> int:
     from fibuild.errors import FibuildError
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     workspace = Workspace.discover(settings)
     if args.source == "flashinfer-dump":
@@ -74,7 +74,7 @@ def run_import(args: argparse.Namespace, settings) -> int:
 
 def run_export(args: argparse.Namespace, settings) -> int:
     from fibuild.dataset.trace_export import export_flashinfer_trace
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     workspace = Workspace.discover(settings)
     _print(export_flashinfer_trace(workspace, args.directory, args.definitions, progress=_progress), args.json)

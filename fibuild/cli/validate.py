@@ -19,7 +19,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace, settings) -> int:
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     workspace = Workspace.discover(settings)
     paths = args.paths or None

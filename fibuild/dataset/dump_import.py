@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..errors import DatasetError
 from ..registry import Registry
-from ..spec.manifest import Workspace
+from ..spec.workspace import Workspace
 from ..spec.model import Definition
 from .checks import rejected_workloads
 from .dump_reader import DumpCall, read_dumps

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from ..errors import FibuildError
 from ..registry import Registry
-from ..spec.manifest import Workspace
+from ..spec.workspace import Workspace
 from ..spec.model import Definition
 from . import trace_mapping as tm
 from .files import confined, copy_file, relative_path, write_text

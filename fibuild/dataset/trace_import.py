@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable
 
 from ..errors import DatasetError, FibuildError, ManifestError
 from ..registry import Registry, evaluation_to_dict
-from ..spec.manifest import Workspace, load_definition, load_solution
+from ..spec.manifest import load_definition, load_solution
+from ..spec.workspace import Workspace
 from . import trace_mapping as tm
 from .checks import rejected_workloads
 from .files import (

@@ -3,8 +3,8 @@
 ``load_definition`` / ``load_solution`` / ``load_workloads_jsonl`` raise one
 :class:`~fibuild.errors.ManifestError` per file listing all of its problems;
 ``definition_from_dict`` / ``solution_from_dict`` build the model from trusted dicts
-without any checks (fast paths). :class:`Workspace` (defined in
-:mod:`fibuild.spec.workspace`, re-exported here) scans a whole tree.
+without any checks (fast paths). :class:`~fibuild.spec.workspace.Workspace`, which scans a
+whole tree, is built on these loaders.
 """
 from __future__ import annotations
 
@@ -195,7 +195,4 @@ def _checked_yaml(path: Path, kind: str, semantic) -> dict:
     return data
 
 
-from .workspace import Workspace, shipped_root  # noqa: E402  (re-export; workspace imports the loaders above)
-
-__all__ = ["Workspace", "definition_from_dict", "load_definition", "load_solution",
-           "load_workloads_jsonl", "shipped_root", "solution_from_dict"]
+__all__ = ["definition_from_dict", "load_definition", "load_solution", "load_workloads_jsonl", "solution_from_dict"]

@@ -16,7 +16,7 @@ SOLUTION = "cuda_row_per_block"
 @pytest.fixture
 def workspace(tmp_path):
     from fibuild.config import Settings
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     ws = tmp_path / "ws"
     shutil.copytree(ROOT / "defs", ws / "defs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 pytestmark = pytest.mark.gpu
 

@@ -52,7 +52,7 @@ def _gpus() -> int:
 @pytest.fixture
 def workspace(tmp_path):
     from fibuild.config import Settings
-    from fibuild.spec.manifest import Workspace
+    from fibuild.spec.workspace import Workspace
 
     ws = tmp_path / "ws"
     shutil.copytree(ROOT / "defs" / "allreduce", ws / "defs" / "allreduce")

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fibuild.spec.calling import load_reference
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 pytestmark = pytest.mark.gpu
 

@@ -17,7 +17,7 @@ def cuda_workspace(tmp_path):
     from fibuild.config import Settings
     from fibuild.devices import device_slug
     from fibuild.registry import Registry
-    from fibuild.spec.manifest import shipped_root
+    from fibuild.spec.workspace import shipped_root
     from fibuild.spec.model import Evaluation, LatencyStats
     from fibuild.spec.workspace import Workspace
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fibuild.spec.calling import load_reference, make_caller
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 pytestmark = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ from fibuild.bench.reporter import BenchReporter
 from fibuild.bench.runner import run_benchmarks
 from fibuild.config import Settings
 from fibuild.registry import Registry
-from fibuild.spec.manifest import Workspace
+from fibuild.spec.workspace import Workspace
 from fibuild.spec.schema import validate
 
 pytestmark = pytest.mark.build

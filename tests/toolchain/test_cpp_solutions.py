@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fibuild.spec.calling import load_reference, make_caller, solution_caller
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 pytestmark = pytest.mark.build
 

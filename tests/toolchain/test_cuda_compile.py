@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 pytestmark = pytest.mark.build
 

@@ -20,7 +20,7 @@ from ...config import Settings
 from ...devices import device_slug
 from ...errors import BenchError
 from ...registry import evaluation_to_dict
-from ...spec.manifest import Workspace
+from ...spec.workspace import Workspace
 from ..plan import PlannedSolution
 from ..protocol import workload_from_json, workload_to_json
 from ..reporter import BenchReporter

@@ -26,7 +26,7 @@ from fibuild.errors import BenchError
 from fibuild.registry import Registry
 from fibuild.runtime.api import resolve
 from fibuild.spec.documents import parse_yaml_mapping
-from fibuild.spec.manifest import Workspace
+from fibuild.spec.workspace import Workspace
 from fibuild.spec.model import Evaluation, LatencyStats
 from fibuild.spec.schema import validate
 from fibuild.spec.semantics import check_definition

@@ -12,7 +12,7 @@ from fibuild.bench.farm import bundle as bundles
 from fibuild.bench.farm.task import make_task, run_task
 from fibuild.devices import device_slug
 from fibuild.errors import BenchError
-from fibuild.spec.manifest import Workspace
+from fibuild.spec.workspace import Workspace
 from fibuild.spec.schema import validate
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "farm"

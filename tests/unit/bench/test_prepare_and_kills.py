@@ -19,7 +19,7 @@ from fibuild.config import Settings
 from fibuild.devices import Device
 from fibuild.registry import Registry, evaluation_to_dict
 from fibuild.runtime.collect import collect_table
-from fibuild.spec.manifest import Workspace
+from fibuild.spec.workspace import Workspace
 from fibuild.spec.schema import validate
 
 ROOT = Path(__file__).resolve().parents[3]

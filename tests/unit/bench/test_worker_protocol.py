@@ -35,7 +35,7 @@ def test_worker_answers_then_reports_its_death(tmp_path):
     try:
         assert worker.environment["device_kind"] == "cpu"
         defn_name = "rmsnorm_h4096"
-        from fibuild.spec.manifest import Workspace
+        from fibuild.spec.workspace import Workspace
 
         wl = Workspace(ROOT).workloads(defn_name)[0]
         reply = worker.request({"op": "run", "id": 7, "definition": defn_name, "solution": f"{defn_name}/torch_fp32",

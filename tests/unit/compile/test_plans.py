@@ -14,7 +14,8 @@ from fibuild.compile.plans import PLAN_SLOTS, PlannedEntry
 from fibuild.config import Settings
 from fibuild.errors import BuildError, ManifestError
 from fibuild.spec.calling import load_reference
-from fibuild.spec.manifest import Workspace, load_solution
+from fibuild.spec.manifest import load_solution
+from fibuild.spec.workspace import Workspace
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "manifests" / "workspaces" / "plan_run"
 

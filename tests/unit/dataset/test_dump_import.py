@@ -24,7 +24,7 @@ from fibuild.dataset.dump_reader import parse_signature
 from fibuild.dataset.trace_import import import_flashinfer_trace
 from fibuild.errors import DatasetError
 from fibuild.registry import Registry
-from fibuild.spec.manifest import Workspace
+from fibuild.spec.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -14,7 +14,7 @@ from fibuild.dataset.trace_export import export_flashinfer_trace
 from fibuild.dataset.trace_import import import_flashinfer_trace
 from fibuild.errors import DatasetError
 from fibuild.registry import Registry
-from fibuild.spec.manifest import Workspace
+from fibuild.spec.workspace import Workspace
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "flashinfer_trace"
 SHIPPED = Path(__file__).resolve().parents[3]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fibuild.spec.calling import load_reference, make_caller, solution_caller
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 from fibuild.spec.model import Definition, Solution, Workload
 
 ROOT = shipped_root()

@@ -7,7 +7,8 @@ import torch
 from fibuild.bench.inputs import make_inputs
 from fibuild.errors import FibuildError
 from fibuild.spec.calling import load_reference
-from fibuild.spec.manifest import _workload, shipped_root
+from fibuild.spec.manifest import _workload
+from fibuild.spec.workspace import shipped_root
 from fibuild.spec.templates import definition_document, definition_name, write_definition
 from fibuild.spec.workspace import Workspace
 

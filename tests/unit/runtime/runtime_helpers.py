@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fibuild.config import Settings
 from fibuild.devices import device_slug
-from fibuild.spec.manifest import shipped_root
+from fibuild.spec.workspace import shipped_root
 
 DEF = "rmsnorm_h4096"
 

@@ -76,7 +76,7 @@ def test_inplace_op_under_torch_compile(tmp_path):
     import shutil
 
     from fibuild.config import Settings
-    from fibuild.spec.manifest import shipped_root
+    from fibuild.spec.workspace import shipped_root
 
     name = "fused_add_rmsnorm_h4096"
     root = tmp_path / "ws"

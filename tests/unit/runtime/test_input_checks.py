@@ -71,7 +71,7 @@ def test_not_a_tensor(kernel):
 
 def test_wrong_device_kind():
     """A CPU tensor for a CUDA kernel is refused by the generated check itself (no GPU needed)."""
-    from fibuild.spec.manifest import Workspace, shipped_root
+    from fibuild.spec.workspace import Workspace, shipped_root
 
     defn = Workspace(shipped_root()).definition(DEF)
     calls = []
@@ -105,7 +105,7 @@ def test_parameters_and_views_that_fit_pass(kernel):
 
 
 def test_expected_shapes():
-    from fibuild.spec.manifest import Workspace, shipped_root
+    from fibuild.spec.workspace import Workspace, shipped_root
 
     defn = Workspace(shipped_root()).definition(DEF)
     assert expected_shapes(defn, (7,)) == [(7, 4096), (4096,)]

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 WORKSPACE = Workspace(shipped_root())
 # Page-table definitions need consistent custom inputs: their Triton solutions have tests of their own.
@@ -29,7 +29,7 @@ CHILD = r"""
 import importlib, importlib.machinery, importlib.util, json, sys
 import torch
 from fibuild.spec.calling import load_reference, solution_caller
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 ws = Workspace(shipped_root())
 sol = ws.solution(sys.argv[1])

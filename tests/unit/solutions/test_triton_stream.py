@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 WORKSPACE = Workspace(shipped_root())
 STREAM = [s for s in WORKSPACE.solutions() if s.name == "triton_stream"]
@@ -67,7 +67,7 @@ def test_launch_table_tiles_the_shape(sol):
 CHILD = r"""
 import importlib, importlib.machinery, importlib.util, json, sys
 import torch
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 ws = Workspace(shipped_root())
 results = []

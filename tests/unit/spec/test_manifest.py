@@ -8,15 +8,14 @@ import yaml
 
 from fibuild.errors import ManifestError
 from fibuild.spec.manifest import (
-    Workspace,
     definition_from_dict,
     load_definition,
     load_solution,
     load_workloads_jsonl,
-    shipped_root,
     solution_from_dict,
 )
 from fibuild.spec.model import Axis, BuildFlags, InputSpec, TensorSpec, Tolerance
+from fibuild.spec.workspace import Workspace, shipped_root
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "manifests"
 DEFS = FIXTURES / "definitions"

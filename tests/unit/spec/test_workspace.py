@@ -8,7 +8,7 @@ import pytest
 
 from fibuild.config import Settings
 from fibuild.errors import FibuildError, ManifestError, ManifestErrors
-from fibuild.spec.manifest import Workspace, shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 WORKSPACES = Path(__file__).resolve().parents[2] / "fixtures" / "manifests" / "workspaces"
 GOOD = WORKSPACES / "good"
