@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import __version__
 from .errors import ConfigError
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
 
 #: Distribution names whose versions go into every evaluation's environment.
 _PACKAGES = {"torch": "torch", "triton": "triton", "tvm_ffi": "apache-tvm-ffi",
@@ -259,8 +262,6 @@ def _driver_version() -> str | None:
 @functools.cache
 def _environment(device: Device) -> tuple[tuple[str, Any], ...]:
     import torch
-
-    from . import __version__
 
     cc = device.compute_capability
     env: dict[str, Any] = {"device": device.slug, "device_kind": device.kind, "device_name": device.name,

@@ -5,6 +5,7 @@ without a traceback and exits 1. Anything else escaping is a bug.
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Sequence
 
@@ -103,8 +104,6 @@ def os_error_advice(exc: OSError, elsewhere: str = "") -> str:
     ``elsewhere`` is how to point fibuild at another place (e.g. "set FIBUILD_CACHE_DIR
     to a writable directory"); it ends the advice for the errors only a move fixes.
     """
-    import errno
-
     tail = f", or {elsewhere}" if elsewhere else ""
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):

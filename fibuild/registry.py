@@ -22,11 +22,15 @@ import json
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .errors import RegistryError
+from .errors import RegistryError, os_error_advice
 from .spec.model import Evaluation, LatencyStats
+from .spec.schema import validate
+
+# Heavy or optional dependencies are imported inside the functions that use them: safetensors, filelock.
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +152,6 @@ class Registry:
         Raises RegistryError naming the field when the record is invalid, or when the file
         cannot be written. Cost: one schema validation, one lock, one write.
         """
-        from .spec.schema import validate
-
         record = evaluation_to_dict(evaluation)
         problems = validate("evaluation", record)
         if problems:
@@ -172,8 +174,6 @@ class Registry:
         record, before anything is written. Uuid clashes with the file are the caller's to
         avoid (readers report them). Cost: one validation a record, one lock, one write.
         """
-        from .spec.schema import validate
-
         lines = []
         for record in workloads:
             record = {"definition": definition, **record}
@@ -199,7 +199,6 @@ class Registry:
 
         if not name or name.startswith(".") or not all(c.isalnum() or c in "_-." for c in name):
             raise RegistryError(f"blob name {name!r} cannot name a file")
-        import tempfile
 
         folder = self.workloads_path(definition).parent / "blobs"
         final = folder / f"{name}.safetensors"
@@ -287,8 +286,6 @@ def _confined(path: Path, root: Path) -> None:
 def append_lines(path: Path, text: str, what: str, root: Path | None = None) -> None:
     """Append ``text`` (whole lines) to ``path`` in one write under ``<path>.lock``."""
     from filelock import FileLock
-
-    from .errors import os_error_advice
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from ..spec.model import Definition
 
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
+
 PASSED = "PASSED"
 INCORRECT_SHAPE = "INCORRECT_SHAPE"
 INCORRECT_DTYPE = "INCORRECT_DTYPE"

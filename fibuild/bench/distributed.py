@@ -26,8 +26,10 @@ from typing import Callable, Sequence
 
 from ..devices import Device, cuda_count, default_device
 from ..errors import BenchError
+from ..registry import Registry
 from ..spec.model import Evaluation
 from .plan import BenchPlan, PlannedSolution, plan_distributed
+from .protocol import settings_to_json
 from .rank_group import RankGroup, merge_outcome
 from .records import BenchItem, build_items, evaluation
 from .reporter import BenchReporter
@@ -56,8 +58,6 @@ class _GroupRun:
 
     def __init__(self, settings, devices: list[str], backend: str, options: RunOptions,
                  prepare_s: float, reporter: BenchReporter):
-        from .protocol import settings_to_json
-
         self.settings_json = settings_to_json(settings)
         self.devices, self.backend, self.options = devices, backend, options
         self.prepare_limit = prepare_s
@@ -188,8 +188,6 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     :func:`plan_distributed` result. Raises as :func:`execute_distributed` and
     :func:`plan_distributed`.
     """
-    from ..registry import Registry
-
     reporter = reporter or BenchReporter()
     options = RunOptions(warmup_ms, rep_ms, False, timeout_s, prepare_timeout_s)
     options.check()

@@ -27,11 +27,20 @@ import sys
 import time
 import traceback
 import zlib
+from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence
 
+from fibuild.errors import BuildError
+from fibuild.spec.calling import load_reference
+
 from ..registry import latency_to_dict
-from .protocol import child_main, workload_from_json
+from .checks import PASSED, check_outputs, reference_outputs
+from .inputs import clone_inputs, make_inputs, random_tensor
+from .protocol import child_main, settings_from_json, workload_from_json
+from .timing import Measurement, capture_cuda_graph, repetitions, summarize, time_graph_replays
 from .worker import SolutionLoader, first_call_reply
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
 
 #: Cloned input sets the timers rotate through.
 INPUT_SETS = 2
@@ -51,8 +60,6 @@ def rank_inputs(defn, workload, rank: int, *, device="cpu", reference_ns=None) -
     random inputs named in ``defn.distributed.per_rank_inputs`` are drawn from
     :func:`rank_seed`, so they differ between ranks. Raises BenchError as make_inputs.
     """
-    from .inputs import make_inputs, random_tensor
-
     args = make_inputs(defn, workload, device=device, reference_ns=reference_ns)
     per_rank = set(defn.distributed.per_rank_inputs) if defn.distributed else set()
     for i, spec in enumerate(defn.inputs):
@@ -83,8 +90,6 @@ def time_collective_cpu(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warm
     """
     import torch.distributed as dist
 
-    from .timing import Measurement, repetitions, summarize
-
     k = len(arg_sets)
     t0 = time.perf_counter_ns()
     for i in range(3):
@@ -114,8 +119,6 @@ def time_collective_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], 
     """
     import torch.distributed as dist
 
-    from .timing import capture_cuda_graph, time_graph_replays
-
     graph = capture_cuda_graph(fn, arg_sets, device=device, calls_per_graph=calls_per_graph)
     dist.barrier()
     return time_graph_replays(graph, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
@@ -143,8 +146,6 @@ class Rank(SolutionLoader):
             torch.cuda.synchronize(self.device)
 
     def time(self, fn: Callable, inputs: Sequence[Any], warmup_ms: float, rep_ms: float):
-        from .inputs import clone_inputs
-
         arg_sets = [clone_inputs(inputs) for _ in range(INPUT_SETS)]
         if self.device == "cpu":
             return time_collective_cpu(fn, arg_sets, warmup_ms=warmup_ms, rep_ms=rep_ms)
@@ -153,8 +154,6 @@ class Rank(SolutionLoader):
 
     def inputs(self, defn, workload) -> list[Any]:
         """This rank's inputs of ``workload`` (made once per workload; callers clone them)."""
-        from fibuild.spec.calling import load_reference
-
         key = (defn.name, workload.uuid)
         if self._inputs[0] != key:
             self._inputs = (key, rank_inputs(defn, workload, self.rank, device=self.device,
@@ -178,11 +177,6 @@ class Rank(SolutionLoader):
 
     def reference(self, defn, workload, warmup_ms: float, rep_ms: float) -> dict[str, Any]:
         """This rank's inputs, the reference's outputs and latency for ``workload`` (once)."""
-        from fibuild.spec.calling import load_reference
-
-        from .checks import reference_outputs
-        from .inputs import clone_inputs
-
         key = (defn.name, workload.uuid)
         if self._ref_key == key:
             return self._ref
@@ -199,11 +193,6 @@ class Rank(SolutionLoader):
 
     def run(self, msg: Mapping[str, Any]) -> dict[str, Any]:
         """Check and time one (solution, workload) on this rank; never raises."""
-        from fibuild.errors import BuildError
-
-        from .checks import PASSED, check_outputs
-        from .inputs import clone_inputs
-
         reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "RUNTIME_ERROR",
                                  "latency": None, "reference_latency": None, "max_abs_error": None,
                                  "max_rel_error": None, "error": "", "timing": None, "fatal": True}
@@ -243,12 +232,8 @@ class Rank(SolutionLoader):
 
 
 def _start(init: Mapping[str, Any]) -> Rank:
-    from datetime import timedelta
-
     import torch
     import torch.distributed as dist
-
-    from .protocol import settings_from_json
 
     settings = settings_from_json(init["settings"])
     device, rank, world = init["device"], int(init["rank"]), int(init["world_size"])

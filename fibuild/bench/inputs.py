@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import BenchError
+from ..spec.calling import load_reference
 from ..spec.model import Definition, InputSpec, TensorSpec, Workload
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch, safetensors.
 
 #: Integer random inputs are drawn from [0, INT_HIGH): small, non-negative, index-safe for
 #: most small dimensions.
@@ -115,8 +118,6 @@ def _custom_values(defn: Definition, workload: Workload, axes: dict[str, int], d
         raise BenchError(f"workload {workload.uuid} of {defn.name}: custom inputs but the definition "
                          "has no custom_inputs_entrypoint")
     if reference_ns is None:
-        from ..spec.calling import load_reference
-
         reference_ns = load_reference(defn)
     fn = reference_ns.get(entry)
     if not callable(fn):

@@ -21,6 +21,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
+from fibuild.config import Settings
+from fibuild.devices import device_environment
+from fibuild.spec.model import InputSpec, Workload
+
 #: Exit code of a child that left after a fatal reply.
 FATAL_EXIT = 3
 STDERR_TAIL = 3000
@@ -41,8 +45,6 @@ def settings_to_json(settings) -> dict[str, Any]:
 
 def settings_from_json(data: Mapping[str, Any]):
     """Inverse of :func:`settings_to_json`."""
-    from fibuild.config import Settings
-
     values = {}
     for f in fields(Settings):
         if f.name not in data:
@@ -63,8 +65,6 @@ def workload_to_json(workload) -> dict[str, Any]:
 
 
 def workload_from_json(data: Mapping[str, Any]):
-    from fibuild.spec.model import InputSpec, Workload
-
     return Workload(uuid=data["uuid"], axes={k: int(v) for k, v in data["axes"].items()},
                     inputs={k: InputSpec(**v) for k, v in data.get("inputs", {}).items()},
                     source=data.get("source", ""))
@@ -94,7 +94,6 @@ def serve(start: Callable[[Mapping[str, Any]], Any], proto_in, proto_out) -> int
         return 0
     try:
         handler = start(json.loads(first))
-        from fibuild.devices import device_environment
 
         send({"op": "ready", "environment": device_environment(handler.device), "pid": os.getpid()})
     except Exception as exc:

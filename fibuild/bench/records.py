@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
+from ..compile.cache import BuildCache
+from ..compile.keys import build_key, solution_digest
 from ..errors import BuildError, FibuildError
 from ..registry import latency_from_dict
 from ..spec.model import Definition, Evaluation, Solution, Workload
@@ -86,7 +88,6 @@ def build_for_bench(cache, settings, defn: Definition, sol: Solution,
         key = cache.get_or_build(defn, sol).build_key
     except BuildError as exc:
         reporter.built(sol.qualified_name, str(exc))
-        from ..compile.keys import build_key
 
         try:
             key = build_key(defn, sol, settings)
@@ -104,9 +105,6 @@ def build_items(groups: Sequence[PlannedSolution], settings, reporter: BenchRepo
     For a solution that does not build, ``compile_error(item, error text)`` is called once
     per workload instead (the caller records it). Cost: the builds (cache hits are cheap).
     """
-    from ..compile.cache import BuildCache
-    from ..compile.keys import solution_digest
-
     cache = BuildCache(settings)
     items: list[BenchItem] = []
     order: dict[tuple[str, str], int] = {}

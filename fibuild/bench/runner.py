@@ -24,8 +24,11 @@ from typing import Any, Callable, Sequence
 
 from ..devices import Device, default_device, local_devices
 from ..errors import BenchError, FibuildError
+from ..registry import Registry
 from ..spec.model import Evaluation
 from .plan import BenchPlan, PlannedSolution, plan_benchmarks
+from .pool import WorkerCrashed, WorkerProcess, WorkerTimeout
+from .protocol import settings_to_json
 from .records import BenchItem, build_items, evaluation
 from .reporter import BenchReporter
 
@@ -68,8 +71,6 @@ class _Run:
 
     def __init__(self, settings, devices: Sequence[Device], reporter: BenchReporter,
                  sink: Callable[[Evaluation], None] | None, options: RunOptions):
-        from .protocol import settings_to_json
-
         self.settings_json = settings_to_json(settings)
         self.slugs = {d.torch_device: d.slug for d in devices}  # GPUs of one host may differ
         self.environments = {d.torch_device: d.environment() for d in devices}
@@ -146,8 +147,6 @@ class _WorkerSlot:
         self.prepared: dict[str, float | None] = {}
 
     def _ensure(self):
-        from .pool import WorkerProcess
-
         if self.worker is None:
             self.worker = WorkerProcess(self.run_state.settings_json, self.device)
             with self.run_state.lock:
@@ -181,8 +180,6 @@ class _WorkerSlot:
 
     def _attempt(self, item: BenchItem, attempt: int) -> tuple[str, dict | None, str]:
         """(status, reply, error) of one try; status RETRY asks for another try."""
-        from .pool import WorkerCrashed, WorkerTimeout
-
         run, name = self.run_state, item.solution.qualified_name
         if name in run.unpreparable:
             return "COMPILE_ERROR", None, run.unpreparable[name]
@@ -283,8 +280,6 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
     (default ``FIBUILD_PREPARE_TIMEOUT``). ``plan`` reuses a :func:`plan_benchmarks` result
     (its device wins over ``device``). Raises as :func:`execute` and :func:`plan_benchmarks`.
     """
-    from ..registry import Registry
-
     reporter = reporter or BenchReporter()
     options = RunOptions(warmup_ms, rep_ms, graph, timeout_s, prepare_timeout_s)
     options.check()

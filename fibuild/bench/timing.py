@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 from ..errors import BenchError
 from ..spec.model import LatencyStats
 
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
+
 MIN_REPS = 5
 MAX_REPS = 10_000
 #: Calls captured per CUDA graph in graph mode: enough to amortize the replay launch.

@@ -21,13 +21,26 @@ workload's inputs are made and its reference runs once per worker.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import traceback
 from typing import Any, Mapping
 
+from fibuild.compile.cache import BuildCache
+from fibuild.errors import BuildError, FibuildError
+from fibuild.spec.calling import load_reference
+from fibuild.spec.workspace import Workspace
+
 from ..registry import latency_to_dict
-from .protocol import child_main, workload_from_json
+from .checks import PASSED, check_outputs, reference_outputs
+from .inputs import clone_inputs, make_inputs
+from .lifeline import die_with_parent
+from .plans import prepare_plans
+from .protocol import child_main, settings_from_json, workload_from_json
+from .timing import time_calls
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
 
 #: How many cloned input sets the timers rotate through (fewer for big inputs).
 MAX_INPUT_SETS = 8
@@ -39,11 +52,8 @@ def looks_like_build_failure(exc: BaseException) -> bool:
     """Whether an exception from a solution's first call is a failed build: fibuild's
     BuildError, a compiler subprocess that failed, Triton's CompilationError, or the
     messages of torch's cpp_extension and FlashInfer's JIT (both run ninja)."""
-    from fibuild.errors import BuildError
-
     if isinstance(exc, BuildError):
         return True
-    import subprocess
 
     if isinstance(exc, subprocess.CalledProcessError):
         return True
@@ -59,10 +69,6 @@ def first_call_reply(msg: Mapping[str, Any], inputs, kernel, sync, *, fatal: boo
     raises; an exception in the call is fatal when ``fatal`` (CUDA, or a collective).
     Shared by the worker and the distributed ranks.
     """
-    from fibuild.errors import BuildError, FibuildError
-
-    from .inputs import clone_inputs
-
     reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "PASSED", "prepare_s": None,
                              "error": "", "fatal": False}
     stage = "inputs"
@@ -106,16 +112,12 @@ class SolutionLoader:
 
     def workspace(self):
         if self._workspace is None:
-            from fibuild.spec.workspace import Workspace
-
             self._workspace = Workspace(self.settings.root)
         return self._workspace
 
     def kernel(self, defn, qualified: str):
         """The LoadedKernel of ``qualified`` ("definition/solution"); BuildError if it fails."""
         if qualified not in self._kernels:
-            from fibuild.compile.cache import BuildCache
-
             definition, _, name = qualified.partition("/")
             sol = self.workspace().solution(name, definition=definition)
             self._kernels[qualified] = BuildCache(self.settings).get_or_build(defn, sol)
@@ -134,8 +136,6 @@ class Worker(SolutionLoader):
 
     def reference_ns(self, defn) -> dict:
         if defn.name not in self._references:
-            from fibuild.spec.calling import load_reference
-
             self._references[defn.name] = load_reference(defn)
         return self._references[defn.name]
 
@@ -149,16 +149,12 @@ class Worker(SolutionLoader):
         """Cloned input sets for the timers: up to MAX_INPUT_SETS within INPUT_SETS_BYTES."""
         import torch
 
-        from .inputs import clone_inputs
-
         nbytes = sum(a.numel() * a.element_size() for a in inputs if isinstance(a, torch.Tensor))
         count = max(2, min(MAX_INPUT_SETS, INPUT_SETS_BYTES // max(nbytes, 1)))
         return [clone_inputs(inputs) for _ in range(count)]
 
     def inputs(self, defn, workload) -> list[Any]:
         """The inputs of ``workload`` (made once per workload; callers clone them)."""
-        from .inputs import make_inputs
-
         key = (defn.name, workload.uuid)
         if self._inputs[0] != key:
             self._inputs = (key, make_inputs(defn, workload, device=self.device,
@@ -179,10 +175,6 @@ class Worker(SolutionLoader):
 
     def reference(self, defn, workload, warmup_ms: float, rep_ms: float, graph: bool) -> _ReferenceCache:
         """The reference's inputs/outputs (and its latency) for ``workload``, computed once."""
-        from .checks import reference_outputs
-        from .inputs import clone_inputs
-        from .timing import time_calls
-
         key = (defn.name, workload.uuid)
         if self._ref.key == key:
             return self._ref
@@ -204,13 +196,6 @@ class Worker(SolutionLoader):
 
     def run(self, msg: Mapping[str, Any]) -> dict[str, Any]:
         """Check and time one (definition, solution, workload); never raises."""
-        from fibuild.errors import BuildError, FibuildError
-
-        from .checks import PASSED, check_outputs
-        from .inputs import clone_inputs
-        from .plans import prepare_plans
-        from .timing import time_calls
-
         reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "RUNTIME_ERROR",
                                  "latency": None, "reference_latency": None, "plan_latency": None,
                                  "max_abs_error": None, "max_rel_error": None, "error": "", "timing": None,
@@ -265,8 +250,6 @@ class Worker(SolutionLoader):
 
 
 def _start(init: Mapping[str, Any]) -> Worker:
-    from .protocol import settings_from_json
-
     device = init["device"]
     if device != "cpu":
         import torch
@@ -276,8 +259,6 @@ def _start(init: Mapping[str, Any]) -> Worker:
 
 
 def main() -> int:
-    from .lifeline import die_with_parent
-
     die_with_parent()  # a hanging kernel must not outlive a killed runner
     return child_main(_start)
 

@@ -13,6 +13,12 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
+
+from fibuild import __version__
+from fibuild.cli.common import print_json
+from fibuild.config import Settings
+from fibuild.errors import FibuildError
 
 COMMANDS = {
     "init": ("init", "Create an empty workspace (defs/, solutions/, registry/)."),
@@ -57,8 +63,6 @@ def common_options(after_command: bool = False) -> argparse.ArgumentParser:
 
 def _parser(chosen: str | None) -> argparse.ArgumentParser:
     """The argument parser; only the chosen subcommand's module is imported."""
-    from fibuild import __version__
-
     parser = argparse.ArgumentParser(prog="fibuild", description="Build, benchmark and dispatch GPU kernels.",
                                      parents=[common_options()])
     parser.add_argument("--version", action="version", version=f"fibuild {__version__}")
@@ -75,16 +79,11 @@ def _parser(chosen: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fibuild.config import Settings
-    from fibuild.errors import FibuildError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(_chosen_command(argv)).parse_args(argv)
     try:
         settings = Settings.from_env()
         if args.root:
-            from pathlib import Path
-
             settings = Settings.from_env(root=Path(args.root).expanduser().resolve())
         logging.basicConfig(level=getattr(logging, settings.log_level, logging.WARNING),
                             format="%(levelname)s %(name)s: %(message)s")
@@ -94,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except FibuildError as exc:
         if args.json:
-            from fibuild.cli.common import print_json
-
             print_json({"ok": False, "error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,15 +1,28 @@
 """``fibuild bench`` (check and time solutions into registry/) and ``fibuild table``
 (a definition's leaderboard, as a table, JSON or a PNG plot).
 
-Only argparse and the standard library are imported here at module level; the runner,
-torch and rich are imported when a subcommand runs.
+This module is imported only when one of its subcommands runs (see :mod:`fibuild.cli`);
+torch, rich and Dask are imported where they are used.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
-from fibuild.cli.common import console, print_json
+from fibuild.bench.distributed import run_distributed
+from fibuild.bench.farm.driver import drop_recorded
+from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
+from fibuild.bench.plan import plan_benchmarks, plan_distributed
+from fibuild.bench.reporter import BenchReporter
+from fibuild.bench.runner import run_benchmarks
+from fibuild.cli.bench_farm import run_bench_farm
+from fibuild.cli.bench_report import report_evaluations
+from fibuild.cli.common import console, parse_device, print_json
+from fibuild.devices import default_device, device_slug, local_devices
+from fibuild.errors import BenchError, FibuildError
+from fibuild.registry import Registry
+from fibuild.spec.workspace import Workspace
+
+# Heavy or optional dependencies are imported inside the functions that use them: rich.
 
 
 def _positive_float(text: str) -> float:
@@ -96,7 +109,6 @@ class _RichReporter:
     def create(console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from fibuild.bench.reporter import BenchReporter
 
         class RichReporter(BenchReporter):
             def __init__(self):
@@ -136,23 +148,11 @@ class _RichReporter:
 
 def run_bench(args: argparse.Namespace, settings) -> int:
     """Exit 1 when any evaluation is not PASSED, unless ``--allow-failures``."""
-    from fibuild.bench.plan import plan_benchmarks
-    from fibuild.bench.runner import run_benchmarks
-    from fibuild.cli.common import parse_device
-    from fibuild.devices import default_device
-    from fibuild.spec.workspace import Workspace
-
     workspace = Workspace.discover(settings)
     if (args.executor != "local" or args.address) and not args.dry_run:
-        from fibuild.cli.bench_farm import run_bench_farm
-
         return run_bench_farm(args, settings, workspace)
     device = parse_device(args.device, workspace, local_only=True).kind if args.device else default_device(settings)
     if args.world_size:
-        from fibuild.bench.distributed import run_distributed
-        from fibuild.bench.plan import plan_distributed
-        from fibuild.errors import BenchError
-
         if len(args.definitions) != 1:
             raise BenchError(f"--world-size runs one distributed definition; got "
                              f"{len(args.definitions)} ({', '.join(args.definitions) or 'none'})")
@@ -167,10 +167,6 @@ def run_bench(args: argparse.Namespace, settings) -> int:
         plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
                                workload_limit=args.workload_limit)
         if args.resume:
-            from fibuild.bench.farm.driver import drop_recorded
-            from fibuild.devices import local_devices
-            from fibuild.registry import Registry
-
             slug = local_devices(device)[0].slug
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
             if dropped:
@@ -208,65 +204,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     return report_evaluations(args, out, err, evaluations, workspace.registry_dir)
 
 
-def report_evaluations(args, out, err, evaluations, registry_dir) -> int:
-    """Print the evaluations (``--json``: one document; else a table per device) and the
-    count of those not PASSED. Returns the exit code: 1 when any is not PASSED, unless
-    ``--allow-failures``."""
-    failing = [ev for ev in evaluations if ev.status != "PASSED"]
-    ok = not failing or args.allow_failures
-    if args.json:
-        from fibuild.bench.leaderboard import summary_rows
-        from fibuild.registry import evaluation_to_dict
-
-        print_json({"ok": ok, "devices": sorted({ev.device for ev in evaluations}),
-                    "registry": str(registry_dir), "summary": summary_rows(evaluations),
-                    "evaluations": [{k: v for k, v in evaluation_to_dict(ev).items() if k != "environment"}
-                                    for ev in evaluations]})
-    else:
-        print_summary(out, err, evaluations, registry_dir)
-    if failing:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(_status_counts(failing).items()))
-        verdict = "allowed by --allow-failures" if args.allow_failures else "exit 1; --allow-failures accepts them"
-        print(f"{'warning' if args.allow_failures else 'error'}: {len(failing)} of {len(evaluations)} "
-              f"evaluations not PASSED ({counts}); {verdict}", file=sys.stderr)
-    return 0 if ok else 1
-
-
-def _status_counts(evaluations) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for ev in evaluations:
-        counts[ev.status] = counts.get(ev.status, 0) + 1
-    return counts
-
-
-def print_summary(out, err, evaluations, registry_dir) -> None:
-    """One table per device slug: passed / failed counts and speedup per solution."""
-    from rich.table import Table
-
-    from fibuild.bench.leaderboard import summary_rows
-
-    if not evaluations:
-        err.print("nothing to benchmark")
-        return
-    for device in sorted({ev.device for ev in evaluations}):
-        mine = [ev for ev in evaluations if ev.device == device]
-        table = Table(title=f"{len(mine)} evaluation(s) on {device}", title_justify="left")
-        for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
-            table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
-        for row in summary_rows(mine):
-            passed = row["counts"].get("PASSED", 0)
-            failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
-            speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
-            first = row["error"].splitlines()[0][:80] if row["error"] else ""
-            table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
-        out.print(table)
-    out.print(f"records appended under {registry_dir}")
-
-
 def _table_device(registry, definition: str, settings, requested: str | None, workspace) -> str:
-    from fibuild.cli.common import parse_device
-    from fibuild.errors import BenchError
-
     devices = registry.devices(definition)
     if requested:
         slug = parse_device(requested, workspace).slug
@@ -276,8 +214,6 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
         return slug
     if not devices:
         raise BenchError(f"no evaluations of {definition} yet: run `fibuild bench {definition}`")
-    from fibuild.devices import default_device, device_slug
-    from fibuild.errors import FibuildError
 
     try:
         here = device_slug(default_device(settings))
@@ -292,10 +228,6 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
 
 
 def run_table(args: argparse.Namespace, settings) -> int:
-    from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
-    from fibuild.registry import Registry
-    from fibuild.spec.workspace import Workspace
-
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
     registry = Registry(workspace.registry_dir)

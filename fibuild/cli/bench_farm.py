@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 
+from fibuild.bench.farm.driver import FarmReporter, run_farm
+from fibuild.cli.bench_report import report_evaluations
+from fibuild.cli.common import console
+from fibuild.devices import default_device
 from fibuild.errors import BenchError
+
+# Heavy or optional dependencies are imported inside the functions that use them: rich.
 
 
 def _reporter(console):
-    from fibuild.bench.farm.driver import FarmReporter
-
     class FarmProgress(FarmReporter):
         """Live table of workers on a terminal; one line per item otherwise."""
 
@@ -78,11 +82,6 @@ def _reporter(console):
 
 def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     """Run ``fibuild bench`` on a Dask cluster; see :func:`fibuild.bench.farm.driver.run_farm`."""
-    from fibuild.bench.farm.driver import run_farm
-    from fibuild.cli.bench import report_evaluations
-    from fibuild.cli.common import console
-    from fibuild.devices import default_device
-
     if args.executor != "dask":
         raise BenchError("--address joins a Dask cluster: use it with --executor dask")
     if args.world_size:
@@ -91,7 +90,7 @@ def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     if args.device and ":" in args.device:
         raise BenchError(f"--device {args.device}: a farm places tasks itself; use cpu or cuda")
     try:
-        from fibuild.bench.farm.dask_engine import DaskEngine
+        from fibuild.bench.farm.dask_engine import DaskEngine  # deferred: imports Dask distributed (optional)
     except ImportError as exc:
         raise BenchError(f"--executor dask needs Dask distributed ({exc}): pip install 'fibuild[farm]'") from None
     device = args.device

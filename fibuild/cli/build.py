@@ -1,7 +1,7 @@
 """``fibuild build``, ``fibuild info`` and ``fibuild gc``: the build cache from the shell.
 
-Only argparse and the standard library are imported at module level; the build
-machinery is imported inside the ``run_*`` functions.
+This module is imported only when one of its subcommands runs (see :mod:`fibuild.cli`);
+rich is imported where a progress bar is drawn.
 """
 from __future__ import annotations
 
@@ -9,6 +9,19 @@ import argparse
 import json
 import sys
 import time
+
+from fibuild.cli.common import print_json
+from fibuild.compile import keys, store
+from fibuild.compile.batch import BuildOutcome, BuildReport
+from fibuild.compile.builders import get_builder
+from fibuild.compile.cache import BuildCache
+from fibuild.compile.keys import canonical_json, sha256_hex
+from fibuild.compile.prune import prune
+from fibuild.config import env_table_markdown
+from fibuild.errors import FibuildError
+from fibuild.spec.workspace import Workspace
+
+# Heavy or optional dependencies are imported inside the functions that use them: importlib.metadata, rich.
 
 
 # -- build -------------------------------------------------------------------------------
@@ -29,11 +42,6 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 def run_build(args, settings) -> int:
     """Exit 1 when a build failed, or when a solution named on the command line cannot be
     built here; with ``--all``, solutions this machine cannot build are skipped (exit 0)."""
-    from fibuild.compile.batch import BuildOutcome, BuildReport
-    from fibuild.compile.cache import BuildCache
-    from fibuild.errors import FibuildError
-    from fibuild.spec.workspace import Workspace
-
     if not args.solutions and not args.all:
         raise FibuildError("name the solutions to build, or pass --all")
     if args.solutions and args.all:
@@ -69,8 +77,6 @@ def run_build(args, settings) -> int:
     report.outcomes[:0] = skipped
     ok = report.ok and (args.all or not report.having("unavailable"))
     if args.json:
-        from fibuild.cli.common import print_json
-
         print_json({"ok": ok, "seconds": round(report.seconds, 3), "counts": _counts(report),
                     "solutions": [_outcome_json(o) for o in report.outcomes]})
         return 0 if ok else 1
@@ -85,8 +91,6 @@ def unavailable_reason(sol, settings) -> str:
     """Why ``sol`` cannot be built here ("" when it can): a declared dependency (a
     distribution name) is not installed, or its builder's toolchain is missing."""
     import importlib.metadata
-
-    from fibuild.compile.builders import get_builder
 
     for dist in sol.dependencies:
         try:
@@ -225,14 +229,8 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_info(args, settings) -> int:
     if args.env:
-        from fibuild.config import env_table_markdown
-
         print(env_table_markdown())
         return 0
-    from fibuild.compile import keys, store
-    from fibuild.compile.builders import get_builder
-    from fibuild.errors import FibuildError
-    from fibuild.spec.workspace import Workspace
 
     if not args.solution:
         raise FibuildError("name a solution (or pass --env)")
@@ -271,8 +269,6 @@ def run_info(args, settings) -> int:
 
 def _flatten(inputs) -> list[tuple[str, str]]:
     """Key inputs as ``(name, text)`` rows; big manifest parts are shown by their hash."""
-    from fibuild.compile.keys import canonical_json, sha256_hex
-
     rows = []
     for name in sorted(inputs):
         value = inputs[name]
@@ -301,16 +297,11 @@ def add_gc_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_gc(args, settings) -> int:
     """Without options, removes failed and unfinished build directories only."""
-    from fibuild.compile.prune import prune
-    from fibuild.errors import FibuildError
-
     if args.older_than is not None and args.older_than < 0:
         raise FibuildError(f"--older-than {args.older_than}: expected a number of days >= 0")
     cutoff = None if args.older_than is None else time.time() - args.older_than * 86400
     result = prune(settings.cache_dir, everything=args.all, older_than=cutoff, dry_run=args.dry_run)
     if args.json:
-        from fibuild.cli.common import print_json
-
         print_json({"ok": True, "dry_run": args.dry_run, "removed": [str(p) for p in result.removed],
                     "bytes": result.bytes, "kept": result.kept, "in_use": [str(p) for p in result.locked]})
         return 0

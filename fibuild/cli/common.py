@@ -1,7 +1,6 @@
 """What every subcommand shares: the ``--device`` reading, JSON output, a rich console.
 
-Only the standard library is imported at module level; torch is imported only when a
-device has to be probed.
+torch is imported only when a device has to be probed, rich only when a console is made.
 """
 from __future__ import annotations
 
@@ -9,6 +8,12 @@ import json
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from fibuild.devices import is_kind, local_devices, resolve_device_arg
+from fibuild.errors import ConfigError
+from fibuild.registry import WORKLOADS_FILE
+
+# Heavy or optional dependencies are imported inside the functions that use them: rich.
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,6 @@ class DeviceChoice:
 
 def recorded_devices(workspace) -> list[str]:
     """Device slugs with an evaluation file anywhere in ``workspace``'s registry, sorted."""
-    from fibuild.registry import WORKLOADS_FILE
-
     return sorted({p.stem for p in workspace.registry_dir.glob("*/*.jsonl") if p.name != WORKLOADS_FILE})
 
 
@@ -40,9 +43,6 @@ def parse_device(text: str, workspace, *, local_only: bool = False) -> DeviceCho
     slug that every visible GPU shares means them all, as ``cuda`` does. Cost: one device
     probe (torch import), cached by fibuild.devices.
     """
-    from fibuild.devices import is_kind, local_devices, resolve_device_arg
-    from fibuild.errors import ConfigError
-
     try:
         device = resolve_device_arg(text, known_slugs=[] if local_only else recorded_devices(workspace))
     except ConfigError as exc:

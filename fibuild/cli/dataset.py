@@ -12,6 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
+
+from fibuild.cli.common import print_json
+from fibuild.dataset.dump_import import import_flashinfer_dump
+from fibuild.dataset.trace_export import export_flashinfer_trace
+from fibuild.dataset.trace_import import import_flashinfer_trace
+from fibuild.errors import FibuildError
+from fibuild.spec.workspace import Workspace
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +46,6 @@ def _progress(line: str) -> None:
 
 def _print(report, as_json: bool = False) -> None:
     if as_json:
-        from dataclasses import asdict
-
-        from fibuild.cli.common import print_json
-
         print_json({"ok": True, "written": dict(report.written), "unchanged": dict(report.unchanged),
                     "skipped": [asdict(s) for s in report.skipped],
                     "dependents": [{"kind": kind, "definition": name, "count": n}
@@ -53,19 +57,13 @@ def _print(report, as_json: bool = False) -> None:
 
 
 def run_import(args: argparse.Namespace, settings) -> int:
-    from fibuild.errors import FibuildError
-    from fibuild.spec.workspace import Workspace
-
     workspace = Workspace.discover(settings)
     if args.source == "flashinfer-dump":
         if args.definitions or args.op_type:
             raise FibuildError("--definitions and --op-type apply to flashinfer-trace imports only")
-        from fibuild.dataset.dump_import import import_flashinfer_dump
 
         report = import_flashinfer_dump(workspace, args.directory, progress=_progress)
     else:
-        from fibuild.dataset.trace_import import import_flashinfer_trace
-
         report = import_flashinfer_trace(workspace, args.directory, definitions=args.definitions,
                                          op_type=args.op_type, progress=_progress)
     _print(report, args.json)
@@ -73,9 +71,6 @@ def run_import(args: argparse.Namespace, settings) -> int:
 
 
 def run_export(args: argparse.Namespace, settings) -> int:
-    from fibuild.dataset.trace_export import export_flashinfer_trace
-    from fibuild.spec.workspace import Workspace
-
     workspace = Workspace.discover(settings)
     _print(export_flashinfer_trace(workspace, args.directory, args.definitions, progress=_progress), args.json)
     return 0

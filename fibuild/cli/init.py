@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from fibuild.cli.common import print_json
+from fibuild.errors import FibuildError
+from fibuild.spec.workspace import init_workspace
+
 
 def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", nargs="?", metavar="DIR",
@@ -10,17 +14,12 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_init(args: argparse.Namespace, settings) -> int:
-    from fibuild.errors import FibuildError
-    from fibuild.spec.workspace import init_workspace
-
     directory = args.directory or args.root
     if not directory:
         raise FibuildError("name the folder: fibuild init DIR")
     created = init_workspace(directory)
     root = created[0].parent
     if args.json:
-        from fibuild.cli.common import print_json
-
         print_json({"ok": True, "root": str(root), "created": [str(p) for p in created]})
         return 0
     for path in created:

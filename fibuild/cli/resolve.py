@@ -1,12 +1,20 @@
 """``fibuild resolve NAME --axes k=v[,k=v...]``: which solution runs a key, and why.
 
-Only argparse and the standard library are imported here at module level. Axis values
-are checked in ``run_resolve`` (not by argparse) so a bad one exits 1 with a message,
-like every other user error.
+Axis values are checked in ``run_resolve`` (not by argparse) so a bad one exits 1 with a
+message, like every other user error.
 """
 from __future__ import annotations
 
 import argparse
+
+from fibuild.cli.common import parse_device, print_json
+from fibuild.compile.cache import BuildCache
+from fibuild.errors import FibuildError, ResolveError
+from fibuild.runtime.api import resolve
+from fibuild.runtime.collect import target_device
+from fibuild.runtime.decisions import format_key
+from fibuild.spec.workspace import Workspace
+from fibuild.units import format_us
 
 POLICIES = ("exact", "nearest", "def_best", "reference")
 
@@ -33,8 +41,6 @@ def parse_axes(items: list[str]) -> dict[str, str]:
     ``key_from_axes`` checks the integers. Raises ResolveError for a malformed item or a
     name given twice.
     """
-    from fibuild.errors import ResolveError
-
     axes: dict[str, str] = {}
     for item in items:
         for part in item.split(","):
@@ -56,9 +62,6 @@ def build_status(resolution, settings, here: bool) -> str:
         return "none needed (the reference runs as Python)"
     if not here:
         return "not checked (the device is not this machine)"
-    from fibuild.compile.cache import BuildCache
-    from fibuild.errors import FibuildError
-    from fibuild.spec.workspace import Workspace
 
     try:
         defn = Workspace.discover(settings).definition(resolution.definition)
@@ -70,17 +73,9 @@ def build_status(resolution, settings, here: bool) -> str:
 
 
 def run_resolve(args: argparse.Namespace, settings) -> int:
-    from fibuild.cli.common import parse_device, print_json
-    from fibuild.runtime.api import resolve
-    from fibuild.runtime.collect import target_device
-    from fibuild.runtime.decisions import format_key
-    from fibuild.units import format_us
-
     axes = parse_axes(args.axes)
     device = args.device
     if device is not None:
-        from fibuild.spec.workspace import Workspace
-
         device = parse_device(device, Workspace.discover(settings)).slug
     res = resolve(args.definition, axes, policy=args.policy, device=device,
                   strict=args.strict, settings=settings)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import site
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from fibuild.errors import ConfigError
+from fibuild.spec.workspace import Workspace
 
 PTH_NAME = "fibuild_integrations.pth"
 
@@ -41,16 +45,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def hook_installed() -> bool:
     """Whether this interpreter's site-packages hold fibuild's ``.pth`` hook."""
-    import site
-
     dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
     return any((Path(d) / PTH_NAME).is_file() for d in dirs)
 
 
 def run_run(args, settings) -> int:
-    from fibuild.errors import ConfigError
-    from fibuild.spec.workspace import Workspace
-
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

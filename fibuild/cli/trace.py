@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from fibuild.cli import common_options
+from fibuild.integrations.tracing import read_calls
+from fibuild.spec.workspace import Workspace
 
 
 def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="trace_command", metavar="ACTION")
     sub.required = True
-    from fibuild.cli import common_options
 
     # --root and --json are accepted after ``report`` too, like after any command.
     sub.add_parser("report", help="list traced definitions, keys, counts and unmapped calls",
@@ -20,10 +24,6 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 def trace_report(registry_dir) -> dict:
     """The report as data: ``definitions`` (name -> keys with calls, workloads stored) and
     ``unmapped`` ((op, reason) rows with calls)."""
-    from pathlib import Path
-
-    from fibuild.integrations.tracing import read_calls
-
     definitions: dict[str, dict] = {}
     unmapped: dict[tuple[str, str], int] = {}
     for line in read_calls(registry_dir):
@@ -45,8 +45,6 @@ def trace_report(registry_dir) -> dict:
 
 
 def run_trace(args, settings) -> int:
-    from fibuild.spec.workspace import Workspace
-
     ws = Workspace.discover(settings)
     report = trace_report(ws.registry_dir)
     if args.json:

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from fibuild.spec.workspace import Workspace
+
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", metavar="PATH",
@@ -19,8 +21,6 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace, settings) -> int:
-    from fibuild.spec.workspace import Workspace
-
     workspace = Workspace.discover(settings)
     paths = args.paths or None
     files = workspace.manifest_files(paths)

@@ -18,9 +18,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from fibuild.compile import store
+from fibuild.compile import keys, store
+from fibuild.compile.builders import get_builder
+from fibuild.compile.builders.loading import load_entry
 from fibuild.compile.loaded import LoadedKernel
 from fibuild.errors import BuildError, CacheError
+from fibuild.spec.calling import solution_caller
 
 if TYPE_CHECKING:
     from fibuild.config import Settings
@@ -43,7 +46,6 @@ def load_committed(build_dir: Path | str) -> Callable:
     if meta is None:
         raise BuildError(f"{directory} holds no committed build ({why or 'meta.json missing'})",
                          build_dir=directory)
-    from fibuild.compile.builders.loading import load_entry
 
     return load_entry(directory, meta)
 
@@ -63,13 +65,9 @@ class BuildCache:
 
     # -- keys and places ---------------------------------------------------------------
     def key_inputs(self, defn: Definition, sol: Solution) -> dict[str, Any]:
-        from fibuild.compile import keys
-
         return keys.key_inputs(defn, sol, self.settings)
 
     def key(self, defn: Definition, sol: Solution) -> str:
-        from fibuild.compile import keys
-
         return keys.build_key(defn, sol, self.settings)
 
     def build_dir(self, sol: Solution, key: str) -> Path:
@@ -87,8 +85,6 @@ class BuildCache:
         memory hit: one key computation (reads and hashes the sources); on a disk hit:
         plus the verification (hashing the artifact) and the load.
         """
-        from fibuild.compile import keys
-
         inputs = self.key_inputs(defn, sol)
         key = keys.key_of(inputs)
         with self._lock:
@@ -108,7 +104,7 @@ class BuildCache:
         return hit
 
     def _disk_or_build(self, defn, sol, key, inputs, retry_failed) -> LoadedKernel:
-        from fibuild.compile.batch import BuildItem, build_items  # ninja plumbing: not on load paths
+        from fibuild.compile.batch import BuildItem, build_items  # deferred: ninja plumbing, off the warm load path
 
         item = BuildItem(defn, sol, inputs=inputs, key=key)
         try:
@@ -123,9 +119,6 @@ class BuildCache:
         return self._load(defn, sol, key, outcome.build_dir, outcome.meta)
 
     def _load(self, defn, sol, key, directory, meta) -> LoadedKernel:
-        from fibuild.compile.builders import get_builder
-        from fibuild.spec.calling import solution_caller
-
         entry = get_builder(meta["language"]).load(directory, meta)
         return LoadedKernel(definition=defn, solution=sol, build_key=key, build_dir=directory,
                             entry=entry, call=solution_caller(defn, sol, entry), meta=meta)
@@ -163,7 +156,7 @@ class BuildCache:
     def build_many(self, pairs: Iterable[tuple[Definition, Solution]], *, jobs: int | None = None,
                    keep_going: bool = True, retry_failed: bool = False, reporter=None):
         """Build every stale solution of ``pairs`` with one ninja run; see :mod:`fibuild.compile.batch`."""
-        from fibuild.compile.batch import build_many
+        from fibuild.compile.batch import build_many  # deferred: ninja plumbing, off the warm load path
 
         return build_many(self.settings, pairs, jobs=jobs, keep_going=keep_going, retry_failed=retry_failed,
                           reporter=reporter)

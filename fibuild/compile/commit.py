@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fibuild.compile import keys, store
+from fibuild.compile.index import Index, build_summary  # diskcache: only once a build settles
 from fibuild.errors import BuildError, CacheError
 
 if TYPE_CHECKING:
@@ -93,8 +94,6 @@ def failed_error(sol: Solution, directory: Path, failed: dict[str, Any]) -> Buil
 
 def index_record(cache_dir: Path, key: str, directory: Path, meta, failed) -> None:
     """Record a settled build in the index; an index that cannot be written only logs."""
-    from fibuild.compile.index import Index, build_summary  # diskcache: only once a build settles
-
     try:
         with Index(cache_dir) as index:
             index.record(key, build_summary(directory, meta, failed))

@@ -18,6 +18,7 @@ import hashlib
 import json
 from typing import Any
 
+from fibuild.compile.builders import get_builder
 from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
@@ -115,8 +116,6 @@ def key_inputs(defn: Definition, sol: Solution, settings: Settings) -> dict[str,
     Raises BuildError for an unknown language or an unreadable source. Cost: reads the
     sources; toolchain probes run once per process.
     """
-    from fibuild.compile.builders import get_builder
-
     builder = get_builder(sol.language)
     inputs = digest_inputs(defn, sol)
     inputs["identity"] = sol.qualified_name

@@ -22,6 +22,8 @@ from typing import Callable, Iterable, Sequence
 
 from fibuild.errors import BuildError
 
+# Heavy or optional dependencies are imported inside the functions that use them: ninja.
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

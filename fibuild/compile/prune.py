@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fibuild.compile import store
+from fibuild.compile.index import Index
 from fibuild.errors import CacheError
+
+# Heavy or optional dependencies are imported inside the functions that use them: filelock.
 
 log = logging.getLogger("fibuild.compile")
 
@@ -60,8 +63,6 @@ def prune(cache_dir: Path, *, everything: bool = False, older_than: float | None
     An index that cannot be updated (a full disk) only logs: it is rebuilt from the store.
     """
     from filelock import Timeout
-
-    from fibuild.compile.index import Index
 
     result = GcResult()
     forgotten: list[str] = []

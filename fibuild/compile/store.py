@@ -49,6 +49,8 @@ from fibuild.compile.files import (  # noqa: F401
 )
 from fibuild.errors import cache_error
 
+# Heavy or optional dependencies are imported inside the functions that use them: filelock.
+
 log = logging.getLogger("fibuild.compile")
 
 META = "meta.json"

@@ -22,8 +22,8 @@ from typing import Callable
 
 from ..errors import DatasetError
 from ..registry import Registry
-from ..spec.workspace import Workspace
 from ..spec.model import Definition
+from ..spec.workspace import Workspace
 from .checks import rejected_workloads
 from .dump_reader import DumpCall, read_dumps
 from .report import DatasetReport

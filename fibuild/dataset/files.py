@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 from ..errors import DatasetError
 
+# Heavy or optional dependencies are imported inside the functions that use them: yaml.
+
 #: safetensors header dtype -> fibuild dtype name.
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64",

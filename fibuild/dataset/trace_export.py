@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 
 from ..errors import FibuildError
 from ..registry import Registry
-from ..spec.workspace import Workspace
 from ..spec.model import Definition
+from ..spec.workspace import Workspace
 from . import trace_mapping as tm
 from .files import confined, copy_file, relative_path, write_text
 from .report import DatasetReport

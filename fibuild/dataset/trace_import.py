@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..compile.keys import solution_digest
 from ..errors import DatasetError, FibuildError, ManifestError
 from ..registry import Registry, evaluation_to_dict
 from ..spec.manifest import load_definition, load_solution
+from ..spec.schema import validate
 from ..spec.workspace import Workspace
 from . import trace_mapping as tm
 from .checks import rejected_workloads
@@ -180,8 +182,6 @@ def _stage_definitions(defs: dict[str, _Def], stage: Path, report: DatasetReport
 # --- solutions ---------------------------------------------------------------------------
 
 def _read_solutions(root: Path, defs: dict[str, _Def], stage: Path, report: DatasetReport, say: Progress) -> None:
-    from ..compile.keys import solution_digest
-
     names = set(defs)
     for path in sorted((root / "solutions").rglob("*.json")):
         data, text = read_json(path)
@@ -353,8 +353,6 @@ def _validate_workloads(workspace: Workspace, item: _Def, stage: Path, report: D
 
 def _read_traces(root: Path, workspace: Workspace, defs: dict[str, _Def], report: DatasetReport,
                  say: Progress) -> None:
-    from ..spec.schema import validate
-
     known = _dataset_definitions(root)
     registry = Registry(workspace.registry_dir)
     present: dict[str, set] = {}

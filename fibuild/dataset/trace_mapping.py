@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from ..devices import slugify
 from ..spec.model import DTYPES, LANGUAGES, STATUSES, Evaluation, LatencyStats
+from .files import relative_path
 
 #: Definition keys of the dataset, in the order its files write them.
 DEFINITION_KEYS = ("name", "description", "op_type", "tags", "axes", "constraints", "inputs",
@@ -139,8 +140,6 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     Unsupported for a language fibuild has no builder for or a torch-binding C++/CUDA
     solution (fibuild builds native code through tvm-ffi only).
     """
-    from .files import relative_path
-
     data = _mapping(data, "solution")
     for key in ("name", "definition", "author"):
         _string(data, key, "solution")

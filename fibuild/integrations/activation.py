@@ -26,7 +26,12 @@ from typing import Any
 from fibuild.config import Settings
 from fibuild.errors import ConfigError
 
+from .adapters import default_adapters
+from .adapters.attention import WRAPPER_ADAPTERS
 from .patching import Patcher, PostImportFinder
+from .session import Session
+from .sites import patched_function
+from .wrapper_sites import patch_wrapper_class
 
 log = logging.getLogger("fibuild.integrations")
 
@@ -46,9 +51,6 @@ class Integration:
 
     def patch_module(self, root: str) -> None:
         """Patch every adapter whose API lives under the imported module ``root``."""
-        from .adapters.attention import WRAPPER_ADAPTERS, patch_wrapper_class
-        from .sites import patched_function
-
         for adapter in self.adapters:
             if adapter.root != root:
                 continue
@@ -100,9 +102,6 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
     instances to use instead of the built-in ones (tests). Raises ConfigError when neither
     ``trace`` nor ``apply`` is set. Logs one line saying what was enabled and where.
     """
-    from .adapters import default_adapters
-    from .session import Session
-
     if not trace and not apply:
         raise ConfigError("fibuild.enable(): set trace=True and/or apply=True")
     settings = settings or Settings.from_env()

@@ -16,8 +16,13 @@ from typing import Any, Callable
 
 from fibuild.config import Settings
 from fibuild.errors import FibuildError
+from fibuild.registry import Registry
+from fibuild.runtime.api import load
+from fibuild.spec.templates import definition_document, definition_name, write_definition
+from fibuild.spec.workspace import Workspace
 
 from .adapters.base import Adapter, Unmapped
+from .tracing import TraceRecorder, axes_bucket
 
 log = logging.getLogger("fibuild.integrations")
 
@@ -27,11 +32,6 @@ class Session:
 
     def __init__(self, settings: Settings, *, trace: bool, apply: bool, per_key: int = 2,
                  flush_every: int = 64, policy: str = "nearest"):
-        from fibuild.registry import Registry
-        from fibuild.spec.workspace import Workspace
-
-        from .tracing import TraceRecorder
-
         self.settings = settings
         self.trace = trace
         self.apply = apply
@@ -61,9 +61,6 @@ class Session:
         return found
 
     def _find_definition(self, adapter: Adapter, name: str, params: dict[str, Any]):
-        from fibuild.spec.templates import definition_document, write_definition
-        from fibuild.spec.workspace import Workspace
-
         try:
             return self.workspace.definition(name)
         except FibuildError as exc:
@@ -82,8 +79,6 @@ class Session:
         with self._lock:
             found = self._kernels.get(name)
             if found is None:
-                from fibuild.runtime.api import load
-
                 try:
                     found = load(name, policy=self.policy, settings=self.settings)
                 except FibuildError as exc:
@@ -104,10 +99,6 @@ class Session:
         Tracing records the call (first ``per_key`` per bucket) and wraps the handler in a
         counter. Never raises for a call it cannot take: that call gets ``original``.
         """
-        from fibuild.spec.templates import definition_name
-
-        from .tracing import axes_bucket
-
         handler = original
         try:
             params, inputs, record = prepare()
@@ -181,8 +172,6 @@ def var_axes(defn, inputs: tuple) -> dict[str, int]:
 def _mismatch(defn, op: str, params: dict[str, Any]) -> str:
     """What makes ``defn`` a different operator than the template would make for ``params``
     ("" when none): dtypes, input/output names and shapes, const axes, EPS."""
-    from fibuild.spec.templates import definition_document
-
     doc = definition_document(op, params)
     want_in = [(n, tuple(s["shape"] or ()), s["dtype"]) for n, s in doc["inputs"].items()]
     have_in = [(s.name, tuple(s.shape or ()), s.dtype) for s in defn.inputs]

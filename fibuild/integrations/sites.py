@@ -17,6 +17,7 @@ from fibuild.errors import InputError
 
 from .adapters.base import Unmapped, bind
 from .adapters.functions import FunctionAdapter
+from .session import var_axes
 
 log = logging.getLogger("fibuild.integrations")
 
@@ -95,8 +96,6 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
 def ran_a_solution(adapter, kernel, defn, inputs) -> bool:
     """After a kernel's first call: True when it ran a fibuild solution (not its fallback or
     the API itself); logs the fallback otherwise."""
-    from .session import var_axes
-
     res = kernel.resolution(defn.apply_key(var_axes(defn, inputs)))
     if res.solution is not None and not adapter.is_original(res.solution):
         return True

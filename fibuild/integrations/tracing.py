@@ -24,6 +24,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fibuild.errors import FibuildError
 from fibuild.registry import Registry, append_lines
 
 log = logging.getLogger("fibuild.integrations")
@@ -120,8 +121,6 @@ class TraceRecorder:
         definitions still flush. Never raises for I/O problems (tracing must not break the
         traced process).
         """
-        from fibuild.errors import FibuildError
-
         with self._lock:
             pending, self._pending = self._pending, []
             by_def: dict[str, list[dict[str, Any]]] = {}

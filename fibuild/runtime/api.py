@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from fibuild.config import Settings
+from fibuild.devices import Device, is_kind, resolve_device_arg
+from fibuild.spec.workspace import Workspace
 
+from .collect import local_device, target_device
 from .decisions import BaseReporter, Resolution
 from .dispatch import Kernel, key_from_axes, make_kernel
 from .resolve import Resolver, policy_chain
+from .table_cache import load_table
 
 
 def _workspace(settings: Settings):
-    from fibuild.spec.workspace import Workspace
-
     return Workspace.discover(settings)
 
 
@@ -46,11 +49,6 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     invalid manifests (only when the table is not cached), ResolveError for an unknown
     policy. Building happens on the first call of a key, not here.
     """
-    from fibuild.devices import Device, is_kind, resolve_device_arg
-
-    from .collect import local_device
-    from .table_cache import load_table
-
     settings = settings or Settings.from_env()
     policy_chain(policy, strict=strict)
     text = (device or "").strip()
@@ -73,9 +71,6 @@ def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
     Raises FibuildError for an unknown definition, ResolveError for unknown, missing or
     non-integer axes, an unknown policy, or (``strict``) no answer.
     """
-    from .collect import target_device
-    from .table_cache import load_table
-
     settings = settings or Settings.from_env()
     policy_chain(policy, strict=strict)
     slug, here = target_device(settings, device)
@@ -83,8 +78,6 @@ def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
     key = key_from_axes(defn, axes)
     res = Resolver(table).resolve(key, policy, strict=strict, reporter=reporter)
     if not here:
-        from dataclasses import replace
-
         res = replace(res, notes=(f"{slug} is not this machine: answered from its committed "
                                   "records; whether each solution can build here was not checked",))
     return res

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fibuild.compile import store
+from fibuild.compile.builders import get_builder
+from fibuild.compile.keys import build_key, solution_digest
 from fibuild.config import Settings
+from fibuild.devices import Device, default_device, is_kind, parse_kind, resolve_device_arg
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
 
 from .table import ApplyTable, Candidate, build_table
 
+# Heavy or optional dependencies are imported inside the functions that use them: importlib.metadata.
+
 
 def hardware_mismatch(sol: Solution, device: str) -> str:
     """Why ``sol.target_hardware`` excludes device slug ``device`` ("" when it does not):
     :meth:`fibuild.devices.Device.mismatch`, the rule the bench runner applies too."""
-    from fibuild.devices import Device
-
     return Device.from_slug(device).mismatch(sol.target_hardware)
 
 
@@ -41,7 +45,6 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
             importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return f"dependency {dist} is not installed"
-    from fibuild.compile.builders import get_builder
 
     try:
         return get_builder(sol.language).unavailable_reason(settings) or ""
@@ -51,8 +54,6 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
 
 def committed_dir(settings: Settings, key: str, sol: Solution) -> str:
     """The committed build directory of ``key``, or "" (no build, failed, or corrupt)."""
-    from fibuild.compile import store
-
     directory = store.build_dir(settings.cache_dir, key, sol.qualified_name)
     return str(directory) if store.read_meta(directory, key) is not None else ""
 
@@ -65,8 +66,6 @@ def candidates(defn: Definition, solutions: list[Solution], device: str, setting
     and says why in ``unavailable``. Cost: hashes every source; one toolchain probe per
     builder per process.
     """
-    from fibuild.compile.keys import build_key, solution_digest
-
     out: dict[str, Candidate] = {}
     for sol in solutions:
         try:
@@ -94,7 +93,7 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
 
     Raises ManifestErrors for invalid solution manifests of the definition.
     """
-    from fibuild.registry import Registry
+    from fibuild.registry import Registry  # deferred: a warm load reads no registry (test_table_cache)
 
     registry = Registry(workspace.registry_dir)
     cands = candidates(defn, workspace.solutions(defn.name), device, settings, here=here)
@@ -105,8 +104,6 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
 def local_device(settings: Settings, device: str | None = None) -> str:
     """The device kind to run on: ``device``, else ``FIBUILD_DEVICE``, else cuda when
     available, else cpu. Raises ConfigError for anything but cpu/cuda/cuda:N."""
-    from fibuild.devices import default_device, parse_kind
-
     kind = (device or "").strip().lower() or default_device(settings)
     parse_kind(kind)
     return kind
@@ -119,8 +116,6 @@ def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
     well-formed slug is another machine's. Raises ConfigError for a kind that is not
     present or text that is neither a kind nor a slug.
     """
-    from fibuild.devices import Device, is_kind, resolve_device_arg
-
     text = (device or "").strip()
     if text and not is_kind(text):
         found = resolve_device_arg(text, known_slugs=[Device.from_slug(text).slug])

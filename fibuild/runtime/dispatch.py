@@ -14,15 +14,20 @@ import threading
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
+from fibuild.compile.cache import BuildCache, load_committed
 from fibuild.config import Settings
 from fibuild.errors import BuildError, FibuildError, ResolveError
-from fibuild.spec.calling import axis_sources, make_caller, solution_caller
+from fibuild.spec.calling import axis_sources, load_reference, make_caller, solution_caller
 from fibuild.spec.model import ApplyKey, Definition
 
+from .custom_op import register_op
 from .decisions import REFERENCE, Rejected, Resolution, format_key
 from .input_checks import guarded, mismatch
 from .resolve import Resolver, policy_chain
 from .table import ApplyTable
+from .table_cache import remember_build
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
 
 log = logging.getLogger("fibuild.runtime")
 
@@ -175,17 +180,11 @@ class Kernel:
         entry = None
         build_key = cand.build_key
         if cand.build_dir:
-            from fibuild.compile.cache import load_committed
-
             try:
                 entry = load_committed(cand.build_dir)
             except BuildError as exc:  # removed by gc since the table was made: build again
                 log.info("%s: committed build %s unusable (%s)", name, cand.build_dir, exc)
         if entry is None:
-            from fibuild.compile.cache import BuildCache
-
-            from .table_cache import remember_build
-
             loaded = BuildCache(self.settings).get_or_build(self.definition, cand.solution)
             entry, build_key = loaded.entry, loaded.build_key
             if self._digest:
@@ -203,7 +202,6 @@ class Kernel:
             return (self.fallback if self._entry_is_value else caller), caller
         if REFERENCE in self._loaded:
             return self._loaded[REFERENCE]
-        from fibuild.spec.calling import load_reference
 
         try:
             run = load_reference(self.definition)["run"]
@@ -260,8 +258,6 @@ class Kernel:
         :func:`fibuild.runtime.custom_op.op_schema`).
         """
         if self._op is None:
-            from .custom_op import register_op
-
             self._op = register_op(self)
         return self._op
 

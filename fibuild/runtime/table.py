@@ -18,6 +18,8 @@ from fibuild.units import format_us
 
 from .decisions import REFERENCE
 
+# Heavy or optional dependencies are imported inside the functions that use them: statistics.
+
 
 @dataclass(frozen=True)
 class Candidate:

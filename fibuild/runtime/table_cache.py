@@ -18,10 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fibuild import __version__
+from fibuild.compile.index import Index
 from fibuild.config import Settings
 from fibuild.errors import CacheError
+from fibuild.spec.manifest import definition_from_dict, solution_from_dict
 from fibuild.spec.model import Definition
 
+from .collect import collect_table, definition_file
 from .table import ApplyTable
 
 log = logging.getLogger("fibuild.runtime")
@@ -47,8 +51,6 @@ def _stat_files(folder: Path, root: Path, out: list) -> None:
 
 def input_digest(root: Path, name: str, device: str, here: bool, settings: Settings) -> str:
     """sha256 over the table's inputs (see the module docstring). Cost: one ``stat`` per file."""
-    from fibuild import __version__
-
     files: list = []
     for path in sorted((root / "defs").glob(f"*/{name}.y*ml")):
         st = path.stat()
@@ -72,8 +74,6 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
 
 
 def _index(settings: Settings):
-    from fibuild.compile.index import Index
-
     return Index(settings.cache_dir)
 
 
@@ -82,8 +82,6 @@ def read_cached(settings: Settings, digest: str) -> tuple[Definition, ApplyTable
 
     A missing, refused or malformed entry, or an unusable index, is a miss (logged).
     """
-    from fibuild.spec.manifest import definition_from_dict, solution_from_dict
-
     try:
         with _index(settings) as index:
             value = index.get_json(NAMESPACE, digest)
@@ -138,8 +136,6 @@ def load_table(workspace, settings: Settings, name: str, device: str, *,
     Raises FibuildError for an unknown definition, ManifestError(s) for invalid manifests
     (only on a miss: a hit never parses them). Cost on a hit: a few stats + one index read.
     """
-    from .collect import collect_table, definition_file
-
     if definition_file(workspace.root, name) is None:
         workspace.definition(name)  # raises the unknown-name error with suggestions
     digest = input_digest(workspace.root, name, device, here, settings)

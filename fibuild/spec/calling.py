@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from .model import Definition, Solution
 
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
+
 
 def axis_sources(defn: Definition) -> dict[str, tuple[int, int]]:
     """Map each axis that appears in an input shape to ``(input index, dim)`` (first use)."""

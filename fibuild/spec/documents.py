@@ -19,6 +19,8 @@ from typing import Any
 
 from .schema import describe_value, pointer_of
 
+# Heavy or optional dependencies are imported inside the functions that use them: yaml.
+
 Problems = list[tuple[str, str]]
 
 MAX_MANIFEST_BYTES = 1 << 20

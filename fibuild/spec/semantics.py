@@ -7,6 +7,7 @@ the manifest, plus one ``ast.parse`` of the reference and one ``stat`` per sourc
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import re
 from pathlib import Path, PurePosixPath
@@ -270,8 +271,6 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
             problems += _entry_point(data, directory)
     problems += _build_flags(data.get("build") or {})
     if definitions is not None and data["definition"] not in definitions:
-        import difflib
-
         close = difflib.get_close_matches(data["definition"], list(definitions), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         problems.append(("/definition", f"definition {data['definition']!r} does not exist in the "

@@ -10,8 +10,10 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from fibuild.config import Settings
 from fibuild.errors import FibuildError, ManifestError, ManifestErrors
 
+from .manifest import load_definition, load_solution, load_workloads_jsonl
 from .model import Definition, Solution, Workload
 
 if TYPE_CHECKING:
@@ -51,8 +53,6 @@ class Workspace:
         the workspace shipped with fibuild. Reads the environment only when ``settings`` is None.
         """
         if settings is None:
-            from fibuild.config import Settings
-
             settings = Settings.from_env()
         if settings.root is not None:
             return cls(settings.root, "set by FIBUILD_ROOT or --root")
@@ -145,7 +145,6 @@ class Workspace:
             raise self._unknown("definition", name, self._definitions)
         if name in self._one_definition:
             return self._one_definition[name]
-        from .manifest import load_definition
 
         files = sorted(p for p in self.defs_dir.glob(f"*/{name}.*") if p.suffix in _YAML) \
             if _plain_name(name) else []
@@ -158,8 +157,6 @@ class Workspace:
         return defn
 
     def _load_definitions(self) -> tuple[dict[str, Definition], list[ManifestError]]:
-        from .manifest import load_definition
-
         loaded: dict[str, Definition] = {}
         errors: list[ManifestError] = []
         for path in self.definition_files():
@@ -211,8 +208,6 @@ class Workspace:
                 return cached
             path = self.solutions_dir / defn / name / "solution.yaml"
             if _plain_name(defn) and _plain_name(name) and path.is_file():
-                from .manifest import load_solution
-
                 sol = load_solution(path, self._definition_names())
                 self._one_solution[sol.qualified_name] = sol
                 return sol
@@ -229,8 +224,6 @@ class Workspace:
     def _load_solutions(self, definition: str | None, names: set[str]) -> tuple[list[Solution], list[ManifestError]]:
         """Load solution files. Qualified names are unique by layout: load_solution checks
         that the directory is the name and its parent the definition."""
-        from .manifest import load_solution
-
         loaded: dict[str, Solution] = {}
         errors: list[ManifestError] = []
         for path in self.solution_files(definition):
@@ -259,8 +252,6 @@ class Workspace:
         return self._workloads[defn.name]
 
     def _recorded_workloads(self, defn: Definition) -> list[Workload]:
-        from .manifest import load_workloads_jsonl
-
         path = self.registry_dir / defn.name / "workloads.jsonl"
         return load_workloads_jsonl(path, defn) if path.is_file() else []
 
@@ -282,8 +273,6 @@ class Workspace:
         return sorted(errors, key=lambda e: e.path)
 
     def _check_file(self, path: Path) -> list[ManifestError]:
-        from .manifest import load_definition, load_solution
-
         try:
             if path.name == "workloads.jsonl":
                 return self._check_workloads_file(path, None)

@@ -17,9 +17,8 @@ def cuda_workspace(tmp_path):
     from fibuild.config import Settings
     from fibuild.devices import device_slug
     from fibuild.registry import Registry
-    from fibuild.spec.workspace import shipped_root
     from fibuild.spec.model import Evaluation, LatencyStats
-    from fibuild.spec.workspace import Workspace
+    from fibuild.spec.workspace import Workspace, shipped_root
 
     src = shipped_root()
     root = tmp_path / "ws"

@@ -11,8 +11,8 @@ from fibuild.bench.reporter import BenchReporter
 from fibuild.bench.runner import run_benchmarks
 from fibuild.config import Settings
 from fibuild.registry import Registry
-from fibuild.spec.workspace import Workspace
 from fibuild.spec.schema import validate
+from fibuild.spec.workspace import Workspace
 
 pytestmark = pytest.mark.build
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fibuild.compile.builders.sources import import_entry
+from fibuild.compile.plans import PlannedEntry
 from fibuild.errors import BuildError
+
+# Heavy or optional dependencies are imported inside the functions that use them: tvm_ffi.
 
 
 def load_native(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
@@ -26,12 +30,9 @@ def load_native(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
 def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
     """The entry function; for a plan/run solution (``meta["plan_symbol"]``) a
     :class:`~fibuild.compile.plans.PlannedEntry` joining its plan and run."""
-    from fibuild.compile.builders.sources import import_entry
-
     entry = import_entry(build_dir, meta)
     if not meta.get("plan_symbol"):
         return entry
-    from fibuild.compile.plans import PlannedEntry
 
     plan = import_entry(build_dir, {**meta, "entry_file": meta["plan_file"], "entry_symbol": meta["plan_symbol"]})
     return PlannedEntry(entry, plan, meta["plan_inputs"], name=meta["solution"])

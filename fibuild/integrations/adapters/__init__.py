@@ -2,10 +2,10 @@
 ``torch.nn.functional.linear``."""
 from __future__ import annotations
 
+from .attention import PagedDecode, PagedPrefill, RaggedPrefill
+from .functions import FUNCTION_ADAPTERS
+
 
 def default_adapters() -> list:
     """One instance of every built-in adapter (cheap: no imports beyond fibuild's)."""
-    from .attention import PagedDecode, PagedPrefill, RaggedPrefill
-    from .functions import FUNCTION_ADAPTERS
-
     return [cls() for cls in FUNCTION_ADAPTERS] + [PagedDecode(), PagedPrefill(), RaggedPrefill()]

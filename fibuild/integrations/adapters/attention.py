@@ -12,12 +12,12 @@ Anything the adapter does not understand (another layout, masks, soft-cap, RoPE,
 """
 from __future__ import annotations
 
-import functools
 import math
-import weakref
 from typing import Any
 
 from .base import REQUIRED, Adapter, Call, Unmapped, bind, dtype_name
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
 
 _NONE = (None,)
 _KINDS = ("float16", "bfloat16")
@@ -329,18 +329,3 @@ def _causal_same_dims(kwargs, head_dim_qk) -> None:
 
 WRAPPER_ADAPTERS = (WrapperAdapter,)
 
-
-def patch_wrapper_class(integration, adapter: WrapperAdapter, cls) -> bool:
-    """Replace ``cls.plan`` and ``cls.run``; see :mod:`.wrapper_sites`."""
-    from .wrapper_sites import patched_plan, patched_run
-
-    plan, run = getattr(cls, "plan", None), getattr(cls, "run", None)
-    if plan is None or run is None or hasattr(run, "fibuild_contexts"):
-        return False
-    contexts: "weakref.WeakKeyDictionary[Any, PlanContext]" = weakref.WeakKeyDictionary()
-    new_plan = functools.update_wrapper(patched_plan(integration.session, adapter, plan, contexts), plan)
-    new_run = functools.update_wrapper(patched_run(integration.session, adapter, run, contexts), run)
-    new_run.fibuild_contexts = contexts
-    integration.patcher.replace(cls, "plan", new_plan)
-    integration.patcher.replace(cls, "run", new_run)
-    return True

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from fibuild.errors import FibuildError
+from fibuild.spec.templates import definition_name
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
+
 REQUIRED = object()
 
 
@@ -120,9 +125,6 @@ class Adapter:
 
     def matches(self, call: Call) -> str | None:
         """The definition name for ``call``, or None when the adapter cannot take it."""
-        from fibuild.errors import FibuildError
-        from fibuild.spec.templates import definition_name
-
         try:
             return definition_name(self.op, self.template_params(call))
         except (Unmapped, FibuildError):
@@ -130,9 +132,6 @@ class Adapter:
 
     def why_not(self, call: Call) -> str | None:
         """Why :meth:`matches` gives None (None when it does not)."""
-        from fibuild.errors import FibuildError
-        from fibuild.spec.templates import definition_name
-
         try:
             definition_name(self.op, self.template_params(call))
         except Unmapped as exc:

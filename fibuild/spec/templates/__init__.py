@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.errors import FibuildError
+from fibuild.spec.manifest import load_definition
 
 from . import attention, elementwise
+
+# Heavy or optional dependencies are imported inside the functions that use them: yaml, filelock.
 
 #: op -> (template function, name pattern, the dataset's dtype for that op)
 TEMPLATES: dict[str, tuple[Callable[..., dict], str, str]] = {
@@ -92,8 +95,6 @@ def write_definition(defs_dir: str | Path, document: Mapping[str, Any]) -> Path:
     """
     import yaml
     from filelock import FileLock
-
-    from fibuild.spec.manifest import load_definition
 
     folder = Path(defs_dir) / document["op_type"]
     final = folder / f"{document['name']}.yaml"

@@ -26,10 +26,10 @@ from fibuild.errors import BenchError
 from fibuild.registry import Registry
 from fibuild.runtime.api import resolve
 from fibuild.spec.documents import parse_yaml_mapping
-from fibuild.spec.workspace import Workspace
 from fibuild.spec.model import Evaluation, LatencyStats
 from fibuild.spec.schema import validate
 from fibuild.spec.semantics import check_definition
+from fibuild.spec.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = ROOT / "tests" / "fixtures" / "distributed"

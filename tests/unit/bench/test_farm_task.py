@@ -12,8 +12,8 @@ from fibuild.bench.farm import bundle as bundles
 from fibuild.bench.farm.task import make_task, run_task
 from fibuild.devices import device_slug
 from fibuild.errors import BenchError
-from fibuild.spec.workspace import Workspace
 from fibuild.spec.schema import validate
+from fibuild.spec.workspace import Workspace
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "farm"
 OPTIONS = {"warmup_ms": 0.0, "rep_ms": 1.0, "graph": False, "timeout_s": 60.0}

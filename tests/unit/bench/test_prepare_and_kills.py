@@ -19,8 +19,8 @@ from fibuild.config import Settings
 from fibuild.devices import Device
 from fibuild.registry import Registry, evaluation_to_dict
 from fibuild.runtime.collect import collect_table
-from fibuild.spec.workspace import Workspace
 from fibuild.spec.schema import validate
+from fibuild.spec.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[3]
 DEF = "rmsnorm_h4096"

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from fibuild.spec.calling import load_reference, make_caller, solution_caller
-from fibuild.spec.workspace import Workspace, shipped_root
 from fibuild.spec.model import Definition, Solution, Workload
+from fibuild.spec.workspace import Workspace, shipped_root
 
 ROOT = shipped_root()
 

@@ -8,7 +8,7 @@ import torch
 from integration_helpers import solution_calls
 
 import fibuild
-from fibuild.integrations.adapters.wrapper_sites import context_of
+from fibuild.integrations.wrapper_sites import context_of
 
 BF16 = torch.bfloat16
 

@@ -8,9 +8,8 @@ from fibuild.bench.inputs import make_inputs
 from fibuild.errors import FibuildError
 from fibuild.spec.calling import load_reference
 from fibuild.spec.manifest import _workload
-from fibuild.spec.workspace import shipped_root
 from fibuild.spec.templates import definition_document, definition_name, write_definition
-from fibuild.spec.workspace import Workspace
+from fibuild.spec.workspace import Workspace, shipped_root
 
 LLAMA = {
     "rmsnorm_h4096": ("rmsnorm", {"hidden_size": 4096, "dtype": "bfloat16", "eps": 1e-5}, {"batch_size": 3}),

@@ -10,12 +10,19 @@ lookup, one tuple key, one dict lookup.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import weakref
 from typing import Any, Callable
 
 from fibuild.errors import InputError
+from fibuild.spec.templates import definition_name
 
-from .attention import PlanContext, WrapperAdapter
+from .adapters.attention import PlanContext, WrapperAdapter
+from .session import var_axes
+from .sites import ran_a_solution
+
+# Heavy or optional dependencies are imported inside the functions that use them: torch.
 
 log = logging.getLogger("fibuild.integrations")
 
@@ -39,8 +46,6 @@ def patched_plan(session, adapter: WrapperAdapter, plan: Callable, contexts) -> 
 
 def _prepare_blobs(session, adapter, ctx: PlanContext, kwargs) -> None:
     """Copy the index tensors to the host when the trace still wants this bucket."""
-    from fibuild.spec.templates import definition_name
-
     dtype = _dtype_name(kwargs.get("q_data_type", kwargs.get("data_type")))
     name = definition_name(adapter.op, {**ctx.consts, "dtype": dtype})
     if session.recorder.wants(name, ctx.counts, adapter.bucket_of):
@@ -89,8 +94,6 @@ def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts) -> Ca
 def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext, kernel, defn,
                inputs: tuple, want_lse: bool) -> Callable:
     """The run handler calling ``kernel`` with the plan's index tensors (``inputs[3:]``)."""
-    from ..sites import ran_a_solution
-
     guard = session.guard
     tail = inputs[3:]
     k0 = inputs[1]
@@ -136,8 +139,6 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext
 
 
 def _axes(defn, inputs):
-    from ..session import var_axes
-
     return var_axes(defn, inputs)
 
 
@@ -152,3 +153,17 @@ def context_of(wrapper_instance) -> Any:
     run = type(wrapper_instance).run
     contexts = getattr(run, "fibuild_contexts", None)
     return contexts.get(wrapper_instance) if contexts is not None else None
+
+
+def patch_wrapper_class(integration, adapter: WrapperAdapter, cls) -> bool:
+    """Replace ``cls.plan`` and ``cls.run``; see the module docstring."""
+    plan, run = getattr(cls, "plan", None), getattr(cls, "run", None)
+    if plan is None or run is None or hasattr(run, "fibuild_contexts"):
+        return False
+    contexts: "weakref.WeakKeyDictionary[Any, PlanContext]" = weakref.WeakKeyDictionary()
+    new_plan = functools.update_wrapper(patched_plan(integration.session, adapter, plan, contexts), plan)
+    new_run = functools.update_wrapper(patched_run(integration.session, adapter, run, contexts), run)
+    new_run.fibuild_contexts = contexts
+    integration.patcher.replace(cls, "plan", new_plan)
+    integration.patcher.replace(cls, "run", new_run)
+    return True

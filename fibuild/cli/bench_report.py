@@ -1,0 +1,64 @@
+"""The report ``fibuild bench`` prints after a run, local or on a farm: the evaluations
+(``--json``: one document; else a table per device) and the exit code.
+
+rich is imported when a table is printed (the one deferred import).
+"""
+from __future__ import annotations
+
+import sys
+
+from fibuild.bench.leaderboard import summary_rows
+from fibuild.cli.common import print_json
+from fibuild.registry import evaluation_to_dict
+
+# Heavy or optional dependencies are imported inside the functions that use them: rich.
+
+
+def report_evaluations(args, out, err, evaluations, registry_dir) -> int:
+    """Print the evaluations (``--json``: one document; else a table per device) and the
+    count of those not PASSED. Returns the exit code: 1 when any is not PASSED, unless
+    ``--allow-failures``."""
+    failing = [ev for ev in evaluations if ev.status != "PASSED"]
+    ok = not failing or args.allow_failures
+    if args.json:
+        print_json({"ok": ok, "devices": sorted({ev.device for ev in evaluations}),
+                    "registry": str(registry_dir), "summary": summary_rows(evaluations),
+                    "evaluations": [{k: v for k, v in evaluation_to_dict(ev).items() if k != "environment"}
+                                    for ev in evaluations]})
+    else:
+        print_summary(out, err, evaluations, registry_dir)
+    if failing:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(_status_counts(failing).items()))
+        verdict = "allowed by --allow-failures" if args.allow_failures else "exit 1; --allow-failures accepts them"
+        print(f"{'warning' if args.allow_failures else 'error'}: {len(failing)} of {len(evaluations)} "
+              f"evaluations not PASSED ({counts}); {verdict}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _status_counts(evaluations) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ev in evaluations:
+        counts[ev.status] = counts.get(ev.status, 0) + 1
+    return counts
+
+
+def print_summary(out, err, evaluations, registry_dir) -> None:
+    """One table per device slug: passed / failed counts and speedup per solution."""
+    from rich.table import Table
+
+    if not evaluations:
+        err.print("nothing to benchmark")
+        return
+    for device in sorted({ev.device for ev in evaluations}):
+        mine = [ev for ev in evaluations if ev.device == device]
+        table = Table(title=f"{len(mine)} evaluation(s) on {device}", title_justify="left")
+        for column in ("solution", "passed", "failed", "speedup vs ref", "first failure"):
+            table.add_column(column, justify="right" if column in ("passed", "failed", "speedup vs ref") else "left")
+        for row in summary_rows(mine):
+            passed = row["counts"].get("PASSED", 0)
+            failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
+            speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+            first = row["error"].splitlines()[0][:80] if row["error"] else ""
+            table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
+        out.print(table)
+    out.print(f"records appended under {registry_dir}")
