@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 from . import __version__
 from .errors import ConfigError
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 #: Distribution names whose versions go into every evaluation's environment.
 _PACKAGES = {"torch": "torch", "triton": "triton", "tvm_ffi": "apache-tvm-ffi",

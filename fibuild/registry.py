@@ -30,7 +30,7 @@ from .errors import RegistryError, os_error_advice
 from .spec.model import Evaluation, LatencyStats
 from .spec.schema import validate
 
-# Heavy or optional dependencies are imported inside the functions that use them: safetensors, filelock.
+# Heavy or optional dependencies, imported inside the functions that use them: safetensors, filelock.
 
 log = logging.getLogger(__name__)
 

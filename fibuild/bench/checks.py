@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..spec.model import Definition
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 PASSED = "PASSED"
 INCORRECT_SHAPE = "INCORRECT_SHAPE"

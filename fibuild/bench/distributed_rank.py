@@ -40,7 +40,7 @@ from .protocol import child_main, settings_from_json, workload_from_json
 from .timing import Measurement, capture_cuda_graph, repetitions, summarize, time_graph_replays
 from .worker import SolutionLoader, first_call_reply
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 #: Cloned input sets the timers rotate through.
 INPUT_SETS = 2

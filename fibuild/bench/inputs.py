@@ -23,7 +23,7 @@ from ..errors import BenchError
 from ..spec.calling import load_reference
 from ..spec.model import Definition, InputSpec, TensorSpec, Workload
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch, safetensors.
+# Heavy or optional dependencies, imported inside the functions that use them: torch, safetensors.
 
 #: Integer random inputs are drawn from [0, INT_HIGH): small, non-negative, index-safe for
 #: most small dimensions.

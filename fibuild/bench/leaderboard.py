@@ -16,7 +16,7 @@ from ..registry import latest_per_workload
 from ..spec.model import Definition, Evaluation
 from ..units import format_us
 
-# Heavy or optional dependencies are imported inside the functions that use them: rich, matplotlib.
+# Heavy or optional dependencies, imported inside the functions that use them: rich, matplotlib.
 
 #: Short forms of failing statuses for table cells.
 STATUS_SHORT = {"INCORRECT_SHAPE": "shape", "INCORRECT_NUMERICAL": "wrong", "INCORRECT_DTYPE": "dtype",

@@ -13,7 +13,7 @@ from ..compile.plans import PlannedEntry
 from ..spec.model import LatencyStats
 from .timing import MIN_REPS, repetitions, summarize
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 #: At most this many plans are timed (a plan may allocate; hundreds add nothing).
 MAX_PLAN_REPS = 100

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from ..errors import BenchError
 from ..spec.model import LatencyStats
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 MIN_REPS = 5
 MAX_REPS = 10_000

@@ -40,7 +40,7 @@ from .plans import prepare_plans
 from .protocol import child_main, settings_from_json, workload_from_json
 from .timing import time_calls
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 #: How many cloned input sets the timers rotate through (fewer for big inputs).
 MAX_INPUT_SETS = 8

@@ -22,7 +22,7 @@ from fibuild.errors import BenchError, FibuildError
 from fibuild.registry import Registry
 from fibuild.spec.workspace import Workspace
 
-# Heavy or optional dependencies are imported inside the functions that use them: rich.
+# Heavy or optional dependencies, imported inside the functions that use them: rich.
 
 
 def _positive_float(text: str) -> float:

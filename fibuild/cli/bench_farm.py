@@ -13,7 +13,7 @@ from fibuild.cli.common import console
 from fibuild.devices import default_device
 from fibuild.errors import BenchError
 
-# Heavy or optional dependencies are imported inside the functions that use them: rich.
+# Heavy or optional dependencies, imported inside the functions that use them: rich.
 
 
 def _reporter(console):

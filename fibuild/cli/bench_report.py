@@ -11,7 +11,7 @@ from fibuild.bench.leaderboard import summary_rows
 from fibuild.cli.common import print_json
 from fibuild.registry import evaluation_to_dict
 
-# Heavy or optional dependencies are imported inside the functions that use them: rich.
+# Heavy or optional dependencies, imported inside the functions that use them: rich.
 
 
 def report_evaluations(args, out, err, evaluations, registry_dir) -> int:

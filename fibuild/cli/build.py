@@ -21,7 +21,7 @@ from fibuild.config import env_table_markdown
 from fibuild.errors import FibuildError
 from fibuild.spec.workspace import Workspace
 
-# Heavy or optional dependencies are imported inside the functions that use them: importlib.metadata, rich.
+# Heavy or optional dependencies, imported inside the functions that use them: importlib.metadata, rich.
 
 
 # -- build -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from fibuild.devices import is_kind, local_devices, resolve_device_arg
 from fibuild.errors import ConfigError
 from fibuild.registry import WORKLOADS_FILE
 
-# Heavy or optional dependencies are imported inside the functions that use them: rich.
+# Heavy or optional dependencies, imported inside the functions that use them: rich.
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 from fibuild.errors import BuildError
 
-# Heavy or optional dependencies are imported inside the functions that use them: ninja.
+# Heavy or optional dependencies, imported inside the functions that use them: ninja.
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

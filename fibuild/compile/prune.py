@@ -15,7 +15,7 @@ from fibuild.compile import store
 from fibuild.compile.index import Index
 from fibuild.errors import CacheError
 
-# Heavy or optional dependencies are imported inside the functions that use them: filelock.
+# Heavy or optional dependencies, imported inside the functions that use them: filelock.
 
 log = logging.getLogger("fibuild.compile")
 

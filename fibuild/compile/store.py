@@ -49,7 +49,7 @@ from fibuild.compile.files import (  # noqa: F401
 )
 from fibuild.errors import cache_error
 
-# Heavy or optional dependencies are imported inside the functions that use them: filelock.
+# Heavy or optional dependencies, imported inside the functions that use them: filelock.
 
 log = logging.getLogger("fibuild.compile")
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import DatasetError
 from .files import iter_jsonl, safetensors_header
 
-# Heavy or optional dependencies are imported inside the functions that use them: safetensors.
+# Heavy or optional dependencies, imported inside the functions that use them: safetensors.
 
 _DIR = re.compile(r"^(\d{8}_\d{6}_\d{3})_pid(\d+)_(.+)_call(\d+)$")
 _REQUIRED = ("function_name", "input_metadata", "tensor_info", "function_signature", "execution_status",

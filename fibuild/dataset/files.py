@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from ..errors import DatasetError
 
-# Heavy or optional dependencies are imported inside the functions that use them: yaml.
+# Heavy or optional dependencies, imported inside the functions that use them: yaml.
 
 #: safetensors header dtype -> fibuild dtype name.
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",

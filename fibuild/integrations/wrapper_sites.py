@@ -22,7 +22,7 @@ from .adapters.attention import PlanContext, WrapperAdapter
 from .session import var_axes
 from .sites import ran_a_solution
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 log = logging.getLogger("fibuild.integrations")
 

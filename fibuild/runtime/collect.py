@@ -19,7 +19,7 @@ from fibuild.spec.model import Definition, Solution
 
 from .table import ApplyTable, Candidate, build_table
 
-# Heavy or optional dependencies are imported inside the functions that use them: importlib.metadata.
+# Heavy or optional dependencies, imported inside the functions that use them: importlib.metadata.
 
 
 def hardware_mismatch(sol: Solution, device: str) -> str:

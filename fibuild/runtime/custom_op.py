@@ -15,7 +15,7 @@ from fibuild.errors import ResolveError
 from fibuild.spec.calling import axis_sources
 from fibuild.spec.model import Definition
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 _SERIAL = itertools.count()
 

@@ -27,7 +27,7 @@ from .resolve import Resolver, policy_chain
 from .table import ApplyTable
 from .table_cache import remember_build
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 log = logging.getLogger("fibuild.runtime")
 

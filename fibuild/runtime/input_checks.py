@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from fibuild.errors import InputError
 from fibuild.spec.model import ApplyKey, Definition
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 # Sentinel for inputs a call left out: it has none of a tensor's attributes the check reads.
 _MISSING = object()

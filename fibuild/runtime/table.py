@@ -18,7 +18,7 @@ from fibuild.units import format_us
 
 from .decisions import REFERENCE
 
-# Heavy or optional dependencies are imported inside the functions that use them: statistics.
+# Heavy or optional dependencies, imported inside the functions that use them: statistics.
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from .model import Definition, Solution
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 
 def axis_sources(defn: Definition) -> dict[str, tuple[int, int]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .schema import describe_value, pointer_of
 
-# Heavy or optional dependencies are imported inside the functions that use them: yaml.
+# Heavy or optional dependencies, imported inside the functions that use them: yaml.
 
 Problems = list[tuple[str, str]]
 

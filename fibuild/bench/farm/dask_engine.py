@@ -43,7 +43,7 @@ from ...devices import device_slug
 from ...errors import BenchError
 from .task import TAG_PREFIX, device_tag, run_task, worker_device
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 #: Seconds to wait for an existing cluster to show at least one worker.
 JOIN_TIMEOUT_S = 60.0

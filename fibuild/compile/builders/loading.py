@@ -12,7 +12,7 @@ from fibuild.compile.builders.sources import import_entry
 from fibuild.compile.plans import PlannedEntry
 from fibuild.errors import BuildError
 
-# Heavy or optional dependencies are imported inside the functions that use them: tvm_ffi.
+# Heavy or optional dependencies, imported inside the functions that use them: tvm_ffi.
 
 
 def load_native(build_dir: Path, meta: Mapping[str, Any]) -> Callable:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .base import REQUIRED, Adapter, Call, Unmapped, bind, dtype_name
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 _NONE = (None,)
 _KINDS = ("float16", "bfloat16")

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from fibuild.errors import FibuildError
 from fibuild.spec.templates import definition_name
 
-# Heavy or optional dependencies are imported inside the functions that use them: torch.
+# Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 REQUIRED = object()
 

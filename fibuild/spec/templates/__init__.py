@@ -21,7 +21,7 @@ from fibuild.spec.manifest import load_definition
 
 from . import attention, elementwise
 
-# Heavy or optional dependencies are imported inside the functions that use them: yaml, filelock.
+# Heavy or optional dependencies, imported inside the functions that use them: yaml, filelock.
 
 #: op -> (template function, name pattern, the dataset's dtype for that op)
 TEMPLATES: dict[str, tuple[Callable[..., dict], str, str]] = {
