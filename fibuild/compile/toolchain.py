@@ -18,7 +18,8 @@ from pathlib import Path
 
 from fibuild.config import Settings
 
-# Heavy or optional dependencies, imported inside the functions that use them: importlib.metadata, importlib.util, tvm_ffi.
+# Heavy or optional dependencies, imported inside the functions that use them:
+# importlib.metadata, importlib.util, tvm_ffi.
 
 #: Default CUDA arch when FIBUILD_CUDA_ARCH_LIST is empty and no GPU is visible.
 DEFAULT_CUDA_ARCH = "9.0a"

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from fibuild.errors import FibuildError
 
-# Heavy or optional dependencies, imported inside the functions that use them: importlib.resources, referencing, jsonschema.
+# Heavy or optional dependencies, imported inside the functions that use them:
+# importlib.resources, referencing, jsonschema.
 
 SCHEMA_BASE = "https://fibuild.invalid/schemas/"
 KINDS = ("definition", "solution", "workload", "evaluation")
