@@ -16,8 +16,6 @@ from typing import Any, Iterator
 
 from ..errors import DatasetError
 
-# Heavy or optional dependencies, imported inside the functions that use them: yaml.
-
 #: safetensors header dtype -> fibuild dtype name.
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64",
@@ -178,19 +176,3 @@ def same_bytes(a: Path, b: Path) -> bool:
         return a.read_bytes() == b.read_bytes()
     except OSError:
         return False
-
-
-def dump_yaml(data: dict) -> str:
-    """A manifest as YAML in the given key order; multi-line strings as ``|`` blocks."""
-    import yaml
-
-    class _Dumper(yaml.SafeDumper):
-        pass
-
-    def _str(dumper, value):
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    _Dumper.add_representer(str, _str)
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100,
-                     default_flow_style=None)

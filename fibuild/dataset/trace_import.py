@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 from ..compile.keys import solution_digest
 from ..errors import DatasetError, FibuildError, ManifestError
 from ..registry import Registry, evaluation_to_dict
+from ..spec.documents import dump_yaml
 from ..spec.manifest import load_definition, load_solution
 from ..spec.schema import validate
 from ..spec.workspace import Workspace
@@ -34,7 +35,6 @@ from .checks import rejected_workloads
 from .files import (
     confined,
     copy_file,
-    dump_yaml,
     iter_jsonl,
     line_of,
     read_json,

@@ -246,3 +246,20 @@ def _string_keys(value: Any, path: list, problems: Problems, parents: frozenset 
     if isinstance(value, list):
         return [_string_keys(item, path + [i], problems, parents) for i, item in enumerate(value)]
     return value
+
+
+def dump_yaml(data: dict, *, flow_lists: bool = True) -> str:
+    """A manifest as YAML in the given key order; multi-line strings as ``|`` blocks. With
+    ``flow_lists``, collections of scalars are written inline (``[a, b]``)."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper, value):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100,
+                     default_flow_style=None if flow_lists else False)

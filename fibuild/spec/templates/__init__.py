@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.errors import FibuildError
+from fibuild.spec.documents import dump_yaml
 from fibuild.spec.manifest import load_definition
 
 from . import attention, elementwise
 
-# Heavy or optional dependencies, imported inside the functions that use them: yaml, filelock.
+# Heavy or optional dependencies, imported inside the functions that use them: filelock.
 
 #: op -> (template function, name pattern, the dataset's dtype for that op)
 TEMPLATES: dict[str, tuple[Callable[..., dict], str, str]] = {
@@ -93,15 +94,14 @@ def write_definition(defs_dir: str | Path, document: Mapping[str, Any]) -> Path:
     path. Raises ManifestError when the document is invalid (a template bug), FibuildError
     when the folder cannot be written.
     """
-    import yaml
     from filelock import FileLock
 
     folder = Path(defs_dir) / document["op_type"]
     final = folder / f"{document['name']}.yaml"
     if final.exists():
         return final
-    text = "# Made by fibuild from a traced call (op template); edit freely.\n" + yaml.dump(
-        dict(document), Dumper=_block_dumper(), sort_keys=False, width=100, allow_unicode=True)
+    text = ("# Made by fibuild from a traced call (op template); edit freely.\n"
+            + dump_yaml(dict(document), flow_lists=False))
     # load_definition checks the name against the file name: validate a file named right,
     # in a private folder beside the target, then rename it into place.
     probe = folder / f".probe-{os.getpid()}" / final.name
@@ -122,16 +122,3 @@ def write_definition(defs_dir: str | Path, document: Mapping[str, Any]) -> Path:
         raise FibuildError(f"{final}: cannot write definition: {exc}") from exc
     return final
 
-
-def _block_dumper():
-    import yaml
-
-    class BlockDumper(yaml.SafeDumper):
-        pass
-
-    def text(dumper, data):
-        style = "|" if "\n" in data else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-    BlockDumper.add_representer(str, text)
-    return BlockDumper
