@@ -25,34 +25,25 @@ from fibuild.spec.workspace import Workspace
 # Heavy or optional dependencies, imported inside the functions that use them: rich.
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
-    return value
+def _bounded(cast, minimum, *, strict: bool):
+    """An argparse ``type``: ``cast(text)``, > ``minimum`` when ``strict``, else >= it (NaN refused)."""
+    noun = "an integer" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not (value > minimum if strict else value >= minimum):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {noun} {'>' if strict else '>='} {minimum}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
-    return value
+_positive_float = _bounded(float, 0, strict=True)
+_non_negative_float = _bounded(float, 0, strict=False)
+_positive_int = _bounded(int, 1, strict=False)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

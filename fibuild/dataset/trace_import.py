@@ -222,22 +222,14 @@ def _read_solutions(root: Path, defs: dict[str, _Def], stage: Path, report: Data
 
 def _read_workloads(root: Path, workspace: Workspace, defs: dict[str, _Def], stage: Path,
                     report: DatasetReport, say: Progress) -> None:
-    known = _dataset_definitions(root)
-    for path in sorted((root / "workloads").rglob("*.jsonl")):
-        say(f"workloads {path.relative_to(root)}")
-        for lineno, data in iter_jsonl(path):
-            try:
-                name, workload, _, _ = tm.workload_line(data, evaluated=False)
-            except ValueError as exc:
-                raise DatasetError(path, lineno, str(exc)) from None
-            _check_known(known, name, path, lineno, root / "workloads")
-            item = defs.get(name)
-            if item is None:
-                _dependent(report, "workload", name)
-                continue
-            record = _workload_record(root, workspace, item, workload, path, lineno, report)
-            if record is not None:
-                item.workloads.append((record, f"{path}:{lineno}"))
+    for path, lineno, (name, workload, _, _) in _dataset_lines(root, "workloads", say):
+        item = defs.get(name)
+        if item is None:
+            _dependent(report, "workload", name)
+            continue
+        record = _workload_record(root, workspace, item, workload, path, lineno, report)
+        if record is not None:
+            item.workloads.append((record, f"{path}:{lineno}"))
     for item in defs.values():
         _validate_workloads(workspace, item, stage, report)
 
@@ -250,6 +242,23 @@ def _dataset_definitions(root: Path) -> dict[str, str]:
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             out[data["name"]] = str(data.get("op_type"))
     return out
+
+
+def _dataset_lines(root: Path, folder: str, say: Progress):
+    """(path, line number, :func:`trace_mapping.workload_line` fields) of every JSONL line under
+    ``root/folder`` ("workloads", or "traces", whose lines carry an evaluation), in file order.
+    Raises DatasetError for a malformed line or an unknown definition (and, under workloads/,
+    a folder that is not the definition's op type)."""
+    known = _dataset_definitions(root)
+    for path in sorted((root / folder).rglob("*.jsonl")):
+        say(f"{folder} {path.relative_to(root)}")
+        for lineno, data in iter_jsonl(path):
+            try:
+                fields = tm.workload_line(data, evaluated=folder == "traces")
+            except ValueError as exc:
+                raise DatasetError(path, lineno, str(exc)) from None
+            _check_known(known, fields[0], path, lineno, root / folder if folder == "workloads" else None)
+            yield path, lineno, fields
 
 
 def _check_known(known: dict[str, str], name: str, path: Path, lineno: int, by_op_type: Path | None) -> None:
@@ -353,39 +362,31 @@ def _validate_workloads(workspace: Workspace, item: _Def, stage: Path, report: D
 
 def _read_traces(root: Path, workspace: Workspace, defs: dict[str, _Def], report: DatasetReport,
                  say: Progress) -> None:
-    known = _dataset_definitions(root)
     registry = Registry(workspace.registry_dir)
     present: dict[str, set] = {}
-    for path in sorted((root / "traces").rglob("*.jsonl")):
-        say(f"traces {path.relative_to(root)}")
-        for lineno, data in iter_jsonl(path):
-            try:
-                name, workload, solution, evaluation = tm.workload_line(data, evaluated=True)
-            except ValueError as exc:
-                raise DatasetError(path, lineno, str(exc)) from None
-            _check_known(known, name, path, lineno, None)
-            item = defs.get(name)
-            if item is None:
-                _dependent(report, "evaluation", name)
-                continue
-            if solution not in item.solutions:
-                report.skip("evaluation", f"{name}/{solution}/{workload['uuid']}",
-                            f"solution {solution!r} is not imported", f"{path}:{lineno}")
-                continue
-            try:
-                ev = tm.evaluation_from_dataset(name, workload, solution, evaluation, item.solutions[solution][2])
-            except ValueError as exc:
-                raise DatasetError(path, lineno, str(exc)) from None
-            problems = validate("evaluation", evaluation_to_dict(ev))
-            if problems:
-                raise DatasetError(path, lineno, "; ".join(f"{p}: {m}" for p, m in problems))
-            if name not in present:
-                present[name] = {_ev_key(e) for e in registry.read(name)}
-            if _ev_key(ev) in present[name]:
-                report.unchanged["evaluation"] += 1
-                continue
-            present[name].add(_ev_key(ev))
-            item.evaluations.append(ev)
+    for path, lineno, (name, workload, solution, evaluation) in _dataset_lines(root, "traces", say):
+        item = defs.get(name)
+        if item is None:
+            _dependent(report, "evaluation", name)
+            continue
+        if solution not in item.solutions:
+            report.skip("evaluation", f"{name}/{solution}/{workload['uuid']}",
+                        f"solution {solution!r} is not imported", f"{path}:{lineno}")
+            continue
+        try:
+            ev = tm.evaluation_from_dataset(name, workload, solution, evaluation, item.solutions[solution][2])
+        except ValueError as exc:
+            raise DatasetError(path, lineno, str(exc)) from None
+        problems = validate("evaluation", evaluation_to_dict(ev))
+        if problems:
+            raise DatasetError(path, lineno, "; ".join(f"{p}: {m}" for p, m in problems))
+        if name not in present:
+            present[name] = {_ev_key(e) for e in registry.read(name)}
+        if _ev_key(ev) in present[name]:
+            report.unchanged["evaluation"] += 1
+            continue
+        present[name].add(_ev_key(ev))
+        item.evaluations.append(ev)
 
 
 def _ev_key(ev) -> tuple:

@@ -125,6 +125,16 @@ class Kernel:
                 return fn(*args)
         return self._slow(key, args, out)
 
+    # Kernel.__call__ and _OneAxisKernel.__call__ spell this tail out: there it is the whole
+    # per-call cost, and a shared method would add a Python call to every dispatch.
+    def _call_key(self, key: ApplyKey, args: tuple, out):
+        """The dispatch of ``args`` once their key is read: the fast entry, else :meth:`_slow`."""
+        if out is None:
+            fn = self._fast.get(key)
+            if fn is not None:
+                return fn(*args)
+        return self._slow(key, args, out)
+
     # -- misses ------------------------------------------------------------------------
     def _slow(self, key: ApplyKey, args: tuple, out):
         caller = self._callers.get(key)
@@ -315,11 +325,7 @@ class _ProcessGroupKernel(Kernel):
             key = tuple([size if i < 0 else args[i].shape[d] for i, d in self._sources])
         except (IndexError, AttributeError, TypeError):
             raise self._bad_args(args) from None
-        if out is None:
-            fn = self._fast.get(key)
-            if fn is not None:
-                return fn(*args)
-        return self._slow(key, args, out)
+        return self._call_key(key, args, out)
 
 
 def make_kernel(definition: Definition, table: ApplyTable, **kwargs) -> Kernel:

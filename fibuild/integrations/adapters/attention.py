@@ -160,6 +160,23 @@ class WrapperAdapter(Adapter):
         ctx = call.instance
         return {**ctx.consts, "dtype": call.params["_dtype"]}
 
+    def _paged_run(self, inst, ctx, args, kwargs, rows: str, indexes: tuple[str, ...]) -> tuple[Call, tuple]:
+        """:meth:`run_call` on a paged KV cache: q (``ctx.counts[rows]`` rows), k, v, the plan's
+        ``indexes`` tensors, kv_last_page_len when a page holds more than one token, sm_scale.
+        Raises Unmapped when q or the cache does not match the plan."""
+        _check_neutral(kwargs, _RUN_NEUTRAL, "run")
+        self._forward_state(inst)
+        q = self._query(ctx, args[0], ctx.counts[rows])
+        k, v = self._paged_cache(ctx, args[1])
+        if k.dtype != q.dtype or v.dtype != q.dtype:
+            raise Unmapped(f"cache dtype {dtype_name(k)} differs from q's {dtype_name(q)}")
+        call = Call(args, kwargs, {"_dtype": dtype_name(q)}, ctx)
+        inputs = [q, k, v, *(ctx.tensors[name] for name in indexes)]
+        if ctx.consts["page_size"] > 1:
+            inputs.append(ctx.tensors["kv_last_page_len"])
+        inputs.append(self._sm_scale(inst, ctx))
+        return call, tuple(inputs)
+
     def _sm_scale(self, inst, ctx) -> float:
         forward = getattr(inst, "_sm_scale", None)  # set by the deprecated forward()
         value = forward if forward is not None else ctx.sm_scale
@@ -222,18 +239,7 @@ class PagedDecode(WrapperAdapter):
     def run_call(self, inst, ctx, args, kwargs):
         if len(args) != 2:
             raise Unmapped("run takes q, paged_kv_cache here")
-        _check_neutral(kwargs, _RUN_NEUTRAL, "run")
-        self._forward_state(inst)
-        q = self._query(ctx, args[0], ctx.counts["batch_size"])
-        k, v = self._paged_cache(ctx, args[1])
-        if k.dtype != q.dtype or v.dtype != q.dtype:
-            raise Unmapped(f"cache dtype {dtype_name(k)} differs from q's {dtype_name(q)}")
-        call = Call(args, kwargs, {"_dtype": dtype_name(q)}, ctx)
-        inputs = [q, k, v, ctx.tensors["kv_indptr"], ctx.tensors["kv_indices"]]
-        if ctx.consts["page_size"] > 1:
-            inputs.append(ctx.tensors["kv_last_page_len"])
-        inputs.append(self._sm_scale(inst, ctx))
-        return call, tuple(inputs)
+        return self._paged_run(inst, ctx, args, kwargs, "batch_size", ("kv_indptr", "kv_indices"))
 
 
 class PagedPrefill(WrapperAdapter):
@@ -264,18 +270,7 @@ class PagedPrefill(WrapperAdapter):
     def run_call(self, inst, ctx, args, kwargs):
         if len(args) > 2:
             raise Unmapped("extra positional arguments to run")
-        _check_neutral(kwargs, _RUN_NEUTRAL, "run")
-        self._forward_state(inst)
-        q = self._query(ctx, args[0], ctx.counts["total_q"])
-        k, v = self._paged_cache(ctx, args[1])
-        if k.dtype != q.dtype or v.dtype != q.dtype:
-            raise Unmapped(f"cache dtype {dtype_name(k)} differs from q's {dtype_name(q)}")
-        call = Call(args, kwargs, {"_dtype": dtype_name(q)}, ctx)
-        inputs = [q, k, v, ctx.tensors["qo_indptr"], ctx.tensors["kv_indptr"], ctx.tensors["kv_indices"]]
-        if ctx.consts["page_size"] > 1:
-            inputs.append(ctx.tensors["kv_last_page_len"])
-        inputs.append(self._sm_scale(inst, ctx))
-        return call, tuple(inputs)
+        return self._paged_run(inst, ctx, args, kwargs, "total_q", ("qo_indptr", "kv_indptr", "kv_indices"))
 
 
 class RaggedPrefill(WrapperAdapter):
