@@ -73,9 +73,10 @@ def _internal(name: str) -> str | None:
     return None
 
 
-def _imports(module: str):
-    """(statement, source line, deferred?) for every import statement of ``module``."""
-    source = MODULES[module].read_text()
+def _imports(module: str, source: str | None = None):
+    """(statement, source line, deferred?) for every import statement of ``module`` (its file,
+    or ``source`` read as that module)."""
+    source = MODULES[module].read_text() if source is None else source
     lines = source.splitlines()
     tree = ast.parse(source)
 
@@ -104,17 +105,39 @@ def _stage(module: str) -> str:
     return "base" if stage in BASE else stage
 
 
-def test_deferred_imports_are_heavy_or_marked():
+def _unmarked_deferred(module: str, source: str | None = None) -> list[str]:
+    """The imports inside functions of ``module`` that are neither heavy/optional nor marked."""
     offenders = []
-    for module in MODULES:
-        for node, line, deferred in _imports(module):
-            if not deferred or DEFERRED_MARK.search(line):
-                continue
-            relative = getattr(node, "level", 0)
-            if relative or _targets(module, node)[0].split(".")[0] not in DEFERRABLE:
-                offenders.append(f"{MODULES[module].relative_to(PACKAGE.parent)}:{node.lineno}: {line.strip()}")
+    for node, line, deferred in _imports(module, source):
+        if not deferred or DEFERRED_MARK.search(line):
+            continue
+        relative = getattr(node, "level", 0)
+        if relative or _targets(module, node)[0].split(".")[0] not in DEFERRABLE:
+            offenders.append(f"{MODULES[module].relative_to(PACKAGE.parent)}:{node.lineno}: {line.strip()}")
+    return offenders
+
+
+def test_deferred_imports_are_heavy_or_marked():
+    offenders = [line for module in MODULES for line in _unmarked_deferred(module)]
     assert not offenders, ("imports inside functions that are neither heavy/optional nor marked "
                            "'# deferred: <reason>' (move them to the module head):\n" + "\n".join(offenders))
+
+
+def test_deferred_rule_flags_internal_and_light_imports():
+    source = (
+        "import json\n"
+        "def f():\n"
+        "    import torch.distributed as dist\n"
+        "    from importlib import metadata\n"
+        "    from fibuild.spec import model\n"
+        "    from .table import ApplyTable  # deferred: reason given\n"
+        "    class C:\n"
+        "        def g(self):\n"
+        "            from .collect import collect_table\n"
+        "            import difflib\n"
+    )
+    flagged = [line.split(": ", 1)[1] for line in _unmarked_deferred("fibuild.runtime.api", source)]
+    assert flagged == ["from fibuild.spec import model", "from .collect import collect_table", "import difflib"]
 
 
 def test_deferred_marks_are_few():
@@ -123,15 +146,32 @@ def test_deferred_marks_are_few():
     assert len(marked) <= 25, marked
 
 
+def _upward(importer: str, target: str) -> str | None:
+    """Why ``importer`` may not import ``target`` under the stage rule, or None."""
+    src, dst = _stage(importer), _stage(target)
+    if dst == "cli" and src not in ("cli", "__main__"):  # python -m fibuild runs the CLI
+        return "nothing imports cli"
+    if src != dst and STAGES[dst] >= STAGES[src]:
+        return f"{src} may not import {dst}"
+    return None
+
+
 def test_imports_point_down_the_stages():
-    offenders = []
-    for importer, target, lineno, _ in _edges():
-        src, dst = _stage(importer), _stage(target)
-        if dst == "cli" and src not in ("cli", "__main__"):  # python -m fibuild runs the CLI
-            offenders.append(f"{importer}:{lineno} imports {target} (nothing imports cli)")
-        elif src != dst and STAGES[dst] >= STAGES[src]:
-            offenders.append(f"{importer}:{lineno} ({src}) imports {target} ({dst})")
+    offenders = [f"{importer}:{lineno} imports {target} ({why})" for importer, target, lineno, _ in _edges()
+                 if (why := _upward(importer, target))]
     assert not offenders, "imports pointing up or across the stages:\n" + "\n".join(offenders)
+
+
+def test_stage_rule_flags_upward_and_sideways_imports():
+    assert _upward("fibuild.spec.model", "fibuild.runtime.api")
+    assert _upward("fibuild.bench.runner", "fibuild.runtime.dispatch")
+    assert _upward("fibuild.runtime.api", "fibuild.cli.common")
+    assert _upward("fibuild.dataset.files", "fibuild.integrations.session")
+    assert _upward("fibuild.config", "fibuild.spec.model")
+    assert not _upward("fibuild.cli.bench", "fibuild.spec.model")
+    assert not _upward("fibuild.integrations.session", "fibuild.runtime.api")
+    assert not _upward("fibuild.bench.runner", "fibuild.registry")
+    assert not _upward("fibuild.devices", "fibuild.errors")
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
