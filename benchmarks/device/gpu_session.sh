@@ -35,10 +35,6 @@ step() {  # step SECONDS TITLE COMMAND...
   timeout --kill-after=10 "$limit" "$@"; local rc=$?
   echo "--- $title: exit $rc, $((SECONDS - t0)) s"
 }
-on_gpu() {  # on_gpu N COMMAND...: run on GPU N alone
-  local n=$1; shift
-  CUDA_VISIBLE_DEVICES=$n "$@"
-}
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
@@ -46,9 +42,10 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 case "$part" in
 checks)
   # The dump needs no fibuild build: make it on GPU 1 while the builds compile.
-  step 100 "FlashInfer level-10 dump" on_gpu 1 python3 benchmarks/device/make_flashinfer_dump.py "$res/fidump" &
+  step 100 "FlashInfer level-10 dump" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/device/make_flashinfer_dump.py "$res/fidump" &
+  dump=$!
   step 120 "build every solution" python3 -m fibuild build --all
-  wait
+  wait $dump  # never a bare wait: it would also wait for the log's tee
   step 150 "allreduce_add_rmsnorm_h4096 on 2 ranks" \
     python3 -m fibuild bench allreduce_add_rmsnorm_h4096 --world-size 2 --device cuda
   step 150 "GPU tests on two GPUs (distributed ranks, farm)" python3 -m pytest -q -m gpu -p no:cacheprovider \
@@ -63,17 +60,18 @@ checks)
 serving)
   # The decode step owns GPU 0 (graph replays: GPU-bound); GPU 1 takes the host-bound overhead
   # benchmarks first, then the single-GPU test suite.
-  step 450 "decode step: plain, traced, bench, applied" on_gpu 0 \
+  step 450 "decode step: plain, traced, bench, applied" env CUDA_VISIBLE_DEVICES=0 \
     python3 benchmarks/serving_step.py --out "$res/serving-step" --bench-timeout 200 --child-timeout 200 &
+  stepper=$!
   (
     step 90 "build for the overhead benchmarks" python3 -m fibuild build --all
-    step 80 "integration overhead" on_gpu 1 python3 benchmarks/bench_integration.py --out "$res/integration"
-    step 60 "dispatch overhead" on_gpu 1 python3 benchmarks/bench_dispatch.py --device cuda --out "$res/dispatch-cuda.md"
-    step 45 "artifact check at load" on_gpu 1 python3 benchmarks/bench_artifact_check.py --runs 9
-    step 200 "GPU tests on one GPU" on_gpu 1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+    step 80 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --out "$res/integration"
+    step 60 "dispatch overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dispatch.py --device cuda --out "$res/dispatch-cuda.md"
+    step 45 "artifact check at load" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_artifact_check.py --runs 9
+    step 200 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
       --ignore=tests/gpu/test_distributed_gpu.py $(ls tests/gpu/test_farm*_gpu.py 2>/dev/null | sed 's/^/--ignore=/')
   )
-  wait
+  wait $stepper
   ws="$res/serving-step/workspace"
   if [ -d "$ws" ]; then  # keep what tracing wrote, not the workspace copy
     (cd "$ws" && find registry -name workloads.jsonl -o -name '*.safetensors' -o -path '*_trace*' -type f \
