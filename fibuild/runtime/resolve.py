@@ -196,9 +196,3 @@ class Resolver:
             var_axes=table.var_axes)
         reporter.ending(resolution)
         return resolution
-
-
-def resolve_table(table: ApplyTable, key: Sequence[int], policy: str = "nearest", **kw) -> Resolution:
-    """Shorthand: ``Resolver(table).resolve(key, policy, **kw)``."""
-    return Resolver(table).resolve(key, policy, **kw)
-
