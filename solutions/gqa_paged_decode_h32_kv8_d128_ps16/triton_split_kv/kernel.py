@@ -4,7 +4,9 @@
 device->host copy and cuts every sequence into chunks of whole pages, small enough that
 even one sequence fills the GPU (flash-decoding's split-KV), and writes a work list: per
 item its sequence, the offset of its first page in ``kv_indices``, its token count, and
-the range of its sequence's items. ``gqa_paged_decode`` (the run) only launches:
+the range of its sequence's items. ``DecodePlan.refill`` rewrites that list in place for a
+new page table of the same batch size (a run captured in a CUDA graph then replays over the
+new table). ``gqa_paged_decode`` (the run) only launches:
 
 - ``_decode_chunk``, one program per (item, KV head): the 4 query heads of the group
   (padded to 16 rows for ``tl.dot``) stream the chunk's K and V in blocks of ``BLOCK_N``
@@ -49,7 +51,12 @@ MIN_CHUNK_TOKENS = 128
 
 @dataclass(frozen=True)
 class DecodePlan:
-    """What the run needs: the work list (device int32) and launch parameters."""
+    """What the run needs: the work list (device int32) and launch parameters.
+
+    :meth:`refill` rewrites the work list in place for a new page table of the same batch
+    size, keeping every launch parameter, so that a run captured in a CUDA graph with this
+    plan replays correctly over the new table.
+    """
 
     batch_size: int
     num_items: int
@@ -63,6 +70,25 @@ class DecodePlan:
     num_warps: int
     num_stages: int
     fused: bool
+    packed: torch.Tensor  # items then seq_items, flat: the one buffer refill writes
+
+    def refill(self, kv_indptr, kv_indices, *rest) -> bool:
+        """Rewrite the work list for a new page table (the structural inputs, as ``plan``
+        takes them) keeping num_items, split, fused and the buffers: the items are dealt
+        out again, at least one per sequence and the rest in proportion to the sequences'
+        new lengths, each sequence's pages split evenly over its items (an item may get no
+        tokens: its partial has lse -inf and the merge ignores it). One device->host copy
+        of the indptr (and last-page lengths), one host->device copy queued on the current
+        stream. False, nothing written, for another batch size or device."""
+        *last, _sm_scale = rest
+        if kv_indptr.shape[0] != self.batch_size + 1 or kv_indptr.device != self.packed.device:
+            return False
+        indptr, tokens = _lengths(kv_indptr, last[0] if last else None)
+        counts = _deal(tokens, self.num_items)
+        self.packed.copy_(_work_list(indptr, tokens, counts), non_blocking=True)
+        if self.split and self.fused:
+            self.counters.zero_()  # re-armed already after a complete run; cheap insurance
+        return True
 
 
 _SM_COUNTS = {}
@@ -77,35 +103,67 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNTS[index]
 
 
+def _lengths(kv_indptr, kv_last_page_len):
+    """(indptr, tokens per sequence) on the host, int64, from one device->host copy."""
+    batch = kv_indptr.shape[0] - 1
+    parts = [kv_indptr] if kv_last_page_len is None else [kv_indptr, kv_last_page_len]
+    host = torch.cat([p.to(torch.int64) for p in parts]).cpu()
+    indptr = host[:batch + 1]
+    pages = indptr[1:] - indptr[:-1]
+    tokens = pages * PAGE_SIZE
+    if kv_last_page_len is not None:
+        tokens = torch.where(pages > 0, tokens - PAGE_SIZE + host[batch + 1:], tokens)
+    return indptr, tokens
+
+
+def _deal(tokens, num_items):
+    """Items per sequence summing to ``num_items``: one each, the rest by largest remainder
+    of the sequences' shares of the tokens (all to the first when there are none)."""
+    counts = torch.ones_like(tokens)
+    spare, total = num_items - tokens.shape[0], int(tokens.sum())
+    if spare > 0 and total == 0:
+        counts[0] += spare
+    elif spare > 0:
+        share = tokens * spare
+        counts += share // total
+        left = spare - int((share // total).sum())
+        counts[torch.argsort(share % total, descending=True, stable=True)[:left]] += 1
+    return counts
+
+
+def _work_list(indptr, tokens, counts):
+    """The packed int32 work list (items, then seq_items) of sequences cut into ``counts``
+    items of whole pages each, spread evenly."""
+    batch = counts.shape[0]
+    pages = indptr[1:] - indptr[:-1]
+    chunk_pages = torch.clamp(-(-pages // counts), min=1)  # per sequence
+    first_item = torch.cumsum(counts, 0) - counts
+    num_items = int(counts.sum())
+    seq = torch.repeat_interleave(torch.arange(batch), counts)
+    j = torch.arange(num_items) - first_item[seq]  # chunk index within its sequence
+    start = j * chunk_pages[seq] * PAGE_SIZE  # first token of the item within its sequence
+    items = torch.zeros(num_items, ITEM_FIELDS, dtype=torch.int64)
+    items[:, 0] = seq
+    items[:, 1] = indptr[:-1][seq] + j * chunk_pages[seq]
+    items[:, 2] = torch.clamp(tokens[seq] - start, min=0).minimum(chunk_pages[seq] * PAGE_SIZE)
+    items[:, 3] = first_item[seq]
+    items[:, 4] = counts[seq]
+    seq_items = torch.stack([first_item, counts], 1)
+    return torch.cat([items.flatten(), seq_items.flatten()]).to(torch.int32)
+
+
 def make_plan(kv_indptr, kv_last_page_len=None, *, target_waves=TARGET_WAVES,
               min_chunk_tokens=MIN_CHUNK_TOKENS, block_n=64, num_warps=4, num_stages=3,
               fused=MERGE == "fused"):
     """The DecodePlan of a page table, with the split policy's knobs exposed."""
     device = kv_indptr.device
     batch = kv_indptr.shape[0] - 1
-    parts = [kv_indptr] if kv_last_page_len is None else [kv_indptr, kv_last_page_len]
-    host = torch.cat([p.to(torch.int64) for p in parts]).cpu()  # the one device->host copy
-    indptr = host[:batch + 1]
-    pages = indptr[1:] - indptr[:-1]
-    tokens = pages * PAGE_SIZE
-    if kv_last_page_len is not None:
-        tokens = torch.where(pages > 0, tokens - PAGE_SIZE + host[batch + 1:], tokens)
+    indptr, tokens = _lengths(kv_indptr, kv_last_page_len)  # the one device->host copy
     target_items = max(1, target_waves * _sm_count(device) // NUM_KV_HEADS)
-    chunk_pages = -(-max(min_chunk_tokens, -(-int(tokens.sum()) // target_items)) // PAGE_SIZE)
-    chunk = chunk_pages * PAGE_SIZE
+    chunk = -(-max(min_chunk_tokens, -(-int(tokens.sum()) // target_items)) // PAGE_SIZE) * PAGE_SIZE
     counts = torch.clamp((tokens + chunk - 1) // chunk, min=1)  # an empty sequence: one empty item
-    first_item = torch.cumsum(counts, 0) - counts
     num_items = int(counts.sum())
-    seq = torch.repeat_interleave(torch.arange(batch), counts)
-    j = torch.arange(num_items) - first_item[seq]  # chunk index within its sequence
-    items = torch.zeros(num_items, ITEM_FIELDS, dtype=torch.int64)
-    items[:, 0] = seq
-    items[:, 1] = indptr[:-1][seq] + j * chunk_pages
-    items[:, 2] = torch.clamp(tokens[seq] - j * chunk, max=chunk)
-    items[:, 3] = first_item[seq]
-    items[:, 4] = counts[seq]
-    seq_items = torch.stack([first_item, counts], 1)
-    packed = torch.cat([items.flatten(), seq_items.flatten()]).to(torch.int32).to(device)
+    packed = _work_list(indptr, tokens, counts).to(device)
     split = bool(counts.max() > 1) if batch else False
     shape = (num_items,) if split else (1,)  # (1,): a valid pointer for the unused argument
     return DecodePlan(
@@ -115,7 +173,7 @@ def make_plan(kv_indptr, kv_last_page_len=None, *, target_waves=TARGET_WAVES,
         partial_out=torch.empty((*shape, NUM_QO_HEADS, HEAD_DIM), dtype=torch.float32, device=device),
         partial_lse=torch.empty((*shape, NUM_QO_HEADS), dtype=torch.float32, device=device),
         counters=torch.zeros(batch * NUM_KV_HEADS if split and fused else 1, dtype=torch.int32, device=device),
-        block_n=block_n, num_warps=num_warps, num_stages=num_stages, fused=fused)
+        block_n=block_n, num_warps=num_warps, num_stages=num_stages, fused=fused, packed=packed)
 
 
 def plan(kv_indptr, kv_indices, *rest):
