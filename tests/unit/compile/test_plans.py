@@ -137,6 +137,82 @@ def test_an_entry_without_structural_inputs_is_refused():
         PlannedEntry(lambda p: p, lambda: None, [])
 
 
+# -- pinned and refilled plans (CUDA graphs) -------------------------------------------------
+class _Bounds:
+    """A refillable plan: the segment bounds in a buffer of fixed size, rewritten in place."""
+
+    def __init__(self, indptr, scale):
+        self.bounds = indptr.to(torch.int64).clone()
+        self.scale = scale
+
+    def refill(self, indptr, scale):
+        if indptr.shape != self.bounds.shape:
+            return False
+        self.bounds.copy_(indptr)
+        self.scale = scale
+        return True
+
+
+def _bounds_run(plan, values, indptr, scale, bias):
+    b = plan.bounds.tolist()  # reads the plan only, as a captured launch would
+    return torch.stack([values[x:y].sum() for x, y in zip(b, b[1:])]) * plan.scale + bias
+
+
+def _want(values, indptr, scale, bias):
+    b = indptr.tolist()
+    return torch.stack([values[x:y].sum() for x, y in zip(b, b[1:])]) * scale + bias
+
+
+def test_a_pinned_plan_outlives_the_slots_until_unpinned():
+    entry = PlannedEntry(_bounds_run, _Bounds, [1, 2], slots=2)
+    values, indptr, scale, bias = args = _inputs()
+    assert entry.pin(args, make=False) is None and entry.plans_made == 0   # nothing made when told not to
+    plan = entry.pin(args)
+    assert entry.plans_made == 1 and entry.pins(plan) == 1 and entry.find(args) is plan
+    tables = [indptr.clone() for _ in range(4)]   # kept alive: their ids are not reused
+    for table in tables:   # more tables than slots
+        entry(values, table, scale, bias)
+    assert entry.find(args) is plan
+    entry(*args)
+    assert entry.plans_made == 5   # the pinned plan served the call
+    entry.clear()
+    assert entry.find(args) is plan   # clear keeps pinned plans
+    entry.unpin(plan)
+    assert entry.pins(plan) == 0
+    for table in tables[:2]:
+        entry(values, table, scale, bias)
+    assert entry.find(args) is None   # unpinned: evicted like any other
+
+
+def test_refill_rewrites_the_plan_in_place_and_files_it_under_the_new_inputs():
+    entry = PlannedEntry(_bounds_run, _Bounds, [1, 2])
+    values, indptr, scale, bias = _inputs(batch=3, total=12)
+    plan = entry.pin([values, indptr, scale, bias])
+    new = torch.tensor([0, 5, 6, 12], dtype=torch.int32)   # the engine's next table, another tensor
+    assert entry.refill(plan, [values, new, scale, bias])
+    assert entry.find([values, new, scale, bias]) is plan
+    assert entry.find([values, indptr, scale, bias]) is None, "the old key no longer names the rewritten plan"
+    out = entry(values, new, scale, bias)
+    assert entry.plans_made == 1 and torch.allclose(out, _want(values, new, scale, bias))
+    new[1:3] = torch.tensor([1, 11], dtype=torch.int32)   # new contents in place: _version bumps
+    assert entry.refill(plan, [values, new, 0.5, bias])
+    assert torch.allclose(entry(values, new, 0.5, bias), _want(values, new, 0.5, bias))
+    assert entry.plans_made == 1 and entry.pins(plan) == 1
+
+
+def test_refill_declined_changes_nothing():
+    entry = PlannedEntry(_bounds_run, _Bounds, [1, 2])
+    values, indptr, scale, bias = args = _inputs(batch=3, total=12)
+    plan = entry.pin(args)
+    before = plan.bounds.clone()
+    longer = torch.tensor([0, 2, 4, 8, 12], dtype=torch.int32)   # another batch size
+    assert not entry.refill(plan, [values, longer, scale, bias])
+    assert torch.equal(plan.bounds, before) and entry.find(args) is plan
+    calls = _Counting()
+    plain = PlannedEntry(calls.run, calls.plan, [1, 2])
+    assert not plain.refill(plain.pin(args), [values, indptr.clone(), scale, bias])   # no refill method
+
+
 # -- loading and validation ------------------------------------------------------------------
 def test_a_built_plan_run_solution_loads_as_a_planned_entry(ws_root, settings_env):
     defn, loaded = _loaded(ws_root, settings_env)
