@@ -79,6 +79,11 @@ class ResolveError(FibuildError):
         super().__init__("\n".join(lines))
 
 
+class GraphReplanError(FibuildError):
+    """A FlashInfer wrapper whose run fibuild substituted inside a captured CUDA graph was
+    planned again in a way the captured plan cannot follow: replaying would be wrong."""
+
+
 class CacheError(FibuildError):
     """The build cache or its index cannot be used (permissions, pickled values, ...)."""
 

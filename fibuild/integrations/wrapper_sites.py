@@ -6,7 +6,8 @@ syncs anyway). ``run``: the context's memo, keyed by the call form (q shape and 
 keywords), holds the handler: the original ``run``, a counter around it, or the substitute,
 which per call only unpacks the KV cache into views, checks contiguity and shapes, and calls
 the Kernel with the inputs fixed at decision time. Per call on a seen form: one weak-dict
-lookup, one tuple key, one dict lookup.
+lookup, one tuple key, one dict lookup. Plan/run solutions inside CUDA graph capture, and the
+refill of their captured plans at each later ``plan``: :mod:`.graph_plans`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fibuild.errors import InputError
 from fibuild.spec.templates import definition_name
 
 from .adapters.attention import PlanContext, WrapperAdapter
+from .graph_plans import GraphPlans
 from .session import var_axes
 from .sites import ran_a_solution
 
@@ -27,7 +29,7 @@ from .sites import ran_a_solution
 log = logging.getLogger("fibuild.integrations")
 
 
-def patched_plan(session, adapter: WrapperAdapter, plan: Callable, contexts) -> Callable:
+def patched_plan(session, adapter: WrapperAdapter, plan: Callable, contexts, graphs: GraphPlans) -> Callable:
     def fibuild_plan(self, *args, **kwargs):
         result = plan(self, *args, **kwargs)
         try:
@@ -39,6 +41,7 @@ def patched_plan(session, adapter: WrapperAdapter, plan: Callable, contexts) -> 
             ctx.reason = f"adapter error in plan: {type(exc).__name__}: {exc}"
             log.warning("fibuild: %s: %s", adapter.api, ctx.reason)
         contexts[self] = ctx
+        graphs.replan(self, adapter, ctx)  # raises GraphReplanError when a captured graph would be stale
         return result
 
     return fibuild_plan
@@ -57,7 +60,7 @@ def _dtype_name(value) -> str:
     return {"half": "float16", "float": "float32"}.get(text, text)
 
 
-def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts) -> Callable:
+def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts, graphs: GraphPlans) -> Callable:
     def decide(inst, ctx: PlanContext, args, kwargs) -> Callable:
         if ctx.reason is not None:
             return session.unmapped_handler(adapter, run, ctx.reason)
@@ -72,7 +75,7 @@ def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts) -> Ca
             return adapter.template_params(call), inputs, record
 
         return session.decide(adapter, run, lambda kernel, defn, inputs: substitute(
-            session, adapter, run, ctx, kernel, defn, inputs, bool(kwargs.get("return_lse", False))), prepare)
+            session, adapter, run, graphs, kernel, defn, inputs, bool(kwargs.get("return_lse", False))), prepare)
 
     def fibuild_run(self, *args, **kwargs):
         ctx = contexts.get(self)
@@ -91,9 +94,14 @@ def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts) -> Ca
     return fibuild_run
 
 
-def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext, kernel, defn,
+def substitute(session, adapter: WrapperAdapter, run: Callable, graphs: GraphPlans, kernel, defn,
                inputs: tuple, want_lse: bool) -> Callable:
-    """The run handler calling ``kernel`` with the plan's index tensors (``inputs[3:]``)."""
+    """The run handler calling ``kernel`` with the plan's index tensors (``inputs[3:]``).
+
+    During CUDA graph capture a plan/run solution runs only with a plan made before the
+    capture that can be refilled when the engine plans again (:mod:`.graph_plans`); otherwise
+    the original run is captured.
+    """
     guard = session.guard
     tail = inputs[3:]
     k0 = inputs[1]
@@ -101,16 +109,10 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext
     paged = adapter.paged
     rows = k0.shape[0]
     settled: list[bool | None] = [None]
-    planned: list[bool | None] = [None]  # whether the solution is a plan/run one (known once loaded)
+    planned: list[bool | None] = [None]  # whether the solution is a plan/run one (known once run)
 
     def fibuild_run_substitute(inst, *args, **kwargs):
         if settled[0] is False or getattr(guard, "active", False):
-            return run(inst, *args, **kwargs)
-        if planned[0] is not False and _capturing():
-            # A plan/run solution captured in a graph would replay the plan of capture time
-            # after the engine re-plans new contents into the same buffers (FlashInfer's
-            # CUDA-graph wrapper refreshes its plan in place; fibuild plans are new objects):
-            # the original is captured instead. Unknown (not loaded yet) counts as planned.
             return run(inst, *args, **kwargs)
         q = args[0]
         if paged:
@@ -122,17 +124,23 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, ctx: PlanContext
         if tuple(k.shape[1:]) != cache_shape or v.shape != k.shape or not (
                 q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
             return run(inst, *args, **kwargs)
+        call = (q, k, v, *tail)
+        if planned[0] is not False and _capturing() and not graphs.capture(inst, kernel, defn, call):
+            return run(inst, *args, **kwargs)
         guard.active = True
         try:
-            out, lse = kernel(q, k, v, *tail)
+            out, lse = kernel(*call)
         except InputError:  # raised before anything ran: the original takes the call
             return run(inst, *args, **kwargs)
         finally:
             guard.active = False
         if settled[0] is None:
-            settled[0] = ran_a_solution(adapter, kernel, defn, (q, k, v, *tail))
-            entry = kernel.entry(defn.apply_key(_axes(defn, (q, k, v, *tail))))
+            settled[0] = ran_a_solution(adapter, kernel, defn, call)
+            key = defn.apply_key(_axes(defn, call))
+            entry = kernel.entry(key)
             planned[0] = hasattr(entry, "plan_for")
+            if planned[0] and settled[0]:
+                graphs.remember(inst, kernel, entry, call, kernel.resolution(key).solution_name)
         return (out, lse) if want_lse else out
 
     return fibuild_run_substitute
@@ -155,15 +163,25 @@ def context_of(wrapper_instance) -> Any:
     return contexts.get(wrapper_instance) if contexts is not None else None
 
 
+def release_graphs(wrapper_instance) -> None:
+    """Unpin the plans a wrapper instance's runs captured in CUDA graphs, once the engine
+    dropped those graphs (its next ``plan`` then no longer refills them)."""
+    graphs = getattr(type(wrapper_instance).run, "fibuild_graphs", None)
+    if graphs is not None:
+        graphs.release(wrapper_instance)
+
+
 def patch_wrapper_class(integration, adapter: WrapperAdapter, cls) -> bool:
     """Replace ``cls.plan`` and ``cls.run``; see the module docstring."""
     plan, run = getattr(cls, "plan", None), getattr(cls, "run", None)
     if plan is None or run is None or hasattr(run, "fibuild_contexts"):
         return False
     contexts: "weakref.WeakKeyDictionary[Any, PlanContext]" = weakref.WeakKeyDictionary()
-    new_plan = functools.update_wrapper(patched_plan(integration.session, adapter, plan, contexts), plan)
-    new_run = functools.update_wrapper(patched_run(integration.session, adapter, run, contexts), run)
+    graphs = GraphPlans(adapter.api)
+    new_plan = functools.update_wrapper(patched_plan(integration.session, adapter, plan, contexts, graphs), plan)
+    new_run = functools.update_wrapper(patched_run(integration.session, adapter, run, contexts, graphs), run)
     new_run.fibuild_contexts = contexts
+    new_run.fibuild_graphs = graphs
     integration.patcher.replace(cls, "plan", new_plan)
     integration.patcher.replace(cls, "run", new_run)
     return True

@@ -91,6 +91,7 @@ class WrapperAdapter(Adapter):
     plan_parameters: tuple = ()
     run_parameters: tuple = ()
     paged = True
+    index_inputs: tuple = ()  # the plan's index tensors among the definition's inputs, in order
 
     # -- plan --------------------------------------------------------------------------------
     def plan_context(self, inst, args: tuple, kwargs: dict) -> PlanContext:
@@ -160,10 +161,9 @@ class WrapperAdapter(Adapter):
         ctx = call.instance
         return {**ctx.consts, "dtype": call.params["_dtype"]}
 
-    def _paged_run(self, inst, ctx, args, kwargs, rows: str, indexes: tuple[str, ...]) -> tuple[Call, tuple]:
-        """:meth:`run_call` on a paged KV cache: q (``ctx.counts[rows]`` rows), k, v, the plan's
-        ``indexes`` tensors, kv_last_page_len when a page holds more than one token, sm_scale.
-        Raises Unmapped when q or the cache does not match the plan."""
+    def _paged_run(self, inst, ctx, args, kwargs, rows: str) -> tuple[Call, tuple]:
+        """:meth:`run_call` on a paged KV cache: q (``ctx.counts[rows]`` rows), k, v, then
+        :meth:`plan_inputs`. Raises Unmapped when q or the cache does not match the plan."""
         _check_neutral(kwargs, _RUN_NEUTRAL, "run")
         self._forward_state(inst)
         q = self._query(ctx, args[0], ctx.counts[rows])
@@ -171,11 +171,16 @@ class WrapperAdapter(Adapter):
         if k.dtype != q.dtype or v.dtype != q.dtype:
             raise Unmapped(f"cache dtype {dtype_name(k)} differs from q's {dtype_name(q)}")
         call = Call(args, kwargs, {"_dtype": dtype_name(q)}, ctx)
-        inputs = [q, k, v, *(ctx.tensors[name] for name in indexes)]
-        if ctx.consts["page_size"] > 1:
-            inputs.append(ctx.tensors["kv_last_page_len"])
-        inputs.append(self._sm_scale(inst, ctx))
-        return call, tuple(inputs)
+        return call, (q, k, v, *self.plan_inputs(inst, ctx))
+
+    def plan_inputs(self, inst, ctx) -> tuple:
+        """The definition inputs after q, k and v, all taken from the plan: ``index_inputs``,
+        kv_last_page_len when a page holds more than one token, sm_scale."""
+        tail = [ctx.tensors[name] for name in self.index_inputs]
+        if self.paged and ctx.consts["page_size"] > 1:
+            tail.append(ctx.tensors["kv_last_page_len"])
+        tail.append(self._sm_scale(inst, ctx))
+        return tuple(tail)
 
     def _sm_scale(self, inst, ctx) -> float:
         forward = getattr(inst, "_sm_scale", None)  # set by the deprecated forward()
@@ -228,6 +233,7 @@ class PagedDecode(WrapperAdapter):
                        ("num_qo_heads", REQUIRED), ("num_kv_heads", REQUIRED), ("head_dim", REQUIRED),
                        ("page_size", REQUIRED))
     run_parameters = (("q", REQUIRED), ("paged_kv_cache", REQUIRED))
+    index_inputs = ("kv_indptr", "kv_indices")
 
     def read_plan(self, ctx, call, kwargs):
         self._heads(ctx, call, "head_dim")
@@ -239,7 +245,7 @@ class PagedDecode(WrapperAdapter):
     def run_call(self, inst, ctx, args, kwargs):
         if len(args) != 2:
             raise Unmapped("run takes q, paged_kv_cache here")
-        return self._paged_run(inst, ctx, args, kwargs, "batch_size", ("kv_indptr", "kv_indices"))
+        return self._paged_run(inst, ctx, args, kwargs, "batch_size")
 
 
 class PagedPrefill(WrapperAdapter):
@@ -250,6 +256,7 @@ class PagedPrefill(WrapperAdapter):
                        ("paged_kv_last_page_len", REQUIRED), ("num_qo_heads", REQUIRED),
                        ("num_kv_heads", REQUIRED), ("head_dim_qk", REQUIRED), ("page_size", REQUIRED))
     run_parameters = (("q", REQUIRED), ("paged_kv_cache", REQUIRED))
+    index_inputs = ("qo_indptr", "kv_indptr", "kv_indices")
 
     def read_plan(self, ctx, call, kwargs):
         _causal_same_dims(kwargs, call["head_dim_qk"])
@@ -270,7 +277,7 @@ class PagedPrefill(WrapperAdapter):
     def run_call(self, inst, ctx, args, kwargs):
         if len(args) > 2:
             raise Unmapped("extra positional arguments to run")
-        return self._paged_run(inst, ctx, args, kwargs, "total_q", ("qo_indptr", "kv_indptr", "kv_indices"))
+        return self._paged_run(inst, ctx, args, kwargs, "total_q")
 
 
 class RaggedPrefill(WrapperAdapter):
@@ -280,6 +287,7 @@ class RaggedPrefill(WrapperAdapter):
     plan_parameters = (("qo_indptr", REQUIRED), ("kv_indptr", REQUIRED), ("num_qo_heads", REQUIRED),
                        ("num_kv_heads", REQUIRED), ("head_dim_qk", REQUIRED))
     paged = False
+    index_inputs = ("qo_indptr", "kv_indptr")
 
     def read_plan(self, ctx, call, kwargs):
         _causal_same_dims(kwargs, call["head_dim_qk"])
@@ -310,8 +318,7 @@ class RaggedPrefill(WrapperAdapter):
                 raise Unmapped("k/v do not match the plan")
         k, v = k[:ctx.counts["total_kv"]], v[:ctx.counts["total_kv"]]
         call = Call(args, kwargs, {"_dtype": dtype_name(q)}, ctx)
-        inputs = (q, k, v, ctx.tensors["qo_indptr"], ctx.tensors["kv_indptr"], self._sm_scale(inst, ctx))
-        return call, inputs
+        return call, (q, k, v, *self.plan_inputs(inst, ctx))
 
 
 def _causal_same_dims(kwargs, head_dim_qk) -> None:

@@ -45,6 +45,55 @@ def run(*args):
     return _run(*args)
 '''
 
+# A plan/run solution of the paged decode definitions: the plan copies the page table into
+# buffers of its own and the run reads the table only from them (and the index buffer), as a
+# captured launch does; refill rewrites them in place. CALLS records plan, refill and run.
+PLANNED = '''
+import torch
+from fibuild.spec.calling import load_reference
+from fibuild.spec.manifest import load_definition
+
+CALLS = []
+_run = None
+
+
+class Plan:
+    def __init__(self, kv_indptr, rest):
+        self.bounds = kv_indptr.clone()
+        self.last = rest[0].clone() if len(rest) > 1 else None
+
+    def refill(self, kv_indptr, kv_indices, *rest):
+        if kv_indptr.shape != self.bounds.shape:
+            return False
+        CALLS.append("refill")
+        self.bounds.copy_(kv_indptr)
+        if self.last is not None:
+            self.last.copy_(rest[0])
+        return True
+
+
+class FixedPlan(Plan):
+    refill = None
+
+
+def plan(kv_indptr, kv_indices, *rest):
+    CALLS.append("plan")
+    return {kind}(kv_indptr, rest)
+
+
+def run(plan, q, k_cache, v_cache, kv_indptr, kv_indices, *rest):
+    global _run
+    if _run is None:
+        import pathlib
+        defs = pathlib.Path({defs!r})
+        _run = load_reference(load_definition(next(defs.glob("*/{name}.yaml"))))["run"]
+    CALLS.append("run")
+    last = [plan.last] if plan.last is not None else []
+    # Through the buffer as a pointer would be, whatever the view's length.
+    indices = kv_indices.as_strided((int(plan.bounds[-1]),), (1,))
+    return _run(q, k_cache, v_cache, plan.bounds, indices, *last, rest[-1])
+'''
+
 SOLUTION = """\
 name: {solution}
 definition: {name}
@@ -84,6 +133,16 @@ class SmallWorkspace:
             solution=solution, name=name, author="flashinfer" if flashinfer else "tests", deps=deps))
         (folder / "kernel.py").write_text(textwrap.dedent(COUNTED.format(defs=str(self.root / "defs"), name=name)))
 
+    def add_planned_solution(self, name: str, solution: str = "planned", *, refill: bool = True) -> None:
+        """A plan/run solution of a paged decode definition (see ``PLANNED``); without
+        ``refill`` its plans have no ``refill`` method."""
+        folder = self.root / "solutions" / name / solution
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "solution.yaml").write_text(SOLUTION.format(
+            solution=solution, name=name, author="tests", deps="[]") + "plan: kernel.py::plan\n")
+        (folder / "kernel.py").write_text(textwrap.dedent(PLANNED.format(
+            defs=str(self.root / "defs"), name=name, kind="Plan" if refill else "FixedPlan")))
+
     def record(self, name: str, solution: str, axes: dict, median_us: float = 1.0) -> None:
         """A PASSED evaluation of ``solution`` at ``axes`` on this CPU, current digest."""
         from fibuild.compile.keys import solution_digest
@@ -102,8 +161,8 @@ class SmallWorkspace:
 
 
 def solution_calls(name: str, key: tuple) -> list:
-    """CALLS of the counted solution the active integration's kernel memoized for ``key``."""
+    """CALLS of the counted (or planned) solution the active integration's kernel memoized for ``key``."""
     from fibuild.integrations.activation import active
 
     entry = active().session.kernel(name).entry(key)
-    return entry.__globals__["CALLS"]
+    return getattr(entry, "run", entry).__globals__["CALLS"]
