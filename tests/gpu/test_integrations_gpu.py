@@ -44,7 +44,7 @@ def ws(tmp_path, monkeypatch):
     fibuild.disable()
 
 
-def _record_cuda(ws, name, axes):
+def _record_cuda(ws, name, axes, solution="counted"):
     from fibuild.compile.keys import solution_digest
     from fibuild.devices import device_slug
     from fibuild.registry import Registry
@@ -52,9 +52,9 @@ def _record_cuda(ws, name, axes):
     from fibuild.spec.workspace import Workspace
 
     w = Workspace(ws.root)
-    defn, sol = w.definition(name), w.solution("counted", name)
+    defn, sol = w.definition(name), w.solution(solution, name)
     Registry(w.registry_dir).append(Evaluation(
-        definition=name, solution="counted", solution_digest=solution_digest(defn, sol), build_key="",
+        definition=name, solution=solution, solution_digest=solution_digest(defn, sol), build_key="",
         workload_uuid=f"{name}-gpu", axes=axes, status="PASSED", device=device_slug("cuda"),
         latency=LatencyStats(1.0, 1.0, 1.0, 1.0, 1), timestamp="2026-01-01T00:00:00Z"))
 
@@ -144,6 +144,82 @@ def test_substitution_inside_a_captured_cuda_graph(ws):
     assert len(calls) == n   # replay runs no Python
     fibuild.disable()
     _close(y, flashinfer.norm.rmsnorm(x, w, 1e-5))
+
+
+def test_triton_split_kv_decode_in_a_captured_graph_follows_every_replan(ws):
+    """SGLang's pattern: fixed index buffers, plan() outside the graph, the decode wrapper's run
+    captured once and replayed after each re-plan with other KV lengths; fibuild's Triton
+    split-KV plan is refilled in place each time and the replay matches FlashInfer's own."""
+    import shutil
+
+    from fibuild.spec.calling import load_reference
+    from fibuild.spec.workspace import Workspace
+
+    name, batch, pool = "gqa_paged_decode_h32_kv8_d128_ps1", 4, 8192
+    shipped = Path(__file__).resolve().parents[2] / "solutions" / name / "triton_split_kv"
+    shutil.copytree(shipped, ws.root / "solutions" / name / "triton_split_kv")
+    _record_cuda(ws, name, {"batch_size": batch, "num_pages": pool, "len_indptr": batch + 1,
+                            "num_kv_indices": 2048}, solution="triton_split_kv")
+    cls = flashinfer.BatchDecodeWithPagedKVCacheWrapper
+    orig_plan, orig_run = cls.plan, cls.run  # unpatched: FlashInfer's own answer each step
+    reference_wrapper = cls(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k = torch.randn(pool, 8, 128, dtype=BF16, device="cuda", generator=g)
+    v = torch.randn(pool, 8, 128, dtype=BF16, device="cuda", generator=g)
+    q = torch.empty(batch, 32, 128, dtype=BF16, device="cuda")
+    indptr = torch.zeros(batch + 1, dtype=torch.int32, device="cuda")  # the engine's buffers
+    indices = torch.zeros(pool, dtype=torch.int32, device="cuda")
+    last = torch.ones(batch, dtype=torch.int32, device="cuda")
+    fibuild.enable(apply=True, settings=ws.settings)
+    wrapper = cls(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"), "NHD", use_cuda_graph=True,
+                  paged_kv_indptr_buffer=torch.zeros_like(indptr), paged_kv_indices_buffer=torch.zeros_like(indices),
+                  paged_kv_last_page_len_buffer=torch.ones_like(last))
+
+    def step(lens):
+        """The engine's next step: a new table written into its buffers, then plan()."""
+        indptr.copy_(torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32))
+        n = sum(lens)
+        indices[:n].copy_(torch.randperm(pool, device="cuda", generator=g)[:n].to(torch.int32))
+        q.copy_(torch.randn(q.shape, dtype=BF16, device="cuda", generator=g))
+        wrapper.plan(indptr, indices[:n], last, 32, 8, 128, 1, q_data_type=BF16, kv_data_type=BF16)
+
+    def expected(lens):
+        if 0 in lens:  # an empty sequence: the definition's answer (zero row, lse -inf)
+            run = load_reference(Workspace(ws.root).definition(name))["run"]
+            return run(q, k.unsqueeze(1), v.unsqueeze(1), indptr, indices[:sum(lens)], 128 ** -0.5)
+        orig_plan(reference_wrapper, indptr, indices[:sum(lens)], last, 32, 8, 128, 1,
+                  q_data_type=BF16, kv_data_type=BF16)
+        return orig_run(reference_wrapper, q, (k, v), return_lse=True)
+
+    step([300, 50, 1000, 7])
+    want = expected([300, 50, 1000, 7])
+    got = wrapper.run(q, (k, v), return_lse=True)  # warm-up, eager: decides, plans, compiles
+    _close(got[0], want[0])
+    _close(got[1], want[1])
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = wrapper.run(q, (k, v), return_lse=True)
+    (plan, _), = cls.run.fibuild_graphs.captured(wrapper)
+    assert type(plan).__name__ == "DecodePlan" and plan.split   # fibuild's run was captured
+    kernel = _calls(name)
+    entry = next(kernel.entry(key) for key in kernel.keys)
+    assert entry.plans_made == 1
+    for lens in ([300, 50, 1000, 7], [1000, 1, 600, 2000], [5, 5, 5, 5], [2000, 2000, 10, 300], [64, 0, 129, 1]):
+        step(lens)  # plan() refills the captured plan for the new table
+        want = expected(lens)
+        for _ in range(2):
+            out.zero_()
+            graph.replay()
+            torch.cuda.synchronize()
+            _close(out, want[0])
+            _close(lse, want[1])
+    assert entry.plans_made == 1 and entry.pins(plan) >= 1
+    from fibuild.integrations.wrapper_sites import release_graphs
+
+    del graph
+    release_graphs(wrapper)
+    assert entry.pins(plan) == 0
 
 
 @pytest.mark.slow
