@@ -229,7 +229,7 @@ def child(args) -> int:
         model.plan()
         x = model.hidden
         out = model.step(x.clone())  # eager warm-up: every call shape seen before capture
-        run = lambda: model.step(x.clone())  # noqa: E731
+        run = lambda m=model: m.step(x.clone())  # noqa: E731
         if device.type == "cuda":
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()

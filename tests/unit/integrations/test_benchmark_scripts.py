@@ -45,7 +45,9 @@ def test_bench_integration_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "bench_integration.json").read_text())["rows"]
     assert [r["api"] for r in rows][-1] == "torch.nn.functional.linear"
-    assert all("trace added_us" in r for r in rows)
+    for r in rows:  # the patch costs something, and less than a millisecond, per call
+        assert all(0 < r[f"{v} layer_us"] < 1000 for v in ("apply, FlashInfer's own", "apply, reference", "trace")), r
+        assert "trace end_to_end_us" in r
 
 
 def _serving_step_module(monkeypatch):
