@@ -65,10 +65,11 @@ serving)
   stepper=$!
   (
     step 90 "build for the overhead benchmarks" python3 -m fibuild build --all
-    step 80 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --out "$res/integration"
+    step 80 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --calls 10000 \
+      --rounds 9 --out "$res/integration"
     step 60 "dispatch overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dispatch.py --device cuda --out "$res/dispatch-cuda.md"
     step 45 "artifact check at load" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_artifact_check.py --runs 9
-    step 200 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+    step 260 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
       --ignore=tests/gpu/test_distributed_gpu.py $(ls tests/gpu/test_farm*_gpu.py 2>/dev/null | sed 's/^/--ignore=/')
   )
   wait $stepper
