@@ -311,8 +311,10 @@ def _bench_traced(args, workspace: Path) -> list[str]:
            "--timeout", "120"]
     if args.device == "cuda":
         cmd.append("--graph")
+    log(f"   its output: {args.out}/bench.log")
     try:
-        subprocess.run(cmd, env=env, timeout=args.bench_timeout, check=False)
+        with open(Path(args.out) / "bench.log", "w") as out:
+            subprocess.run(cmd, env=env, timeout=args.bench_timeout, check=False, stdout=out, stderr=subprocess.STDOUT)
     except subprocess.TimeoutExpired:
         log(f"fibuild bench stopped after {args.bench_timeout} s; the evaluations recorded so far count")
     return names
