@@ -1,6 +1,6 @@
 """What verifying a committed build costs at load: ``load_committed`` with and without the check.
 
-Usage: ``python benchmarks/bench_artifact_check.py [BUILD_DIR ...] [--runs N]``. Without a
+Usage: ``python benchmarks/bench_artifact_check.py [BUILD_DIR ...] [--runs N] [--max-builds K]``. Without a
 build directory it measures every committed native build of ``$FIBUILD_CACHE_DIR``
 (``fibuild build --all`` first). For each build it prints the artifact's size, the check
 alone (``store.check_meta``: meta.json read, its checksum, the artifact's sha256; median
@@ -51,9 +51,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dirs", nargs="*", type=Path)
     parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--max-builds", type=int, default=0,
+                        help="measure at most this many builds, the largest artifacts first (0: all)")
     args = parser.parse_args()
     dirs = args.dirs or [b.path for b in store.scan(Settings.from_env().cache_dir)
                          if b.meta and b.meta["language"] in ("cpp", "cuda")]
+    if args.max_builds > 0:
+        def artifact_size(directory):
+            return (directory / store.read_meta(directory)["artifact"]).stat().st_size
+
+        dirs = sorted(dirs, key=artifact_size, reverse=True)[:args.max_builds]
     if not dirs:
         sys.exit("no committed native build: run `fibuild build --all` first, or name a build dir")
     rows = []

@@ -1,17 +1,25 @@
 """Per-call cost of the serving integration, against the unpatched API in the same run.
 
+Variants:
 - ``apply, FlashInfer's own``: FIBUILD_APPLY with the definition resolving to its FlashInfer
   (or, for ``F.linear``, torch) solution: the patched function calls the original directly;
-  the figure is the adapter's key + memo lookup (goal: ≤ 1 µs).
+  the cost is the adapter's key + memo lookup (goal: ≤ 1 µs).
 - ``apply, reference``: nothing evaluated, so fibuild's choice is the reference: again the
   original (same path, listed to show it).
 - ``trace``: FIBUILD_TRACE, shape-only per call after the first (goal: ≤ 2 µs).
+
+Two measures of each:
+- ``layer``: exactly what the patch adds: the patched function built by the same code around
+  a no-op in place of the original (decided as the real call is), against the no-op; the
+  minimum over rounds of the mean over a batch of calls. No GPU work, so no queue noise.
+- ``end to end``: the real call patched against unpatched, host time per call, blocks of
+  calls alternated, median of the paired differences. Where the GPU is the bottleneck (a GEMM
+  that takes longer than its launch) the host cost hides behind it, and the figure is noise.
 - ``in a CUDA graph``: 64 patched calls captured and replayed vs 64 unpatched (goal: 0).
 - ``.pth hook, unset``: executing the installed hook line with the variables unset.
 
-Host time per call: the mean over a batch of calls (CUDA work is queued, not waited for),
-median over rounds, variants interleaved. Runs on the GPU with flashinfer-python, or on the
-CPU with a stand-in (``--flashinfer-path tests/fixtures/flashinfer_stub``).
+Runs on the GPU with flashinfer-python, or on the CPU with a stand-in
+(``--flashinfer-path tests/fixtures/flashinfer_stub``).
 
     python3 benchmarks/bench_integration.py --out benchmarks/results/integration-h200
     python3 benchmarks/bench_integration.py --device cpu --small \
@@ -33,13 +41,15 @@ PTH = REPO / "fibuild" / "integrations" / "fibuild_integrations.pth"
 
 
 def _calls(device, small: bool):
-    """name -> (definition, solution that is the API itself, axes of its record, callable).
+    """name -> (definition, solution that is the API itself, axes of its record, adapter, args,
+    callable running the API as currently patched on ``args``).
 
     ``small``: shapes no definition has (CPU smoke runs: the same memo-then-original path,
     without seconds of CPU GEMM per call)."""
+    import flashinfer
     import torch
 
-    import flashinfer
+    from fibuild.integrations.adapters.functions import FusedAddRMSNorm, Linear, RMSNorm, SiluAndMul
 
     bf16 = torch.bfloat16
     h, i, n = (64, 32, 48) if small else (4096, 14336, 6144)
@@ -50,15 +60,43 @@ def _calls(device, small: bool):
     a16, b16 = torch.randn(1, h, dtype=torch.float16, device=device), torch.randn(n, h, dtype=torch.float16,
                                                                                    device=device)
     F = torch.nn.functional
+
+    def call(args, fn):
+        return lambda: fn()(*args)
+
     return {
-        "flashinfer.norm.rmsnorm": ("rmsnorm_h4096", "flashinfer", {"batch_size": 1},
-                                    lambda: flashinfer.norm.rmsnorm(x, w, 1e-5)),
+        "flashinfer.norm.rmsnorm": ("rmsnorm_h4096", "flashinfer", {"batch_size": 1}, RMSNorm(), (x, w, 1e-5),
+                                    call((x, w, 1e-5), lambda: flashinfer.norm.rmsnorm)),
         "flashinfer.norm.fused_add_rmsnorm": ("fused_add_rmsnorm_h4096", "flashinfer", {"batch_size": 1},
-                                              lambda: flashinfer.norm.fused_add_rmsnorm(x, r, w, 1e-5)),
-        "flashinfer.activation.silu_and_mul": ("silu_and_mul_i14336", "flashinfer", {"num_tokens": 1},
-                                               lambda: flashinfer.activation.silu_and_mul(gu)),
-        "torch.nn.functional.linear": ("gemm_n6144_k4096", "torch_matmul", {"M": 1}, lambda: F.linear(a16, b16)),
+                                              FusedAddRMSNorm(), (x, r, w, 1e-5),
+                                              call((x, r, w, 1e-5), lambda: flashinfer.norm.fused_add_rmsnorm)),
+        "flashinfer.activation.silu_and_mul": ("silu_and_mul_i14336", "flashinfer", {"num_tokens": 1}, SiluAndMul(),
+                                               (gu,), call((gu,), lambda: flashinfer.activation.silu_and_mul)),
+        "torch.nn.functional.linear": ("gemm_n6144_k4096", "torch_matmul", {"M": 1}, Linear(), (a16, b16),
+                                       call((a16, b16), lambda: F.linear)),
     }
+
+
+def _layer_cost(adapter, args: tuple, n: int, rounds: int) -> float:
+    """Seconds the active integration's patch adds per call of ``adapter``'s API on ``args``:
+    the patched function built around a no-op original (decided as the real call is) minus
+    the no-op, minimum over ``rounds`` means of ``n`` calls."""
+    from fibuild.integrations.activation import active
+    from fibuild.integrations.sites import patched_function
+
+    def noop(*a, **k):
+        return None
+
+    patched = patched_function(active().session, adapter, noop)
+    patched(*args)  # the decision
+    best = {}
+    for _ in range(rounds):
+        for name, fn in (("noop", noop), ("patched", patched)):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn(*args)
+            best[name] = min(best.get(name, 1.0), (time.perf_counter() - t0) / n)
+    return best["patched"] - best["noop"]
 
 
 def _record(root: Path, definition: str, solution: str, axes: dict, device: str) -> None:
@@ -162,50 +200,58 @@ def main(argv=None) -> int:
             shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
     calls = _calls(args.device, args.small)
     if not args.small:
-        for definition, solution, axes, _ in calls.values():
+        for definition, solution, axes, *_ in calls.values():
             _record(own, definition, solution, axes, args.device)
     env = {"FIBUILD_CACHE_DIR": str(tmp / "cache"), "FIBUILD_DEVICE": args.device}
     variants = {"apply, FlashInfer's own": dict(apply=True, root=own),
                 "apply, reference": dict(apply=True, root=ref), "trace": dict(trace=True, root=tmp / "traced")}
     (tmp / "traced" / "defs").mkdir(parents=True)
-    results: dict[str, dict[str, list[float]]] = {name: {} for name in calls}
+    # end to end: per round and variant, a block unpatched then a block patched, paired
+    paired: dict[str, dict[str, list[float]]] = {name: {v: [] for v in variants} for name in calls}
+    base: dict[str, list[float]] = {name: [] for name in calls}
+    layer: dict[str, dict[str, float]] = {name: {} for name in calls}
     graph: dict[str, dict[str, float | None]] = {name: {} for name in calls}
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
-        for name, (_, _, _, fn) in calls.items():
-            results[name].setdefault("unpatched", []).append(_per_call(fn, args.calls, args.device))
         for variant, kwargs in variants.items():
+            unpatched = {name: _per_call(c[-1], args.calls, args.device) for name, c in calls.items()}
             fibuild.enable(settings=Settings.from_env(env), per_key=1, flush_every=1 << 30, **kwargs)
-            for name, (_, _, _, fn) in calls.items():
-                results[name].setdefault(variant, []).append(_per_call(fn, args.calls, args.device))
-                if r == 0 and variant == "apply, FlashInfer's own":
-                    graph[name]["patched"] = _graph_time(fn, args.device)
+            for name, (*_, adapter, call_args, fn) in calls.items():
+                patched = _per_call(fn, args.calls, args.device)
+                paired[name][variant].append(patched - unpatched[name])
+                base[name].append(unpatched[name])
+                if r == 0:
+                    layer[name][variant] = _layer_cost(adapter, call_args, args.calls, max(3, args.rounds))
+                    if variant == "apply, FlashInfer's own":
+                        graph[name]["patched"] = _graph_time(fn, args.device)
             fibuild.disable()
         if r == 0:
-            for name, (_, _, _, fn) in calls.items():
-                graph[name]["unpatched"] = _graph_time(fn, args.device)
+            for name, c in calls.items():
+                graph[name]["unpatched"] = _graph_time(c[-1], args.device)
     hook = _hook_cost()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     rows = []
-    for name, per in results.items():
-        base = statistics.median(per["unpatched"])
-        row = {"api": name, "unpatched_us": base * 1e6}
+    for name in calls:
+        row = {"api": name, "unpatched_us": statistics.median(base[name]) * 1e6}
         for variant in variants:
-            row[f"{variant} added_us"] = (statistics.median(per[variant]) - base) * 1e6
+            row[f"{variant} layer_us"] = layer[name][variant] * 1e6
+            row[f"{variant} end_to_end_us"] = statistics.median(paired[name][variant]) * 1e6
         g = graph[name]
         row["graph added_us_per_call"] = (None if g.get("patched") is None else
                                           (g["patched"] - g["unpatched"]) / 64 * 1e6)
         rows.append(row)
     lines = [f"# Serving integration overhead per call — {device}", "",
-             f"Host time per call, median of {args.rounds} rounds of {args.calls} calls; 'added' is over the "
-             "unpatched call in the same round.", "",
-             "| API | unpatched µs | added: apply, FlashInfer's own | added: apply, reference | added: trace | "
-             "added in a CUDA graph (per call) |", "|---|---|---|---|---|---|"]
+             f"Added host time per call. Layer: the patch around a no-op original against the no-op "
+             f"(minimum of {max(3, args.rounds)} means of {args.calls} calls; what the patch itself costs). "
+             f"End to end: the real call patched against unpatched, blocks of {args.calls} calls alternated, "
+             f"median of {args.rounds} paired differences (GPU-queue noise included; a GPU-bound call hides the "
+             "host cost).", "",
+             "| API | unpatched µs | apply, FlashInfer's own: layer / end to end | apply, reference: layer / end "
+             "to end | trace: layer / end to end | added in a CUDA graph (per call) |", "|---|---|---|---|---|---|"]
     for row in rows:
         gtxt = "n/a" if row["graph added_us_per_call"] is None else f"{row['graph added_us_per_call']:+.3f} µs"
-        own_added = row["apply, FlashInfer's own added_us"]
-        lines.append(f"| `{row['api']}` | {row['unpatched_us']:.2f} | {own_added:+.2f} µs | "
-                     f"{row['apply, reference added_us']:+.2f} µs | {row['trace added_us']:+.2f} µs | {gtxt} |")
+        cells = " | ".join(f"{row[f'{v} layer_us']:+.2f} / {row[f'{v} end_to_end_us']:+.2f} µs" for v in variants)
+        lines.append(f"| `{row['api']}` | {row['unpatched_us']:.2f} | {cells} | {gtxt} |")
     lines += ["", f"`.pth` hook at interpreter start with FIBUILD_TRACE/FIBUILD_APPLY unset: {hook * 1e9:.0f} ns.", ""]
     md = "\n".join(lines)
     (out_dir / "bench_integration.md").write_text(md)

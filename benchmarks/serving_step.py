@@ -8,8 +8,13 @@ QKV / O / gate-up / down through ``F.linear``, K/V written into per-layer page-s
 ``BatchDecodeWithPagedKVCacheWrapper`` planned once per step and run per layer, ``silu_and_mul``.
 Each mode runs in its own process (activation is by environment, as in a served engine):
 weights and inputs are seeded, so every mode computes the same step; outputs are compared
-(traced must equal plain exactly, applied within tolerance). The weight-streaming floor is
-(weight bytes + KV bytes read) / the device copy bandwidth measured in the same run.
+(traced must equal plain exactly). Applied is checked against the truth, not against plain:
+the plain process also computes the step in fp32 with torch alone, and the applied output's
+relative L2 error against it must stay within ``--error-ratio`` times the plain output's
+(bf16 kernels that round or accumulate in another order drift apart by a few percent over
+32 layers while being equally accurate; a wrong kernel lands at tens of percent). The
+weight-streaming floor is (weight bytes + KV bytes read) / the device copy bandwidth measured
+in the same run.
 
     python3 benchmarks/serving_step.py --out benchmarks/results/serving-step-h200      # on a GPU
     python3 benchmarks/serving_step.py --device cpu --layers 2 --model tiny \\
@@ -124,6 +129,50 @@ class Model:
         fi.norm.fused_add_rmsnorm(h, residual, self.final_norm, EPS)
         return h
 
+    def reference_step(self, hidden_in):
+        """The same step in fp32 with torch alone (weights and caches upcast layer by layer, no
+        TF32): what the bf16 runs are measured against. Call it after :meth:`step` ran once
+        (the caches' new-token rows are taken from this step's own fp32 K and V)."""
+        import torch
+        import torch.nn.functional as F
+
+        _, heads, kv_heads, head_dim, _ = self.dims
+        b, n = self.batch, self.kv_len + 1
+        group = heads // kv_heads
+        rows = self.kv_indices.long()
+        new = self.kv_indptr[1:].long() - 1  # each sequence's new token, in page-table order
+
+        def norm(x, w):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * w.float()
+
+        def linear(x, w):
+            return x @ w.float().T
+
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            residual = hidden_in.float()
+            h = norm(residual, self.layers[0]["ln1"])
+            for i, L in enumerate(self.layers):
+                if i:
+                    residual = h + residual
+                    h = norm(residual, L["ln1"])
+                q, k, v = linear(h, L["qkv"]).split([heads * head_dim, kv_heads * head_dim,
+                                                     kv_heads * head_dim], dim=-1)
+                keys, values = L["k"][rows].float(), L["v"][rows].float()
+                keys[new], values[new] = k.reshape(b, kv_heads, head_dim), v.reshape(b, kv_heads, head_dim)
+                keys, values = keys.view(b, n, kv_heads, head_dim), values.view(b, n, kv_heads, head_dim)
+                scores = torch.einsum("bhgd,bnhd->bhgn", q.view(b, kv_heads, group, head_dim), keys)
+                probs = (scores / head_dim ** 0.5).softmax(-1)
+                o = torch.einsum("bhgn,bnhd->bhgd", probs, values).reshape(b, heads * head_dim)
+                residual = linear(o, L["o"]) + residual
+                h = norm(residual, L["ln2"])
+                gate, up = linear(h, L["gate_up"]).chunk(2, dim=-1)
+                h = linear(F.silu(gate) * up, L["down"])
+            return norm(h + residual, self.final_norm)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
 
 def copy_bandwidth(device) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write counted), 1 GiB buffers."""
@@ -180,7 +229,7 @@ def child(args) -> int:
         model.plan()
         x = model.hidden
         out = model.step(x.clone())  # eager warm-up: every call shape seen before capture
-        run = lambda: model.step(x.clone())  # noqa: E731
+        run = lambda m=model: m.step(x.clone())  # noqa: E731
         if device.type == "cuda":
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -204,6 +253,9 @@ def child(args) -> int:
         from safetensors.torch import save_file
 
         save_file({"out": out.float().cpu().contiguous()}, str(out_dir / f"out-{args.child}-b{batch}.safetensors"))
+        if args.child == "plain":
+            ref = model.reference_step(x)
+            save_file({"out": ref.cpu().contiguous()}, str(out_dir / f"out-fp32-b{batch}.safetensors"))
         median = sorted(times)[len(times) // 2]
         results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes}
         log(f"[{args.child}] batch {batch}: {median * 1e3:.3f} ms per step")
@@ -259,18 +311,20 @@ def _bench_traced(args, workspace: Path) -> list[str]:
            "--timeout", "120"]
     if args.device == "cuda":
         cmd.append("--graph")
+    log(f"   its output: {args.out}/bench.log")
     try:
-        subprocess.run(cmd, env=env, timeout=args.bench_timeout, check=False)
+        with open(Path(args.out) / "bench.log", "w") as out:
+            subprocess.run(cmd, env=env, timeout=args.bench_timeout, check=False, stdout=out, stderr=subprocess.STDOUT)
     except subprocess.TimeoutExpired:
         log(f"fibuild bench stopped after {args.bench_timeout} s; the evaluations recorded so far count")
     return names
 
 
-def _compare(out_dir: Path, mode: str, batch: int) -> tuple[float, float]:
-    """(max abs difference, relative L2 error) of ``mode``'s output against plain's."""
+def _compare(out_dir: Path, mode: str, batch: int, against: str = "plain") -> tuple[float, float]:
+    """(max abs difference, relative L2 error) of ``mode``'s output against ``against``'s."""
     from safetensors.torch import load_file
 
-    a = load_file(str(out_dir / f"out-plain-b{batch}.safetensors"))["out"]
+    a = load_file(str(out_dir / f"out-{against}-b{batch}.safetensors"))["out"]
     b = load_file(str(out_dir / f"out-{mode}-b{batch}.safetensors"))["out"]
     return float((a - b).abs().max()), float((a - b).norm() / a.norm().clamp_min(1e-30))
 
@@ -297,11 +351,14 @@ def driver(args) -> int:
         floor = plain["batches"][key]["bytes"] / bandwidth
         trace_diff = _compare(out_dir, "trace", batch)
         apply_diff = _compare(out_dir, "apply", batch)
-        ok = trace_diff[0] == 0.0 and apply_diff[1] <= args.rtol
+        plain_err = _compare(out_dir, "plain", batch, "fp32")[1]
+        apply_err = _compare(out_dir, "apply", batch, "fp32")[1]
+        ok = trace_diff[0] == 0.0 and apply_err <= args.error_ratio * plain_err
         rows.append({"batch": batch, "kv_len": args.kv_len, "plain_ms": p * 1e3, "traced_ms": t * 1e3,
                      "applied_ms": a * 1e3, "speedup": p / a, "floor_ms": floor * 1e3,
                      "applied_of_floor": floor / a, "traced_max_abs_diff": trace_diff[0],
-                     "applied_rel_l2": apply_diff[1], "applied_max_abs_diff": apply_diff[0], "agree": ok})
+                     "applied_rel_l2": apply_diff[1], "applied_max_abs_diff": apply_diff[0],
+                     "plain_fp32_rel_l2": plain_err, "applied_fp32_rel_l2": apply_err, "agree": ok})
     device = _device_name(args.device)
     summary = {"device": device, "model": args.model, "layers": args.layers, "copy_bandwidth_gbs": bandwidth / 1e9,
                "rows": rows, "benched": benched, "substituted": applied.get("substituted", {}),
@@ -332,14 +389,17 @@ def _markdown(s: dict, args) -> str:
              f"Copy bandwidth measured in the same run: {s['copy_bandwidth_gbs']:.0f} GB/s. Floor = "
              "(weights + KV bytes read) / that bandwidth. Step time: median of "
              f"{args.iters} {'CUDA-graph replays' if args.device == 'cuda' else 'eager steps'}, "
-             "the decode wrapper planned before each.", "",
+             "the decode wrapper planned before each. Errors: relative L2 of the final hidden state "
+             f"against the step computed in fp32 (applied passes at ≤ {args.error_ratio:g}× plain's).", "",
              "| batch | KV len | plain ms | traced ms | applied ms | speedup | floor ms | applied % of floor | "
-             "traced = plain | applied rel. L2 |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "traced = plain | error vs fp32: plain | applied | applied vs plain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
         lines.append(f"| {r['batch']} | {r['kv_len']} | {r['plain_ms']:.3f} | {r['traced_ms']:.3f} | "
                      f"{r['applied_ms']:.3f} | {r['speedup']:.3f}× | {r['floor_ms']:.3f} | "
                      f"{100 * r['applied_of_floor']:.0f} % | {'yes' if r['traced_max_abs_diff'] == 0 else 'NO'} | "
-                     f"{r['applied_rel_l2']:.1e}{'' if r['agree'] else ' (over tolerance)'} |")
+                     f"{r['plain_fp32_rel_l2']:.1e} | {r['applied_fp32_rel_l2']:.1e}"
+                     f"{'' if r['agree'] else ' (over tolerance)'} | {r['applied_rel_l2']:.1e} |")
     subs = ", ".join(f"{k} ({v} keys)" for k, v in sorted(s["substituted"].items())) or "none (every call resolved " \
         "to FlashInfer/cuBLAS itself or to the reference, so the original ran)"
     lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}.",
@@ -356,7 +416,8 @@ def main(argv=None) -> int:
     p.add_argument("--kv-len", type=int, default=1024, help="tokens already in each sequence's cache")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rtol", type=float, default=2e-2, help="relative L2 tolerance of applied vs plain")
+    p.add_argument("--error-ratio", type=float, default=1.5,
+                   help="applied passes when its error against the fp32 step is at most this times plain's")
     p.add_argument("--out", default="serving-step-results", help="folder for the results and the workspace copy")
     p.add_argument("--flashinfer-path", help="folder to put first on sys.path (a stand-in flashinfer)")
     p.add_argument("--skip-bench", action="store_true", help="do not run fibuild bench on the traced definitions")

@@ -65,17 +65,19 @@ serving)
   stepper=$!
   (
     step 90 "build for the overhead benchmarks" python3 -m fibuild build --all
-    step 80 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --out "$res/integration"
+    step 80 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --calls 10000 \
+      --rounds 9 --out "$res/integration"
     step 60 "dispatch overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dispatch.py --device cuda --out "$res/dispatch-cuda.md"
-    step 45 "artifact check at load" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_artifact_check.py --runs 9
-    step 200 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+    step 75 "artifact check at load" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_artifact_check.py --runs 7 --max-builds 3
+    step 260 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
       --ignore=tests/gpu/test_distributed_gpu.py $(ls tests/gpu/test_farm*_gpu.py 2>/dev/null | sed 's/^/--ignore=/')
   )
   wait $stepper
   ws="$res/serving-step/workspace"
   if [ -d "$ws" ]; then  # keep what tracing wrote, not the workspace copy
-    (cd "$ws" && find registry -name workloads.jsonl -o -name '*.safetensors' -o -path '*_trace*' -type f \
-       | tar -cf "$OLDPWD/$res/traced.tar" -T - ) 2>/dev/null
+    traced=$(cd "$res" && pwd)/traced.tar  # workloads, blobs, trace files and the evaluations of the bench
+    (cd "$ws" && find registry -type f \( -name '*.jsonl' -o -name '*.safetensors' -o -path '*_trace*' \) \
+       | tar -cf "$traced" -T - )
     rm -rf "$ws"
   fi
   ;;

@@ -30,6 +30,8 @@ def test_serving_step_smoke_traces_benches_and_applies(tmp_path):
     summary = json.loads((out / "serving_step.json").read_text())
     assert [r["batch"] for r in summary["rows"]] == [1, 3]
     assert all(r["traced_max_abs_diff"] == 0 and r["agree"] for r in summary["rows"])
+    assert all(0 < r["plain_fp32_rel_l2"] < 2e-2 and r["applied_fp32_rel_l2"] <= 1.5 * r["plain_fp32_rel_l2"]
+               for r in summary["rows"])
     assert "gqa_paged_decode_h8_kv2_d32_ps1" in summary["benched"]
     assert (out / "workspace" / "registry" / "gqa_paged_decode_h8_kv2_d32_ps1" / "workloads.jsonl").is_file()
     assert "| 3 | 8 |" in (out / "serving_step.md").read_text()
@@ -43,4 +45,45 @@ def test_bench_integration_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "bench_integration.json").read_text())["rows"]
     assert [r["api"] for r in rows][-1] == "torch.nn.functional.linear"
-    assert all("trace added_us" in r for r in rows)
+    for r in rows:  # the patch costs something, and less than a millisecond, per call
+        assert all(0 < r[f"{v} layer_us"] < 1000 for v in ("apply, FlashInfer's own", "apply, reference", "trace")), r
+        assert "trace end_to_end_us" in r
+
+
+def _serving_step_module(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(STUB_DIR))
+    spec = importlib.util.spec_from_file_location("serving_step_script", REPO / "benchmarks" / "serving_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_serving_step_fp32_reference_tracks_the_step_and_catches_a_wrong_kernel(monkeypatch):
+    """The applied run is judged against the fp32 step: it must agree with a correct bf16 step
+    to bf16 rounding, and a kernel that is wrong by little (V of the new token dropped from
+    attention) must land far outside the 1.5× error band."""
+    import argparse
+
+    import torch
+
+    mod = _serving_step_module(monkeypatch)
+    args = argparse.Namespace(model="tiny", layers=3, kv_len=16)
+    torch.set_grad_enabled(False)
+    model = mod.Model(args, 3, torch.device("cpu"))
+    model.plan()
+    x = model.hidden.clone()
+    out = model.step(x.clone()).float()
+    ref = model.reference_step(x)
+    plain_err = float((out - ref).norm() / ref.norm())
+    assert 0 < plain_err < 2e-2
+
+    # a wrong kernel: attention that reads zeros for each sequence's new value row
+    broken = model.flashinfer.BatchDecodeWithPagedKVCacheWrapper.run
+    monkeypatch.setattr(model.flashinfer.BatchDecodeWithPagedKVCacheWrapper, "run",
+                        lambda self, q, kv, **kw: broken(self, q, (kv[0], kv[1].clone().index_fill_(
+                            0, model.out_cache_loc, 0)), **kw))
+    wrong = model.step(x.clone()).float()
+    wrong_err = float((wrong - ref).norm() / ref.norm())
+    assert wrong_err > 5 * plain_err, (wrong_err, plain_err)
