@@ -90,12 +90,13 @@ class Session:
 
     # -- decisions -------------------------------------------------------------------------
     def decide(self, adapter: Adapter, original: Callable, substitute: Callable[[Any, Any, tuple], Callable],
-               prepare: Callable[[], tuple]) -> Callable:
+               prepare: Callable[[], tuple], instance: Any = None) -> Callable:
         """The handler for calls of one fast key.
 
         ``prepare()`` returns ``(template params, definition inputs, record)``: ``record`` is
         ``(input specs, blobs, bucket)`` for the trace, or None to record nothing.
-        ``substitute(kernel, definition, inputs)`` builds the handler that runs the kernel.
+        ``substitute(kernel, definition, inputs)`` builds the handler that runs the kernel;
+        ``instance`` is the wrapper object of a method call (see ``Adapter.is_original``).
         Tracing records the call (first ``per_key`` per bucket) and wraps the handler in a
         counter. Never raises for a call it cannot take: that call gets ``original``.
         """
@@ -110,7 +111,7 @@ class Session:
                 self.recorder.add(name, axes, specs, blobs, bucket or axes_bucket)
             if self.apply:
                 handler = self.choose(adapter, name, defn, axes, original,
-                                      lambda kernel, d: substitute(kernel, d, inputs))
+                                      lambda kernel, d: substitute(kernel, d, inputs), instance)
         except Unmapped as exc:
             return self.unmapped_handler(adapter, original, exc.reason)
         except Exception as exc:  # noqa: BLE001 - never break the caller for fibuild's sake
@@ -129,13 +130,13 @@ class Session:
         return counted(original, self.recorder.counter(None, adapter.op, reason=reason))
 
     def choose(self, adapter: Adapter, name: str, defn, axes: dict[str, int], original: Callable,
-               substitute: Callable[[Any, Any], Callable]) -> Callable:
+               substitute: Callable[[Any, Any], Callable], instance: Any = None) -> Callable:
         """``original`` unless the kernel of ``name`` resolves ``axes`` to a solution that is
         not the API itself; then the substitute handler."""
         kernel = self.kernel(name)
         resolution = kernel.resolution(defn.apply_key(axes))
         sol = resolution.solution
-        if sol is None or adapter.is_original(sol):
+        if sol is None or adapter.is_original(sol, instance):
             return original
         with self._lock:
             self.substituted[name] = self.substituted.get(name, 0) + 1

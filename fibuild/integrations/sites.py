@@ -93,11 +93,11 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
     return fibuild_substitute
 
 
-def ran_a_solution(adapter, kernel, defn, inputs) -> bool:
+def ran_a_solution(adapter, kernel, defn, inputs, instance=None) -> bool:
     """After a kernel's first call: True when it ran a fibuild solution (not its fallback or
-    the API itself); logs the fallback otherwise."""
+    the API itself, as ``instance`` is configured); logs the fallback otherwise."""
     res = kernel.resolution(defn.apply_key(var_axes(defn, inputs)))
-    if res.solution is not None and not adapter.is_original(res.solution):
+    if res.solution is not None and not adapter.is_original(res.solution, instance):
         return True
     log.warning("fibuild: %s: %s fell back to %s; the original runs from now on",
                 adapter.api, defn.name, res.solution_name)

@@ -75,7 +75,8 @@ def patched_run(session, adapter: WrapperAdapter, run: Callable, contexts, graph
             return adapter.template_params(call), inputs, record
 
         return session.decide(adapter, run, lambda kernel, defn, inputs: substitute(
-            session, adapter, run, graphs, kernel, defn, inputs, bool(kwargs.get("return_lse", False))), prepare)
+            session, adapter, run, graphs, kernel, defn, inputs, bool(kwargs.get("return_lse", False))), prepare,
+            inst)
 
     def fibuild_run(self, *args, **kwargs):
         ctx = contexts.get(self)
@@ -135,7 +136,7 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, graphs: GraphPla
         finally:
             guard.active = False
         if settled[0] is None:
-            settled[0] = ran_a_solution(adapter, kernel, defn, call)
+            settled[0] = ran_a_solution(adapter, kernel, defn, call, inst)
             key = defn.apply_key(_axes(defn, call))
             entry = kernel.entry(key)
             planned[0] = hasattr(entry, "plan_for")

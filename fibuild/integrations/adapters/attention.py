@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import REQUIRED, Adapter, Call, Unmapped, bind, dtype_name
+from .base import REQUIRED, Adapter, Call, Unmapped, bind, dtype_name, flashinfer_own
 
 # Heavy or optional dependencies, imported inside the functions that use them: torch.
 
@@ -225,6 +225,10 @@ class WrapperAdapter(Adapter):
         return q
 
 
+#: FlashInfer's own decode solutions (by name) and whether each runs the tensor-core kernels.
+OWN_DECODE_TENSOR_CORES = {"flashinfer": False, "flashinfer_tc": True}
+
+
 class PagedDecode(WrapperAdapter):
     op = "gqa_paged_decode"
     api = "flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"
@@ -241,6 +245,15 @@ class PagedDecode(WrapperAdapter):
 
     def bucket_of(self, axes):
         return (axes["batch_size"], _bucket(axes["num_kv_indices"] / max(axes["batch_size"], 1)))
+
+    def is_original(self, solution, instance: Any = None) -> bool:
+        """FlashInfer's own decode solution that runs the kernels ``instance`` runs: the
+        CUDA-core one for a wrapper made without tensor cores, ``flashinfer_tc`` for one made
+        with them. The other one is FlashInfer too, but a different kernel: it is substituted."""
+        if not flashinfer_own(solution):
+            return False
+        tensor_cores = OWN_DECODE_TENSOR_CORES.get(solution.name)
+        return tensor_cores is not None and tensor_cores == bool(getattr(instance, "use_tensor_cores", False))
 
     def run_call(self, inst, ctx, args, kwargs):
         if len(args) != 2:

@@ -9,8 +9,9 @@ An adapter maps one FlashInfer (or torch) API to a definition:
   ``why_not(call)`` says why None.
 - ``to_inputs(call)``: the definition's inputs, in order, as views of the caller's tensors.
 - ``write_back(call, outputs)``: what the API returns, in-place effects made exactly.
-- ``is_original(solution)``: whether a resolved solution is the patched API itself (then
-  the original is called directly, with nothing in between).
+- ``is_original(solution, instance)``: whether a resolved solution is the patched API
+  itself, as ``instance`` (the wrapper object, for methods) is configured (then the original
+  is called directly, with nothing in between).
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ class Adapter:
             return str(exc)
         return None
 
-    def is_original(self, solution) -> bool:
+    def is_original(self, solution, instance: Any = None) -> bool:
         return flashinfer_own(solution)
 
     def to_inputs(self, call: Call) -> tuple:

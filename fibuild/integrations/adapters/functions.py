@@ -156,7 +156,7 @@ class Linear(FunctionAdapter):
             raise Unmapped(f"dtypes input {dtype_name(x)}, weight {dtype_name(w)}")
         return {"n": int(w.shape[0]), "k": int(w.shape[1]), "dtype": dtype_name(x)}
 
-    def is_original(self, solution) -> bool:
+    def is_original(self, solution, instance: Any = None) -> bool:
         # The definition's torch.matmul solution is the same cuBLAS GEMM F.linear runs.
         return solution.language == "python" and solution.name == "torch_matmul"
 

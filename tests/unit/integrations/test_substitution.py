@@ -154,6 +154,28 @@ def test_decode_wrapper_plan_records_structure_and_run_dispatches(flashinfer_stu
     assert len(solution_calls(name, key)) == 4
 
 
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_flashinfer_decode_of_the_other_kernel_is_substituted(flashinfer_stub, small_ws, tensor_cores):
+    """FlashInfer's tensor-core decode resolved as fastest is the original for a wrapper made
+    with tensor cores, and a substitute (a different kernel) for one made without."""
+    q, kc, vc, indptr, indices, last = _paged()
+    name = "gqa_paged_decode_h8_kv2_d16_ps1"
+    small_ws.add_counted_solution(name, "flashinfer_tc", flashinfer=True)
+    small_ws.record(name, "flashinfer_tc", {"batch_size": 3, "num_pages": 40, "len_indptr": 4,
+                                            "num_kv_indices": int(indptr[-1])})
+    import flashinfer
+
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(8), "NHD", use_tensor_cores=tensor_cores)
+    fibuild.enable(apply=True, settings=small_ws.settings)
+    wrapper.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
+    runs = flashinfer.CALLS["decode.run"]
+    wrapper.run(q, (kc, vc))
+    from fibuild.integrations.activation import active
+
+    assert flashinfer.CALLS["decode.run"] == runs + (1 if tensor_cores else 0)
+    assert active().session.substituted.get(name, 0) == (0 if tensor_cores else 1)
+
+
 def test_decode_wrapper_doubts_go_to_the_original(flashinfer_stub, small_ws):
     q, kc, vc, indptr, indices, last = _paged()
     name = "gqa_paged_decode_h8_kv2_d16_ps1"
