@@ -6,9 +6,9 @@
 #   benchmarks/device/gpu_session.sh checks OUT   build, new evaluations (the all-reduce + RMSNorm
 #                                                on 2 ranks, paged decode page size 16), the
 #                                                FlashInfer dump fixture, the two-GPU tests
-#   benchmarks/device/gpu_session.sh serving OUT  the decode step (plain / traced / applied), the
-#                                                integration, dispatch and artifact-check
-#                                                overheads, the single-GPU test suite
+#   benchmarks/device/gpu_session.sh serving OUT  paged decode evaluated anew, the decode step
+#                                                (plain / traced / applied), the integration and
+#                                                artifact-check overheads, the single-GPU tests
 #
 # From the repository root. The device kit (.devkit/) and carried wheels (.whl/) are unpacked
 # first when present. Everything comes back as OUT/session-<part>.tar plus OUT/log-<part>.txt.
@@ -58,21 +58,28 @@ checks)
   tar -cf "$res/registry.tar" registry
   ;;
 serving)
-  # The decode step owns GPU 0 (graph replays: GPU-bound); GPU 1 takes the host-bound overhead
-  # benchmarks first, then the single-GPU test suite.
-  step 450 "decode step: plain, traced, bench, applied" env CUDA_VISIBLE_DEVICES=0 \
-    python3 benchmarks/serving_step.py --out "$res/serving-step" --bench-timeout 200 --child-timeout 200 &
+  # GPU 0: the paged decode (page size 1) evaluated anew, then the decode step (graph replays:
+  # GPU-bound). GPU 1: page size 16 evaluated anew, the host-bound overhead benchmarks, then
+  # the single-GPU test suite.
+  (
+    step 150 "paged decode, page size 1" env CUDA_VISIBLE_DEVICES=0 python3 -m fibuild bench \
+      gqa_paged_decode_h32_kv8_d128_ps1 --device cuda
+    step 330 "decode step: plain, traced, bench, applied" env CUDA_VISIBLE_DEVICES=0 \
+      python3 benchmarks/serving_step.py --out "$res/serving-step" --bench-timeout 150 --child-timeout 150
+  ) &
   stepper=$!
   (
-    step 90 "build for the overhead benchmarks" python3 -m fibuild build --all
-    step 80 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --calls 10000 \
+    step 120 "paged decode, page size 16" env CUDA_VISIBLE_DEVICES=1 python3 -m fibuild bench \
+      gqa_paged_decode_h32_kv8_d128_ps16 --device cuda
+    step 60 "build for the overhead benchmarks" python3 -m fibuild build --all
+    step 60 "integration overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_integration.py --calls 10000 \
       --rounds 9 --out "$res/integration"
-    step 60 "dispatch overhead" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_dispatch.py --device cuda --out "$res/dispatch-cuda.md"
-    step 75 "artifact check at load" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_artifact_check.py --runs 7 --max-builds 3
-    step 260 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+    step 70 "artifact check at load" env CUDA_VISIBLE_DEVICES=1 python3 benchmarks/bench_artifact_check.py --runs 7 --max-builds 3
+    step 200 "GPU tests on one GPU" env CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
       --ignore=tests/gpu/test_distributed_gpu.py $(ls tests/gpu/test_farm*_gpu.py 2>/dev/null | sed 's/^/--ignore=/')
   )
   wait $stepper
+  tar -cf "$res/registry.tar" registry
   ws="$res/serving-step/workspace"
   if [ -d "$ws" ]; then  # keep what tracing wrote, not the workspace copy
     traced=$(cd "$res" && pwd)/traced.tar  # workloads, blobs, trace files and the evaluations of the bench
