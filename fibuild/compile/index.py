@@ -57,7 +57,8 @@ class JSONOnlyDisk(diskcache.Disk):
         if read:
             raise CacheError("the index stores JSON values, not files")
         try:
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            # Key order kept: a definition's axes, inputs and outputs are ordered mappings.
+            text = json.dumps(value, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise CacheError(f"index values must be JSON: {exc}") from None
         return super().store(text, False, key=key)

@@ -31,7 +31,7 @@ from .table import ApplyTable
 log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
-FORMAT = 2  # bump when the cached JSON layout changes
+FORMAT = 3  # bump when the cached JSON layout changes (3: mapping order kept)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:

@@ -30,6 +30,30 @@ def test_second_load_is_served_from_the_index(workspace, monkeypatch):
     assert second.explain(batch_size=8).solution.name == "torch_alt"
 
 
+def test_a_cache_hit_keeps_the_order_of_axes_inputs_and_outputs(tmp_path, monkeypatch):
+    """The paged decode definition declares its var axes, inputs and outputs out of
+    alphabetical order: the cached definition must keep the declared order (it lays out
+    the ApplyKey and the call's arguments), and resolve the same key to the same answer."""
+    from fibuild.config import Settings
+    from fibuild.spec.workspace import Workspace, shipped_root
+
+    name, slug = "gqa_paged_decode_h32_kv8_d128_ps1", "nvidia-h200-sm90"
+    settings = Settings.from_env({"FIBUILD_ROOT": str(shipped_root()), "FIBUILD_CACHE_DIR": str(tmp_path)})
+    ws = Workspace(shipped_root())
+    declared = ws.definition(name)
+    assert list(declared.var_axes) != sorted(declared.var_axes)
+    axes = {"batch_size": 16, "num_pages": 16400, "len_indptr": 17, "num_kv_indices": 16400}
+    miss = resolve(name, axes, device=slug, settings=settings)
+    monkeypatch.setattr(collect, "collect_table", _no_collect)
+    defn, _, _ = table_cache.load_table(ws, settings, name, slug, here=False)
+    assert defn.var_axes == declared.var_axes
+    assert [i.name for i in defn.inputs] == [i.name for i in declared.inputs]
+    assert [o.name for o in defn.outputs] == [o.name for o in declared.outputs]
+    hit = resolve(name, axes, device=slug, settings=settings)
+    assert hit.key == miss.key == (16, 16400, 17, 16400)
+    assert hit.solution_name == miss.solution_name
+
+
 @pytest.mark.parametrize("change", ["record", "edit_source", "new_solution", "edit_definition"])
 def test_any_input_change_is_a_miss(workspace, change):
     workspace.record("torch_alt", 8, 20.0)
