@@ -207,6 +207,16 @@ def _timer(device):
     return lambda: time.perf_counter() - t0
 
 
+def _decode_in_graph(model, device) -> str:
+    """What the captured graph runs for the paged decode: a fibuild solution's plan, or
+    FlashInfer's own run."""
+    if device.type != "cuda":
+        return "-"
+    from fibuild.integrations.wrapper_sites import captured_solution
+
+    return captured_solution(model.wrapper) or "FlashInfer"
+
+
 def child(args) -> int:
     """Run the step at each batch size in this process's mode; print one JSON line."""
     import torch
@@ -257,7 +267,8 @@ def child(args) -> int:
             ref = model.reference_step(x)
             save_file({"out": ref.cpu().contiguous()}, str(out_dir / f"out-fp32-b{batch}.safetensors"))
         median = sorted(times)[len(times) // 2]
-        results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes}
+        results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes,
+                                          "decode_in_graph": _decode_in_graph(model, device)}
         log(f"[{args.child}] batch {batch}: {median * 1e3:.3f} ms per step")
         del model
         if device.type == "cuda":
@@ -358,7 +369,8 @@ def driver(args) -> int:
                      "applied_ms": a * 1e3, "speedup": p / a, "floor_ms": floor * 1e3,
                      "applied_of_floor": floor / a, "traced_max_abs_diff": trace_diff[0],
                      "applied_rel_l2": apply_diff[1], "applied_max_abs_diff": apply_diff[0],
-                     "plain_fp32_rel_l2": plain_err, "applied_fp32_rel_l2": apply_err, "agree": ok})
+                     "plain_fp32_rel_l2": plain_err, "applied_fp32_rel_l2": apply_err, "agree": ok,
+                     "decode_in_graph": applied["batches"][key].get("decode_in_graph", "-")})
     device = _device_name(args.device)
     summary = {"device": device, "model": args.model, "layers": args.layers, "copy_bandwidth_gbs": bandwidth / 1e9,
                "rows": rows, "benched": benched, "substituted": applied.get("substituted", {}),
@@ -392,14 +404,15 @@ def _markdown(s: dict, args) -> str:
              "the decode wrapper planned before each. Errors: relative L2 of the final hidden state "
              f"against the step computed in fp32 (applied passes at ≤ {args.error_ratio:g}× plain's).", "",
              "| batch | KV len | plain ms | traced ms | applied ms | speedup | floor ms | applied % of floor | "
-             "traced = plain | error vs fp32: plain | applied | applied vs plain |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "traced = plain | error vs fp32: plain | applied | applied vs plain | decode in the applied graph |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
         lines.append(f"| {r['batch']} | {r['kv_len']} | {r['plain_ms']:.3f} | {r['traced_ms']:.3f} | "
                      f"{r['applied_ms']:.3f} | {r['speedup']:.3f}× | {r['floor_ms']:.3f} | "
                      f"{100 * r['applied_of_floor']:.0f} % | {'yes' if r['traced_max_abs_diff'] == 0 else 'NO'} | "
                      f"{r['plain_fp32_rel_l2']:.1e} | {r['applied_fp32_rel_l2']:.1e}"
-                     f"{'' if r['agree'] else ' (over tolerance)'} | {r['applied_rel_l2']:.1e} |")
+                     f"{'' if r['agree'] else ' (over tolerance)'} | {r['applied_rel_l2']:.1e} | "
+                     f"{r['decode_in_graph']} |")
     subs = ", ".join(f"{k} ({v} keys)" for k, v in sorted(s["substituted"].items())) or "none (every call resolved " \
         "to FlashInfer/cuBLAS itself or to the reference, so the original ran)"
     lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}.",

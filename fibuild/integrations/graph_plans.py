@@ -74,6 +74,12 @@ class GraphPlans:
         state = self._states.get(inst)
         return [(cap[1], cap[2]) for cap in state.captured.values()] if state is not None else []
 
+    def captured_solution(self, inst) -> str | None:
+        """The fibuild solution whose plans ``inst``'s runs captured in CUDA graphs (None:
+        none; the original run was captured, or nothing was)."""
+        state = self._states.get(inst)
+        return state.solution if state is not None and state.captured else None
+
     def release(self, inst) -> None:
         """Forget ``inst``'s captured plans (after the engine dropped the graphs holding them)."""
         state = self._states.pop(inst, None)

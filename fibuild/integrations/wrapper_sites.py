@@ -164,6 +164,13 @@ def context_of(wrapper_instance) -> Any:
     return contexts.get(wrapper_instance) if contexts is not None else None
 
 
+def captured_solution(wrapper_instance) -> str | None:
+    """The fibuild solution a wrapper instance's runs captured in CUDA graphs, or None when
+    no fibuild plan was captured (the original run was, or nothing was)."""
+    graphs = getattr(type(wrapper_instance).run, "fibuild_graphs", None)
+    return graphs.captured_solution(wrapper_instance) if graphs is not None else None
+
+
 def release_graphs(wrapper_instance) -> None:
     """Unpin the plans a wrapper instance's runs captured in CUDA graphs, once the engine
     dropped those graphs (its next ``plan`` then no longer refills them)."""

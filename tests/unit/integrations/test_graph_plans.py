@@ -105,6 +105,7 @@ def test_capture_runs_the_pinned_plan_and_each_replan_refills_it(setup):
     assert flashinfer.CALLS["decode.run"] == originals, "the original ran under capture"
     _close(got, want)
     (plan, _), = type(wrapper).run.fibuild_graphs.captured(wrapper)
+    assert wrapper_sites.captured_solution(wrapper) == "planned"
     entry = _entry()
     assert entry.pins(plan) >= 1 and calls == ["plan", "run", "run", "run"]
     for lens in ([9, 1, 0], [0, 0, 0], [20, 13, 7], [2, 2, 2]):  # longer, shorter, empty sequences
@@ -193,4 +194,5 @@ def test_a_plan_without_refill_leaves_the_capture_to_the_original(setup):
     assert flashinfer.CALLS["decode.run"] == before + 1
     _close(got, want)
     assert type(wrapper).run.fibuild_graphs.captured(wrapper) == []
+    assert wrapper_sites.captured_solution(wrapper) is None
     eng.step(wrapper, [9, 1, 1])  # a later plan is fine: the graph holds FlashInfer's run
