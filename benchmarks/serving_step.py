@@ -122,7 +122,7 @@ class Model:
             q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
             L["k"][self.out_cache_loc] = k.reshape(b, kv_heads, head_dim)
             L["v"][self.out_cache_loc] = v.reshape(b, kv_heads, head_dim)
-            o = self.wrapper.run(q.reshape(b, heads, head_dim), (L["k"], L["v"]))
+            o = self.wrapper.run(q.contiguous().view(b, heads, head_dim), (L["k"], L["v"]))  # as SGLang
             h = F.linear(o.reshape(b, heads * head_dim), L["o"])
             fi.norm.fused_add_rmsnorm(h, residual, L["ln2"], EPS)
             h = F.linear(fi.activation.silu_and_mul(F.linear(h, L["gate_up"])), L["down"])

@@ -101,7 +101,8 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, graphs: GraphPla
 
     During CUDA graph capture a plan/run solution runs only with a plan made before the
     capture that can be refilled when the engine plans again (:mod:`.graph_plans`); otherwise
-    the original run is captured.
+    the original run is captured. A query that is not contiguous (a view of a fused QKV
+    output) is copied, it is small; KV caches that are not send the call to the original.
     """
     guard = session.guard
     tail = inputs[3:]
@@ -122,9 +123,10 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, graphs: GraphPla
                 k, v = k.unsqueeze(1), v.unsqueeze(1)
         else:
             k, v = args[1][:rows], args[2][:rows]
-        if tuple(k.shape[1:]) != cache_shape or v.shape != k.shape or not (
-                q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        if tuple(k.shape[1:]) != cache_shape or v.shape != k.shape or not (k.is_contiguous() and v.is_contiguous()):
             return run(inst, *args, **kwargs)
+        if not q.is_contiguous():  # e.g. a view of the fused QKV output: a small copy, not a fallback
+            q = q.contiguous()
         call = (q, k, v, *tail)
         if planned[0] is not False and _capturing() and not graphs.capture(inst, kernel, defn, call):
             return run(inst, *args, **kwargs)

@@ -154,6 +154,28 @@ def test_decode_wrapper_plan_records_structure_and_run_dispatches(flashinfer_stu
     assert len(solution_calls(name, key)) == 4
 
 
+def test_decode_wrapper_takes_a_query_that_is_a_view_of_fused_qkv(flashinfer_stub, small_ws):
+    q, kc, vc, indptr, indices, last = _paged()
+    name = "gqa_paged_decode_h8_kv2_d16_ps1"
+    small_ws.add_counted_solution(name)
+    small_ws.record(name, "counted", {"batch_size": 3, "num_pages": 40, "len_indptr": 4,
+                                      "num_kv_indices": int(indptr[-1])})
+    import flashinfer
+
+    qkv = torch.cat([q.reshape(3, -1), torch.randn(3, 2 * 2 * 16).to(BF16)], dim=1)
+    view = qkv[:, :8 * 16].view(3, 8, 16)  # rows 192 apart: not contiguous
+    assert not view.is_contiguous()
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(8), "NHD")
+    wrapper.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
+    want = wrapper.run(view, (kc, vc))
+    fibuild.enable(apply=True, settings=small_ws.settings)
+    wrapper.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
+    runs = flashinfer.CALLS["decode.run"]
+    _close(wrapper.run(view, (kc, vc)), want)
+    assert flashinfer.CALLS["decode.run"] == runs
+    assert len(solution_calls(name, (3, 40, 4, int(indptr[-1])))) == 1
+
+
 @pytest.mark.parametrize("tensor_cores", [False, True])
 def test_flashinfer_decode_of_the_other_kernel_is_substituted(flashinfer_stub, small_ws, tensor_cores):
     """FlashInfer's tensor-core decode resolved as fastest is the original for a wrapper made
