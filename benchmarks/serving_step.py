@@ -311,15 +311,16 @@ def _passthrough(args) -> list[str]:
 
 
 def _bench_traced(args, workspace: Path) -> list[str]:
-    """``fibuild bench`` on every definition the trace saw; returns their names."""
+    """``fibuild bench --recorded`` on every definition the trace saw (the traced workloads,
+    not those the manifests declare); returns their names."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + (
         [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])), FIBUILD_TRACE="0", FIBUILD_APPLY="0")
     report = subprocess.run([sys.executable, "-m", "fibuild", "--root", str(workspace), "trace", "report", "--json"],
                             env=env, stdout=subprocess.PIPE, text=True, check=True, timeout=300)
     names = sorted(json.loads(report.stdout)["definitions"])
     log(f"== fibuild bench on the traced definitions: {', '.join(names)}")
-    cmd = [sys.executable, "-m", "fibuild", "--root", str(workspace), "bench", *names, "--device", args.device,
-           "--timeout", "120"]
+    cmd = [sys.executable, "-m", "fibuild", "--root", str(workspace), "bench", *names, "--recorded",
+           "--device", args.device, "--timeout", "120"]
     if args.device == "cuda":
         cmd.append("--graph")
     log(f"   its output: {args.out}/bench.log")

@@ -68,12 +68,18 @@ def _refuse_unknown(wanted: set[str], matched: set[str], where: str) -> None:
         raise BenchError(f"no solution named {', '.join(unknown)} among the solutions of {where}")
 
 
+def _workloads(workspace, defn: Definition, recorded_only: bool) -> tuple[Workload, ...]:
+    return tuple(workspace.recorded_workloads(defn) if recorded_only else workspace.workloads(defn))
+
+
 def plan_benchmarks(workspace, definitions: Sequence[str] = (), *, solutions: Sequence[str] | None = None,
-                    device: str = "cpu", workload_limit: int | None = None) -> BenchPlan:
+                    device: str = "cpu", workload_limit: int | None = None,
+                    recorded_only: bool = False) -> BenchPlan:
     """Choose what to run: the named definitions (all when empty), their solutions (only
     those named in ``solutions``, as ``sol`` or ``def/sol``, when given) that match
     ``device`` (a kind; ``cuda`` is matched as ``cuda:0``), and their first
-    ``workload_limit`` workloads. Distributed definitions are skipped.
+    ``workload_limit`` workloads (``recorded_only``: of those recorded in the registry,
+    traced or imported, not those the manifests declare). Distributed definitions are skipped.
 
     Raises ConfigError for an unusable device, BenchError / ManifestError naming unknown
     definitions or solutions. Cost: a device probe (cached) and manifest reads.
@@ -88,18 +94,19 @@ def plan_benchmarks(workspace, definitions: Sequence[str] = (), *, solutions: Se
         if defn.distributed is not None:  # needs a process group: fibuild.bench.distributed
             plan.skipped.append((defn.name, "runs on several ranks: bench it with --world-size N"))
             continue
-        workloads = tuple(workspace.workloads(defn))[:workload_limit]
+        workloads = _workloads(workspace, defn, recorded_only)[:workload_limit]
         _add_solutions(plan, workspace, defn, workloads, target, wanted, matched)
     _refuse_unknown(wanted, matched, ", ".join(names) or "the workspace")
     return plan
 
 
 def plan_distributed(workspace, definition: str, *, world_size: int, solutions: Sequence[str] | None = None,
-                     device: str = "cpu", workload_limit: int | None = None) -> BenchPlan:
+                     device: str = "cpu", workload_limit: int | None = None,
+                     recorded_only: bool = False) -> BenchPlan:
     """Choose what a distributed run does: the solutions of ``definition`` (those named, as
     ``sol`` or ``def/sol``, when given) that match ``device`` (``cpu``, or ``cuda``: rank r
     on ``cuda:r``, matched as ``cuda:0``), on the first ``workload_limit`` workloads whose
-    world-size axis equals ``world_size``.
+    world-size axis equals ``world_size`` (``recorded_only``: among the registry's).
 
     Raises BenchError for a definition without a ``distributed`` section, a world size no
     workload declares (or other than a const axis's value), unknown solutions, bad options;
@@ -116,7 +123,7 @@ def plan_distributed(workspace, definition: str, *, world_size: int, solutions: 
                          "section): bench it without --world-size")
     axis_name = defn.distributed.world_size_axis
     axis = defn.axes[axis_name]
-    every = tuple(workspace.workloads(defn))
+    every = _workloads(workspace, defn, recorded_only)
     if axis.kind == "const":
         if axis.value != world_size:
             raise BenchError(f"{defn.name}: {axis_name} is const {axis.value}; got --world-size {world_size}")

@@ -53,6 +53,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only this solution (name or def/name); repeatable")
     parser.add_argument("--workload-limit", type=_positive_int, metavar="N",
                         help="only the first N workloads of each definition")
+    parser.add_argument("--recorded", action="store_true",
+                        help="only the workloads recorded in registry/<def>/workloads.jsonl (traced or "
+                             "imported), not those the manifests declare")
     parser.add_argument("--device", metavar="DEVICE",
                         help="cpu, cuda (one worker per visible GPU), cuda:N, or this machine's device slug "
                              "(default: FIBUILD_DEVICE, else cuda if available, else cpu)")
@@ -148,7 +151,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
             raise BenchError(f"--world-size runs one distributed definition; got "
                              f"{len(args.definitions)} ({', '.join(args.definitions) or 'none'})")
         plan = plan_distributed(workspace, args.definitions[0], world_size=args.world_size,
-                                solutions=args.solutions, device=device, workload_limit=args.workload_limit)
+                                solutions=args.solutions, device=device, workload_limit=args.workload_limit,
+                                recorded_only=args.recorded)
 
         def run(reporter):
             return run_distributed(workspace, settings, args.definitions[0], world_size=args.world_size,
@@ -156,7 +160,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                    reporter=reporter, plan=plan)
     else:
         plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
-                               workload_limit=args.workload_limit)
+                               workload_limit=args.workload_limit, recorded_only=args.recorded)
         if args.resume:
             slug = local_devices(device)[0].slug
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)

@@ -101,7 +101,8 @@ def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
     reporter = _reporter(err)
     try:
         evaluations = run_farm(workspace, settings, engine, args.definitions, solutions=args.solutions,
-                               device=device, workload_limit=args.workload_limit, warmup_ms=args.warmup,
+                               device=device, workload_limit=args.workload_limit,
+                               recorded_only=args.recorded, warmup_ms=args.warmup,
                                rep_ms=args.rep, graph=args.graph, timeout_s=args.timeout,
                                resume=args.resume, task_size=args.task_size, reporter=reporter)
     finally:

@@ -251,6 +251,12 @@ class Workspace:
             self._workloads[defn.name] = list(defn.workloads) + self._recorded_workloads(defn)
         return self._workloads[defn.name]
 
+    def recorded_workloads(self, definition: str | Definition) -> list[Workload]:
+        """The workloads of ``registry/<definition>/workloads.jsonl`` only (traced or
+        imported), not those the manifest declares. Raises ManifestError for a bad file."""
+        defn = definition if isinstance(definition, Definition) else self.definition(definition)
+        return self.workloads(defn)[len(defn.workloads):]
+
     def _recorded_workloads(self, defn: Definition) -> list[Workload]:
         path = self.registry_dir / defn.name / "workloads.jsonl"
         return load_workloads_jsonl(path, defn) if path.is_file() else []

@@ -74,6 +74,24 @@ def test_dry_run_plans_and_writes_nothing(workspace, capsys):
     assert not (workspace / "registry" / "rmsnorm_h4096").exists()
 
 
+def test_recorded_benches_only_the_registry_workloads(workspace, capsys):
+    """--recorded: the traced (or imported) workloads of registry/<def>/workloads.jsonl, not
+    the six the manifest declares."""
+    folder = workspace / "registry" / "rmsnorm_h4096"
+    folder.mkdir(parents=True)
+    (folder / "workloads.jsonl").write_text(json.dumps(
+        {"definition": "rmsnorm_h4096", "uuid": "traced-b3", "axes": {"batch_size": 3}, "inputs": {}}) + "\n")
+    every = ["--root", str(workspace), "--json", "bench", "rmsnorm_h4096", "--dry-run", "--device", "cpu",
+             "--solution", "torch_fp32"]
+    assert main(every) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 7
+    assert main(every + ["--recorded"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 1
+    assert main(["--root", str(workspace), "bench", "fused_add_rmsnorm_h4096", "--recorded", "--dry-run",
+                 "--device", "cpu"]) == 0  # nothing recorded: every solution skipped, said so
+    assert "has no workloads" in capsys.readouterr().out
+
+
 def test_user_errors_exit_1_without_traceback(workspace, capsys):
     assert main(["--root", str(workspace), "table", "rmsnorm_h4096"]) == 1
     assert "no evaluations of rmsnorm_h4096 yet" in capsys.readouterr().err
