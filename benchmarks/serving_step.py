@@ -22,7 +22,9 @@ in the same run.
 
 The workspace traced into and benched is a copy of the shipped one under ``--out`` (the
 repository's registry is not touched). Results: a table on stdout and ``serving_step.md`` /
-``serving_step.json`` under ``--out``.
+``serving_step.json`` / ``serving_step.png`` (step times and speedups per batch size) under
+``--out``; ``--plot JSON PNG`` draws the plot of an earlier run (where the GPU machine has no
+matplotlib).
 """
 from __future__ import annotations
 
@@ -380,6 +382,10 @@ def driver(args) -> int:
     md = _markdown(summary, args)
     (out_dir / "serving_step.md").write_text(md)
     print(md)
+    try:
+        plot(summary, out_dir / "serving_step.png")
+    except SystemExit as exc:  # the table stands without it; draw it later with --plot
+        log(str(exc))
     return 0 if all(r["agree"] for r in rows) else 1
 
 
@@ -421,6 +427,36 @@ def _markdown(s: dict, args) -> str:
     return "\n".join(lines)
 
 
+def plot(summary: dict, out: Path) -> None:
+    """Step time per batch size, plain vs applied, against the floor, speedups written over
+    the bars; PNG to ``out``. SystemExit when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("serving_step: the plot needs matplotlib (pip install matplotlib)") from None
+    rows = summary["rows"]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    ax.bar([i - width / 2 for i in x], [r["plain_ms"] for r in rows], width, label="plain (FlashInfer + cuBLAS)")
+    bars = ax.bar([i + width / 2 for i in x], [r["applied_ms"] for r in rows], width, label="FIBUILD_APPLY=1")
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{r['speedup']:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=9)
+    ax.plot(list(x), [r["floor_ms"] for r in rows], "k_", markersize=30, label="weight + KV streaming floor")
+    ax.set_xticks(list(x), [str(r["batch"]) for r in rows])
+    ax.set_xlabel(f"batch size (KV length {rows[0]['kv_len']})")
+    ax.set_ylabel("ms per decode step (CUDA graph)")
+    ax.set_title(f"{summary['model']}, {summary['layers']} layers — {summary['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -437,8 +473,13 @@ def main(argv=None) -> int:
     p.add_argument("--skip-bench", action="store_true", help="do not run fibuild bench on the traced definitions")
     p.add_argument("--bench-timeout", type=int, default=900)
     p.add_argument("--child-timeout", type=int, default=900)
+    p.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"),
+                   help="only draw the plot of an earlier run's serving_step.json (needs matplotlib)")
     p.add_argument("--child", choices=("plain", "trace", "apply"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.plot:
+        plot(json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]))
+        return 0
     if args.child:
         return child(args)
     return driver(args)

@@ -35,6 +35,7 @@ def test_serving_step_smoke_traces_benches_and_applies(tmp_path):
     assert "gqa_paged_decode_h8_kv2_d32_ps1" in summary["benched"]
     assert (out / "workspace" / "registry" / "gqa_paged_decode_h8_kv2_d32_ps1" / "workloads.jsonl").is_file()
     assert "| 3 | 8 |" in (out / "serving_step.md").read_text()
+    assert (out / "serving_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
