@@ -93,9 +93,11 @@ class Model:
 
         self.flashinfer = flashinfer
         workspace = torch.empty(128 * 1024 * 1024 if device.type == "cuda" else 1024, dtype=torch.uint8, device=device)
-        # SGLang's CUDA-graph wrappers: fixed index buffers that plan() refills before each replay.
+        # SGLang's CUDA-graph wrappers: fixed index buffers that plan() refills before each replay;
+        # tensor cores as SGLang's should_use_tensor_core picks them for a bf16 cache (GQA group >= 4).
         self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            workspace, "NHD", use_cuda_graph=device.type == "cuda", paged_kv_indptr_buffer=self.kv_indptr,
+            workspace, "NHD", use_cuda_graph=device.type == "cuda", use_tensor_cores=heads // kv_heads >= 4,
+            paged_kv_indptr_buffer=self.kv_indptr,
             paged_kv_indices_buffer=self.kv_indices, paged_kv_last_page_len_buffer=self.kv_last_page_len)
         weight_bytes = sum(t.numel() * t.element_size() for L in self.layers
                            for n, t in L.items() if n not in ("k", "v"))
