@@ -3,17 +3,14 @@ reference: no split and split (partials merged by the last program of a sequence
 second launch), empty and partial last pages; a plan made
 once and reused gives what a fresh plan gives; a changed page table gets a new plan.
 
-The cases run in a fresh interpreter started with TRITON_INTERPRET=1 (Triton reads it when
-it is imported and when a kernel is decorated).
+The cases run in one fresh interpreter under TRITON_INTERPRET=1 (``interpreted_run``).
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from interpreted_run import DEFS_SUPPORT, run_interpreted
 
 CHILD = r"""
 import json, sys
@@ -71,12 +68,7 @@ CASES = [  # page size, pages per sequence, pool pages, split expected
 def reports():
     """One interpreter process checks every case (starting one costs more than a case)."""
     pytest.importorskip("triton")
-    support = os.path.join(os.path.dirname(__file__), "..", "defs")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, support, json.dumps(CASES)],
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(CHILD, DEFS_SUPPORT, json.dumps(CASES))
 
 
 @pytest.mark.parametrize("index", range(len(CASES)),

@@ -4,17 +4,14 @@ sequences) keeps its launch (items, split, buffers) and the run, launched as a c
 CUDA graph would (the same index buffers, rewritten in place), matches the reference for the
 new table; another batch size is declined with nothing written.
 
-The cases run in a fresh interpreter started with TRITON_INTERPRET=1 (Triton reads it when
-it is imported and when a kernel is decorated).
+The cases run in one fresh interpreter under TRITON_INTERPRET=1 (``interpreted_run``).
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from interpreted_run import DEFS_SUPPORT, run_interpreted
 
 CHILD = r"""
 import json, sys
@@ -81,12 +78,7 @@ CASES = [  # page size, solution, pages per sequence planned, pages per sequence
 def reports():
     """One interpreter process checks every case (starting one costs more than a case)."""
     pytest.importorskip("triton")
-    support = os.path.join(os.path.dirname(__file__), "..", "defs")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, support, json.dumps(CASES)],
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(CHILD, DEFS_SUPPORT, json.dumps(CASES))
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"ps{c[0]}-{c[1]}-{len(c[2])}seq" for c in CASES])

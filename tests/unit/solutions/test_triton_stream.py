@@ -8,12 +8,9 @@ every config of every table runs (the M buckets of 2..128 and the large-M tile t
 from __future__ import annotations
 
 import ast
-import json
-import os
-import subprocess
-import sys
 
 import pytest
+from interpreted_run import run_interpreted
 
 from fibuild.spec.workspace import Workspace, shipped_root
 
@@ -103,11 +100,7 @@ print(json.dumps(results))
 
 
 def test_every_config_matches_fp32_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, *[s.qualified_name for s in STREAM]],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = run_interpreted(CHILD, *[s.qualified_name for s in STREAM], timeout=600)
     checked = [r for r in results if "within" in r]
     assert len(checked) == sum(len(_configs(s)) for s in STREAM)
     assert {r["kernel"] for r in checked} == {"fma", "dot"}
