@@ -26,6 +26,7 @@ import logging
 import weakref
 from typing import Any
 
+from fibuild.compile.plans import PlannedEntry
 from fibuild.errors import GraphReplanError
 
 from .session import var_axes
@@ -104,7 +105,7 @@ class GraphPlans:
                     kernel.resolution(key).solution_name != state.solution:
                 return False
             entry = state.entry
-        if not hasattr(entry, "pin"):
+        if not isinstance(entry, PlannedEntry):
             return True
         plan = entry.find(inputs)
         if plan is None or getattr(plan, "refill", None) is None:

@@ -87,16 +87,16 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
         finally:
             guard.active = False
         if settled[0] is None:
-            settled[0] = ran_a_solution(adapter, kernel, defn, inputs)
+            settled[0] = ran_a_solution(adapter, defn, kernel.resolution(defn.apply_key(var_axes(defn, inputs))))
         return adapter.write_back(call, outputs)
 
     return fibuild_substitute
 
 
-def ran_a_solution(adapter, kernel, defn, inputs, instance=None) -> bool:
-    """After a kernel's first call: True when it ran a fibuild solution (not its fallback or
-    the API itself, as ``instance`` is configured); logs the fallback otherwise."""
-    res = kernel.resolution(defn.apply_key(var_axes(defn, inputs)))
+def ran_a_solution(adapter, defn, res, instance=None) -> bool:
+    """After a kernel's first call, given the Resolution of its key: True when it ran a
+    fibuild solution (not its fallback or the API itself, as ``instance`` is configured);
+    logs the fallback otherwise."""
     if res.solution is not None and not adapter.is_original(res.solution, instance):
         return True
     log.warning("fibuild: %s: %s fell back to %s; the original runs from now on",

@@ -16,6 +16,7 @@ import logging
 import weakref
 from typing import Any, Callable
 
+from fibuild.compile.plans import PlannedEntry
 from fibuild.errors import InputError
 from fibuild.spec.templates import definition_name
 
@@ -138,19 +139,16 @@ def substitute(session, adapter: WrapperAdapter, run: Callable, graphs: GraphPla
         finally:
             guard.active = False
         if settled[0] is None:
-            settled[0] = ran_a_solution(adapter, kernel, defn, call, inst)
-            key = defn.apply_key(_axes(defn, call))
+            key = defn.apply_key(var_axes(defn, call))
+            resolution = kernel.resolution(key)
+            settled[0] = ran_a_solution(adapter, defn, resolution, inst)
             entry = kernel.entry(key)
-            planned[0] = hasattr(entry, "plan_for")
+            planned[0] = isinstance(entry, PlannedEntry)
             if planned[0] and settled[0]:
-                graphs.remember(inst, kernel, entry, call, kernel.resolution(key).solution_name)
+                graphs.remember(inst, kernel, entry, call, resolution.solution_name)
         return (out, lse) if want_lse else out
 
     return fibuild_run_substitute
-
-
-def _axes(defn, inputs):
-    return var_axes(defn, inputs)
 
 
 def _capturing() -> bool:
