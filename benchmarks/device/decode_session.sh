@@ -9,12 +9,7 @@ set -u
 out=${1:-${OUT:-out}}; shift || true
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
-step() {  # step SECONDS TITLE COMMAND...
-  local limit=$1 title=$2; shift 2
-  echo; echo "=== $title  ($(date -u +%T))"; local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@"; local rc=$?
-  echo "--- $title: exit $rc, $((SECONDS - t0)) s"
-}
+. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 defs="gqa_paged_decode_h32_kv8_d128_ps1 gqa_paged_decode_h32_kv8_d128_ps16"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 python3 -c "import torch, triton, flashinfer; print('torch', torch.__version__, 'triton', triton.__version__, 'flashinfer', flashinfer.__version__)"

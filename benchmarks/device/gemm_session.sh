@@ -12,12 +12,7 @@ export PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-ca
 export TRITON_CACHE_DIR=$FIBUILD_CACHE_DIR/triton  # one Triton cache for the bench and the tests
 exec > >(tee -a "$out/log.txt") 2>&1
 
-step() {  # step SECONDS TITLE COMMAND...
-  local limit=$1 title=$2; shift 2
-  echo; echo "=== $title  ($(date -u +%T))"; local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@"; local rc=$?
-  echo "--- $title: exit $rc, $((SECONDS - t0)) s"
-}
+. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 
 defs=$(ls defs/gemm | sed 's/\.yaml$//')
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader

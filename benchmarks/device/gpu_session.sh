@@ -29,12 +29,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 exec > >(tee -a "$out/log-$part.txt") 2>&1
 
-step() {  # step SECONDS TITLE COMMAND...
-  local limit=$1 title=$2; shift 2
-  echo; echo "=== $title  ($(date -u +%T))"; local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@"; local rc=$?
-  echo "--- $title: exit $rc, $((SECONDS - t0)) s"
-}
+. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
