@@ -336,13 +336,17 @@ def _bench_traced(args, workspace: Path) -> list[str]:
     return names
 
 
-def _compare(out_dir: Path, mode: str, batch: int, against: str = "plain") -> tuple[float, float]:
-    """(max abs difference, relative L2 error) of ``mode``'s output against ``against``'s."""
+def _outputs(out_dir: Path, batch: int) -> dict:
+    """Each run's output at ``batch`` (plain, trace, apply, fp32), read once."""
     from safetensors.torch import load_file
 
-    a = load_file(str(out_dir / f"out-{against}-b{batch}.safetensors"))["out"]
-    b = load_file(str(out_dir / f"out-{mode}-b{batch}.safetensors"))["out"]
-    return float((a - b).abs().max()), float((a - b).norm() / a.norm().clamp_min(1e-30))
+    return {m: load_file(str(out_dir / f"out-{m}-b{batch}.safetensors"))["out"]
+            for m in ("plain", "trace", "apply", "fp32")}
+
+
+def _compare(got, want) -> tuple[float, float]:
+    """(max abs difference, relative L2 error) of ``got`` against ``want``."""
+    return float((got - want).abs().max()), float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
 def driver(args) -> int:
@@ -365,10 +369,9 @@ def driver(args) -> int:
         key = str(batch)
         p, t, a = (r["batches"][key]["step_s"] for r in (plain, traced, applied))
         floor = plain["batches"][key]["bytes"] / bandwidth
-        trace_diff = _compare(out_dir, "trace", batch)
-        apply_diff = _compare(out_dir, "apply", batch)
-        plain_err = _compare(out_dir, "plain", batch, "fp32")[1]
-        apply_err = _compare(out_dir, "apply", batch, "fp32")[1]
+        out = _outputs(out_dir, batch)
+        trace_diff, apply_diff = _compare(out["trace"], out["plain"]), _compare(out["apply"], out["plain"])
+        plain_err, apply_err = _compare(out["plain"], out["fp32"])[1], _compare(out["apply"], out["fp32"])[1]
         ok = trace_diff[0] == 0.0 and apply_err <= args.error_ratio * plain_err
         rows.append({"batch": batch, "kv_len": args.kv_len, "plain_ms": p * 1e3, "traced_ms": t * 1e3,
                      "applied_ms": a * 1e3, "speedup": p / a, "floor_ms": floor * 1e3,
