@@ -171,7 +171,10 @@ class Solution:
     the inputs, then preallocated non-in-place outputs, and returns nothing; otherwise it
     returns the non-in-place outputs (one tensor, or a tuple in declaration order).
     ``plan`` (``"file.py::function"`` or None): the solution is plan/run; the entry point
-    is the run and takes the plan first (see :mod:`fibuild.compile.plans`).
+    is the run and takes the plan first (see :mod:`fibuild.compile.plans`). ``pdl``
+    (manifest ``launch: {pdl: true}``): its kernels wait for their predecessor before reading
+    its output, so fibuild may launch them with programmatic dependent launch
+    (:mod:`fibuild.compile.launch`).
     """
 
     name: str
@@ -186,6 +189,7 @@ class Solution:
     dependencies: tuple[str, ...] = ()
     build: BuildFlags = BuildFlags()
     plan: str | None = None
+    pdl: bool = False  # launch.pdl: its kernels may be launched with programmatic dependent launch
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -253,6 +253,9 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
         problems.append(("/plan", f"plan file {plan_file!r} is not listed in sources ({', '.join(sources)})"))
     if plan_file is not None and data["language"] not in ("python", "triton"):
         problems.append(("/plan", f"a plan step needs a python or triton solution, not {data['language']}"))
+    if (data.get("launch") or {}).get("pdl") and data["language"] not in ("triton", "cuda"):
+        problems.append(("/launch/pdl", "dependent launch needs kernels that wait for their predecessor: "
+                         f"a triton or cuda solution, not {data['language']}"))
     if path is not None:
         directory = Path(path).parent
         problems += _solution_layout(data, directory)

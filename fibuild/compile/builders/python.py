@@ -41,7 +41,7 @@ class PythonBuilder:
         if not sol.entry_file.endswith(".py"):
             raise BuildError(f"{sol.qualified_name}: entry point {sol.entry_point!r} is not a .py file",
                              solution=sol.qualified_name, build_dir=build_dir)
-        meta: dict[str, Any] = {"entry_file": sol.entry_file}
+        meta: dict[str, Any] = {"entry_file": sol.entry_file, "pdl": sol.pdl}
         if sol.plan:
             meta.update(plan_meta(defn, sol, build_dir))
         src = copy_sources(sol, build_dir)
