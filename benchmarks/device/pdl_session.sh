@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Programmatic dependent launch and launch cost on one H200, at most 8 minutes:
+#   1. tests/gpu/test_pdl_gpu.py: the race test (a late producer; the waiting consumer reads
+#      the new data, the non-waiting one stale data), neighbours without PDL, the PDL kernels
+#      bit-identical with and without PDL, eager and in CUDA graphs; the GEMM and decode GPU
+#      tests (their PDL variants compiled and checked against the reference);
+#   2. benchmarks/launch_cost.py: host µs per eager RMSNorm call (compiled handle, @triton.jit
+#      launcher, FlashInfer, fibuild.load);
+#   3. benchmarks/serving_step.py --modes pdl (plain with enable_pdl on FlashInfer's norms,
+#      applied without PDL, applied with PDL) at batch 1/16/64/128, with a profiler trace.
+#
+#   benchmarks/device/pdl_session.sh OUT       (from the repository root; OUT defaults to $OUT)
+set -u
+out=${1:-${OUT:-out}}
+mkdir -p "$out"
+if [ -f .devkit/site-py312.tar.xz ]; then
+  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
+    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
+exec > >(tee -a "$out/log-pdl.txt") 2>&1
+. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
+
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+step 150 "PDL GPU tests" python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_pdl_gpu.py \
+  tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py --junitxml="$out/pdl-tests.xml"
+step 60 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
+if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
+  step 240 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
+    --modes pdl --iters 30 --out /tmp/pdl-step
+  cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.json /tmp/pdl-step/serving_step.png \
+     /tmp/pdl-step/profile-*.md "$out/" 2>/dev/null
+fi
+echo "done $(date -u +%T)"
