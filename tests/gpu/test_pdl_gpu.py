@@ -207,3 +207,27 @@ def test_pdl_kernels_give_the_same_bits_with_and_without_pdl(batch):
         eager, replays = outputs[pdl]
         assert torch.equal(eager[0], base), f"eager, pdl={pdl}"
         assert all(torch.equal(r, base) for r in replays), f"graph replays, pdl={pdl}"
+
+
+def test_the_cuda_pdl_example_waits_for_a_late_producer(tmp_path):
+    """examples/native_solution's cuda_pdl (cudaLaunchKernelEx + griddepcontrol) after a producer
+    that lets it launch at once and writes 100 µs later: it reads the new values."""
+    _needs_pdl()
+    from pathlib import Path
+
+    from fibuild.compile.cache import BuildCache
+    from fibuild.config import Settings
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "native_solution"
+    ws = Workspace(root)
+    settings = Settings.from_env({"FIBUILD_CACHE_DIR": str(tmp_path / "cache"), "FIBUILD_CUDA_ARCH_LIST": "9.0a"})
+    kernel = BuildCache(settings).get_or_build(ws.definition("add_scaled_f32"), ws.solution("add_scaled_f32/cuda_pdl"))
+    assert "-DFIBUILD_LAUNCH_PDL=1" in (kernel.build_dir / "build.ninja").read_text()
+    write, _, _ = _launches(True, True)
+    x, y = torch.zeros(N, device="cuda"), torch.ones(N, device="cuda")
+    out = torch.empty_like(x)
+    for v in range(3, 13):
+        write((N // 1024,), x, v, DELAY_NS)
+        kernel.entry(x, y, out)
+        torch.cuda.synchronize()
+        assert torch.equal(out, torch.full_like(out, v + 2.0)), v
