@@ -134,7 +134,7 @@ def _module(sol):
     if name not in sys.modules:
         package = importlib.machinery.ModuleSpec(name, None, is_package=True)
         sys.modules[name] = importlib.util.module_from_spec(package)
-        sys.modules[name].__path__ = [str(sol.path)]
+        sys.modules[name].__path__ = [str(d) for d in sol.source_dirs]  # its folder and its libraries
     return name, importlib.import_module(name + "." + sol.entry_file[:-3].replace("/", "."))
 
 
@@ -146,8 +146,10 @@ def _entry(definition: str, solution: str):
 
 def test_the_decode_kernels_declare_pdl():
     names = {s.qualified_name for s in PDL_SOLUTIONS}
-    assert {"rmsnorm_h4096/triton_row", "fused_add_rmsnorm_h4096/triton_row",
-            "silu_and_mul_i14336/triton_vec"} <= names, names
+    assert {"rmsnorm_h4096/triton_row", "fused_add_rmsnorm_h4096/triton_row", "silu_and_mul_i14336/triton_vec",
+            "gemm_n6144_k4096_bf16/triton_stream", "gemm_n4096_k4096_bf16/triton_stream",
+            "gemm_n28672_k4096_bf16/triton_stream", "gemm_n4096_k14336_bf16/triton_stream",
+            "gqa_paged_decode_h32_kv8_d128_ps1/triton_split_kv"} <= names, names
 
 
 def _mlp_chain(layers: int, batch: int):
@@ -231,3 +233,60 @@ def test_the_cuda_pdl_example_waits_for_a_late_producer(tmp_path):
         kernel.entry(x, y, out)
         torch.cuda.synchronize()
         assert torch.equal(out, torch.full_like(out, v + 2.0)), v
+
+
+@pytest.mark.parametrize("solution", ["triton_split_kv", "triton_split_kv_merge"])
+def test_the_pdl_decode_after_a_pdl_projection_gives_the_same_bits(solution):
+    """QKV projection (PDL) straight into the paged decode (PDL): q is read from the projection's
+    output with no copy between, so a decode that did not wait would read a stale q."""
+    _needs_pdl()
+    sol = WORKSPACE.solution(f"gqa_paged_decode_h32_kv8_d128_ps1/{solution}")
+    qkv_package, qkv = _entry("gemm_n6144_k4096_bf16", "triton_stream")
+    package, module = _module(sol)
+    from fibuild.compile.plans import PlannedEntry
+
+    defn = WORKSPACE.definition(sol.definition)
+    entry = PlannedEntry(getattr(module, sol.entry_symbol), getattr(module, sol.plan_symbol),
+                         [i for i, s in enumerate(defn.inputs) if s.structural], name=sol.qualified_name)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    batch, kv_len, layers = 4, 700, 3
+    bf16 = torch.bfloat16
+    pool = batch * kv_len
+    weights = [(torch.randn(6144, 4096, generator=g, device="cuda") / 64).to(bf16) for _ in range(layers)]
+    caches = [(torch.randn(pool, 1, 8, 128, generator=g, device="cuda").to(bf16),
+               torch.randn(pool, 1, 8, 128, generator=g, device="cuda").to(bf16)) for _ in range(layers)]
+    indptr = torch.arange(0, pool + 1, kv_len, dtype=torch.int32, device="cuda")
+    indices = torch.randperm(pool, generator=g, device="cuda").to(torch.int32)
+    x = torch.randn(batch, 4096, generator=g, device="cuda").to(bf16)
+
+    def step():
+        outs = []
+        h = x
+        for w, (k, v) in zip(weights, caches):
+            q = qkv(h, w)[:, :4096].view(batch, 32, 128)  # a view: the decode reads the GEMM's output
+            o, _ = entry(q, k, v, indptr, indices, 128 ** -0.5)
+            outs.append(o)
+            h = o.reshape(batch, 4096)
+        return outs
+
+    results = {}
+    for pdl in (False, True):
+        for p in (qkv_package, package):
+            assert configure_package(p, pdl=pdl) >= 1
+        eager = [o.clone() for o in step()]
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        replays = []
+        for _ in range(10):
+            graph.replay()
+            torch.cuda.synchronize()
+            replays.append([o.clone() for o in captured])
+        results[pdl] = (eager, replays)
+    base = results[False][0]
+    assert all(torch.isfinite(o.float()).all() for o in base)
+    for pdl, (eager, replays) in results.items():
+        assert all(torch.equal(a, b) for a, b in zip(eager, base)), f"eager, pdl={pdl}"
+        for r in replays:
+            assert all(torch.equal(a, b) for a, b in zip(r, base)), f"graph, pdl={pdl}"
