@@ -24,9 +24,10 @@ exec > >(tee -a "$out/log-pdl.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
-step 150 "PDL GPU tests" python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_pdl_gpu.py \
-  tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py --junitxml="$out/pdl-tests.xml"
+step 120 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
 step 60 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
+step 150 "GEMM and decode GPU tests (their PDL kernels compiled and checked)" python3 -m pytest -q -x \
+  -p no:cacheprovider tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py
 if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
   step 240 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
     --modes pdl --iters 30 --out /tmp/pdl-step
