@@ -22,5 +22,5 @@ step 120 "GPU tests: engine decode sequences in CUDA graphs" python3 -m pytest -
 for run in sglang:130 vllm:110 docs:100; do
   engine=${run%:*}
   step "${run#*:}" "decode step, $engine" python3 benchmarks/serving_step.py --engine "$engine" --layers 32 \
-    --batch 1 64 --kv-len 1024 --iters 20 --warmup 3 --skip-bench --out "$out/step-$engine"
+    --batch 1 128 --kv-len 1024 --iters 20 --warmup 3 --skip-bench --out "$out/step-$engine"
 done
