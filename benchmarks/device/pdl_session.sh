@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Programmatic dependent launch and launch cost on one H200, at most 8 minutes:
+# Programmatic dependent launch and launch cost on one H200, at most 8 minutes (7.8 with every step):
 #   1. tests/gpu/test_pdl_gpu.py: the race test (a late producer; the waiting consumer reads
 #      the new data, the non-waiting one stale data), neighbours without PDL, the PDL kernels
-#      bit-identical with and without PDL, eager and in CUDA graphs; the GEMM and decode GPU
-#      tests (their PDL variants compiled and checked against the reference);
+#      bit-identical with and without PDL, eager and in CUDA graphs, the CUDA example;
 #   2. benchmarks/launch_cost.py: host µs per eager RMSNorm call (compiled handle, @triton.jit
 #      launcher, FlashInfer, fibuild.load);
-#   3. benchmarks/serving_step.py --modes pdl (plain with enable_pdl on FlashInfer's norms,
-#      applied without PDL, applied with PDL) at batch 1/16/64/128, with a profiler trace.
+#   3. benchmarks/serving_step.py --engine sglang --pdl --profile 3 (plain with enable_pdl on
+#      the norms as SGLang calls them, applied without PDL, applied with PDL) at batch
+#      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it);
+#   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min).
 #
 #   benchmarks/device/pdl_session.sh OUT       (from the repository root; OUT defaults to $OUT)
 set -u
@@ -24,13 +25,17 @@ exec > >(tee -a "$out/log-pdl.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
-step 120 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
-step 60 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
-step 150 "GEMM and decode GPU tests (their PDL kernels compiled and checked)" python3 -m pytest -q -x \
-  -p no:cacheprovider tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py
+step 100 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
+step 45 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
+if [ "${PDL_SESSION_KERNEL_TESTS:-0}" = 1 ]; then
+  step 150 "GEMM and decode GPU tests (through the compiled-handle launcher)" python3 -m pytest -q -x \
+    -p no:cacheprovider tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py
+fi
 if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
-  step 240 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
-    --modes pdl --iters 30 --out /tmp/pdl-step
+  # plain = SGLang's calls (enable_pdl=True on its norms), traced, benched on what was traced,
+  # applied with FIBUILD_PDL=0, applied with FIBUILD_PDL=1; 3 replays per batch profiled
+  step 320 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
+    --engine sglang --pdl --profile 3 --iters 30 --warmup 3 --bench-timeout 150 --out /tmp/pdl-step
   cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.json /tmp/pdl-step/serving_step.png \
      /tmp/pdl-step/profile-*.md "$out/" 2>/dev/null
 fi
