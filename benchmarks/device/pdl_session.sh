@@ -36,7 +36,8 @@ if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
   # applied with FIBUILD_PDL=0, applied with FIBUILD_PDL=1; 3 replays per batch profiled
   step 320 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
     --engine sglang --pdl --profile 3 --iters 30 --warmup 3 --bench-timeout 150 --out /tmp/pdl-step
-  cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.json /tmp/pdl-step/serving_step.png \
-     /tmp/pdl-step/profile-*.md "$out/" 2>/dev/null
+  # at most 8 files come back: the table and plot as files, everything else in one tar
+  cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.png "$out/" 2>/dev/null
+  (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* profile-*.md bench.log 2>/dev/null)
 fi
 echo "done $(date -u +%T)"
