@@ -145,20 +145,11 @@ class BoundLaunch:
 
 
 def _arg_key(args) -> list:
-    """Everything Triton specializes a compiled kernel on, per runtime argument: a tensor's
-    dtype and 16-byte alignment, an int's value (its width, ==1 and divisibility follow),
-    a float's or bool's type or value."""
-    key = []
-    for a in args:
-        if type(a) is int or type(a) is bool:
-            key.append(a)
-        elif type(a) is float:
-            key.append(float)
-        elif a is None:
-            key.append(None)
-        else:
-            key.append((a.dtype, a.data_ptr() & 15 == 0))
-    return key
+    """Everything Triton specializes a compiled kernel on, per runtime argument: an int's value
+    (its width, ==1 and divisibility by 16 follow), a bool's or None's value, a float's type,
+    a tensor's dtype and address modulo 16 (alignment). One comprehension: this runs per call."""
+    return [a if type(a) is int or type(a) is bool or a is None else float if type(a) is float
+            else (a.dtype, a.data_ptr() & 15) for a in args]
 
 
 def _fast_path():

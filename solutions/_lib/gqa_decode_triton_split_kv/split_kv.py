@@ -337,6 +337,20 @@ def _merge_chunks(part_out_ptr, part_lse_ptr, seq_items_ptr, out_ptr, lse_ptr,
 
 
 _CHUNK = TritonLaunch(_decode_chunk)
+_CHUNK_BOUND = {}  # (page size, block_n, fused, warps, stages) -> the bound launch
+
+
+def _chunk_launch(plan):
+    """``_decode_chunk`` bound to the plan's constexprs and launch shape (memoized: per call, a tuple)."""
+    key = (plan.page_size, plan.block_n, plan.fused, plan.num_warps, plan.num_stages)
+    bound = _CHUNK_BOUND.get(key)
+    if bound is None:
+        bound = _CHUNK_BOUND[key] = _CHUNK.bind(
+            PAGE=plan.page_size, GROUP=GROUP, NUM_KV=NUM_KV_HEADS, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM,
+            BLOCK_N=plan.block_n, FIELDS=ITEM_FIELDS, MERGE_BLOCK=MERGE_BLOCK, FUSED=plan.fused,
+            DOT=tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16,
+            num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return bound
 _MERGE = TritonLaunch(_merge_chunks).bind(GROUP=GROUP, HEAD_DIM=HEAD_DIM, MERGE_BLOCK=MERGE_BLOCK, num_warps=4)
 
 
@@ -354,10 +368,7 @@ def gqa_paged_decode(plan, q, k_cache, v_cache, kv_indptr, kv_indices, *rest):
     if plan.num_items == 0:
         return output, lse
     part_out, part_lse = plan.partial_out, plan.partial_lse
-    _CHUNK.bind(PAGE=plan.page_size, GROUP=GROUP, NUM_KV=NUM_KV_HEADS, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM,
-                BLOCK_N=plan.block_n, FIELDS=ITEM_FIELDS, MERGE_BLOCK=MERGE_BLOCK, FUSED=plan.fused,
-                DOT=tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16,
-                num_warps=plan.num_warps, num_stages=plan.num_stages)(
+    _chunk_launch(plan)(
         (plan.num_items, NUM_KV_HEADS),
         q, k_cache, v_cache, kv_indices, plan.items, output, lse, part_out, part_lse, plan.counters,
         float(sm_scale) * LOG2E, q.stride(0), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
