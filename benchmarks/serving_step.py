@@ -483,6 +483,24 @@ def _bench_traced(args, workspace: Path) -> list[str]:
     return names
 
 
+def _evaluate_chain(args, workspace: Path) -> None:
+    """``fibuild chain llama3_8b_decode_layer`` at each batch size (the traced decode workloads'
+    KV lengths): each slot's choice timed in sequence, which the applied runs' resolver prefers."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + (
+        [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])), FIBUILD_TRACE="0", FIBUILD_APPLY="0")
+    with open(Path(args.out) / "chain.log", "w") as out:
+        for batch in args.batch:
+            axes = f"batch_size={batch},kv_tokens={batch * (args.kv_len + 1)}"
+            log(f"== fibuild chain llama3_8b_decode_layer --axes {axes} (output: {args.out}/chain.log)")
+            try:
+                subprocess.run([sys.executable, "-m", "fibuild", "--root", str(workspace), "chain",
+                                "llama3_8b_decode_layer", "--axes", axes, "--device", args.device, "--layers", "4",
+                                "--iters", "10"], env=env, timeout=args.bench_timeout, check=False, stdout=out,
+                               stderr=subprocess.STDOUT)
+            except subprocess.TimeoutExpired:
+                log(f"fibuild chain stopped after {args.bench_timeout} s")
+
+
 def _outputs(out_dir: Path, batch: int, pdl: bool = False) -> dict:
     """Each run's output at ``batch`` (plain, trace, apply[, apply_pdl], fp32), read once."""
     from safetensors.torch import load_file
@@ -503,12 +521,14 @@ def driver(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     workspace = out_dir / "workspace"
     if not workspace.exists():
-        for part in ("defs", "solutions", "registry"):
+        for part in ("defs", "solutions", "registry", "chains"):
             shutil.copytree(REPO / part, workspace / part, ignore=shutil.ignore_patterns("__pycache__"))
     t0 = time.time()
     plain = _spawn(args, "plain", {}, workspace)
     traced = _spawn(args, "trace", {"FIBUILD_TRACE": "1"}, workspace)
     benched = [] if args.skip_bench else _bench_traced(args, workspace)
+    if args.chain:
+        _evaluate_chain(args, workspace)
     # With --pdl: applied without dependent launch, then with it (the same kernels, PDL on/off).
     applied = _spawn(args, "apply", {"FIBUILD_APPLY": "1", **({"FIBUILD_PDL": "0"} if args.pdl else {})}, workspace)
     applied_pdl = _spawn(args, "apply_pdl", {"FIBUILD_APPLY": "1", "FIBUILD_PDL": "1"}, workspace) \
@@ -543,7 +563,8 @@ def driver(args) -> int:
     device = _device_name(args.device)
     summary = {"device": device, "engine": args.engine, "model": args.model, "layers": args.layers,
                "copy_bandwidth_gbs": bandwidth / 1e9,
-               "rows": rows, "benched": benched, "substituted": applied.get("substituted", {}),
+               "rows": rows, "benched": benched, "chain": bool(args.chain),
+               "substituted": applied.get("substituted", {}),
                "python": platform.python_version(), "seconds": time.time() - t0}
     (out_dir / "serving_step.json").write_text(json.dumps(summary, indent=2))
     md = _markdown(summary, args)
@@ -614,7 +635,9 @@ def _markdown(s: dict, args) -> str:
                          f"{per_layer} |")
     subs = ", ".join(f"{k} ({v} keys)" for k, v in sorted(s["substituted"].items())) or "none (every call resolved " \
         "to FlashInfer/cuBLAS itself or to the reference, so the original ran)"
-    lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}.",
+    lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}."
+              + (" The llama3_8b_decode_layer chain was evaluated at each batch size after the bench "
+                 "(`chain.log`); the applied runs' resolver prefers its choices." if s.get("chain") else ""),
               f"Substituted when applied: {subs}.", "",
               "Calls of each patched API in the applied run (`fibuild.integrations.stats()`; the eager "
               "warm-up step and the capture: replays run no Python), substituted of them, and why the others "
@@ -689,6 +712,9 @@ def main(argv=None) -> int:
                    help="only draw the plot of an earlier run's serving_step.json (needs matplotlib)")
     p.add_argument("--pdl", action="store_true",
                    help="run applied twice: without programmatic dependent launch (FIBUILD_PDL=0), then with it")
+    p.add_argument("--chain", action="store_true",
+                   help="after the bench, evaluate the llama3_8b_decode_layer chain at each batch size "
+                        "(its choices go to the workspace's registry; the applied runs prefer them)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="profile N replays per batch size in each run (torch profiler): where the step's time "
                         "goes, per kernel, in profile-<run>-b<batch>.md")
