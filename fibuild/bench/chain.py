@@ -6,7 +6,8 @@ is timed as a whole. For one chain workload:
 
 - every slot gets ``layers`` distinct input sets (distinct weights: a layer's weights are
   cold when it runs, as in a model with more layers than L2 holds; activations are small and
-  stay in L2, as they do in a model), from the slot's workload as the bench makes them;
+  stay in L2, as they do in a model), from the slot's workload as the bench makes them; the
+  structural inputs (a page table) are shared by the layers, as a step shares one;
 - a CUDA graph captures ``layers`` x the slots in order, each slot calling its current
   solution; the time of one replay divided by ``layers`` is the chain's time per layer
   (median of ``iters`` replays). On a CPU the same sequence runs eagerly;
@@ -139,7 +140,11 @@ def _slot_state(workspace, slot: ChainSlot, chain_axes, torch_device, device_slu
     if not candidates:
         raise BenchError(f"slot {slot.name}: no solution of {defn.name} builds and runs on {device_slug}")
     base = make_inputs(defn, workload, device=torch_device)
-    inputs = [clone_inputs(base) for _ in range(layers)]
+    # Per layer its own tensors, but one page table (the structural inputs), as in a model: a
+    # plan/run solution plans once and every layer's run reuses the plan.
+    structural = [spec.structural for spec in defn.inputs]
+    inputs = [[b if shared else c for b, c, shared in zip(base, clone_inputs(base), structural)]
+              for _ in range(layers)]
     chosen = next(n for n in names if n in candidates)
     return SlotState(slot, defn, workload, candidates, {n: digests[n] for n in candidates}, inputs, chosen)
 
