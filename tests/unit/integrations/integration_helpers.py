@@ -8,7 +8,8 @@ from pathlib import Path
 
 from fibuild.config import Settings
 
-STUB_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "flashinfer_stub"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+STUB_DIR = FIXTURES / "flashinfer_stub"
 
 #: small shapes: (op, params) of the definitions the workspace holds
 SMALL = {
