@@ -43,6 +43,9 @@ KNOBS: tuple[Knob, ...] = (
          "process as workloads under registry/ (through the installed `.pth` hook)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
+    Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
+         "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
+         "for `fibuild trace report`."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -106,6 +109,7 @@ class Settings:
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
+    stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -135,6 +139,7 @@ class Settings:
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
+            stats=_flag(env, "FIBUILD_STATS"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
