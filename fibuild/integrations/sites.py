@@ -65,8 +65,7 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
     ``adapter.out_of``) are not contiguous or not on the kernel's device type, or when called
     from inside a substituted solution (a Python solution that calls the patched API itself).
     After the first call it checks what the Kernel really ran: a solution that failed to
-    build left it on its fallback, and the
-    original is used from then on.
+    build left it on its fallback, and the original is used from then on.
     """
     guard = session.guard
     want_cuda = str(kernel.device).startswith("cuda")
