@@ -247,3 +247,28 @@ def test_a_compiled_vllm_graph_reaches_the_substitute(vllm_standin, small_ws):
     gf = gate_up.float()
     _close(compiled(gate_up), torch.nn.functional.silu(gf[:, :36]) * gf[:, 36:])
     assert CALLS["silu_and_mul"] == before and len(solution_calls("silu_and_mul_i36", (5,))) == 1
+
+
+def test_sgl_kernel_forwarding_to_flashinfer_is_one_traced_call(flashinfer_stub, sglang_standin, small_ws):
+    """sglang-kernel 0.4.10 forwards fp16/bf16 norms to ``flashinfer.norm`` (patched too): the
+    trace counts and records the engine's call once; stats() shows both APIs were called."""
+    import flashinfer
+    import sgl_kernel
+
+    from fibuild.integrations.tracing import read_calls
+
+    fibuild.enable(trace=True, settings=small_ws.settings, flush_every=1)
+    x, w = torch.randn(3, 64, dtype=BF16), torch.rand(64, dtype=BF16)
+    for _ in range(4):
+        _close(sgl_kernel.rmsnorm(x, w, 1e-5), _rms(x, w, 1e-5))
+    stats = fibuild.integrations.stats()
+    fibuild.disable()
+    assert flashinfer.CALLS["rmsnorm"] == 4 and sgl_kernel.CALLS["rmsnorm"] == 0   # forwarded, as 0.4.10 does
+    assert stats["sgl_kernel.rmsnorm"]["calls"] == 4 and stats["flashinfer.norm.rmsnorm"]["calls"] == 4
+    counted = [row for row in read_calls(small_ws.root / "registry") if row["definition"] == "rmsnorm_h64"]
+    assert sum(row["calls"] for row in counted) == 4
+    from fibuild.spec.workspace import Workspace
+
+    ws = Workspace(small_ws.root)
+    assert [w.axes for w in ws.workloads(ws.definition("rmsnorm_h64")) if w.source != "declared"] == [
+        {"batch_size": 3}]
