@@ -131,11 +131,11 @@ def test_vllm_layers_run_fibuilds_kernels_eagerly_and_in_a_replayed_cuda_graph(w
 
 def test_sglang_layers_run_fibuilds_kernels_in_place_of_sgl_kernel(ws, monkeypatch):
     pytest.importorskip("flashinfer")  # the sgl_kernel stand-in forwards to it, as sglang-kernel 0.4.10 does
-    for name in [n for n in sys.modules if n.split(".")[0] in ("sgl_kernel", "sglang_layers")]:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("sgl_kernel", "sglang")]:
         monkeypatch.delitem(sys.modules, name)
-    _on_path(monkeypatch, "sgl_kernel_stub", "sglang_layers")
+    _on_path(monkeypatch, "sgl_kernel_stub", "sglang_stub")
     import sgl_kernel
-    from sglang_layers import layernorm  # bound before enable, as in a running SGLang
+    from sglang.srt.layers import layernorm  # bound before enable, as in a running SGLang
 
     fibuild.enable(apply=True, settings=ws.settings)
     norm = layernorm.RMSNorm(4096, eps=1e-5, weight_dtype=BF16).cuda()

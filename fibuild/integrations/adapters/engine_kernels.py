@@ -9,7 +9,9 @@ these adapters replace every loaded module's name bound to the same function
 have FlashInfer's signatures (``enable_pdl`` included); sgl_kernel 0.4.10 forwards their
 fp16/bf16 calls to ``flashinfer.norm``, so a FlashInfer solution is the original here too.
 ``silu_and_mul(input, out=None)`` has no ``enable_pdl``, and SGLang always passes ``out``:
-the kernel writes into it.
+the kernel writes into it. For row widths its vector loads take (on Hopper nearly all),
+SGLang calls its own JIT ``silu_and_mul`` instead (same ``input, out`` call, plus expert
+filtering arguments for MoE): adapted the same way.
 
 **vLLM** (0.34.0). ``vllm_c`` provider of the IR ops (``vllm/kernels/vllm_c.py`` lines
 23-90) and ``SiluAndMul.forward_cuda`` (``model_executor/layers/activation.py`` lines
@@ -69,7 +71,7 @@ class SglSiluAndMul(SiluAndMul):
         params = super().template_params(call)
         x = call["input"]
         if x.shape[-1] * x.element_size() % 16:
-            raise Unmapped("rows are not a multiple of 16 bytes (sgl_kernel raises)")
+            raise Unmapped("rows are not a multiple of 16 bytes (the original refuses them)")
         out = call["out"]
         if out is not None:
             _same_tensor_kind(tensor(call, "out"), x, (*x.shape[:-1], x.shape[-1] // 2), "out")
@@ -87,6 +89,29 @@ class SglSiluAndMul(SiluAndMul):
         if call["out"] is not None:
             return call["out"]
         return super().write_back(call, outputs)
+
+
+class SglangJitSiluAndMul(SglSiluAndMul):
+    """SGLang's own JIT act-and-mul kernel, which its dense MLP (``srt/layers/activation.py``
+    lines 64-99) and fused MoE (``srt/layers/moe/moe_runner/triton_utils/fused_moe.py`` lines
+    58-64, 797) call on CUDA instead of sgl_kernel's whenever the row width suits its vector
+    loads: on Hopper, nearly always. Calls that filter rows by expert go to the original."""
+
+    api = "sglang.kernels.ops.activation.activation.silu_and_mul"
+    root = module = "sglang.kernels.ops.activation.activation"
+    attr = "silu_and_mul"
+    parameters = (("input", REQUIRED), ("out", None), ("expert_ids", None), ("expert_step", 1),
+                  ("sorted_token_ids", None), ("num_tokens_post_padded", None), ("num_valid_tokens", 0))
+
+    def fast_key(self, args, kwargs):
+        # Whether the expert filters are given belongs to the key; their values do not.
+        return (super().fast_key(args, kwargs), tuple(a is None for a in args[2:]),
+                tuple((k, v is None) for k, v in kwargs.items()))
+
+    def template_params(self, call: Call) -> dict[str, Any]:
+        if any(call[name] is not None for name in ("expert_ids", "sorted_token_ids", "num_tokens_post_padded")):
+            raise Unmapped("rows filtered by expert (expert_ids=)")
+        return super().template_params(call)
 
 
 def _same_tensor_kind(t, like, shape: tuple, name: str) -> None:
@@ -224,7 +249,7 @@ class VllmSiluAndMul(TorchOpAdapter):
         return None
 
 
-SGLANG_ADAPTERS = (SglRMSNorm, SglFusedAddRMSNorm, SglSiluAndMul)
+SGLANG_ADAPTERS = (SglRMSNorm, SglFusedAddRMSNorm, SglSiluAndMul, SglangJitSiluAndMul)
 VLLM_ADAPTERS = (VllmRMSNorm, VllmFusedAddRMSNorm, VllmSiluAndMul)
 #: the extensions that define vLLM's ``_C`` operators (0.34 on CUDA; older versions and CPU)
 VLLM_OP_LIBRARIES = ("vllm._C_stable_libtorch", "vllm._C")

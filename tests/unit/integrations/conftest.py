@@ -51,7 +51,7 @@ def _fresh(folders, packages):
 @pytest.fixture
 def sglang_standin():
     """The stand-ins of ``sgl_kernel`` (0.4.10) and of SGLang's layers that call it, fresh."""
-    yield from _fresh((FIXTURES / "sgl_kernel_stub", FIXTURES / "sglang_layers"), ("sgl_kernel", "sglang_layers"))
+    yield from _fresh((FIXTURES / "sgl_kernel_stub", FIXTURES / "sglang_stub"), ("sgl_kernel", "sglang"))
 
 
 @pytest.fixture

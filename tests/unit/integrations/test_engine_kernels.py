@@ -16,6 +16,7 @@ from integration_helpers import SMALL, solution_calls
 import fibuild
 from fibuild.integrations.adapters.base import bind
 from fibuild.integrations.adapters.engine_kernels import (
+    SglangJitSiluAndMul,
     SglSiluAndMul,
     VllmFusedAddRMSNorm,
     VllmRMSNorm,
@@ -24,7 +25,7 @@ from fibuild.integrations.adapters.engine_kernels import (
 
 BF16 = torch.bfloat16
 # SGLang sends silu_and_mul to sgl_kernel only when the output row is not a multiple of 8
-# bf16 values on Hopper (sglang_layers/activation.py); 36 is, for sgl_kernel, 16-byte rows.
+# bf16 values on Hopper (sglang/srt/layers/activation.py); 36 is, for sgl_kernel, 16-byte rows.
 SMALL.setdefault("silu_and_mul_i36", ("silu_and_mul", {"intermediate_size": 36, "dtype": "bfloat16"}))
 
 
@@ -55,6 +56,8 @@ def test_engine_calls_are_named_as_the_dataset_names_them(adapter, args, name):
 
 @pytest.mark.parametrize("adapter, args, reason", [
     (SglSiluAndMul(), (torch.zeros(5, 36, dtype=BF16),), "16 bytes"),
+    (SglangJitSiluAndMul(), (torch.zeros(5, 64, dtype=BF16), None, torch.zeros(5, dtype=torch.int32)),
+     "filtered by expert"),
     (SglSiluAndMul(), (torch.zeros(5, 72, dtype=BF16), torch.zeros(5, 35, dtype=BF16)), "out has shape"),
     (VllmRMSNorm(), (torch.zeros(3, 64, dtype=BF16), torch.zeros(3, 64, dtype=BF16), None, 1e-5), "weight is None"),
     (VllmRMSNorm(), (torch.zeros(3, 64, dtype=torch.float16), torch.zeros(3, 64, dtype=BF16),
@@ -94,7 +97,7 @@ def _sglang_step(layernorm, activation, batch=4, seed=0):
 
 def test_sglang_layers_imported_before_fibuild_are_traced_and_restored_exactly(sglang_standin, small_ws):
     import sgl_kernel
-    from sglang_layers import activation, layernorm
+    from sglang.srt.layers import activation, layernorm
 
     originals = (layernorm.rmsnorm, layernorm.fused_add_rmsnorm, activation._sgl_silu_and_mul)
     assert originals == (sgl_kernel.rmsnorm, sgl_kernel.fused_add_rmsnorm, sgl_kernel.silu_and_mul)
@@ -128,7 +131,7 @@ def test_sglang_layers_imported_after_fibuild_run_the_substitutes_with_sgl_kerne
         small_ws.record(name, "counted", axes)
     fibuild.enable(apply=True, settings=small_ws.settings)
     import sgl_kernel
-    from sglang_layers import activation, layernorm  # imports sgl_kernel: patched before the names bind
+    from sglang.srt.layers import activation, layernorm  # imports sgl_kernel: patched before the names bind
 
     assert layernorm.rmsnorm is sgl_kernel.rmsnorm and hasattr(layernorm.rmsnorm, "fibuild_memo")
     got = _sglang_step(layernorm, activation)
@@ -145,6 +148,26 @@ def test_sglang_layers_imported_after_fibuild_run_the_substitutes_with_sgl_kerne
     stats = fibuild.integrations.stats()
     assert all(stats[api]["substituted"] == 1 for api in
                ("sgl_kernel.rmsnorm", "sgl_kernel.fused_add_rmsnorm", "sgl_kernel.silu_and_mul"))
+
+
+def test_sglangs_own_jit_silu_and_mul_is_substituted_unless_rows_are_filtered_by_expert(sglang_standin, small_ws):
+    """Aligned rows (32 bf16 values) go to SGLang's JIT kernel, not sgl_kernel: adapted too."""
+    small_ws.add_counted_solution("silu_and_mul_i32")
+    small_ws.record("silu_and_mul_i32", "counted", {"num_tokens": 4})
+    from sglang.kernels.ops.activation import activation as jit
+    from sglang.srt.layers import activation
+
+    fibuild.enable(apply=True, settings=small_ws.settings)
+    assert activation._jit_silu_and_mul is jit.silu_and_mul and hasattr(jit.silu_and_mul, "fibuild_memo")
+    gate_up = torch.randn(4, 64, dtype=BF16)
+    gf = gate_up.float()
+    _close(activation.SiluAndMul()(gate_up), torch.nn.functional.silu(gf[:, :32]) * gf[:, 32:])
+    assert jit.CALLS["silu_and_mul"] == 0 and len(solution_calls("silu_and_mul_i32", (4,))) == 1
+    out = torch.zeros(4, 32, dtype=BF16)   # the fused MoE's call: rows of tokens routed nowhere skipped
+    jit.silu_and_mul(gate_up, out, expert_ids=torch.tensor([0, -1, 1, 0], dtype=torch.int32))
+    assert jit.CALLS["silu_and_mul"] == 1 and torch.equal(out[1], torch.zeros(32, dtype=BF16))
+    row = fibuild.integrations.stats()["sglang.kernels.ops.activation.activation.silu_and_mul"]
+    assert row["substituted"] == 1 and row["fallbacks"]["rows filtered by expert (expert_ids=)"] == 1
 
 
 def test_sgl_kernel_silu_and_mul_writes_into_the_callers_out(sglang_standin, small_ws):
