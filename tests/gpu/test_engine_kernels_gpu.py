@@ -5,7 +5,7 @@ kernels (Triton rmsnorm and silu_and_mul, CUDA fused_add_rmsnorm) as the engines
   kernels in torch; vLLM itself is not installed here), taken at the dispatcher, eagerly and
   inside a captured CUDA graph replayed with new inputs;
 - SGLang 0.5.23's layers calling ``sgl_kernel`` (the stand-in forwards its norms to the real
-  ``flashinfer.norm``, as sglang-kernel 0.4.10 does).
+  ``flashinfer.norm``, as sglang-kernel 0.4.10 does) and SGLang's own JIT ``silu_and_mul``.
 
 Every output is checked against the fp32 torch reference."""
 from __future__ import annotations
@@ -135,7 +135,8 @@ def test_sglang_layers_run_fibuilds_kernels_in_place_of_sgl_kernel(ws, monkeypat
         monkeypatch.delitem(sys.modules, name)
     _on_path(monkeypatch, "sgl_kernel_stub", "sglang_stub")
     import sgl_kernel
-    from sglang.srt.layers import layernorm  # bound before enable, as in a running SGLang
+    from sglang.kernels.ops.activation import activation as jit
+    from sglang.srt.layers import activation, layernorm  # bound before enable, as in a running SGLang
 
     fibuild.enable(apply=True, settings=ws.settings)
     norm = layernorm.RMSNorm(4096, eps=1e-5, weight_dtype=BF16).cuda()
@@ -152,9 +153,11 @@ def test_sglang_layers_run_fibuilds_kernels_in_place_of_sgl_kernel(ws, monkeypat
     summed = (x.float() + residual.float()).to(BF16)
     _close(res, summed)
     _close(normed, _rms(summed, w))
+    _close(activation.SiluAndMul()(gate_up), _silu(gate_up))   # aligned rows: SGLang's own JIT kernel
     out = torch.empty(16, 14336, dtype=BF16, device="cuda")
-    assert sgl_kernel.silu_and_mul(gate_up, out) is out   # as SGLang's MoE and unaligned paths call it
+    assert sgl_kernel.silu_and_mul(gate_up, out) is out   # as SGLang's unaligned paths call it
     _close(out, _silu(gate_up))
-    stats = _all_substituted(("sgl_kernel.rmsnorm", "sgl_kernel.fused_add_rmsnorm", "sgl_kernel.silu_and_mul"))
+    stats = _all_substituted(("sgl_kernel.rmsnorm", "sgl_kernel.fused_add_rmsnorm", "sgl_kernel.silu_and_mul",
+                              "sglang.kernels.ops.activation.activation.silu_and_mul"))
     assert "flashinfer.norm.rmsnorm" not in stats    # the substitute ran before sgl_kernel forwarded
-    assert sum(sgl_kernel.CALLS.values()) == 0
+    assert sum(sgl_kernel.CALLS.values()) == 0 and jit.CALLS["silu_and_mul"] == 0
