@@ -10,6 +10,7 @@ interpreter started with ``-S``).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 
@@ -20,10 +21,8 @@ def register() -> None:
     if not any(os.environ.get(name, "0").strip() not in ("", "0") for name in ("FIBUILD_TRACE", "FIBUILD_APPLY")):
         return
     try:
-        from .activation import start_from_env
+        from .activation import start_from_env  # deferred: fibuild's integration only when asked for
 
         start_from_env()
     except Exception:  # noqa: BLE001 - start_from_env never raises; an import failure must not either
-        import logging
-
         logging.getLogger("fibuild.integrations").exception("fibuild: serving integration not enabled")
