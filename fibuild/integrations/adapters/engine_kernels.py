@@ -139,8 +139,19 @@ class TorchOpAdapter(FunctionAdapter):
             self.root = root
         self.module = self.root
 
+    def fast_key(self, args, kwargs):
+        # Tensors by shape and dtype, the rest (epsilon, a missing weight) by value.
+        return (_kwargs_key(kwargs), *[(a.shape, a.dtype) if hasattr(a, "dtype") else a for a in args])
+
     def is_original(self, solution, instance: Any = None) -> bool:
         return False  # no solution of the workspace is vLLM's own kernel
+
+    def out_of(self, call: Call):
+        result = call.params.get("result")
+        return None if result is None else rows(result, result.shape[-1])
+
+    def write_back(self, call: Call, outputs: Any) -> None:
+        return None  # the operators return nothing: their results are written into their arguments
 
 
 def _norm_params(x, w, eps) -> dict[str, Any]:
@@ -156,19 +167,11 @@ def _norm_params(x, w, eps) -> dict[str, Any]:
     return {"hidden_size": int(x.shape[-1]), "dtype": dtype_name(x), "eps": float(eps)}
 
 
-def _weight_key(w):
-    return None if w is None else (w.shape, w.dtype)
-
-
 class VllmRMSNorm(TorchOpAdapter):
     op = "rmsnorm"
     api = "torch.ops._C.rms_norm"
     qualname = attr = "_C::rms_norm"
     parameters = (("result", REQUIRED), ("input", REQUIRED), ("weight", REQUIRED), ("epsilon", REQUIRED))
-
-    def fast_key(self, args, kwargs):
-        r, x = args[0], args[1]
-        return (len(args), _kwargs_key(kwargs), r.shape, r.dtype, x.shape, x.dtype, _weight_key(args[2]), args[3])
 
     def template_params(self, call: Call) -> dict[str, Any]:
         x = tensor(call, "input")
@@ -180,23 +183,12 @@ class VllmRMSNorm(TorchOpAdapter):
         x = call["input"]
         return rows(x, x.shape[-1]), call["weight"]
 
-    def out_of(self, call: Call):
-        r = call["result"]
-        return rows(r, r.shape[-1])
-
-    def write_back(self, call: Call, outputs: Any) -> None:
-        return None
-
 
 class VllmFusedAddRMSNorm(TorchOpAdapter):
     op = "fused_add_rmsnorm"
     api = "torch.ops._C.fused_add_rms_norm"
     qualname = attr = "_C::fused_add_rms_norm"
     parameters = (("input", REQUIRED), ("residual", REQUIRED), ("weight", REQUIRED), ("epsilon", REQUIRED))
-
-    def fast_key(self, args, kwargs):
-        x, r = args[0], args[1]
-        return (len(args), _kwargs_key(kwargs), x.shape, x.dtype, r.shape, r.dtype, _weight_key(args[2]), args[3])
 
     def template_params(self, call: Call) -> dict[str, Any]:
         x, r = tensor(call, "input"), tensor(call, "residual")
@@ -224,10 +216,6 @@ class VllmSiluAndMul(TorchOpAdapter):
     qualname = attr = "_C::silu_and_mul"
     parameters = (("result", REQUIRED), ("input", REQUIRED))
 
-    def fast_key(self, args, kwargs):
-        r, x = args[0], args[1]
-        return (len(args), _kwargs_key(kwargs), r.shape, r.dtype, x.shape, x.dtype)
-
     def template_params(self, call: Call) -> dict[str, Any]:
         x = tensor(call, "input")
         if x.dim() < 2 or x.shape[-1] % 2:
@@ -240,13 +228,6 @@ class VllmSiluAndMul(TorchOpAdapter):
     def to_inputs(self, call: Call) -> tuple:
         x = call["input"]
         return (rows(x, x.shape[-1]),)
-
-    def out_of(self, call: Call):
-        r = call["result"]
-        return rows(r, r.shape[-1])
-
-    def write_back(self, call: Call, outputs: Any) -> None:
-        return None
 
 
 SGLANG_ADAPTERS = (SglRMSNorm, SglFusedAddRMSNorm, SglSiluAndMul, SglangJitSiluAndMul)
