@@ -74,7 +74,7 @@ def _limit_variants(groups: list[PlannedSolution], definition: str, limit: int) 
     the variant's name), so together the workloads still cover the grid. Other groups stay."""
     families: dict[str, list[PlannedSolution]] = {}
     for g in groups:
-        if g.definition.name == definition and g.solution.constants:
+        if g.definition.name == definition and g.solution.variants:
             families.setdefault(g.solution.family, []).append(g)
     kept: dict[str, list[Workload]] = {}
     for members in families.values():

@@ -90,18 +90,19 @@ class BoundLaunch:
         if fast is False:  # the interpreter, or no CUDA Triton: Triton's own launcher
             return self.owner.kernel[grid](*args, **self._options(False))
         current_device, current_stream, runtime_knobs = fast
-        if runtime_knobs.launch_enter_hook is not None or runtime_knobs.launch_exit_hook is not None:
-            return self.owner.kernel[grid](*args, **self._options(self._pdl_on(current_device())))
         device = current_device()
-        pdl = self.owner.pdl
-        key = (device, pdl, *_arg_key(args))
-        entry = self._entries.get(key)
+        if _hooked(runtime_knobs.launch_enter_hook) or _hooked(runtime_knobs.launch_exit_hook):
+            return self.owner.kernel[grid](*args, **self._options(self._pdl_on(device)))
+        key, values = _arg_key(args)
+        entry = self._entries.get((device, self.owner.pdl, *key))
         if entry is None:
-            return self._first(key, grid, args, device)
+            return self._first((device, self.owner.pdl, *key), grid, args, device)
         run, function, packed, tail = entry
         n = len(grid)
+        # the launcher's C code takes pointers as ints (a tensor would cost it an attribute call
+        # and a driver query each); no launch metadata and no hooks: none is set
         run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, current_stream(device), function, packed,
-            None, None, None, *args, *tail)
+            None, None, None, *values, *tail)
 
     def _pdl_on(self, device: int) -> bool:
         return self.owner.pdl and self.owner.supports_pdl and _has_pdl(device)
@@ -144,12 +145,31 @@ class BoundLaunch:
         return tuple(tail)
 
 
-def _arg_key(args) -> list:
-    """Everything Triton specializes a compiled kernel on, per runtime argument: an int's value
-    (its width, ==1 and divisibility by 16 follow), a bool's or None's value, a float's type,
-    a tensor's dtype and address modulo 16 (alignment). One comprehension: this runs per call."""
-    return [a if type(a) is int or type(a) is bool or a is None else float if type(a) is float
-            else (a.dtype, a.data_ptr() & 15) for a in args]
+def _arg_key(args) -> tuple[list, list]:
+    """``(key, values)``: everything Triton specializes a compiled kernel on, per runtime
+    argument (an int's value: its width, ==1 and divisibility by 16 follow; a bool's or None's
+    value; a float's type; a tensor's dtype, whether it is on a GPU, and its address modulo 16),
+    and the values to launch with (a tensor's address for a tensor). Runs per call: one loop."""
+    key, values = [], []
+    for a in args:
+        kind = type(a)
+        if kind is int or kind is bool or a is None:
+            key.append(a)
+            values.append(a)
+        elif kind is float:
+            key.append(float)
+            values.append(a)
+        else:
+            address = a.data_ptr()
+            key.append((a.dtype, a.is_cuda, address & 15))
+            values.append(address)
+    return key, values
+
+
+def _hooked(hook) -> bool:
+    """Whether a Triton launch hook is set: a callable, or a non-empty hook chain (Triton 3.6's
+    knobs hold an empty ``HookChain`` by default, never None)."""
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 def _fast_path():

@@ -9,12 +9,12 @@ stores the table as JSON.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, Solution
-from fibuild.spec.variants import with_constants
 from fibuild.units import format_us
 
 from .decisions import REFERENCE
@@ -169,6 +169,7 @@ def solution_manifest(sol: Solution) -> dict[str, Any]:
 def _candidate_to_json(c: Candidate) -> dict[str, Any]:
     return {"manifest": solution_manifest(c.solution),
             "path": str(c.solution.path) if c.solution.path else None,
+            "variant": c.solution.name if c.solution.name != c.solution.family else None,
             "constants": [[k, v] for k, v in c.solution.constants],
             "digest": c.digest, "unavailable": c.unavailable,
             "build_key": c.build_key, "build_dir": c.build_dir}
@@ -176,8 +177,8 @@ def _candidate_to_json(c: Candidate) -> dict[str, Any]:
 
 def _candidate_from_json(data: Mapping[str, Any], solution_from_dict) -> Candidate:
     sol = solution_from_dict(data["manifest"], data["path"])
-    if data.get("constants"):  # a variant of the manifest's grid
-        sol = with_constants(sol, data["constants"])
+    if data.get("variant"):  # a variant of the manifest's grid
+        sol = dataclasses.replace(sol, name=data["variant"], constants=tuple(tuple(c) for c in data["constants"]))
     return Candidate(sol, data["digest"], data["unavailable"], data["build_key"], data["build_dir"])
 
 

@@ -135,6 +135,7 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         libraries=libraries, library_files=tuple(library_files),
         variants=tuple((k, tuple(v)) for k, v in (data.get("variants") or {}).items()),
         constraints=tuple(data.get("constraints") or ()),
+        constants=tuple((data.get("constants") or {}).items()),
         path=directory, raw=data,
     )
 

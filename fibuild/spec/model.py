@@ -176,9 +176,9 @@ class Solution:
     ``(relpath in the build, file)``, found when the manifest was loaded (see
     :mod:`fibuild.spec.libraries`). ``files`` is the effective source set a build copies.
     ``variants`` (a grid, ``(name, values)`` pairs) and ``constraints`` are the manifest's;
-    a variant expanded from them (:mod:`fibuild.spec.variants`) is named ``base[K=v,...]``
-    and carries its ``constants`` (``(name, value)`` pairs), which the build passes to the
-    entry point.
+    ``constants`` (``(name, value)`` pairs) are what the build passes to the entry point:
+    the manifest's own, and for a variant expanded from the grid (named ``base[K=v,...]``,
+    :mod:`fibuild.spec.variants`) its grid values after them.
     ``pdl`` (manifest ``launch: {pdl: true}``): its kernels wait for their predecessor
     before reading its output, so fibuild may launch them with programmatic dependent launch
     (:mod:`fibuild.compile.launch`).

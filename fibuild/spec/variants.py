@@ -59,6 +59,10 @@ def family(name: str) -> str:
     return split_name(name)[0]
 
 
+_BAD_STRING = ("{value!r}: a string value takes letters, digits and _ . + - only (it becomes part of a "
+               "name and a define)")
+
+
 class _Refused(ValueError):
     pass
 
@@ -132,18 +136,21 @@ def grid_combinations(grid: Mapping[str, Iterable[Any]],
 
 
 def check_grid(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Problems of a schema-valid solution dict's ``variants`` and ``constraints``, as
-    ``(json pointer, message)``."""
+    """Problems of a schema-valid solution dict's ``variants``, ``constraints`` and
+    ``constants``, as ``(json pointer, message)``."""
     grid = data.get("variants")
     constraints = data.get("constraints") or []
+    fixed = data.get("constants") or {}
+    problems = [(f"/constants/{name}", _BAD_STRING.format(value=value)) for name, value in fixed.items()
+                if isinstance(value, str) and not STRING_VALUE.match(value)]
+    problems += [(f"/constants/{name}", f"{name!r} is also a name of the variants grid")
+                 for name in fixed if name in (grid or {})]
     if not grid:
-        return [("/constraints", "constraints need a variants grid")] if constraints else []
-    problems = []
+        return problems + ([("/constraints", "constraints need a variants grid")] if constraints else [])
     for name, values in grid.items():
         for i, value in enumerate(values):
             if isinstance(value, str) and not STRING_VALUE.match(value):
-                problems.append((f"/variants/{name}/{i}", f"{value!r}: a string value takes letters, "
-                                 "digits and _ . + - only (it becomes part of a name and a define)"))
+                problems.append((f"/variants/{name}/{i}", _BAD_STRING.format(value=value)))
     size = 1
     for values in grid.values():
         size *= len(values)
@@ -164,16 +171,13 @@ def check_grid(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def expand(sol) -> list:
-    """The variants of ``sol`` (a Solution with a grid), or ``[sol]`` when it has none.
+    """The variants of ``sol`` (a Solution with a grid), or ``[sol]`` when it has none. A
+    variant's constants are the manifest's ``constants`` then its grid values; its name
+    shows the grid values only.
 
     Raises ValueError when a constraint cannot be evaluated (validation reports it first).
     """
     if not sol.variants:
         return [sol]
-    return [with_constants(sol, combo) for combo in grid_combinations(dict(sol.variants), sol.constraints)]
-
-
-def with_constants(sol, constants: Iterable[tuple[str, Any]]):
-    """The variant of the manifest ``sol`` with ``constants`` (no check that the grid holds them)."""
-    constants = tuple((k, v) for k, v in constants)
-    return dataclasses.replace(sol, name=variant_name(sol.family, constants), constants=constants)
+    return [dataclasses.replace(sol, name=variant_name(sol.name, combo), constants=sol.constants + combo)
+            for combo in grid_combinations(dict(sol.variants), sol.constraints)]

@@ -228,7 +228,7 @@ class Workspace:
             raise self._unknown(f"solution of {defn!r}", name, candidates)
         matches = [s for s in self.solutions() if s.name == name]
         if not matches:  # a manifest with a grid, named by its plain name
-            grids = sorted({s.definition for s in self.solutions() if s.family == name and s.constants})
+            grids = sorted({s.definition for s in self.solutions() if s.family == name and s.variants})
             matches = [self.solution(name, d) for d in grids]
         if len(matches) == 1:
             return matches[0]

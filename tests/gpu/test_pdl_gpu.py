@@ -8,9 +8,11 @@ fail: the two kernels really overlap).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
+import re
 import sys
 
 import pytest
@@ -129,8 +131,8 @@ PDL_SOLUTIONS = [s for s in WORKSPACE.solutions() if s.pdl and s.language == "tr
 
 
 def _module(sol):
-    """The solution's entry module, its directory imported as a package (as the builder does)."""
-    name = "gpu_pdl_" + sol.definition + "_" + sol.name
+    """The solution's entry module, its folder and libraries imported as a package (as the builder does)."""
+    name = re.sub(r"\W", "_", "gpu_pdl_" + sol.definition + "_" + sol.name)
     if name not in sys.modules:
         package = importlib.machinery.ModuleSpec(name, None, is_package=True)
         sys.modules[name] = importlib.util.module_from_spec(package)
@@ -138,18 +140,35 @@ def _module(sol):
     return name, importlib.import_module(name + "." + sol.entry_file[:-3].replace("/", "."))
 
 
-def _entry(definition: str, solution: str):
-    sol = WORKSPACE.solution(f"{definition}/{solution}")
+def _variant(definition: str, family: str, **constants):
+    """The first solution of ``family`` whose constants include ``constants``."""
+    return next(s for s in WORKSPACE.solutions(definition)
+                if s.family == family and all(dict(s.constants).get(k) == v for k, v in constants.items()))
+
+
+def _entry(definition: str, family: str, **constants):
+    """``(package, callable)``: the variant's entry with its constants bound, as the builder binds them;
+    a plan/run solution's plan and run joined (a PlannedEntry)."""
+    from fibuild.compile.plans import PlannedEntry
+
+    sol = _variant(definition, family, **constants)
     package, module = _module(sol)
-    return package, getattr(module, sol.entry_symbol)
+    bound = dict(sol.constants)
+    entry = getattr(module, sol.entry_symbol)
+    if not sol.plan:
+        return package, functools.partial(entry, **bound) if bound else entry
+    defn = WORKSPACE.definition(definition)
+    plan = functools.partial(getattr(module, sol.plan_symbol), **bound)
+    return package, PlannedEntry(entry, plan, [i for i, s in enumerate(defn.inputs) if s.structural],
+                                 name=sol.qualified_name)
 
 
 def test_the_decode_kernels_declare_pdl():
-    names = {s.qualified_name for s in PDL_SOLUTIONS}
+    families = {f"{s.definition}/{s.family}" for s in PDL_SOLUTIONS}
     assert {"rmsnorm_h4096/triton_row", "fused_add_rmsnorm_h4096/triton_row", "silu_and_mul_i14336/triton_vec",
             "gemm_n6144_k4096_bf16/triton_stream", "gemm_n4096_k4096_bf16/triton_stream",
             "gemm_n28672_k4096_bf16/triton_stream", "gemm_n4096_k14336_bf16/triton_stream",
-            "gqa_paged_decode_h32_kv8_d128_ps1/triton_split_kv"} <= names, names
+            "gqa_paged_decode_h32_kv8_d128_ps1/triton_split_kv"} <= families, families
 
 
 def _mlp_chain(layers: int, batch: int):
@@ -165,12 +184,10 @@ def _mlp_chain(layers: int, batch: int):
         "add_norm": _entry("fused_add_rmsnorm_h4096", "triton_row"),
         "act": _entry("silu_and_mul_i14336", "triton_vec"),
     }
-    gemms = [s for s in WORKSPACE.solutions() if s.name == "triton_stream" and s.pdl
-             and s.definition in ("gemm_n28672_k4096_bf16", "gemm_n4096_k14336_bf16")]
-    for sol in gemms:
-        entries[sol.definition] = _entry(sol.definition, sol.name)
-    gate_up = entries.get("gemm_n28672_k4096_bf16", (None, lambda a, b: torch.nn.functional.linear(a, b)))[1]
-    down = entries.get("gemm_n4096_k14336_bf16", (None, lambda a, b: torch.nn.functional.linear(a, b)))[1]
+    # the fma variant: the CUDA-core GEMV at M = 1, its several-rows tensor-core tile above
+    for definition in ("gemm_n28672_k4096_bf16", "gemm_n4096_k14336_bf16"):
+        entries[definition] = _entry(definition, "triton_stream", KERNEL="fma")
+    gate_up, down = entries["gemm_n28672_k4096_bf16"][1], entries["gemm_n4096_k14336_bf16"][1]
 
     def step(x):
         residual = x.clone()
@@ -235,19 +252,13 @@ def test_the_cuda_pdl_example_waits_for_a_late_producer(tmp_path):
         assert torch.equal(out, torch.full_like(out, v + 2.0)), v
 
 
-@pytest.mark.parametrize("solution", ["triton_split_kv", "triton_split_kv_merge"])
-def test_the_pdl_decode_after_a_pdl_projection_gives_the_same_bits(solution):
+@pytest.mark.parametrize("merge", ["fused", "separate"])
+def test_the_pdl_decode_after_a_pdl_projection_gives_the_same_bits(merge):
     """QKV projection (PDL) straight into the paged decode (PDL): q is read from the projection's
     output with no copy between, so a decode that did not wait would read a stale q."""
     _needs_pdl()
-    sol = WORKSPACE.solution(f"gqa_paged_decode_h32_kv8_d128_ps1/{solution}")
-    qkv_package, qkv = _entry("gemm_n6144_k4096_bf16", "triton_stream")
-    package, module = _module(sol)
-    from fibuild.compile.plans import PlannedEntry
-
-    defn = WORKSPACE.definition(sol.definition)
-    entry = PlannedEntry(getattr(module, sol.entry_symbol), getattr(module, sol.plan_symbol),
-                         [i for i, s in enumerate(defn.inputs) if s.structural], name=sol.qualified_name)
+    qkv_package, qkv = _entry("gemm_n6144_k4096_bf16", "triton_stream", KERNEL="fma")
+    package, entry = _entry("gqa_paged_decode_h32_kv8_d128_ps1", "triton_split_kv", MERGE=merge)
     g = torch.Generator(device="cuda").manual_seed(5)
     batch, kv_len, layers = 4, 700, 3
     bf16 = torch.bfloat16

@@ -11,7 +11,8 @@ along K, a cp.async pipeline ``num_stages`` deep. Two kernels, picked by a confi
 Split-K (fp32 partials, the last CTA of a tile reducing) was measured too and never won on
 the H200 at these shapes: full-K CTAs already fill the SMs (benchmarks/results/NOTES.md).
 
-Every kernel accumulates in fp32 and rounds C once.
+Every kernel accumulates in fp32 and rounds C once. The ``triton_stream`` solutions name
+this library; their entry point is ``stream.py``.
 
 Programmatic dependent launch (``PDL``, set by fibuild's launcher for solutions declaring
 ``launch: {pdl: true}``): each CTA lets the next kernel launch at once, loads its first tile of
