@@ -15,8 +15,9 @@ is timed as a whole. For one chain workload:
   candidate) and tries each slot's other candidates in turn, in slot order, keeping a swap
   only when it is faster by more than ``margin`` (one pass of coordinate descent).
 
-Candidates: the slot definition's solutions with a current PASSED evaluation at the slot's
-workload on this device, or, when there is none, every solution that builds and runs here.
+Candidates: the slot definition's ``candidates`` (default 4) solutions fastest alone with a
+current PASSED evaluation at the slot's workload on this device, or, when there is none, every
+solution that builds and runs here.
 The result is one :class:`ChainRecord` per slot, appended beside the definition's own
 evaluations (:meth:`fibuild.registry.Registry.append_chain`); the resolver prefers a current
 chain choice at its key.
@@ -79,9 +80,10 @@ class ChainResult:
 
 def evaluate_chain(workspace, chain: Chain, chain_axes: Mapping[str, int], *, device: str, device_slug: str,
                    settings: Settings, registry, layers: int = 8, iters: int = 30, margin: float = 0.01,
-                   progress: Callable[[str], None] = lambda line: None) -> ChainResult:
+                   candidates: int = 4, progress: Callable[[str], None] = lambda line: None) -> ChainResult:
     """Time ``chain`` at ``chain_axes`` on ``device`` (``cpu``, ``cuda``...) and pick each
-    slot's solution. ``registry`` gives the per-kernel evaluations that seed the search.
+    slot's solution. ``registry`` gives the per-kernel evaluations that seed the search; a slot
+    tries its ``candidates`` fastest of them (variants of one solution count one each).
     Raises BenchError when a slot has no candidate that builds and runs, FibuildError when a
     slot has no workload at these axes. ``progress`` gets one line per timing."""
     import torch
@@ -91,8 +93,8 @@ def evaluate_chain(workspace, chain: Chain, chain_axes: Mapping[str, int], *, de
         raise BenchError(f"chain {chain.name}: no value for its axes {missing}")
     torch_device = torch.device(device)
     cache = BuildCache(settings)
-    slots = [_slot_state(workspace, slot, chain_axes, torch_device, device_slug, cache, registry, layers)
-             for slot in chain.slots]
+    slots = [_slot_state(workspace, slot, chain_axes, torch_device, device_slug, cache, registry, layers,
+                         candidates) for slot in chain.slots]
     timer = _GraphTimer(slots, torch_device, layers, iters)
     best = timer.time()
     progress(f"start: {', '.join(s.chosen for s in slots)}: {best:.2f} µs per layer")
@@ -121,13 +123,13 @@ def evaluate_chain(workspace, chain: Chain, chain_axes: Mapping[str, int], *, de
 
 
 def _slot_state(workspace, slot: ChainSlot, chain_axes, torch_device, device_slug: str, cache: BuildCache,
-                registry, layers: int) -> SlotState:
+                registry, layers: int, max_candidates: int) -> SlotState:
     defn = workspace.definition(slot.definition)
     workload = slot_workload(defn, slot, chain_axes, workspace.workloads(defn))
     solutions = {s.name: s for s in workspace.solutions(defn.name)}
     digests = {n: solution_digest(defn, s) for n, s in solutions.items()}
     passed = _passed_at(registry, defn, workload, device_slug, digests)
-    names = [n for n, _ in sorted(passed.items(), key=lambda kv: kv[1])] or sorted(solutions)
+    names = [n for n, _ in sorted(passed.items(), key=lambda kv: kv[1])][:max_candidates] or sorted(solutions)
     candidates = {}
     for name in names:
         sol: Solution = solutions[name]

@@ -26,12 +26,14 @@ def add_chain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=8,
                         help="distinct input sets (layers) per slot, timed in one graph (default 8)")
     parser.add_argument("--iters", type=int, default=30, help="timed replays per assignment (default 30)")
+    parser.add_argument("--candidates", type=int, default=4,
+                        help="per slot, the solutions (variants) fastest alone that are tried in the chain (default 4)")
     parser.add_argument("--dry-run", action="store_true", help="time and print, record nothing")
 
 
 def run_chain(args: argparse.Namespace, settings) -> int:
-    if args.layers < 1 or args.iters < 1:
-        raise FibuildError("--layers and --iters must be at least 1")
+    if args.layers < 1 or args.iters < 1 or args.candidates < 1:
+        raise FibuildError("--layers, --iters and --candidates must be at least 1")
     ws = Workspace.discover(settings)
     chain = find_chain(ws.root, args.chain, ws.definitions)
     device = parse_device(args.device or default_device(settings), ws, local_only=True)
@@ -46,7 +48,7 @@ def run_chain(args: argparse.Namespace, settings) -> int:
         print(f"chain {chain.name} at {', '.join(f'{k}={v}' for k, v in axes.items())} on {device.slug}",
               file=sys.stderr, flush=True)
         result = evaluate_chain(ws, chain, axes, device=device.kind, device_slug=device.slug, settings=settings,
-                                registry=registry, layers=args.layers, iters=args.iters,
+                                registry=registry, layers=args.layers, iters=args.iters, candidates=args.candidates,
                                 progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
         records = result.records()
         if not args.dry_run:
