@@ -72,6 +72,7 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
         "cuda_home": str(settings.cuda_home), "nvcc": nvcc_stat,
         "arch": list(settings.cuda_arch_list), "cache_dir": str(settings.cache_dir),
         "build_env": [list(pair) for pair in settings.build_env],
+        "pdl": settings.pdl,  # chain choices count only where made with the same launch mode
         "files": files,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
