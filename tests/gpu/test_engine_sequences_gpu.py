@@ -6,7 +6,9 @@ through ``begin_forward``, then ``w.begin_forward = partial(fast_decode_plan, w)
 replay, runs through the deprecated ``forward(q, kv, sm_scale=...)``. vLLM 0.34.0
 (``v1/attention/backends/flashinfer.py`` l. 1486-1535, 1980-2033, 2890-2987, 2666-2675): one
 wrapper per batch size, CPU indptr and last-page lengths, the first plan through ``plan``
-and the next ones through FlashInfer's ``fast_decode_plan``, ``run(..., out=)``.
+and the next ones through FlashInfer's ``fast_decode_plan``, one combined KV tensor
+``[pages, 2, page_size, kv_heads, head_dim]`` (fibuild's kernel reads it through dense views
+with doubled page indices, rewritten at each plan), ``run(..., out=)``.
 The sequence lengths change at every step; every replay is checked against attention
 computed in torch (fp32) from the page table of that step.
 """
@@ -104,6 +106,9 @@ class VLLM(Engine):
         super().__init__()
         self.out = torch.empty(BATCH, 32, 128, dtype=BF16, device="cuda")
         self.first = True
+        # one [pages, 2, page_size, kv_heads, head_dim] tensor, as vLLM keeps a layer's cache
+        self.kv = torch.stack([self.k, self.v], 1).unsqueeze(2)
+        self.k, self.v = self.kv[:, 0, 0], self.kv[:, 1, 0]
 
     def plan(self, lens, fast):
         self.write(lens)
@@ -123,7 +128,7 @@ class VLLM(Engine):
         self.planner = planner
 
     def run(self):
-        self.wrapper.run(self.q, (self.k, self.v), q_scale=None, k_scale=None, v_scale=None, out=self.out,
+        self.wrapper.run(self.q, self.kv, q_scale=None, k_scale=None, v_scale=None, out=self.out,
                          kv_cache_sf=None, sinks=None)
         return self.out
 
