@@ -357,30 +357,39 @@ def test_sglang_extend_ragged_and_paged_prefix(flashinfer_stub, small_ws):
     assert paged_row["substituted"] == 1 and paged_row["fallbacks"] == {"causal=False (the definitions are causal)": 1}
 
 
-def test_sglang_style_trace_records_the_shapes_it_called(flashinfer_stub, tmp_path):
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_trace_records_the_shapes_each_engine_called(flashinfer_stub, tmp_path, engine):
     import flashinfer
 
     root = tmp_path / "ws"
     (root / "defs").mkdir(parents=True)
+    backend = types.SimpleNamespace()
     fibuild.enable(trace=True, root=root)
+    backend.fast_decode_plan = flashinfer.decode.fast_decode_plan
     pool = Pool()
-    eng = SGLangDecode(flashinfer, 3)
-    indptr, indices = pool.table([5, 4, 3])
-    eng.call_begin_forward(indptr, indices, [5, 4, 3])
-    eng.install_fast_plan()
     q = pool.query(3)
-    eng.forward_decode(q, pool.k[0], pool.v[0])
-    indptr, indices = pool.table([9, 9, 9])
-    eng.call_begin_forward(indptr, indices, [9, 9, 9])
-    eng.forward_decode(q, pool.k[0], pool.v[0])
+    combined = torch.stack([pool.k[0], pool.v[0]], 1).unsqueeze(2)
+    if engine == "sglang":
+        eng = SGLangDecode(flashinfer, 3)
+        for step, lens in enumerate(([5, 4, 3], [9, 9, 9])):
+            indptr, indices = pool.table(lens)
+            eng.call_begin_forward(indptr, indices, lens)
+            if not step:
+                eng.install_fast_plan()
+            eng.forward_decode(q, pool.k[0], pool.v[0])
+    else:
+        eng = VLLMDecode(flashinfer, backend)
+        for lens in ([5, 4, 3], [9, 9, 9]):
+            w = eng.step(*pool.table(lens))
+            eng.run(w, q, combined, torch.empty(3, 8, 16, dtype=BF16))
     fibuild.disable()
     from fibuild.spec.workspace import Workspace
 
-    ws = Workspace(root)
-    defn = ws.definition(DECODE)    # made from the template by the traced call
-    assert defn.name == DECODE
+    assert Workspace(root).definition(DECODE).name == DECODE   # made from the template by the traced call
     lines = (root / "registry" / DECODE / "workloads.jsonl").read_text().splitlines()
     assert {(ln.count('"num_kv_indices":12'), ln.count('"num_kv_indices":27')) for ln in lines} == {(1, 0), (0, 1)}
+    row = fibuild.integrations.stats()[API]
+    assert row["calls"] == row["original"] == 2 and sum(row["plans"].values()) == 2
 
 
 def test_vllm_combined_cache_in_a_graph_follows_every_plan(flashinfer_stub, small_ws, capture):
