@@ -36,6 +36,7 @@ from test_integrations_gpu import _record_cuda, ws  # noqa: E402,F401  (ws: the 
 
 BF16 = torch.bfloat16
 NAME = "gqa_paged_decode_h32_kv8_d128_ps1"
+VARIANT = "triton_split_kv[MERGE=fused,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]"
 API = "flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"
 BATCH, POOL, SCALE = 4, 8192, 0.0883883  # sm_scale as a model passes it (1 / sqrt(128), rounded)
 STEPS = ([300, 50, 1000, 7], [1000, 1, 600, 2000], [5, 5, 5, 5], [2000, 2000, 10, 300], [64, 0, 129, 1],
@@ -142,8 +143,9 @@ def test_graph_replays_follow_fast_decode_plan(ws, engine, seen):  # noqa: F811 
     every replay is right."""
     shipped = Path(__file__).resolve().parents[2] / "solutions" / NAME / "triton_split_kv"
     shutil.copytree(shipped, ws.root / "solutions" / NAME / "triton_split_kv")
+    shutil.copytree(shipped.parents[1] / "_lib", ws.root / "solutions" / "_lib")  # the libraries it names
     _record_cuda(ws, NAME, {"batch_size": BATCH, "num_pages": POOL, "len_indptr": BATCH + 1,
-                            "num_kv_indices": 2048}, solution="triton_split_kv")
+                            "num_kv_indices": 2048}, solution=VARIANT)
     unpatched = flashinfer.decode.fast_decode_plan
     fibuild.enable(apply=True, settings=ws.settings)
     eng = engine()
@@ -155,7 +157,7 @@ def test_graph_replays_follow_fast_decode_plan(ws, engine, seen):  # noqa: F811 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = eng.run()
-    assert captured_solution(eng.wrapper) == ("triton_split_kv" if seen else None)
+    assert captured_solution(eng.wrapper) == (VARIANT if seen else None)
     for lens in STEPS[1:] + STEPS[:1]:
         eng.plan(lens, fast=True)
         out.zero_()
