@@ -472,6 +472,8 @@ def _bench_traced(args, workspace: Path) -> list[str]:
     log(f"== fibuild bench on the traced definitions: {', '.join(names)}")
     cmd = [sys.executable, "-m", "fibuild", "--root", str(workspace), "bench", *names, "--recorded",
            "--device", args.device, "--timeout", "120"]
+    for sol in args.bench_solution:  # a grid has many variants: a session may bench a few of them
+        cmd += ["--solution", sol]
     if args.device == "cuda":
         cmd.append("--graph")
     log(f"   its output: {args.out}/bench.log")
@@ -707,6 +709,9 @@ def main(argv=None) -> int:
     p.add_argument("--flashinfer-path", help="folder to put first on sys.path (a stand-in flashinfer)")
     p.add_argument("--skip-bench", action="store_true", help="do not run fibuild bench on the traced definitions")
     p.add_argument("--bench-timeout", type=int, default=900)
+    p.add_argument("--bench-solution", action="append", default=[], metavar="S",
+                   help="bench only these solutions (fibuild bench --solution: name, def/name, name[K=v,...]); "
+                        "repeatable; default: every solution of the traced definitions")
     p.add_argument("--child-timeout", type=int, default=900)
     p.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"),
                    help="only draw the plot of an earlier run's serving_step.json (needs matplotlib)")

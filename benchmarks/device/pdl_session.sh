@@ -34,8 +34,26 @@ fi
 if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
   # plain = SGLang's calls (enable_pdl=True on its norms), traced, benched on what was traced,
   # applied with FIBUILD_PDL=0, applied with FIBUILD_PDL=1; 3 replays per batch profiled
-  step 320 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
-    --engine sglang --pdl --profile 3 --iters 30 --warmup 3 --bench-timeout 150 --out /tmp/pdl-step
+  # The bench takes the baselines, the Triton norms and SiLU x mul, and of each grid the variants
+  # that were the launch configs before grids (the sweep's picks at M = 1, 16, 64; decode default).
+  sols=()
+  for s in flashinfer flashinfer_tc torch_matmul triton_row triton_vec cuda_row_per_block cuda_vec16 \
+      "gemm_n6144_k4096_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=8,BLOCK_K=512,STAGES=3,WARPS=4]" \
+      "gemm_n6144_k4096_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=64,BLOCK_K=128,STAGES=6,WARPS=4]" \
+      "gemm_n4096_k4096_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=4,BLOCK_K=1024,STAGES=3,WARPS=8]" \
+      "gemm_n4096_k4096_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=32,BLOCK_K=512,STAGES=4,WARPS=4]" \
+      "gemm_n28672_k4096_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=4,BLOCK_K=1024,STAGES=3,WARPS=8]" \
+      "gemm_n28672_k4096_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=64,BLOCK_K=128,STAGES=4,WARPS=4]" \
+      "gemm_n4096_k14336_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=4,BLOCK_K=1024,STAGES=3,WARPS=8]" \
+      "gemm_n4096_k14336_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=32,BLOCK_K=512,STAGES=4,WARPS=4]" \
+      "triton_stream[KERNEL=dot,BLOCK_M=64,BLOCK_N=64,BLOCK_K=128,STAGES=4,WARPS=4]" \
+      "triton_split_kv[MERGE=fused,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]" \
+      "triton_split_kv[MERGE=separate,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]"; do
+    sols+=(--bench-solution "$s")
+  done
+  step 330 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
+    --engine sglang --pdl --profile 3 --iters 30 --warmup 3 --bench-timeout 150 "${sols[@]}" ${PDL_STEP_ARGS:-} \
+    --out /tmp/pdl-step
   # at most 8 files come back: the table and plot as files, everything else in one tar
   cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.png "$out/" 2>/dev/null
   (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* profile-*.md bench.log 2>/dev/null)
