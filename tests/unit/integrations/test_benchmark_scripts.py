@@ -126,7 +126,7 @@ def test_serving_step_engine_modes_report_their_substitutions(tmp_path, monkeypa
     """The step called as SGLang / vLLM call their kernels (sgl_kernel and begin_forward /
     fast_decode_plan / forward; _C ops and plan / fast_decode_plan / run(out=) on one combined
     KV tensor) agrees with plain and with fp32, and reports stats() per batch size: the decode
-    substituted for SGLang, left to FlashInfer for vLLM's combined cache (never copied)."""
+    substituted in both."""
     import integration_helpers
 
     for name, (spec, _) in TINY.items():
@@ -148,10 +148,8 @@ def test_serving_step_engine_modes_report_their_substitutions(tmp_path, monkeypa
     assert summary["engine"] == engine and row["traced_max_abs_diff"] == 0 and row["agree"], row
     stats = row["stats"]
     decode = stats["flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"]
+    assert decode["substituted"] == decode["calls"] > 0 and not decode["fallbacks"], decode
     if engine == "sglang":
-        assert decode["substituted"] == decode["calls"] > 0 and not decode["fallbacks"], decode
         norms = [r for api, r in stats.items() if api.endswith("rmsnorm")]
         assert norms and sum(r["substituted"] for r in norms) > 0, stats
-    else:
-        assert decode["substituted"] == 0 and "never copies the cache" in next(iter(decode["fallbacks"])), decode
     assert "| 3 | `flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper` |" in (out / "serving_step.md").read_text()
