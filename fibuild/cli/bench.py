@@ -16,11 +16,12 @@ from fibuild.bench.reporter import BenchReporter
 from fibuild.bench.runner import run_benchmarks
 from fibuild.cli.bench_farm import run_bench_farm
 from fibuild.cli.bench_report import report_evaluations
-from fibuild.cli.common import console, parse_device, print_json
+from fibuild.cli.common import console, parse_device, print_json, styled
 from fibuild.devices import default_device, device_slug, local_devices
 from fibuild.errors import BenchError, FibuildError
 from fibuild.registry import Registry
 from fibuild.spec.workspace import Workspace
+from fibuild.units import format_us
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich.
 
@@ -97,7 +98,8 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _RichReporter:
-    """Progress bar and notes on stderr (a BenchReporter, built lazily to keep imports light)."""
+    """Progress on stderr (a BenchReporter, built lazily to keep imports light): a bar on a
+    terminal, one line per finished item otherwise (a log, a pipe)."""
 
     @staticmethod
     def create(console):
@@ -106,16 +108,20 @@ class _RichReporter:
 
         class RichReporter(BenchReporter):
             def __init__(self):
-                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TimeElapsedColumn(), console=console, transient=True)
+                self.live = console.is_terminal
+                self.total = self.done = 0
+                self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                         MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
                 self.task = None
 
             def skipped(self, solution, reason):
-                console.print(f"[yellow]skip[/] {solution}: {reason}")
+                console.print(styled("skip", "yellow", f" {solution}: {reason}"))
 
             def starting(self, total, device):
                 console.print(f"benchmarking {total} item{'s' if total != 1 else ''} on {device}")
-                self.progress.start()
+                self.total = total
+                if self.live:
+                    self.progress.start()
                 self.task = self.progress.add_task("building", total=total)
 
             def building(self, solution):
@@ -123,16 +129,22 @@ class _RichReporter:
 
             def built(self, solution, error):
                 if error:
-                    console.print(f"[red]build failed[/] {solution}: {error.splitlines()[0]}")
+                    console.print(styled("build failed", "red", f" {solution}: {error.splitlines()[0]}"))
 
             def item_started(self, solution, workload_uuid, worker_device):
                 self.progress.update(self.task, description=f"{solution} {workload_uuid}")
 
             def item_finished(self, evaluation):
                 self.progress.advance(self.task)
+                self.done += 1
+                if not self.live:
+                    took = format_us(evaluation.latency.median_us) if evaluation.latency else \
+                        (evaluation.error.splitlines() or [""])[0][:100]
+                    console.print(f"[{self.done}/{self.total}] {evaluation.status:<19} {evaluation.definition}/"
+                                  f"{evaluation.solution} {evaluation.workload_uuid} {took}")
 
             def worker_replaced(self, worker_device, reason):
-                console.print(f"[yellow]worker on {worker_device} replaced[/]: {reason}")
+                console.print(styled(f"worker on {worker_device} replaced", "yellow", f": {reason}"))
 
             def finished(self, evaluations):
                 self.progress.stop()
@@ -230,7 +242,7 @@ def run_table(args: argparse.Namespace, settings) -> int:
     board = leaderboard(defn, device, registry.read(defn.name, device))
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
-        data = board.to_json()
+        data = {"ok": True, **board.to_json()}
         if plotted:
             data["plot"] = str(plotted)
         print_json(data)
