@@ -46,6 +46,18 @@ KNOBS: tuple[Knob, ...] = (
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
+#: flashinfer-bench's variables. fibuild does not read them (its dataset is a different
+#: layout, and a process with flashinfer-bench installed is flashinfer-bench's to patch); a
+#: process started with one set, and without flashinfer-bench, says so once (see
+#: :func:`flashinfer_bench_settings`).
+FLASHINFER_BENCH_VARS: tuple[Knob, ...] = (
+    Knob("FIB_ENABLE_TRACING", "", "flashinfer-bench's; not read by fibuild (said once on stderr when "
+         "flashinfer-bench is not installed): set `FIBUILD_TRACE=1`."),
+    Knob("FIB_ENABLE_APPLY", "", "flashinfer-bench's; not read, as above: set `FIBUILD_APPLY=1`."),
+    Knob("FIB_DATASET_PATH", "", "flashinfer-bench's; not read, as above: set `FIBUILD_ROOT` to a "
+         "workspace and bring the dataset in with `fibuild import flashinfer-trace DIR`."),
+)
+
 #: Variables the compilers read by themselves; their values go into the build key.
 BUILD_ENV_VARS: tuple[str, ...] = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH",
                                    "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN")
@@ -139,8 +151,16 @@ class Settings:
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
+def flashinfer_bench_settings(env: Mapping[str, str] | None = None) -> list[str]:
+    """The FLASHINFER_BENCH_VARS set (non-empty, not ``0``) in ``env`` (default
+    ``os.environ``), as ``NAME=value``."""
+    env = os.environ if env is None else env
+    return [f"{k.env}={env[k.env]}" for k in FLASHINFER_BENCH_VARS
+            if env.get(k.env, "").strip() not in ("", "0")]
+
+
 def env_table_markdown() -> str:
-    """The knob table as Markdown (the README embeds it)."""
+    """The knob table as Markdown (the README embeds it), flashinfer-bench's variables last."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{k.env}` | `{k.default}` | {k.meaning} |" for k in KNOBS]
+    rows += [f"| `{k.env}` | `{k.default}` | {k.meaning} |" for k in KNOBS + FLASHINFER_BENCH_VARS]
     return "\n".join(rows)
