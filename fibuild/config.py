@@ -35,9 +35,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_MAX_JOBS", "", "ninja -j for build-all. Empty: the number of CPUs."),
     Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
     Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cpu`, `cuda` or `cuda:N`. Empty: cuda if available."),
-    Knob("FIBUILD_PREPARE_TIMEOUT", "900", "Seconds a solution's load and first call (JIT builds, IPC "
-         "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
-         "the per-item `--timeout` applies after it."),
+    Knob("FIBUILD_PREPARE_TIMEOUT", "900", "Seconds a solution's load and first call may take in a bench "
+         "worker or rank when it declares that work (`first_call: [jit]`, `[autotune]`, `[workspace]`; "
+         "implied by a `flashinfer-python` dependency and by a distributed definition) or is visibly "
+         "compiling (a compiler runs under the worker); any other first call gets `--timeout`. "
+         "Overrunning is TIMEOUT, the phase named."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
     Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer and `F.linear` calls of any Python "
          "process as workloads under registry/ (through the installed `.pth` hook)."),

@@ -121,7 +121,7 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         dependencies=tuple(data.get("dependencies") or ()),
         build=BuildFlags(**{k: tuple(build.get(k) or ()) for k in
                             ("cflags", "cuda_cflags", "ldflags", "include_dirs")}),
-        plan=data.get("plan"), path=directory, raw=data,
+        plan=data.get("plan"), first_call=tuple(data.get("first_call") or ()), path=directory, raw=data,
     )
 
 

@@ -186,6 +186,9 @@ class Solution:
     dependencies: tuple[str, ...] = ()
     build: BuildFlags = BuildFlags()
     plan: str | None = None
+    #: Work the first call declares (``jit``, ``autotune``, ``workspace``): in ``fibuild
+    #: bench`` it gets the prepare allowance, not ``--timeout``. Not a build input.
+    first_call: tuple[str, ...] = ()
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
