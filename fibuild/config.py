@@ -29,6 +29,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_ROOT", "", "Workspace root (holds defs/, solutions/, registry/). Empty: the "
          "nearest ancestor of the current directory holding defs/, else the shipped workspace."),
     Knob("FIBUILD_CACHE_DIR", "~/.cache/fibuild", "Build cache: build directories, index, locks."),
+    Knob("XDG_DATA_HOME", "~/.local/share", "User data home. `$XDG_DATA_HOME/fibuild` is the user workspace: "
+         "when no workspace is found, commands read the shipped library through it and write there (bench "
+         "records, traced workloads, imports), never into the installed package; `fibuild init --user` "
+         "makes it, and the first write does."),
     Knob("FIBUILD_CUDA_ARCH_LIST", "", "CUDA archs to build for, e.g. `9.0a` or `8.0;9.0a`. "
          "Empty: the visible GPU's, else `9.0a`."),
     Knob("FIBUILD_NVCC_JOBS", "1", "Concurrent nvcc processes in one build (ninja pool depth)."),
@@ -120,6 +124,12 @@ class Settings:
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
+    data_home: Path = Path("~/.local/share").expanduser()  # XDG_DATA_HOME: the user workspace's parent
+
+    @property
+    def user_root(self) -> Path:
+        """The user workspace, ``$XDG_DATA_HOME/fibuild``: written to when no workspace is found."""
+        return self.data_home / "fibuild"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -149,6 +159,7 @@ class Settings:
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
+            data_home=Path(_raw(env, "XDG_DATA_HOME")).expanduser().resolve(),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

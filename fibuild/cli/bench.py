@@ -19,7 +19,6 @@ from fibuild.cli.bench_report import report_evaluations
 from fibuild.cli.common import console, parse_device, print_json, styled
 from fibuild.devices import default_device, device_slug, local_devices
 from fibuild.errors import BenchError, FibuildError
-from fibuild.registry import Registry
 from fibuild.spec.workspace import Workspace
 from fibuild.units import format_us
 
@@ -152,6 +151,13 @@ class _RichReporter:
         return RichReporter()
 
 
+def _say_where_records_go(err, workspace) -> None:
+    """Check that the registry can be written before anything is measured, and say where it is."""
+    folder = workspace.ensure_writable()
+    note = " (the user workspace; the shipped library is read-only)" if workspace.base is not None else ""
+    err.print(f"records go to {folder}{note}")
+
+
 def run_bench(args: argparse.Namespace, settings) -> int:
     """Exit 1 when any evaluation is not PASSED, unless ``--allow-failures``."""
     workspace = Workspace.discover(settings)
@@ -175,7 +181,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                workload_limit=args.workload_limit, recorded_only=args.recorded)
         if args.resume:
             slug = local_devices(device)[0].slug
-            plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
+            plan, dropped = drop_recorded(plan, workspace.registry(), slug)
             if dropped:
                 console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
 
@@ -185,6 +191,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                   timeout_s=args.timeout, reporter=reporter, plan=plan)
     out = console()
     err = console(stderr=True)
+    if not args.dry_run:
+        _say_where_records_go(err, workspace)
     if args.dry_run:
         if args.json:
             print_json({"ok": True, "dry_run": True, "device": device, "world_size": args.world_size,
@@ -237,7 +245,7 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
 def run_table(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
-    registry = Registry(workspace.registry_dir)
+    registry = workspace.registry()
     device = _table_device(registry, defn.name, settings, args.device, workspace)
     board = leaderboard(defn, device, registry.read(defn.name, device))
     plotted = plot_leaderboard(board, args.plot) if args.plot else None

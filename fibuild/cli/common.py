@@ -31,7 +31,8 @@ class DeviceChoice:
 
 def recorded_devices(workspace) -> list[str]:
     """Device slugs with an evaluation file anywhere in ``workspace``'s registry, sorted."""
-    return sorted({p.stem for p in workspace.registry_dir.glob("*/*.jsonl") if p.name != WORKLOADS_FILE})
+    return sorted({p.stem for layer in workspace.layers for p in (layer / "registry").glob("*/*.jsonl")
+                   if p.name != WORKLOADS_FILE})
 
 
 def parse_device(text: str, workspace, *, local_only: bool = False) -> DeviceChoice:

@@ -68,7 +68,10 @@ def run_run(args, settings) -> int:
     if settings.root is not None and not settings.root.is_dir():
         raise ConfigError(f"fibuild run: workspace {settings.root} does not exist (--root or FIBUILD_ROOT); "
                           f"create it with `fibuild init {settings.root}`")
-    root = Workspace.discover(settings).root
+    workspace = Workspace.discover(settings)
+    if args.trace:
+        workspace.ensure_writable()  # traced workloads are written there: check before the command runs
+    root = workspace.root
     env = dict(os.environ, FIBUILD_TRACE="1" if args.trace else "0", FIBUILD_APPLY="1" if args.apply else "0",
                FIBUILD_ROOT=str(root))
     with tempfile.TemporaryDirectory(prefix="fibuild-run-") as shim_dir:

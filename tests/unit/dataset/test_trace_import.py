@@ -271,3 +271,16 @@ def test_unknown_op_type_and_definition_selections_are_errors(tmp_path):
         _import(tmp_path / "ws", op_type="conv")
     with pytest.raises(Exception, match="no definition rmsnorm_h1"):
         _import(tmp_path / "ws", definitions=["rmsnorm_h1"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["import", "flashinfer-trace", str(FIXTURE), "rmsnorm_h4096"],                  # names after DIR
+    ["import", "flashinfer-trace", "--definitions", "rmsnorm_h4096", "--", str(FIXTURE)],
+    ["import", "flashinfer-trace", str(FIXTURE), "--definitions", "rmsnorm_h4096"],
+], ids=["after-dir", "before-dir-with-dashes", "option-after-dir"])
+def test_the_definitions_to_import_are_named_without_swallowing_the_folder(tmp_path, argv, capsys, settings_env):
+    from fibuild.cli import main
+
+    _workspace(tmp_path / "ws")
+    assert main(["--root", str(tmp_path / "ws"), *argv]) == 0, capsys.readouterr().err
+    assert set(Workspace(tmp_path / "ws").definitions) == {"rmsnorm_h4096"}

@@ -202,6 +202,10 @@ def test_discover_finds_the_nearest_ancestor_with_defs(monkeypatch):
     assert Workspace.discover(settings).root == GOOD
 
 
-def test_discover_falls_back_to_the_shipped_workspace(tmp_path):
-    settings = Settings.from_env({})
-    assert Workspace.discover(settings, cwd=tmp_path).root == shipped_root()
+def test_discover_falls_back_to_the_user_workspace_over_the_shipped_library(tmp_path):
+    settings = Settings.from_env({"XDG_DATA_HOME": str(tmp_path / "data")})
+    ws = Workspace.discover(settings, cwd=tmp_path)
+    assert ws.root == tmp_path / "data" / "fibuild" and ws.base == shipped_root()
+    assert ws.layers == (ws.root, shipped_root()) and not ws.root.exists()   # made on the first write
+    assert "rmsnorm_h4096" in ws.definitions and ws.solution("rmsnorm_h4096/torch_fp32").path.is_relative_to(
+        shipped_root())
