@@ -45,10 +45,14 @@ KNOBS: tuple[Knob, ...] = (
          "compiling (a compiler runs under the worker); any other first call gets `--timeout`. "
          "Overrunning is TIMEOUT, the phase named."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
-    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer and `F.linear` calls of any Python "
-         "process as workloads under registry/ (through the installed `.pth` hook)."),
+    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer, `F.linear`, sgl_kernel and vLLM `_C` "
+         "norm/activation calls of any Python process as workloads under registry/ (through the installed "
+         "`.pth` hook, and in vLLM's workers through its `vllm.general_plugins` entry point)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
+    Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
+         "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
+         "for `fibuild trace report`."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -124,6 +128,7 @@ class Settings:
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
+    stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
     data_home: Path = Path("~/.local/share").expanduser()  # XDG_DATA_HOME: the user workspace's parent
 
     @property
@@ -159,6 +164,7 @@ class Settings:
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
+            stats=_flag(env, "FIBUILD_STATS"),
             data_home=Path(_raw(env, "XDG_DATA_HOME")).expanduser().resolve(),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings

@@ -327,3 +327,20 @@ def test_load_resolve_and_apply_take_a_root(workspace, tmp_path, monkeypatch):
                                reference_rmsnorm(x, w), atol=1e-2, rtol=1e-2)
     with pytest.raises(FibuildError, match="elsewhere"):
         load(DEF, settings=elsewhere)
+
+
+def test_an_unseen_key_takes_the_nearest_evaluated_key_below(workspace):
+    """16 lies nearer 32 (ratio 2) than 4 (ratio 4) but takes 4's winner: a config tuned
+    for a smaller bucket degrades gently on a larger shape, not the other way round."""
+    workspace.record("torch_fp32", 4, 10.0)
+    workspace.record("torch_alt", 4, 20.0)
+    workspace.record("torch_fp32", 32, 40.0)
+    workspace.record("torch_alt", 32, 30.0)
+    k = load(DEF, settings=workspace.settings)
+    res = k.explain(batch_size=16)
+    assert (res.solution.name, res.evaluated_key) == ("torch_fp32", (4,))
+    below_all = k.explain(batch_size=2)  # nothing below: the nearest above
+    assert (below_all.solution.name, below_all.evaluated_key) == ("torch_fp32", (4,))
+    assert "above it (none below)" in str(below_all.decisions)
+    assert (k.explain(batch_size=1000).solution.name, k.explain(batch_size=1000).evaluated_key) == \
+        ("torch_alt", (32,))
