@@ -7,8 +7,8 @@ checkout), a ``sitecustomize`` shim on ``PYTHONPATH`` does the same and then run
 ``sitecustomize`` it shadows.
 
 It behaves as a launcher (a shell's ``exec``, ``uv run``): SIGTERM, SIGHUP and a SIGINT sent
-to fibuild are passed to the command, which is left to finish its own shutdown (never killed,
-never left running after fibuild exits); a Ctrl-C typed in the terminal reaches the command
+to fibuild are passed to the command, which is left to finish its own shutdown (never killed;
+on Linux it gets SIGTERM should fibuild itself be killed); a Ctrl-C typed in the terminal reaches the command
 directly and is not sent twice. The exit status is the command's, 128 + N when signal N
 ended it (137 for SIGKILL), as a shell reports it.
 """
@@ -112,7 +112,7 @@ def launch(cmd: list[str], env: dict[str, str]) -> tuple[int, list[int]]:
     forwarded: list[int] = []
     try:
         try:
-            proc = subprocess.Popen(cmd, env=env)
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
         except OSError as exc:
             raise ConfigError(f"fibuild run: cannot run {cmd[0]!r}: {exc}") from None
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
@@ -132,6 +132,18 @@ def launch(cmd: list[str], env: dict[str, str]) -> tuple[int, list[int]]:
             signal.signal(signum, handler)
     code = proc.returncode
     return (128 - code if code < 0 else code), forwarded
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, SIGTERM when fibuild run itself dies (even by
+    SIGKILL), so the command is never left running alone. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _forward(proc: subprocess.Popen, signum: int, forwarded: list[int]) -> None:

@@ -80,6 +80,22 @@ def test_sigterm_is_forwarded_and_the_command_finishes_its_shutdown(launch_env):
     assert not _alive(child_pid)                            # not orphaned: it ended before fibuild did
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_command_is_not_left_running_when_fibuild_run_is_killed(launch_env):
+    root, env, tmp = launch_env
+    log = tmp / "child.log"
+    proc = subprocess.Popen(_fibuild_run(root, sys.executable, str(tmp / "child.py"), str(log)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child_pid = int(_wait_for(log, "ready").split()[1])
+    proc.kill()                                                   # SIGKILL: nothing can be forwarded
+    proc.wait(timeout=60)
+    assert _wait_for(log, "clean exit").splitlines()[1:] == ["got SIGTERM", "clean exit"]
+    deadline = time.monotonic() + 30
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child_pid)
+
+
 def test_a_command_killed_by_a_signal_exits_128_plus_the_signal(launch_env):
     root, env, _ = launch_env
     for signum in (signal.SIGKILL, signal.SIGTERM):
