@@ -68,12 +68,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_sigterm_is_forwarded_and_the_command_finishes_its_shutdown(launch_env):
+def _launch_child(launch_env) -> tuple[subprocess.Popen, Path, int]:
+    """``fibuild run --trace -- python child.py`` started, once the child is ready:
+    (fibuild's process, the child's log, the child's pid)."""
     root, env, tmp = launch_env
     log = tmp / "child.log"
     proc = subprocess.Popen(_fibuild_run(root, sys.executable, str(tmp / "child.py"), str(log)), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    child_pid = int(_wait_for(log, "ready").split()[1])
+    return proc, log, int(_wait_for(log, "ready").split()[1])
+
+
+def test_sigterm_is_forwarded_and_the_command_finishes_its_shutdown(launch_env):
+    proc, log, child_pid = _launch_child(launch_env)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 7                       # the command's own status, after its shutdown
     assert _wait_for(log, "clean exit").splitlines()[1:] == ["got SIGTERM", "clean exit"]
@@ -82,11 +88,7 @@ def test_sigterm_is_forwarded_and_the_command_finishes_its_shutdown(launch_env):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_command_is_not_left_running_when_fibuild_run_is_killed(launch_env):
-    root, env, tmp = launch_env
-    log = tmp / "child.log"
-    proc = subprocess.Popen(_fibuild_run(root, sys.executable, str(tmp / "child.py"), str(log)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    child_pid = int(_wait_for(log, "ready").split()[1])
+    proc, log, child_pid = _launch_child(launch_env)
     proc.kill()                                                   # SIGKILL: nothing can be forwarded
     proc.wait(timeout=60)
     assert _wait_for(log, "clean exit").splitlines()[1:] == ["got SIGTERM", "clean exit"]
