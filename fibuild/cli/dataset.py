@@ -61,6 +61,7 @@ def _print(report, as_json: bool = False) -> None:
 
 def run_import(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
+    workspace.ensure_writable()  # the user workspace is made here when it is the one in use
     definitions = [*args.names, *args.definitions]
     if args.source == "flashinfer-dump":
         if definitions or args.op_type:

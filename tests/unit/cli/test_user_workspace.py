@@ -109,3 +109,13 @@ def test_run_trace_on_the_user_workspace(empty_folder, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["root"] == str(empty_folder / "data" / "fibuild")
     assert (empty_folder / "data" / "fibuild" / "registry").is_dir()
+
+
+def test_import_from_an_empty_folder_goes_to_the_user_workspace(empty_folder, capsys):
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "flashinfer_trace"
+    name = "mla_paged_decode_h16_ckv512_kpe64_ps1"                       # not in the shipped library
+    assert main(["import", "flashinfer-trace", str(fixture), name]) == 0, capsys.readouterr().err
+    user = empty_folder / "data" / "fibuild"
+    assert list((user / "defs").glob(f"*/{name}.yaml"))
+    assert not list((shipped_root() / "defs").glob(f"*/{name}.yaml"))
+    assert name in Workspace.discover().definitions                     # seen with the shipped ones
