@@ -144,15 +144,16 @@ class Workspace:
         one has the same path below its root (or, for definitions, the same name)."""
         if self.base is None:
             return files_of(self.root)
-        seen: set = set()
+        def key(path: Path, layer: Path):
+            rel = path.relative_to(layer)
+            return ("defs", path.stem) if rel.parts[0] == "defs" else rel.parts
+
         found: list[Path] = []
+        above: set = set()  # what the layers above hold; a layer's own duplicates stay (validation reports them)
         for layer in self.layers:
-            for path in files_of(layer):
-                rel = path.relative_to(layer)
-                key = ("defs", path.stem) if rel.parts[0] == "defs" else rel.parts
-                if key not in seen:
-                    seen.add(key)
-                    found.append(path)
+            mine = files_of(layer)
+            found += [p for p in mine if key(p, layer) not in above]
+            above |= {key(p, layer) for p in mine}
         return found
 
     def definition_files(self) -> list[Path]:
