@@ -139,6 +139,12 @@ class Registry:
         self.root = Path(root_dir)
         self.read_roots = (self.root, *(Path(p) for p in also_read))
 
+    @classmethod
+    def of(cls, workspace) -> "Registry":
+        """The registry of a Workspace: appends under its ``registry_dir``, reads every layer
+        (the user workspace's records with the shipped library's)."""
+        return cls(workspace.registry_dir, also_read=[layer / "registry" for layer in workspace.layers[1:]])
+
     def path(self, definition: str, device: str) -> Path:
         """The JSONL file of ``definition`` on device slug ``device``."""
         if not definition or "/" in definition or definition.startswith("."):

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 from ..devices import Device, cuda_count, default_device
 from ..errors import BenchError
+from ..registry import Registry
 from ..spec.model import Evaluation
 from .plan import BenchPlan, PlannedSolution, plan_distributed
 from .protocol import settings_to_json
@@ -200,7 +201,7 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     rank_devices(device, world_size)  # too few GPUs: refuse before building anything
     for name, reason in plan.skipped:
         reporter.skipped(name, reason)
-    registry = workspace.registry() if record else None
+    registry = Registry.of(workspace) if record else None
     if record and plan.total:
         workspace.ensure_writable()  # before anything is measured, not after
     # Ranks load solutions from this workspace, whatever root the settings named.

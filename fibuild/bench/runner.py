@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 from ..devices import Device, default_device, local_devices
 from ..errors import BenchError, FibuildError
+from ..registry import Registry
 from ..spec.model import Evaluation
 from .plan import BenchPlan, PlannedSolution, plan_benchmarks
 from .pool import WorkerCrashed, WorkerProcess, WorkerTimeout
@@ -320,7 +321,7 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
                                workload_limit=workload_limit)
     for name, reason in plan.skipped:
         reporter.skipped(name, reason)
-    registry = workspace.registry() if record else None
+    registry = Registry.of(workspace) if record else None
     if record and plan.total:
         workspace.ensure_writable()  # before anything is measured, not after
     # Workers load solutions from this workspace, whatever root the settings named.

@@ -19,6 +19,7 @@ from fibuild.cli.bench_report import report_evaluations
 from fibuild.cli.common import console, parse_device, print_json, styled
 from fibuild.devices import default_device, device_slug, local_devices
 from fibuild.errors import BenchError, FibuildError
+from fibuild.registry import Registry
 from fibuild.spec.workspace import Workspace
 from fibuild.units import format_us
 
@@ -189,7 +190,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                variant_limit=args.variant_limit)
         if args.resume:
             slug = local_devices(device)[0].slug
-            plan, dropped = drop_recorded(plan, workspace.registry(), slug)
+            plan, dropped = drop_recorded(plan, Registry.of(workspace), slug)
             if dropped:
                 console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
 
@@ -253,7 +254,7 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
 def run_table(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
-    registry = workspace.registry()
+    registry = Registry.of(workspace)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
     board = leaderboard(defn, device, registry.read(defn.name, device), group_variants=not args.variants)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None

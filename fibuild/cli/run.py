@@ -15,6 +15,7 @@ ended it (137 for SIGKILL), as a shell reports it.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import site
@@ -138,8 +139,6 @@ def _die_with_parent() -> None:
     """In the child before exec: on Linux, SIGTERM when fibuild run itself dies (even by
     SIGKILL), so the command is never left running alone. Elsewhere a no-op."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import FibuildError
+from ..registry import Registry
 from ..spec.model import Definition
 from ..spec.workspace import Workspace
 from . import trace_mapping as tm
@@ -150,7 +151,7 @@ def _input(workspace: Workspace, defn: Definition, name: str, spec, out: Path, r
 def _export_evaluations(workspace: Workspace, defn: Definition, out: Path, solutions: dict[str, str],
                         inputs: dict, report: DatasetReport) -> None:
     lines = []
-    for ev in workspace.registry().read(defn.name):
+    for ev in Registry.of(workspace).read(defn.name):
         where = f"registry/{defn.name}/{ev.device}.jsonl"
         if ev.solution not in solutions:
             report.skip("evaluation", f"{defn.name}/{ev.solution}/{ev.workload_uuid}",

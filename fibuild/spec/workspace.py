@@ -12,6 +12,7 @@ own root. The installed library is never written to.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -21,11 +22,11 @@ from fibuild.errors import FibuildError, ManifestError, ManifestErrors
 from .manifest import load_definition, load_solution, load_workloads_jsonl
 from .model import Definition, Solution, Workload
 from .variants import expand, split_name
+from .workspace_files import _YAML, _files, _is_manifest_name, _plain_name, init_workspace, shipped_root
 
 if TYPE_CHECKING:
     from fibuild.config import Settings
 
-_YAML = (".yaml", ".yml")
 _NOT_A_MANIFEST = ("not a manifest: expected a definition (defs/<op_type>/<name>.yaml), a "
                    "solution.yaml or a workloads.jsonl")
 
@@ -97,18 +98,10 @@ class Workspace:
         """Whether ``root`` is the library installed inside the fibuild package (never written)."""
         return self.root == shipped_root() and self.root.name == "_shipped"
 
-    def registry(self):
-        """The Registry of this workspace: appends under ``registry_dir``, reads every layer."""
-        from fibuild.registry import Registry
-
-        return Registry(self.registry_dir, also_read=[layer / "registry" for layer in self.layers[1:]])
-
     def ensure_writable(self) -> Path:
         """Make sure results can be written under ``registry_dir``, before any work starts:
         the user workspace is created (as ``fibuild init`` makes one) when missing. Returns
         the registry folder; FibuildError naming the folder and what to do otherwise."""
-        import os
-
         if self.read_only:
             raise FibuildError(f"{self.root} is the library installed with fibuild, which is never written "
                                "to: run in a workspace (fibuild init DIR), or set FIBUILD_ROOT / --root")
@@ -144,6 +137,7 @@ class Workspace:
         one has the same path below its root (or, for definitions, the same name)."""
         if self.base is None:
             return files_of(self.root)
+
         def key(path: Path, layer: Path):
             rel = path.relative_to(layer)
             return ("defs", path.stem) if rel.parts[0] == "defs" else rel.parts
@@ -428,68 +422,6 @@ class Workspace:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = f" (known: {', '.join(known)})" if known and not close and len(known) <= 20 else ""
         return FibuildError(f"unknown {what} {name!r} in workspace {self.root}{hint}{listing}")
-
-
-def _files(folder: Path, keep) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and keep(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-WORKSPACE_README = """# {name}
-
-A fibuild workspace: definitions in `defs/<op_type>/<name>.yaml`, solutions in
-`solutions/<definition>/<solution>/solution.yaml`, evaluations in `registry/` (run `fibuild validate` here).
-"""
-WORKSPACE_GITIGNORE = "# OS file locks of registry appends\n*.lock\n"
-
-
-def init_workspace(root: str | Path) -> list[Path]:
-    """Create an empty workspace at ``root``: ``defs/``, ``solutions/``, ``registry/``, a
-    README.md and a .gitignore for lock files. Returns what was created.
-
-    Existing README.md and .gitignore are kept. Raises FibuildError when ``root`` already
-    holds a workspace (``defs/``) or is a file.
-    """
-    root = Path(root).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise FibuildError(f"{root} is a file: cannot create a workspace there")
-    if (root / "defs").exists():
-        raise FibuildError(f"{root} already holds a workspace ({root / 'defs'} exists)")
-    created = []
-    for name in ("defs", "solutions", "registry"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        created.append(root / name)
-    for name, text in (("README.md", WORKSPACE_README.format(name=root.name)), (".gitignore", WORKSPACE_GITIGNORE)):
-        path = root / name
-        if not path.exists():
-            path.write_text(text, encoding="utf-8")
-            created.append(path)
-    return created
-
-
-def shipped_root() -> Path:
-    """The kernel library shipped with fibuild (a read-mostly workspace).
-
-    In an installed wheel it is package data, ``fibuild/_shipped/`` (setup.py copies
-    ``defs/``, ``solutions/`` and ``registry/`` there); in a checkout or an editable install it
-    is the repository root, the folder holding ``fibuild/`` and ``defs/``. Cost: two stats.
-    """
-    package = Path(__file__).resolve().parents[1]
-    installed = package / "_shipped"
-    if (installed / "defs").is_dir():
-        return installed
-    return package.parent
-
-
-def _is_manifest_name(path: Path) -> bool:
-    return path.suffix in _YAML or path.name == "workloads.jsonl"
-
-
-def _plain_name(name: str) -> bool:
-    """A name usable in a glob/path: no separators, wildcards or parent references."""
-    return bool(name) and not any(c in name for c in "/\\*?[]") and name not in (".", "..")
 
 
 def _duplicate_message(what: str, name: str, other: Path | None, root: Path) -> str:

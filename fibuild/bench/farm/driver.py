@@ -16,7 +16,7 @@ from typing import Any
 
 from ...compile.keys import solution_digest
 from ...errors import BenchError, FibuildError
-from ...registry import evaluation_from_dict
+from ...registry import Registry, evaluation_from_dict
 from ...spec.model import Evaluation
 from ..plan import BenchPlan, PlannedSolution, plan_benchmarks
 from ..records import utc_timestamp
@@ -178,7 +178,7 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
         raise BenchError(f"device {device!r}: a farm runs on cpu or cuda workers (one device each)")
     if warmup_ms < 0 or rep_ms <= 0 or timeout_s <= 0 or task_size < 1:
         raise BenchError("warm-up must be >= 0 ms; repetition time, timeout and task size > 0")
-    registry = workspace.registry()
+    registry = Registry.of(workspace)
     workspace.ensure_writable()  # before anything is measured, not after
     options = {"warmup_ms": warmup_ms, "rep_ms": rep_ms, "graph": graph, "timeout_s": timeout_s}
     with engine:
