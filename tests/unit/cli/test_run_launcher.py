@@ -78,11 +78,12 @@ def _launch_child(launch_env) -> tuple[subprocess.Popen, Path, int]:
     return proc, log, int(_wait_for(log, "ready").split()[1])
 
 
-def test_sigterm_is_forwarded_and_the_command_finishes_its_shutdown(launch_env):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_sent_to_fibuild_run_is_forwarded_and_the_command_finishes_its_shutdown(launch_env, signum):
     proc, log, child_pid = _launch_child(launch_env)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)                                # from another process (kill), not the terminal
     assert proc.wait(timeout=60) == 7                       # the command's own status, after its shutdown
-    assert _wait_for(log, "clean exit").splitlines()[1:] == ["got SIGTERM", "clean exit"]
+    assert _wait_for(log, "clean exit").splitlines()[1:] == [f"got {signum.name}", "clean exit"]
     assert not _alive(child_pid)                            # not orphaned: it ended before fibuild did
 
 
