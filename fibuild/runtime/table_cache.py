@@ -33,7 +33,7 @@ from .table import ApplyTable
 log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
-FORMAT = 3  # bump when the cached JSON layout changes (3: mapping order kept)
+FORMAT = 4  # bump when the cached JSON layout changes (3: mapping order kept; 4: chain choices)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:
