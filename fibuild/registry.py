@@ -253,9 +253,16 @@ class Registry:
         return path
 
     def read_chains(self, definition: str, device: str) -> list[dict[str, Any]]:
-        """Chain records of ``definition`` on ``device``, in file order; unreadable lines and
-        lines missing a field are skipped with a warning, a link is skipped."""
-        path = self.chain_path(definition, device)
+        """Chain records of ``definition`` on ``device`` in every registry read (lower layers
+        first), in file order; unreadable lines and lines missing a field are skipped with a
+        warning, a link is skipped."""
+        mine = self.chain_path(definition, device)
+        out = []
+        for root in reversed(self.read_roots):
+            out += self._read_chain_file(root / mine.relative_to(self.root))
+        return out
+
+    def _read_chain_file(self, path: Path) -> list[dict[str, Any]]:
         if path.is_symlink() or not path.is_file():
             return []
         out = []
