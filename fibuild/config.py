@@ -27,7 +27,8 @@ class Knob:
 
 KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_ROOT", "", "Workspace root (holds defs/, solutions/, registry/). Empty: the "
-         "nearest ancestor of the current directory holding defs/, else the shipped workspace."),
+         "nearest ancestor of the current directory holding defs/, else the user workspace "
+         "(`XDG_DATA_HOME`) over the shipped library."),
     Knob("FIBUILD_CACHE_DIR", "~/.cache/fibuild", "Build cache: build directories, index, locks."),
     Knob("XDG_DATA_HOME", "~/.local/share", "User data home. `$XDG_DATA_HOME/fibuild` is the user workspace: "
          "when no workspace is found, commands read the shipped library through it and write there (bench "
