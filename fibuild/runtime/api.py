@@ -54,9 +54,9 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     text = (device or "").strip()
     # A slug must name a device of this machine: load runs kernels here.
     dev = resolve_device_arg(text) if text and not is_kind(text) else Device.parse(local_device(settings, device))
-    defn, table, digest = load_table(_workspace(settings), settings, name, dev.slug, here=True)
+    defn, table, _ = load_table(_workspace(settings), settings, name, dev.slug, here=True)
     return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=dev.torch_device,
-                       table_digest=digest, fallback=fallback)
+                       fallback=fallback)
 
 
 def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",

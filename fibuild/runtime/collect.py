@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fibuild.compile import store
 from fibuild.compile.builders import get_builder
 from fibuild.compile.keys import build_key, solution_digest
 from fibuild.config import Settings
@@ -52,15 +51,9 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
         return str(exc).splitlines()[0]
 
 
-def committed_dir(settings: Settings, key: str, sol: Solution) -> str:
-    """The committed build directory of ``key``, or "" (no build, failed, or corrupt)."""
-    directory = store.build_dir(settings.cache_dir, key, sol.qualified_name)
-    return str(directory) if store.read_meta(directory, key) is not None else ""
-
-
 def candidates(defn: Definition, solutions: list[Solution], device: str, settings: Settings,
                *, here: bool) -> dict[str, Candidate]:
-    """One Candidate per solution: current digest, availability, build key and build dir.
+    """One Candidate per solution: current digest, availability and build key.
 
     A solution whose sources cannot be read gets an empty digest (so no record matches)
     and says why in ``unavailable``. Cost: hashes every source; one toolchain probe per
@@ -74,16 +67,14 @@ def candidates(defn: Definition, solutions: list[Solution], device: str, setting
             out[sol.name] = Candidate(sol, "", unavailable=str(exc).splitlines()[0])
             continue
         unavailable = unavailable_reason(sol, device, settings) if here else ""
-        key = directory = ""
+        key = ""
         if not unavailable:
             try:
                 key = build_key(defn, sol, settings)
             except BuildError as exc:
                 if here:
                     unavailable = str(exc).splitlines()[0]
-        if key and here:
-            directory = committed_dir(settings, key, sol)
-        out[sol.name] = Candidate(sol, digest, unavailable, key, directory)
+        out[sol.name] = Candidate(sol, digest, unavailable, key)
     return out
 
 

@@ -33,7 +33,7 @@ from .table import ApplyTable
 log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
-FORMAT = 3  # bump when the cached JSON layout changes (3: mapping order kept)
+FORMAT = 4  # bump when the cached JSON layout changes (4: no build_dir: it follows from the key)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:
@@ -114,22 +114,6 @@ def write_cached(settings: Settings, digest: str, defn: Definition, table: Apply
             index.set_json(NAMESPACE, digest, value)
     except (CacheError, OSError, TypeError, ValueError) as exc:
         log.warning("could not cache the apply table of %s: %s", defn.name, exc)
-
-
-def remember_build(settings: Settings, digest: str, solution: str, build_key: str,
-                   build_dir: str) -> None:
-    """Record a build committed after the table was cached, so the next process loads it
-    without a toolchain probe. Best effort: failures are logged."""
-    try:
-        with _index(settings) as index:
-            value = index.get_json(NAMESPACE, digest)
-            cand = value["table"]["candidates"][solution] if value else None
-            if cand is None:
-                return
-            cand["build_key"], cand["build_dir"] = build_key, build_dir
-            index.set_json(NAMESPACE, digest, value)
-    except (CacheError, OSError, KeyError, TypeError) as exc:
-        log.warning("could not update the cached apply table: %s", exc)
 
 
 def load_table(workspace, settings: Settings, name: str, device: str, *,

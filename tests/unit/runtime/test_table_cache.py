@@ -108,18 +108,36 @@ def test_malformed_cached_value_is_a_miss(workspace):
     assert load(DEF, settings=s).explain(batch_size=2).policy == "reference"
 
 
-def test_build_committed_after_caching_is_remembered(workspace):
+def test_a_build_committed_after_caching_loads_from_its_key_without_rewriting_the_table(workspace, monkeypatch):
+    """The cached table holds build keys only: a build made by the first call is found by the
+    next process from the key (its directory follows from it), and the table is not rewritten."""
+    from fibuild.compile import store
+    from fibuild.compile.cache import BuildCache
+    from fibuild.compile.index import Index
+
     workspace.record("torch_alt", 8, 20.0)
     s = workspace.settings
     k = load(DEF, settings=s)
-    assert k.table.candidates["torch_alt"].build_dir == ""  # not built when the table was made
+    cand = k.table.candidates["torch_alt"]
+    directory = store.build_dir(s.cache_dir, cand.build_key, cand.solution.qualified_name)
+    assert cand.build_key and not directory.exists()  # not built when the table was made
+    digest = input_digest(workspace.root, DEF, workspace.device, True, s)
+    with Index(s.cache_dir) as index:
+        cached = index.get_json(table_cache.NAMESPACE, digest)
     from runtime_helpers import inputs
 
     k(*inputs(8))
+    assert (directory / "meta.json").is_file()
+    with Index(s.cache_dir) as index:
+        assert index.get_json(table_cache.NAMESPACE, digest) == cached  # no write back
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the committed build should load from its key")
+
+    monkeypatch.setattr(BuildCache, "get_or_build", no_build)
     again = load(DEF, settings=s)
-    cand = again.table.candidates["torch_alt"]
-    assert cand.build_dir and os.path.isfile(os.path.join(cand.build_dir, "meta.json"))
-    assert cand.build_key == k.explain(batch_size=8).build_key
+    again(*inputs(8))
+    assert again.explain(batch_size=8).build_key == cand.build_key
 
 
 COLD = textwrap.dedent("""
