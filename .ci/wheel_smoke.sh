@@ -25,7 +25,7 @@ wheel="$(ls "$work"/dist/fibuild-*.whl)"
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 need = ["fibuild/spec/schemas/definition.schema.json", "fibuild/_shipped/defs/rmsnorm/rmsnorm_h4096.yaml",
-        "fibuild/_shipped/solutions/rmsnorm_h4096/cpp_bf16/kernel.cpp"]
+        "fibuild/_shipped/solutions/rmsnorm_h4096/cpp_bf16/kernel.cpp", "fibuild/_shipped/chains/llama3_8b_decode_layer.yaml"]
 missing = [n for n in need if n not in names]
 bad = [n for n in names if n.endswith(".lock") or "__pycache__" in n]
 assert not missing and not bad, (missing, bad)

@@ -47,6 +47,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
          "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
          "for `fibuild trace report`."),
+    Knob("FIBUILD_PDL", "1", "1: launch the kernels of solutions that declare `launch: {pdl: true}` with "
+         "programmatic dependent launch where the GPU has it (sm_90+); 0: launch them plainly."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -111,6 +113,7 @@ class Settings:
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
     stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
+    pdl: bool = True  # FIBUILD_PDL: solutions declaring launch.pdl launch with PDL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -141,6 +144,7 @@ class Settings:
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
             stats=_flag(env, "FIBUILD_STATS"),
+            pdl=_flag(env, "FIBUILD_PDL"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

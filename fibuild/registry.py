@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = 1
 WORKLOADS_FILE = "workloads.jsonl"
+CHAINS_DIR = "chains"
+#: Fields every chain record has, and their JSON types.
+CHAIN_FIELDS = {"chain": str, "definition": str, "device": str, "axes": dict, "solution": str,
+                "solution_digest": str, "chain_latency_us": (int, float), "timestamp": str}
 _LATENCY_FIELDS = ("median_us", "p20_us", "p80_us", "mean_us", "n")
 
 
@@ -221,6 +225,44 @@ class Registry:
             tmp.unlink(missing_ok=True)
             raise RegistryError(f"{final}: cannot write blob: {exc}") from exc
         return f"{self.root.name}/{definition}/blobs/{final.name}"
+
+    def chain_path(self, definition: str, device: str) -> Path:
+        """``<root>/<definition>/chains/<device>.jsonl``: the chain choices for ``definition``."""
+        path = self.path(definition, device)
+        return path.parent / CHAINS_DIR / path.name
+
+    def append_chain(self, record: Mapping[str, Any]) -> Path:
+        """Append one chain record (a slot's choice, :meth:`fibuild.bench.chain.ChainResult.records`)
+        beside the definition's evaluations; RegistryError when a field is missing or mistyped."""
+        problems = [f for f, kind in CHAIN_FIELDS.items() if not isinstance(record.get(f), kind)]
+        if problems:
+            raise RegistryError(f"invalid chain record for {record.get('definition')!r}: fields {problems} "
+                                "missing or of the wrong type")
+        line = json.dumps({"schema": RECORD_SCHEMA, **record}, sort_keys=True, separators=(",", ":"),
+                          allow_nan=False) + "\n"
+        path = self.chain_path(record["definition"], record["device"])
+        append_lines(path, line, "chain record", self.root)
+        return path
+
+    def read_chains(self, definition: str, device: str) -> list[dict[str, Any]]:
+        """Chain records of ``definition`` on ``device``, in file order; unreadable lines and
+        lines missing a field are skipped with a warning, a link is skipped."""
+        path = self.chain_path(definition, device)
+        if path.is_symlink() or not path.is_file():
+            return []
+        out = []
+        for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                record = None
+            if not isinstance(record, dict) or any(not isinstance(record.get(f), k) for f, k in CHAIN_FIELDS.items()):
+                log.warning("%s:%d: skipping unreadable chain record", path, lineno)
+                continue
+            out.append(record)
+        return out
 
     # -- reading -----------------------------------------------------------------------
     def devices(self, definition: str) -> list[str]:

@@ -29,6 +29,7 @@ COMMANDS = {
     "bench": ("bench", "Check and time solutions; append evaluations to registry/."),
     "table": ("bench", "Leaderboard of a definition's evaluations."),
     "resolve": ("resolve", "Pick the solution for a set of axis values."),
+    "chain": ("chain", "Time a chain's definitions in sequence; record each slot's choice."),
     "import": ("dataset", "Import a flashinfer-trace dataset or FlashInfer API dumps."),
     "export": ("dataset", "Export definitions, solutions, workloads and evaluations as flashinfer-trace."),
     "run": ("run", "Run a command with tracing and/or substitution of FlashInfer calls on."),

@@ -34,7 +34,7 @@ from .table import ApplyTable
 
 log = logging.getLogger("fibuild.runtime")
 
-FORMAT = 4  # bump when the cached JSON layout changes (4: no build_dir: it follows from the key)
+FORMAT = 5  # bump when the cached JSON layout changes (4: chain choices; 5: a file, no build_dir)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:
