@@ -13,6 +13,7 @@ import json
 from typing import Any, Iterable
 
 from fibuild.errors import FibuildError
+from fibuild.spec import model
 
 # Heavy or optional dependencies, imported inside the functions that use them:
 # importlib.resources, referencing, jsonschema.
@@ -63,8 +64,6 @@ def _registry():
 def _fill_enums(node: Any) -> None:
     """Give every ``{"x-enum-from": "fibuild.spec.model.NAME"}`` in a schema the ``enum`` of
     that tuple: a list declared once, in the model, for the code and the schema alike."""
-    from fibuild.spec import model
-
     if isinstance(node, dict):
         source = node.get("x-enum-from")
         if isinstance(source, str) and source.startswith("fibuild.spec.model."):
