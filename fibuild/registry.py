@@ -133,13 +133,21 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
 
 
 class Registry:
-    """Evaluations under ``root_dir`` (a workspace's ``registry/``).
+    """Evaluations under ``root_dir`` (a workspace's ``registry/``), where appends go; reads
+    also see the registries of ``also_read`` (the shipped library's, under the user workspace).
 
     Cheap to construct (no I/O until used); safe to share between threads and processes.
     """
 
-    def __init__(self, root_dir: str | Path):
+    def __init__(self, root_dir: str | Path, *, also_read: Iterable[str | Path] = ()):
         self.root = Path(root_dir)
+        self.read_roots = (self.root, *(Path(p) for p in also_read))
+
+    @classmethod
+    def of(cls, workspace) -> "Registry":
+        """The registry of a Workspace: appends under its ``registry_dir``, reads every layer
+        (the user workspace's records with the shipped library's)."""
+        return cls(workspace.registry_dir, also_read=[layer / "registry" for layer in workspace.layers[1:]])
 
     def path(self, definition: str, device: str) -> Path:
         """The JSONL file of ``definition`` on device slug ``device``."""
@@ -245,9 +253,16 @@ class Registry:
         return path
 
     def read_chains(self, definition: str, device: str) -> list[dict[str, Any]]:
-        """Chain records of ``definition`` on ``device``, in file order; unreadable lines and
-        lines missing a field are skipped with a warning, a link is skipped."""
-        path = self.chain_path(definition, device)
+        """Chain records of ``definition`` on ``device`` in every registry read (lower layers
+        first), in file order; unreadable lines and lines missing a field are skipped with a
+        warning, a link is skipped."""
+        mine = self.chain_path(definition, device)
+        out = []
+        for root in reversed(self.read_roots):
+            out += self._read_chain_file(root / mine.relative_to(self.root))
+        return out
+
+    def _read_chain_file(self, path: Path) -> list[dict[str, Any]]:
         if path.is_symlink() or not path.is_file():
             return []
         out = []
@@ -267,10 +282,9 @@ class Registry:
     # -- reading -----------------------------------------------------------------------
     def devices(self, definition: str) -> list[str]:
         """Device slugs with an evaluation file for ``definition``, sorted."""
-        folder = self.root / definition
-        if not folder.is_dir():
-            return []
-        return sorted(p.stem for p in folder.glob("*.jsonl") if p.name != WORKLOADS_FILE)
+        self.path(definition, "_")  # the name check
+        return sorted({p.stem for root in self.read_roots for p in (root / definition).glob("*.jsonl")
+                       if p.name != WORKLOADS_FILE})
 
     def read(self, definition: str, device: str | None = None, *, status: str | None = None,
              solution_digest: str | None = None) -> list[Evaluation]:
@@ -281,8 +295,11 @@ class Registry:
         """
         devices = [device] if device is not None else self.devices(definition)
         out: list[Evaluation] = []
-        for slug in devices:
-            for ev in self._read_file(self.path(definition, slug)):
+        # Lower layers first (the shipped library's records are older than the user's).
+        files = [root / definition / self.path(definition, slug).name
+                 for slug in devices for root in reversed(self.read_roots)]
+        for path in files:
+            for ev in self._read_file(path):
                 if status is not None and ev.status != status:
                     continue
                 if solution_digest is not None and ev.solution_digest != solution_digest:

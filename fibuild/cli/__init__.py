@@ -4,7 +4,9 @@ Each module ``fibuild.cli.<module>`` defines ``add_<command>_arguments(parser)``
 ``run_<command>(args, settings) -> int``; a module is imported only when its subcommand
 runs. ``--root`` and ``--json`` are accepted before or after the subcommand. User errors
 (FibuildError) print without a traceback and exit 1 (with ``--json``, ``{"ok": false,
-"error": ...}`` on stdout too); a closed stdout (``| head -1``) exits 141 quietly.
+"error": ...}`` on stdout too); a closed stdout (``| head -1``) exits 141 quietly. Every JSON
+success document carries ``"ok": true``. ``bench`` exits 5 when it ran nothing; ``run`` exits
+with its command's status.
 """
 from __future__ import annotations
 

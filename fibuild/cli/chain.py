@@ -14,7 +14,7 @@ from fibuild.cli.resolve import parse_axes
 from fibuild.devices import default_device
 from fibuild.errors import FibuildError
 from fibuild.registry import Registry
-from fibuild.spec.chain import find_chain
+from fibuild.spec.chain import chain_files, find_chain
 from fibuild.spec.workspace import Workspace
 
 
@@ -35,10 +35,12 @@ def run_chain(args: argparse.Namespace, settings) -> int:
     if args.layers < 1 or args.iters < 1 or args.candidates < 1:
         raise FibuildError("--layers, --iters and --candidates must be at least 1")
     ws = Workspace.discover(settings)
-    chain = find_chain(ws.root, args.chain, ws.definitions)
+    # the first layer holding it (the user workspace, then the shipped library beneath)
+    root = next((layer for layer in ws.layers if any(p.stem == args.chain for p in chain_files(layer))), ws.root)
+    chain = find_chain(root, args.chain, ws.definitions)
     device = parse_device(args.device or default_device(settings), ws, local_only=True)
     workloads = [{k: int(v) for k, v in parse_axes(args.axes).items()}] if args.axes else list(chain.workloads)
-    registry = Registry(ws.registry_dir)
+    registry = Registry.of(ws)
     results = []
     for axes in workloads:
         try:

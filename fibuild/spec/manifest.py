@@ -136,7 +136,7 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         variants=tuple((k, tuple(v)) for k, v in (data.get("variants") or {}).items()),
         constraints=tuple(data.get("constraints") or ()),
         constants=tuple((data.get("constants") or {}).items()),
-        path=directory, raw=data,
+        first_call=tuple(data.get("first_call") or ()), path=directory, raw=data,
     )
 
 

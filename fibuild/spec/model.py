@@ -202,6 +202,9 @@ class Solution:
     constraints: tuple[str, ...] = ()
     constants: tuple[tuple[str, Any], ...] = ()
     pdl: bool = False  # launch.pdl: its kernels may be launched with programmatic dependent launch
+    #: Work the first call declares (``jit``, ``autotune``, ``workspace``): in ``fibuild
+    #: bench`` it gets the prepare allowance, not ``--timeout``. Not a build input.
+    first_call: tuple[str, ...] = ()
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
