@@ -12,7 +12,7 @@ from pathlib import Path
 from fibuild.compile.builders import get_builder
 from fibuild.compile.keys import build_key, solution_digest
 from fibuild.config import Settings
-from fibuild.devices import Device, default_device, is_kind, parse_kind, resolve_device_arg
+from fibuild.devices import Device, device_named
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
 
@@ -93,14 +93,6 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
                        chain_records=registry.read_chains(defn.name, device))
 
 
-def local_device(settings: Settings, device: str | None = None) -> str:
-    """The device kind to run on: ``device``, else ``FIBUILD_DEVICE``, else cuda when
-    available, else cpu. Raises ConfigError for anything but cpu/cuda/cuda:N."""
-    kind = (device or "").strip().lower() or default_device(settings)
-    parse_kind(kind)
-    return kind
-
-
 def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
     """``(slug, here)`` for a device kind (``cpu``, ``cuda``, ``cuda:N``) or a device slug.
 
@@ -108,11 +100,8 @@ def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
     well-formed slug is another machine's. Raises ConfigError for a kind that is not
     present or text that is neither a kind nor a slug.
     """
-    text = (device or "").strip()
-    if text and not is_kind(text):
-        found = resolve_device_arg(text, known_slugs=[Device.from_slug(text).slug])
-        return found.slug, found.local
-    return Device.parse(local_device(settings, device)).slug, True
+    found = device_named(device, settings, any_slug=True)
+    return found.slug, found.local
 
 
 def definition_file(root: Path, name: str) -> Path | None:
