@@ -13,10 +13,9 @@ from fibuild.errors import FibuildError, ResolveError
 from fibuild.runtime.api import resolve
 from fibuild.runtime.collect import target_device
 from fibuild.runtime.decisions import format_key
+from fibuild.runtime.resolve import POLICIES
 from fibuild.spec.workspace import Workspace
 from fibuild.units import format_us
-
-POLICIES = ("exact", "nearest", "def_best", "reference")
 
 
 def add_resolve_arguments(parser: argparse.ArgumentParser) -> None:

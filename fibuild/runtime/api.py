@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.config import Settings
-from fibuild.devices import Device, is_kind, resolve_device_arg
+from fibuild.devices import device_named
 from fibuild.errors import InputError
 from fibuild.spec.workspace import Workspace
 
-from .collect import local_device, target_device
+from .collect import target_device
 from .decisions import BaseReporter, Resolution
 from .dispatch import Kernel, key_from_axes, make_kernel
 from .resolve import Resolver, policy_chain
@@ -64,12 +64,10 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     """
     settings = _settings(settings, root)
     policy_chain(policy, strict=strict)
-    text = (device or "").strip()
-    # A slug must name a device of this machine: load runs kernels here.
-    dev = resolve_device_arg(text) if text and not is_kind(text) else Device.parse(local_device(settings, device))
-    defn, table, digest = load_table(_workspace(settings), settings, name, dev.slug, here=True)
+    dev = device_named(device, settings)  # a slug must name a device of this machine: load runs kernels here
+    defn, table, _ = load_table(_workspace(settings), settings, name, dev.slug, here=True)
     return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=dev.torch_device,
-                       table_digest=digest, fallback=fallback)
+                       fallback=fallback)
 
 
 def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
