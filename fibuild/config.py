@@ -43,6 +43,9 @@ KNOBS: tuple[Knob, ...] = (
          "process as workloads under registry/ (through the installed `.pth` hook)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
+    Knob("FIBUILD_TRUSTED_FLAGS", "", "Build flags to accept beyond fibuild's allowlist: space-separated "
+         "shell patterns matched against each flag token, e.g. `-include *.h`. The one place a workspace "
+         "that trusts its manifests' authors widens the list (see SECURITY.md); empty: the allowlist only."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -52,6 +55,7 @@ BUILD_ENV_VARS: tuple[str, ...] = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PAT
 
 
 _DEFAULTS = {k.env: k.default for k in KNOBS}
+TRUSTED_FLAGS_ENV = "FIBUILD_TRUSTED_FLAGS"
 
 
 def _raw(env: Mapping[str, str], name: str) -> str:
@@ -106,6 +110,7 @@ class Settings:
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
+    trusted_flags: tuple[str, ...] = ()  # FIBUILD_TRUSTED_FLAGS: patterns of build flags let past the allowlist
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -135,8 +140,14 @@ class Settings:
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
+            trusted_flags=trusted_flags(env),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def trusted_flags(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The patterns of FIBUILD_TRUSTED_FLAGS (read now from ``env``, default ``os.environ``)."""
+    return tuple(_raw(os.environ if env is None else env, TRUSTED_FLAGS_ENV).split())
 
 
 def env_table_markdown() -> str:
