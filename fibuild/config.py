@@ -46,6 +46,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_TRUSTED_FLAGS", "", "Build flags to accept beyond fibuild's allowlist: space-separated "
          "shell patterns matched against each flag token, e.g. `-include *.h`. The one place a workspace "
          "that trusts its manifests' authors widens the list (see SECURITY.md); empty: the allowlist only."),
+    Knob("FIBUILD_SERVING_WAIT", "0.25", "Seconds the serving integration (`FIBUILD_TRACE`/`FIBUILD_APPLY`) "
+         "waits for a build lock or the build index that another process holds before it runs the "
+         "original function instead (and says so once, in the log and in `stats()`)."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -111,6 +114,10 @@ class Settings:
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
     trusted_flags: tuple[str, ...] = ()  # FIBUILD_TRUSTED_FLAGS: patterns of build flags let past the allowlist
+    serving_wait_s: float = 0.25  # FIBUILD_SERVING_WAIT
+    #: how long a build lock or the index may be waited for; None: as long as it takes (the
+    #: CLI). The serving integration sets it to serving_wait_s; a longer wait is BusyError.
+    wait_s: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -141,6 +148,7 @@ class Settings:
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
             trusted_flags=trusted_flags(env),
+            serving_wait_s=_number(env, "FIBUILD_SERVING_WAIT", float, "a number of seconds", "> 0"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

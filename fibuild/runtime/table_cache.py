@@ -74,7 +74,7 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
 
 
 def _index(settings: Settings):
-    return Index(settings.cache_dir)
+    return Index(settings.cache_dir, wait_s=settings.wait_s)
 
 
 def read_cached(settings: Settings, digest: str) -> tuple[Definition, ApplyTable] | None:
