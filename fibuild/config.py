@@ -49,6 +49,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_SERVING_WAIT", "0.25", "Seconds the serving integration (`FIBUILD_TRACE`/`FIBUILD_APPLY`) "
          "waits for a build lock or the build index that another process holds before it runs the "
          "original function instead (and says so once, in the log and in `stats()`)."),
+    Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
+         "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
+         "for `fibuild trace report`."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -118,6 +121,7 @@ class Settings:
     #: how long a build lock or the index may be waited for; None: as long as it takes (the
     #: CLI). The serving integration sets it to serving_wait_s; a longer wait is BusyError.
     wait_s: float | None = None
+    stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -149,6 +153,7 @@ class Settings:
             apply=_flag(env, "FIBUILD_APPLY"),
             trusted_flags=trusted_flags(env),
             serving_wait_s=_number(env, "FIBUILD_SERVING_WAIT", float, "a number of seconds", "> 0"),
+            stats=_flag(env, "FIBUILD_STATS"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

@@ -27,7 +27,7 @@ from fibuild.config import Settings
 from fibuild.errors import ConfigError
 
 from .adapters import default_adapters
-from .adapters.attention import WRAPPER_ADAPTERS
+from .counters import append_stats, format_stats
 from .patching import Patcher, PostImportFinder
 from .session import Session
 from .sites import patched_function
@@ -37,6 +37,7 @@ log = logging.getLogger("fibuild.integrations")
 
 _LOCK = threading.RLock()
 _ACTIVE: list["Integration"] = []  # zero or one
+_LAST: list["Integration"] = []    # the last one disabled (its counters stay readable)
 
 
 class Integration:
@@ -50,7 +51,8 @@ class Integration:
         self.finder: PostImportFinder | None = None
 
     def patch_module(self, root: str) -> None:
-        """Patch every adapter whose API lives under the imported module ``root``."""
+        """Patch every adapter whose API lives under the imported module ``root``: one path
+        for every seam, its kind choosing how (see the adapters' seam attributes)."""
         for adapter in self.adapters:
             if adapter.root != root:
                 continue
@@ -59,36 +61,50 @@ class Integration:
             except ImportError as exc:
                 log.info("fibuild: %s not patched (%s)", adapter.api, exc)
                 continue
-            if isinstance(adapter, WRAPPER_ADAPTERS):
-                cls = getattr(module, adapter.attr, None)
-                if cls is not None and patch_wrapper_class(self, adapter, cls):
-                    self.patched.append(adapter.api)
+            target = getattr(module, adapter.attr, None)
+            if target is None:
                 continue
-            original = getattr(module, adapter.attr, None)
-            if original is None or hasattr(original, "fibuild_memo"):
-                continue
-            wrapper = patched_function(self.session, adapter, original)
-            self.patcher.replace(module, adapter.attr, wrapper)
-            self.patcher.replace_aliases(original, wrapper, (root,))
-            self.patched.append(adapter.api)
+            if adapter.kind == "wrapper":
+                done = patch_wrapper_class(self, adapter, target)
+            else:
+                done = self.patch_function(adapter, module, target)
+            if done:
+                self.patched.append(adapter.api)
+
+    def patch_function(self, adapter, module, original) -> bool:
+        """Replace ``module.<adapter.attr>`` and its aliases (``adapter.alias_scope``)."""
+        if hasattr(original, "fibuild_memo"):
+            return False
+        wrapper = patched_function(self.session, adapter, original)
+        self.patcher.replace(module, adapter.attr, wrapper)
+        self.patcher.replace_aliases(original, wrapper, (adapter.root,) if adapter.alias_scope == "root" else None)
+        return True
+
+    def stats(self) -> dict:
+        return self.session.stats.snapshot()
 
     def flush(self) -> None:
         if self.session.recorder is not None:
             self.session.recorder.flush()
 
+    def at_exit(self) -> None:
+        """Flush the trace; keep and (``FIBUILD_STATS=1``) print the counters."""
+        self.flush()
+        snapshot = self.stats()
+        if self.session.trace or self.session.settings.stats:
+            append_stats(self.session.workspace.registry_dir, snapshot)
+        if self.session.settings.stats:
+            print(format_stats(snapshot), file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.finder is not None:
             self.finder.uninstall()
         self.patcher.restore()
-        self.flush()
         try:
-            atexit.unregister(self.flush)
+            atexit.unregister(self.at_exit)
         except Exception:  # noqa: BLE001
             pass
-
-
-#: module whose import triggers patching -> the adapters' module prefix it covers
-_ROOTS = ("flashinfer", "torch.nn.functional")
+        self.at_exit()
 
 
 def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None = None,
@@ -113,7 +129,7 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
                           flush_every=flush_every, policy=policy)
         integration = Integration(session, list(adapters) if adapters is not None else default_adapters())
         waiting = {}
-        for name in _ROOTS:
+        for name in dict.fromkeys(a.root for a in integration.adapters):  # the modules whose import patches
             if name in sys.modules:
                 integration.patch_module(name)
             else:
@@ -121,8 +137,7 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
         if waiting:
             integration.finder = PostImportFinder(waiting)
             integration.finder.install()
-        if trace:
-            atexit.register(integration.flush)
+        atexit.register(integration.at_exit)
         _ACTIVE.append(integration)
     what = "+".join(w for w, on in (("trace", trace), ("apply", apply)) if on)
     log.warning("fibuild: serving integration enabled (%s) on workspace %s; patched now: %s%s", what,
@@ -132,10 +147,24 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
 
 
 def disable() -> None:
-    """Flush the trace and restore every patched object; a no-op when nothing is enabled."""
+    """Flush the trace and restore every patched object; a no-op when nothing is enabled.
+    The counters of the integration it closes stay readable through :func:`stats`."""
     with _LOCK:
         while _ACTIVE:
-            _ACTIVE.pop().close()
+            integration = _ACTIVE.pop()
+            integration.close()
+            _LAST[:] = [integration]
+
+
+def stats() -> dict:
+    """Per patched API, what its calls did in this process: ``{api: {"calls", "substituted",
+    "original", "fallbacks": {reason: n}[, "plans": {entry: n}]}}`` (attention wrappers
+    count runs as calls and list their plans by entry: ``plan``, ``begin_forward``,
+    ``fast_decode_plan``, ``unseen``). The enabled integration's, else the last one
+    disabled; ``{}`` when none was enabled. Cost: one pass over the counters."""
+    with _LOCK:
+        integration = _ACTIVE[0] if _ACTIVE else (_LAST[0] if _LAST else None)
+    return integration.stats() if integration is not None else {}
 
 
 def active() -> Integration | None:

@@ -93,10 +93,11 @@ class GraphPlans:
         state = self._state(inst)
         state.kernel, state.entry, state.inputs, state.solution = kernel, entry, tuple(inputs), solution
 
-    def capture(self, inst, kernel, defn, inputs: tuple) -> bool:
+    def capture(self, inst, kernel, defn, inputs: tuple, plan_entries: tuple = ()) -> bool:
         """During capture, before ``kernel(*inputs)``: True when the kernel may be captured
         (not a plan/run solution, or its plan is made, refillable and now pinned as captured
-        by ``inst``), False when the original run must be captured instead. Makes nothing."""
+        by ``inst``, and every planner ``inst`` holds in ``plan_entries`` of its own is one
+        fibuild sees), False when the original run must be captured instead. Makes nothing."""
         key = defn.apply_key(var_axes(defn, inputs))
         entry = kernel.entry(key)
         state = self._states.get(inst)
@@ -107,6 +108,11 @@ class GraphPlans:
             entry = state.entry
         if not isinstance(entry, PlannedEntry):
             return True
+        unseen = unseen_planner(inst, plan_entries)
+        if unseen:
+            log.info("fibuild: %s: %s captured as the original (the wrapper plans through %s, which "
+                     "fibuild does not see: a refill would be missed)", self.api, defn.name, unseen)
+            return False
         plan = entry.find(inputs)
         if plan is None or getattr(plan, "refill", None) is None:
             log.info("fibuild: %s: %s captured as the original (%s)", self.api, defn.name,
@@ -159,6 +165,22 @@ class GraphPlans:
                     "would use the old plan. Capture the graph again after such a plan (calling "
                     "fibuild.integrations.wrapper_sites.release_graphs(wrapper) first), or run "
                     "without FIBUILD_APPLY.")
+
+
+def unseen_planner(inst, plan_entries: tuple) -> str:
+    """The name of a planner ``inst`` holds as its own attribute (an engine's
+    ``wrapper.begin_forward = partial(f, wrapper)``) that does not plan through fibuild's
+    hooks ("" when every one does): after a capture, plans through it would leave the
+    captured plan stale."""
+    own = getattr(inst, "__dict__", {})
+    for name in plan_entries:
+        fn = own.get(name)
+        if fn is None:
+            continue
+        target = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn
+        if not getattr(target, "fibuild_plan_hook", False):
+            return f"{name} = {getattr(target, '__qualname__', repr(target))}"
+    return ""
 
 
 def _moved(entry, names: tuple, old: tuple, new: tuple) -> str:

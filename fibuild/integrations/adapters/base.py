@@ -115,11 +115,17 @@ class Adapter:
     op = ""
     #: the API, for messages and the report (``flashinfer.norm.rmsnorm``)
     api = ""
-    #: the module whose import triggers patching (its aliases are patched too)
+    #: the seam's kind: "function" (a module attribute) or "wrapper" (a class's plan/run entries)
+    kind = "function"
+    #: the module whose import triggers patching
     root = "flashinfer"
     #: where the patched attribute lives: ``getattr(import_module(module), attr)``
     module = ""
     attr = ""
+    #: where other names bound to the same object are replaced too: "root" (modules under
+    #: ``root``, e.g. ``flashinfer.rmsnorm``) or "all" (every loaded module: names bound by
+    #: ``from X import f`` in an engine imported before fibuild)
+    alias_scope = "root"
 
     def template_params(self, call: Call) -> dict[str, Any]:
         raise NotImplementedError
