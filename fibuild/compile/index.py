@@ -107,6 +107,8 @@ class Index:
 
     def _connect(self) -> diskcache.Cache:
         store.private_dir(self.directory, self.cache_dir)
+        if self.wait_s is not None:
+            self._probe_lock()
         try:
             cache = diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none",
                                     timeout=60 if self.wait_s is None else self.wait_s)
@@ -114,6 +116,29 @@ class Index:
             return cache
         except OSError as exc:
             raise cache_error(exc, self.directory, "open the build index") from None
+
+    def _probe_lock(self) -> None:
+        """CacheError when another process holds the database's write lock past ``wait_s``.
+
+        diskcache retries a locked statement for 60 s whatever its ``timeout`` (and opening a
+        Cache writes), so a bounded caller asks sqlite first, with its own timeout.
+        """
+        path = self.directory / "cache.db"
+        if not path.exists():
+            return
+        try:
+            probe = sqlite3.connect(str(path), timeout=self.wait_s, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise CacheError(f"{self.directory}: the build index is locked by another process "
+                                 f"(waited {self.wait_s:g} s)") from None
+        except sqlite3.DatabaseError:
+            pass  # corrupt: _open's own handling applies
 
     def _unless_corrupt(self, exc: sqlite3.DatabaseError) -> None:
         """Raise CacheError unless ``exc`` says the database file itself is corrupt."""
