@@ -260,14 +260,17 @@ class Registry:
             log.warning("%s: cannot read registry file: %s", path, exc)
             return []
         out = []
+        bad: list[tuple[int, str]] = []
         for lineno, line in enumerate(raw.split(b"\n"), start=1):
             if not line.strip():
                 continue
             try:
                 out.append(evaluation_from_dict(json.loads(line)))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
-                log.warning("%s:%d: skipping unreadable evaluation record (%s)", path, lineno,
-                            "nested too deeply" if isinstance(exc, RecursionError) else exc)
+                bad.append((lineno, "nested too deeply" if isinstance(exc, RecursionError) else str(exc)))
+        if bad:  # one warning per file, however damaged: the first problem shows what is wrong
+            log.warning("%s: skipped %d unreadable evaluation record%s (first: line %d: %s)", path, len(bad),
+                        "" if len(bad) == 1 else "s", bad[0][0], bad[0][1][:200])
         return out
 
 
