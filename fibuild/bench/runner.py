@@ -183,9 +183,9 @@ class _WorkerSlot:
         run, name = self.run_state, item.solution.qualified_name
         if name in run.unpreparable:
             return "COMPILE_ERROR", None, run.unpreparable[name]
-        worker = self._ensure()
         options = run.options.messages()
         try:
+            worker = self._ensure()  # a worker killed while starting counts as one kill of this item
             if name not in self.prepared:
                 try:
                     reply = worker.request(item.message("prepare", options), run.prepare_s)
