@@ -236,3 +236,11 @@ def test_missing_native_export_is_reported(tmp_path):
     message = _problems(path, load_solution)
     assert f"{path}: /entry_point: no source exports 'add_two'" in message
     assert "TVM_FFI_DLL_EXPORT_TYPED_FUNC(add_two, <function>)" in message
+
+
+@pytest.mark.parametrize("source", ["a | b.cpp", "a b.cpp", "k$x.cpp", "k:1.cpp"])
+def test_source_names_that_would_break_the_build_file_are_refused(tmp_path, source):
+    path = _solution(tmp_path, "cpp_add", sources=["kernel.cpp", source])
+    (path.parent / source).write_text("// a source\n")
+    message = _problems(path, load_solution)
+    assert f"{path}: /sources/1: invalid value {source!r}" in message and "would break the build file" in message
