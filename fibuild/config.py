@@ -39,8 +39,9 @@ KNOBS: tuple[Knob, ...] = (
          "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
          "the per-item `--timeout` applies after it."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
-    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer and `F.linear` calls of any Python "
-         "process as workloads under registry/ (through the installed `.pth` hook)."),
+    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer, `F.linear`, sgl_kernel and vLLM `_C` "
+         "norm/activation calls of any Python process as workloads under registry/ (through the installed "
+         "`.pth` hook, and in vLLM's workers through its `vllm.general_plugins` entry point)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
     Knob("FIBUILD_TRUSTED_FLAGS", "", "Build flags to accept beyond fibuild's allowlist: space-separated "

@@ -1,7 +1,9 @@
 """The leaderboard of a definition on one device: data, JSON, rich table, PNG plot.
 
 :func:`leaderboard` keeps the latest record per (solution, workload) and marks each
-workload's winner: the PASSED solution with the lowest median latency. Rendering lives
+workload's winner: the PASSED solution with the lowest median latency. The variants of a
+grid (``sol[K=v,...]``) are grouped under their solution: its cell is its best variant at
+that workload, and the row says which. Rendering lives
 here so the CLI stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import BenchError
 from ..registry import latest_per_workload
 from ..spec.model import Definition, Evaluation
+from ..spec.variants import family, split_name
 from ..units import format_us
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich, matplotlib.
@@ -29,6 +32,8 @@ class LeaderboardRow:
     axes: dict[str, int]
     cells: dict[str, Evaluation] = field(default_factory=dict)
     winner: str | None = None
+    #: grouped boards: solution -> the variant whose record is its cell (``sol[K=v,...]``)
+    variants: dict[str, str] = field(default_factory=dict)
 
     @property
     def reference_us(self) -> float | None:
@@ -63,17 +68,33 @@ class Leaderboard:
         return {"definition": self.definition, "device": self.device, "var_axes": list(self.var_axes),
                 "solutions": self.solutions, "wins": self.wins(),
                 "rows": [{"workload": r.workload_uuid, "axes": r.axes, "winner": r.winner,
-                          "reference_us": r.reference_us,
+                          "reference_us": r.reference_us, "variants": dict(sorted(r.variants.items())),
                           "cells": {s: cell(e) for s, e in sorted(r.cells.items())}} for r in self.rows]}
 
 
-def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]) -> Leaderboard:
-    """Rows per workload (sorted by var-axis values), one cell per solution, latest record wins."""
+def _better(a: Evaluation, b: Evaluation) -> bool:
+    """Whether ``a`` is a better cell than ``b``: PASSED over not, then the lower median."""
+    rank = lambda e: (e.status != "PASSED" or e.latency is None,  # noqa: E731
+                      e.latency.median_us if e.latency else math.inf, e.solution)
+    return rank(a) < rank(b)
+
+
+def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation], *,
+                group_variants: bool = True) -> Leaderboard:
+    """Rows per workload (sorted by var-axis values), one cell per solution, latest record
+    wins; with ``group_variants`` a grid's variants share their solution's cell (the best)."""
     latest = latest_per_workload(e for e in evaluations if e.definition == defn.name)
     rows: dict[str, LeaderboardRow] = {}
+    names = set()
     for (solution, uuid), ev in latest.items():
         row = rows.setdefault(uuid, LeaderboardRow(uuid, dict(ev.axes)))
-        row.cells[solution] = ev
+        column = family(solution) if group_variants else solution
+        names.add(column)
+        kept = row.cells.get(column)
+        if kept is None or _better(ev, kept):
+            row.cells[column] = ev
+            if column != solution:
+                row.variants[column] = solution
     for row in rows.values():
         passed = [(e.latency.median_us, s) for s, e in row.cells.items() if e.status == "PASSED" and e.latency]
         row.winner = min(passed)[1] if passed else None
@@ -82,8 +103,7 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
     def order(row: LeaderboardRow):
         return tuple(row.axes.get(a, -1) for a in var_axes) + (row.workload_uuid,)
 
-    return Leaderboard(defn.name, device, var_axes, sorted({s for s, _ in latest}),
-                       sorted(rows.values(), key=order))
+    return Leaderboard(defn.name, device, var_axes, sorted(names), sorted(rows.values(), key=order))
 
 
 def cell_text(ev: Evaluation | None) -> str:
@@ -97,6 +117,7 @@ def cell_text(ev: Evaluation | None) -> str:
 
 def rich_table(board: Leaderboard):
     """The leaderboard as a rich Table; the winner's cell is bold green with a ``*``."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{board.definition} on {board.device}", title_justify="left")
@@ -110,6 +131,8 @@ def rich_table(board: Leaderboard):
         for sol in board.solutions:
             ev = row.cells.get(sol)
             text = cell_text(ev)
+            if sol in row.variants:  # the variant behind a grouped cell, on a line of its own
+                text += f"\n[dim]{escape(split_name(row.variants[sol])[1] or '')}[/]"
             if sol == row.winner:
                 text = f"[bold green]* {text}[/]"
             elif ev is not None and ev.status != "PASSED":
@@ -133,9 +156,9 @@ def plot_axis(board: Leaderboard) -> str:
 
 
 def plot_leaderboard(board: Leaderboard, out: str | Path) -> Path:
-    """Median latency (p20..p80 band) vs the var axis, log-log, one line per solution and
-    one for the reference; written as PNG to ``out``. BenchError when matplotlib is missing
-    or nothing PASSED."""
+    """Median latency (p20..p80 band) vs the var axis, log-log, one line per solution (a
+    grouped grid: its best variant at each point) and one for the reference; written as
+    PNG to ``out``. BenchError when matplotlib is missing or nothing PASSED."""
     try:
         import matplotlib
 

@@ -50,9 +50,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("definitions", nargs="*", metavar="DEF",
                         help="definitions to benchmark (default: every definition)")
     parser.add_argument("--solution", action="append", metavar="S", dest="solutions",
-                        help="only this solution (name or def/name); repeatable")
+                        help="only this solution (name or def/name; a grid's name takes all its variants, "
+                             "name[K=v,...] one); repeatable")
     parser.add_argument("--workload-limit", type=_positive_int, metavar="N",
                         help="only the first N workloads of each definition")
+    parser.add_argument("--variant-limit", type=_positive_int, metavar="N",
+                        help="at most N variants of a solution's grid per workload (a different spread of "
+                             "the grid per workload; default: every variant)")
     parser.add_argument("--recorded", action="store_true",
                         help="only the workloads recorded in registry/<def>/workloads.jsonl (traced or "
                              "imported), not those the manifests declare")
@@ -94,6 +98,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a device slug with records, or cpu, cuda, cuda:N for this machine's (default: "
                              "this machine's device if it has records, else the only device with records)")
     parser.add_argument("--plot", metavar="OUT.png", help="also write a latency plot (needs matplotlib)")
+    parser.add_argument("--variants", action="store_true",
+                        help="a column per variant of a grid (default: a grid's best variant per workload "
+                             "in its solution's column)")
 
 
 class _RichReporter:
@@ -160,7 +167,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                    reporter=reporter, plan=plan)
     else:
         plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
-                               workload_limit=args.workload_limit, recorded_only=args.recorded)
+                               workload_limit=args.workload_limit, recorded_only=args.recorded,
+                               variant_limit=args.variant_limit)
         if args.resume:
             slug = local_devices(device)[0].slug
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
@@ -227,7 +235,7 @@ def run_table(args: argparse.Namespace, settings) -> int:
     defn = workspace.definition(args.definition)
     registry = Registry(workspace.registry_dir)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
-    board = leaderboard(defn, device, registry.read(defn.name, device))
+    board = leaderboard(defn, device, registry.read(defn.name, device), group_variants=not args.variants)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
         data = board.to_json()

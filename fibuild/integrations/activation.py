@@ -28,6 +28,7 @@ from fibuild.errors import ConfigError
 
 from .adapters import default_adapters
 from .counters import append_stats, format_stats
+from .op_overrides import OpOverrides
 from .patching import Patcher, PostImportFinder
 from .session import Session
 from .sites import patched_function
@@ -47,6 +48,7 @@ class Integration:
         self.session = session
         self.adapters = adapters
         self.patcher = Patcher()
+        self.ops = OpOverrides()
         self.patched: list[str] = []
         self.finder: PostImportFinder | None = None
 
@@ -61,13 +63,16 @@ class Integration:
             except ImportError as exc:
                 log.info("fibuild: %s not patched (%s)", adapter.api, exc)
                 continue
-            target = getattr(module, adapter.attr, None)
-            if target is None:
-                continue
-            if adapter.kind == "wrapper":
-                done = patch_wrapper_class(self, adapter, target)
+            if adapter.kind == "torch_op":
+                done = self.patch_op(adapter)
             else:
-                done = self.patch_function(adapter, module, target)
+                target = getattr(module, adapter.attr, None)
+                if target is None:
+                    continue
+                if adapter.kind == "wrapper":
+                    done = patch_wrapper_class(self, adapter, target)
+                else:
+                    done = self.patch_function(adapter, module, target)
             if done:
                 self.patched.append(adapter.api)
 
@@ -79,6 +84,11 @@ class Integration:
         self.patcher.replace(module, adapter.attr, wrapper)
         self.patcher.replace_aliases(original, wrapper, (adapter.root,) if adapter.alias_scope == "root" else None)
         return True
+
+    def patch_op(self, adapter) -> bool:
+        """Take the calls of the torch operator ``adapter.qualname`` at the dispatcher, the
+        operator's own kernel as the original (:mod:`.op_overrides`)."""
+        return self.ops.override(adapter.qualname, lambda original: patched_function(self.session, adapter, original))
 
     def stats(self) -> dict:
         return self.session.stats.snapshot()
@@ -100,6 +110,7 @@ class Integration:
         if self.finder is not None:
             self.finder.uninstall()
         self.patcher.restore()
+        self.ops.restore()
         try:
             atexit.unregister(self.at_exit)
         except Exception:  # noqa: BLE001
@@ -110,7 +121,8 @@ class Integration:
 def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None = None,
            per_key: int = 2, flush_every: int = 64, policy: str = "nearest",
            settings: Settings | None = None, adapters=None) -> Integration:
-    """Trace and/or substitute FlashInfer's adapted APIs and ``F.linear`` in this process.
+    """Trace and/or substitute the adapted APIs in this process: FlashInfer's, ``F.linear``,
+    sgl_kernel's norms and activation, vLLM's ``_C`` norm and activation operators.
 
     ``root``: the workspace (default ``FIBUILD_ROOT``, else the usual discovery).
     ``per_key``: traced workloads kept per shape bucket; ``flush_every``: records per write.

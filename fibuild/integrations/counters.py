@@ -53,13 +53,15 @@ class Counters:
 
     def snapshot(self) -> dict[str, Any]:
         """``{"calls", "substituted", "original", "fallbacks": {reason: n}[, "plans": {entry: n}]}``;
-        ``calls`` counts runs/calls, not plans."""
+        ``calls`` counts runs/calls, not plans; reasons and entries never taken are left out."""
         out: dict[str, Any] = {"calls": 0, "substituted": 0, "original": 0, "fallbacks": {}}
         plans: dict[str, int] = {}
         with self._lock:
             cells = list(self._cells.items())
         for (outcome, reason), cell in cells:
             n = cell[0]
+            if not n:
+                continue
             if outcome == "plan":
                 plans[str(reason)] = plans.get(str(reason), 0) + n
                 continue

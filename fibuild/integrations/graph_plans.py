@@ -143,7 +143,7 @@ class GraphPlans:
             self._refill(inst, state, adapter, ctx)
         elif state.entry is not None and ctx.reason is None:
             try:
-                args = (*state.inputs[:3], *adapter.plan_inputs(inst, ctx))
+                args = _plan_args(adapter, inst, ctx, state.inputs)
                 state.prepared = (state.entry, state.entry.pin(args))
             except Exception as exc:  # noqa: BLE001 - the run will plan (or fall back) itself
                 log.warning("fibuild: %s: planning %s ahead failed: %s: %s", self.api, state.solution,
@@ -153,7 +153,7 @@ class GraphPlans:
         for entry, plan, old, names in state.captured.values():
             why = ctx.reason and f"fibuild cannot take the new plan ({ctx.reason})"
             if not why:
-                new = (*old[:3], *adapter.plan_inputs(inst, ctx))
+                new = _plan_args(adapter, inst, ctx, old)
                 why = _moved(entry, names, old, new) or (
                     not entry.refill(plan, new) and f"{entry.name}'s plan cannot be refilled for the new "
                     f"page table (its refill declined: another batch size? now {ctx.counts.get('batch_size')})")
@@ -165,6 +165,16 @@ class GraphPlans:
                     "would use the old plan. Capture the graph again after such a plan (calling "
                     "fibuild.integrations.wrapper_sites.release_graphs(wrapper) first), or run "
                     "without FIBUILD_APPLY.")
+
+
+def _plan_args(adapter, inst, ctx, runs: tuple) -> tuple:
+    """The definition inputs of the next runs after a plan: q, k, v of ``runs`` (a run's
+    inputs), the plan's index tensors, and its sm_scale, or, when the plan call passed none,
+    the one ``runs`` used (SGLang plans without it and passes it to each ``forward``)."""
+    tail = adapter.plan_inputs(inst, ctx)
+    if ctx.sm_scale is None:
+        tail = (*tail[:-1], runs[-1])
+    return (*runs[:3], *tail)
 
 
 def unseen_planner(inst, plan_entries: tuple) -> str:

@@ -46,6 +46,7 @@ class Session:
         self.recorder = (TraceRecorder(Registry(self.workspace.registry_dir), per_key=per_key,
                                        flush_every=flush_every) if trace else None)
         self.guard = threading.local()  # .active while a substituted solution runs
+        self.traced = threading.local()  # .inside while a traced call runs (nested calls not recorded)
         self._lock = threading.RLock()
         self._definitions: dict[str, Any] = {}  # name -> Definition | Unmapped
         self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
@@ -124,7 +125,7 @@ class Session:
             name = definition_name(adapter.op, params)
             defn = self.definition(adapter, name, params)
             axes = var_axes(defn, inputs)
-            if self.recorder is not None and record is not None:
+            if self.recorder is not None and record is not None and not getattr(self.traced, "inside", False):
                 specs, blobs, bucket = record
                 self.recorder.add(name, axes, specs, blobs, bucket or axes_bucket)
             if self.apply:
@@ -138,7 +139,7 @@ class Session:
             return self.unmapped_handler(adapter, original, reason)
         if self.recorder is None:
             return handler
-        return counted(handler, self.recorder.counter(name, adapter.op, axes))
+        return self.trace_counted(handler, self.recorder.counter(name, adapter.op, axes))
 
     def unmapped_handler(self, adapter: Adapter, original: Callable, reason: str) -> Callable:
         """``original``, counted as a fallback under ``reason`` (and in the trace when tracing)."""
@@ -146,7 +147,25 @@ class Session:
         handler = counted(original, self.stats.of(adapter.api).cell("fallback", reason))
         if self.recorder is None:
             return handler
-        return counted(handler, self.recorder.counter(None, adapter.op, reason=reason))
+        return self.trace_counted(handler, self.recorder.counter(None, adapter.op, reason=reason))
+
+    def trace_counted(self, handler: Callable, cell: list[int]) -> Callable:
+        """``handler`` counting its calls in the trace's ``cell``, unless it runs inside another
+        traced call: sgl_kernel's norms forward to ``flashinfer.norm`` (both patched), and one
+        call of the engine is one call of the definition, recorded once."""
+        state = self.traced
+
+        def handler_traced(*args, **kwargs):
+            if getattr(state, "inside", False):
+                return handler(*args, **kwargs)
+            cell[0] += 1
+            state.inside = True
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                state.inside = False
+
+        return handler_traced
 
     def choose(self, adapter: Adapter, name: str, defn, axes: dict[str, int], original: Callable,
                substitute: Callable[[Any, Any], Callable], instance: Any = None) -> Callable:

@@ -62,11 +62,11 @@ def patched_function(session, adapter: FunctionAdapter, original: Callable) -> C
 def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, defn) -> Callable:
     """The handler running ``kernel`` (definition ``defn``) in place of ``original``.
 
-    Per call it falls back to ``original`` when the inputs are not contiguous or not on the
-    kernel's device type, or when called from inside a substituted solution (a Python
-    solution that calls the patched API itself). After the first call it checks what the
-    Kernel really ran: a solution that failed to build left it on its fallback, and the
-    original is used from then on.
+    Per call it falls back to ``original`` when the inputs (or the caller's output tensor,
+    ``adapter.out_of``) are not contiguous or not on the kernel's device type, or when called
+    from inside a substituted solution (a Python solution that calls the patched API itself).
+    After the first call it checks what the Kernel really ran: a solution that failed to
+    build left it on its fallback, and the original is used from then on.
     """
     guard = session.guard
     want_cuda = str(kernel.device).startswith("cuda")
@@ -91,13 +91,14 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
             return original(*args, **kwargs)
         call = bind(adapter.parameters, args, kwargs)
         inputs = adapter.to_inputs(call)
-        for value in inputs:
+        out = adapter.out_of(call)
+        for value in (*inputs, out):
             if hasattr(value, "is_contiguous") and (not value.is_contiguous() or value.is_cuda != want_cuda):
                 layout[0] += 1
                 return original(*args, **kwargs)
         guard.active = True
         try:
-            outputs = kernel(*inputs)
+            outputs = kernel(*inputs) if out is None else kernel(*inputs, out=out)
         except InputError:  # raised before anything ran: the original takes the call
             rejected[0] += 1
             return original(*args, **kwargs)

@@ -3,8 +3,11 @@
 Policies, tried as a chain that starts at the requested one (``strict`` tries only it):
 
 - ``exact``: the fastest solution that PASSED every workload at this key;
-- ``nearest``: the same at the closest evaluated key, by log-distance over the var axes
-  (``sum |log a - log b|``; ties go to the smaller key);
+- ``nearest``: the same at the closest evaluated key *below* (every var axis <= the key's),
+  by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
+  only when no evaluated key lies below, the closest above. A launch config tuned for a
+  smaller bucket degrades gently on a larger shape; one tuned for a larger bucket can
+  lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x);
 - ``def_best``: the solution that is fastest on the most keys;
 - ``reference``: the definition's own reference (always answers).
 
@@ -45,6 +48,17 @@ def log_distance(a: ApplyKey, b: ApplyKey) -> float:
     Rounded to 9 decimals so that keys equally far in ratio (16 and 64 from 32) tie exactly.
     """
     return round(sum(abs(math.log(max(x, 1)) - math.log(max(y, 1))) for x, y in zip(a, b)), 9)
+
+
+def is_below(key: ApplyKey, other: ApplyKey) -> bool:
+    """Whether ``other`` is at or below ``key`` on every var axis."""
+    return all(b <= a for a, b in zip(key, other))
+
+
+def nearest_order(key: ApplyKey, keys) -> list[ApplyKey]:
+    """``keys`` in the order ``nearest`` tries them: those below ``key`` first, each group by
+    log-distance, then by value."""
+    return sorted(keys, key=lambda k: (not is_below(key, k), log_distance(key, k), k))
 
 
 class Resolver:
@@ -126,14 +140,15 @@ class Resolver:
         return win, key, why
 
     def _nearest(self, key: ApplyKey, out: dict[str, str]):
-        for k in sorted(self.table.ranked, key=lambda k: (log_distance(key, k), k)):
+        for k in nearest_order(key, self.table.ranked):
             win, why = self._fastest(k, out)
             if win is None:
                 continue
             if k == key:
                 return win, k, why
+            above = "" if is_below(key, k) else ", above it (none below)"
             return win, k, (f"not evaluated at this key; nearest evaluated key {format_key(k)} "
-                            f"at distance {log_distance(key, k):.2f}; {why}")
+                            f"at distance {log_distance(key, k):.2f}{above}; {why}")
         return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
 
     def _def_best(self, key: ApplyKey, out: dict[str, str]):

@@ -22,6 +22,7 @@ from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec import flags as flag_policy
 from fibuild.spec.model import Definition, Solution
+from fibuild.spec.variants import format_value
 
 CXX_SUFFIXES = (".cc", ".cpp", ".cxx", ".c")
 CUDA_SUFFIXES = (".cu",)
@@ -75,6 +76,7 @@ class NativeBuilder:
         ffi_inc = ffi.include_dir if ffi else "<tvm-ffi missing>"
         ffi_lib = ffi.lib_dir if ffi else "<tvm-ffi missing>"
         includes = ["-isystem", ffi_inc] + self._includes(sol, settings, src)
+        includes += [f"-D{name}={format_value(value)}" for name, value in sol.constants]  # a variant's
         cuda_inc = ["-isystem", str(settings.cuda_home / "include")] if self.uses_cuda else []
         result = {
             "cxx": ["-O3", "-std=c++17", "-fPIC", *includes, *cuda_inc,
@@ -129,7 +131,7 @@ class NativeBuilder:
         nf.rule("link", "$cxx $in -shared $ldflags -o $out.tmp && mv -f $out.tmp $out",
                 description=f"LINK {sol.qualified_name}")
         objects = []
-        for rel in sol.sources:
+        for rel in sol.all_sources:
             suffix = PurePosixPath(rel).suffix
             if suffix in CUDA_SUFFIXES and not self.uses_cuda:
                 raise BuildError(f"{sol.qualified_name}: {rel} is CUDA but the language is {self.language}",
@@ -140,7 +142,7 @@ class NativeBuilder:
             nf.build([obj], "nvcc" if suffix in CUDA_SUFFIXES else "cxx", [src / rel])
             objects.append(obj)
         if not objects:
-            raise BuildError(f"{sol.qualified_name}: no compilable source among {list(sol.sources)}",
+            raise BuildError(f"{sol.qualified_name}: no compilable source among {list(sol.all_sources)}",
                              solution=sol.qualified_name, build_dir=build_dir)
         artifact = build_dir / ARTIFACT
         nf.build([artifact], "link", objects)

@@ -115,7 +115,8 @@ class Adapter:
     op = ""
     #: the API, for messages and the report (``flashinfer.norm.rmsnorm``)
     api = ""
-    #: the seam's kind: "function" (a module attribute) or "wrapper" (a class's plan/run entries)
+    #: the seam's kind: "function" (a module attribute), "wrapper" (a class's plan/run
+    #: entries) or "torch_op" (a torch operator ``qualname``, taken at the dispatcher)
     kind = "function"
     #: the module whose import triggers patching
     root = "flashinfer"
@@ -152,6 +153,11 @@ class Adapter:
 
     def to_inputs(self, call: Call) -> tuple:
         raise NotImplementedError
+
+    def out_of(self, call: Call) -> Any:
+        """The caller's tensor the kernel writes its (one, not in place) output into, as a
+        view of the definition's output shape, or None to return a fresh one."""
+        return None
 
     def write_back(self, call: Call, outputs: Any) -> Any:
         return outputs

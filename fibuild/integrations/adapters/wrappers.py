@@ -162,6 +162,7 @@ class WrapperAdapter(Adapter):
         try:
             known = dict(self.plan_parameters)
             call = bind(self.plan_parameters, args, {k: v for k, v in kwargs.items() if k in known})
+            call.kwargs = kwargs
             check_neutral({k: v for k, v in kwargs.items() if k not in known}, self.plan_neutral, "plan")
             if getattr(inst, "_kv_layout", "NHD") != "NHD":
                 raise Unmapped(f"kv_layout {inst._kv_layout} (definitions use NHD)")
@@ -211,7 +212,7 @@ class WrapperAdapter(Adapter):
         if h % kv:
             raise Unmapped(f"{h} query heads are not a multiple of {kv} KV heads")
         ctx.consts.update(num_qo_heads=h, num_kv_heads=kv, head_dim=d)
-        ctx.sm_scale = call.params.get("sm_scale")
+        ctx.sm_scale = call.kwargs.get("sm_scale")  # None: the plan call passed none
 
     def _pages(self, ctx, call, indptr_name, indices_name, last_name, host=None):
         import torch
@@ -238,12 +239,14 @@ class WrapperAdapter(Adapter):
 
     # -- run ---------------------------------------------------------------------------------
     def run_form(self, inst, args: tuple, kwargs: dict) -> tuple:
-        """The memo key of a run call: argument count, keywords (tensors by shape and dtype:
-        ``out=`` is a new view each step), q's shape and dtype, and the state ``forward`` sets."""
+        """The memo key of a run call: argument count, the KV cache's type (a pair or one
+        tensor), keywords (tensors by shape and dtype: ``out=`` is a new view each step), q's
+        shape and dtype, and the state ``forward`` sets."""
         q = args[0]
         form = tuple((k, (v.shape, v.dtype) if hasattr(v, "data_ptr") else v) for k, v in kwargs.items()) \
             if kwargs else ()
-        return (len(args), form, q.shape, q.dtype, tuple(getattr(inst, a, None) for a in self.run_state))
+        return (len(args), type(args[1]), form, q.shape, q.dtype,
+                tuple(getattr(inst, a, None) for a in self.run_state))
 
     def run_call(self, inst, ctx: PlanContext, args: tuple, kwargs: dict) -> tuple[Call, tuple]:
         """Check a run call against its plan: (call, definition inputs). Raises Unmapped."""
