@@ -119,14 +119,19 @@ def rich_table(board: Leaderboard):
     """The leaderboard as a rich Table; the winner's cell is bold green with a ``*``."""
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{board.definition} on {board.device}", title_justify="left")
-    table.add_column("workload")
-    table.add_column("reference", justify="right", style="dim")
+    # The row label names the axes once, in the header, and keeps its values whole (never
+    # folded or cut): at 80 columns the solution columns narrow instead.
+    shown_axes = [a for a in board.var_axes if any(a in row.axes for row in board.rows)]
+    table.add_column(",\n".join(shown_axes) or "workload", no_wrap=True,
+                     min_width=max([len(_row_label(r, shown_axes)) for r in board.rows] + [1]))
+    table.add_column("reference", justify="right", style="dim", overflow="fold")
     for sol in board.solutions:
-        table.add_column(sol, justify="right")
+        table.add_column(sol, justify="right", overflow="fold")  # a folded name stays whole
     for row in board.rows:
-        label = ", ".join(f"{a}={row.axes[a]}" for a in board.var_axes if a in row.axes) or row.workload_uuid
+        label = _row_label(row, shown_axes)
         cells = []
         for sol in board.solutions:
             ev = row.cells.get(sol)
@@ -134,15 +139,20 @@ def rich_table(board: Leaderboard):
             if sol in row.variants:  # the variant behind a grouped cell, on a line of its own
                 text += f"\n[dim]{escape(split_name(row.variants[sol])[1] or '')}[/]"
             if sol == row.winner:
-                text = f"[bold green]* {text}[/]"
+                text = Text(f"* {text}", style="bold green")
             elif ev is not None and ev.status != "PASSED":
-                text = f"[red]{text}[/]"
+                text = Text(text, style="red")
             cells.append(text)
         table.add_row(label, format_us(row.reference_us), *cells)
     wins = board.wins()
     table.caption = "* fastest PASSED per workload; wins: " + ", ".join(
         f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0])))
     return table
+
+
+def _row_label(row: LeaderboardRow, axes: Sequence[str]) -> str:
+    """The row's var-axis values (``32`` or ``8, 1024``), else its workload uuid."""
+    return ", ".join(str(row.axes[a]) for a in axes if a in row.axes) or row.workload_uuid
 
 
 def plot_axis(board: Leaderboard) -> str:

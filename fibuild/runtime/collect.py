@@ -95,10 +95,11 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
     """
     from fibuild.registry import Registry  # deferred: a warm load reads no registry (test_table_cache)
 
-    registry = Registry(workspace.registry_dir)
+    registry = Registry.of(workspace)
     cands = candidates(defn, workspace.solutions(defn.name), device, settings, here=here)
     records = registry.read(defn.name)  # every device: the others name where else it ran
-    return build_table(defn.name, defn.var_axes, device, cands, records, here=here)
+    return build_table(defn.name, defn.var_axes, device, cands, records, here=here,
+                       chain_records=registry.read_chains(defn.name, device))
 
 
 def local_device(settings: Settings, device: str | None = None) -> str:

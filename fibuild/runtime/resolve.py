@@ -2,7 +2,8 @@
 
 Policies, tried as a chain that starts at the requested one (``strict`` tries only it):
 
-- ``exact``: the fastest solution that PASSED every workload at this key;
+- ``exact``: the solution a chain evaluation chose at this key (timed in sequence with its
+  neighbours, :mod:`fibuild.bench.chain`), else the fastest that PASSED every workload at it;
 - ``nearest``: the same at the closest evaluated key *below* (every var axis <= the key's),
   by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
   only when no evaluated key lies below, the closest above. A launch config tuned for a
@@ -124,6 +125,11 @@ class Resolver:
         """The winner at evaluated key ``k`` (the reference when it is faster than every
         usable solution) and how to say so; (None, "") when no solution is usable there."""
         usable = self._usable(k, out)
+        chosen = self.table.chained.get(k)
+        own = next((t for t in usable if t.solution == chosen.solution), None) if chosen is not None else None
+        if own is not None:  # a chain choice counts only for a solution that PASSED at this key
+            return own, (f"chosen at {format_key(k)} by chain {chosen.chain} "
+                            f"({format_us(chosen.chain_latency_us)} per layer, timed in sequence)")
         if not usable:
             return None, ""
         win = self.table.winner_at(k, out)

@@ -51,6 +51,16 @@ class Timing:
         return (self.median_us, self.p80_us, self.solution)
 
 
+@dataclass(frozen=True)
+class ChainChoice:
+    """A solution chosen for a key by a chain evaluation (timed in sequence with its
+    neighbours): the chain's name and its time per layer with this choice."""
+
+    solution: str
+    chain: str
+    chain_latency_us: float
+
+
 @dataclass
 class ApplyTable:
     """Per-key rankings and per-solution verdicts for one (definition, device).
@@ -62,7 +72,8 @@ class ApplyTable:
     workloads``. ``reference[key]``: the definition's reference at ``key`` (medians of the
     reference latencies the key's records carry), a competitor like any solution.
     ``wins[s]``: keys where ``s`` is fastest, the reference included (as ``reference``);
-    ``def_best`` has the most.
+    ``def_best`` has the most. ``chained[key]``: the newest current chain choice at ``key``
+    (:mod:`fibuild.bench.chain`), which the resolver prefers to the per-kernel ranking.
     """
 
     definition: str
@@ -77,6 +88,7 @@ class ApplyTable:
     def_best: str | None = None
     here: bool = True
     reference: dict[ApplyKey, Timing] = field(default_factory=dict)
+    chained: dict[ApplyKey, ChainChoice] = field(default_factory=dict)
 
     def best_at(self, key: ApplyKey) -> Timing | None:
         ranked = self.ranked.get(tuple(key))
@@ -104,6 +116,7 @@ class ApplyTable:
             "failures": dict(self.failures), "excluded": dict(self.excluded),
             "wins": dict(self.wins), "def_best": self.def_best,
             "reference": [[list(k), t.median_us, t.p80_us] for k, t in self.reference.items()],
+            "chained": [[list(k), c.solution, c.chain, c.chain_latency_us] for k, c in self.chained.items()],
         }
 
     @classmethod
@@ -124,6 +137,7 @@ class ApplyTable:
             failures=dict(data["failures"]), excluded=dict(data["excluded"]),
             wins={s: int(n) for s, n in data["wins"].items()}, def_best=data["def_best"],
             reference={tuple(k): Timing(REFERENCE, float(m), float(p)) for k, m, p in data["reference"]},
+            chained={tuple(k): ChainChoice(s, c, float(us)) for k, s, c, us in data.get("chained", ())},
         )
 
 
@@ -170,14 +184,16 @@ def _candidate_from_json(data: Mapping[str, Any], solution_from_dict) -> Candida
 
 def build_table(definition: str, var_axes: Iterable[str], device: str,
                 candidates: Mapping[str, Candidate], evaluations: Iterable[Evaluation],
-                *, here: bool = True) -> ApplyTable:
+                *, here: bool = True, chain_records: Iterable[Mapping[str, Any]] = ()) -> ApplyTable:
     """Build the ApplyTable of ``definition`` on ``device``.
 
     ``evaluations`` may hold records of any device and definition: only this definition's
     records on ``device`` are ranked; the others only name where else it was measured.
     For a (solution, workload) pair the newest record counts (by timestamp, then file
     order: the registry is append-only). ``here`` False: the device is not this machine, so
-    ``Candidate.unavailable`` is ignored. Cost: linear in the records.
+    ``Candidate.unavailable`` is ignored. ``chain_records``: chain choices
+    (:meth:`fibuild.registry.Registry.read_chains`); the newest current one per key counts.
+    Cost: linear in the records.
     """
     import statistics  # slow path only: statistics pulls in decimal and fractions
 
@@ -247,6 +263,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
         bad = sorted((s, n) for s, n in counts.items() if s != "PASSED")
         if bad:
             table.failures[name] = ", ".join(f"{s} on {n}/{total} workloads" for s, n in bad)
+    table.chained = _chained(table, chain_records)
     wins = Counter(table.winner_at(k).solution for k in table.ranked)
     table.wins = dict(sorted(wins.items()))
     if wins:
@@ -260,3 +277,22 @@ def slower_reason(timing: Timing, best: Timing) -> str:
         return (f"tied at {format_us(timing.median_us)}; {best.solution} wins on "
                 + ("p80" if timing.p80_us != best.p80_us else "name"))
     return f"slower: {format_us(timing.median_us)} vs {format_us(best.median_us)}"
+
+
+def _chained(table: ApplyTable, records: Iterable[Mapping[str, Any]]) -> dict[ApplyKey, ChainChoice]:
+    """The newest chain choice per key among ``records`` of this definition and device whose
+    digest is the solution's current one and that is not excluded."""
+    newest: dict[ApplyKey, Mapping[str, Any]] = {}
+    for rec in records:
+        cand = table.candidates.get(rec["solution"])
+        if (rec["definition"] != table.definition or rec["device"] != table.device or cand is None
+                or rec["solution_digest"] != cand.digest or rec["solution"] in table.excluded):
+            continue
+        try:
+            key = tuple(int(rec["axes"][a]) for a in table.var_axes)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if key not in newest or rec["timestamp"] >= newest[key]["timestamp"]:
+            newest[key] = rec
+    return {k: ChainChoice(r["solution"], r["chain"], float(r["chain_latency_us"]))
+            for k, r in sorted(newest.items())}
