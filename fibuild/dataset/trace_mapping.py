@@ -48,12 +48,19 @@ def _string(data: Mapping, key: str, what: str, *, required: bool = True) -> str
 
 
 def _name(data: Mapping, key: str, what: str) -> str:
-    """``data[key]`` checked against the manifest name pattern (it becomes a path)."""
+    """``data[key]`` checked before it becomes a path: ValueError (malformed, the import stops)
+    for one that holds a path, Unsupported (skipped) for another that is no manifest name."""
     value = _string(data, key, what)
-    why = name_problem(value, f"{what}: {key}")
-    if why:
-        raise ValueError(why)
+    _check_name(value, f"{what}: {key}")
     return value
+
+
+def _check_name(value: str, what: str) -> None:
+    if "/" in value or "\\" in value or value in (".", ".."):
+        raise ValueError(f"{what} {value!r} is not a name: it holds a path")
+    why = name_problem(value, what)
+    if why:
+        raise Unsupported(why)
 
 
 def _strings(data: Mapping, key: str, what: str) -> list[str]:
@@ -219,6 +226,7 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     if "solution.yaml" in files:
         raise Unsupported("a source named solution.yaml would overwrite fibuild's manifest")
     name = solution_name_from_dataset(data["definition"], data["name"])
+    _check_name(name, "solution: name")
     notes = _dropped(data, SOLUTION_KEYS, f"solution {name}") + _dropped(spec, SPEC_KEYS, f"solution {name}: spec")
     out: dict[str, Any] = {"name": name, "definition": data["definition"], "author": data["author"]}
     if data.get("description") is not None:

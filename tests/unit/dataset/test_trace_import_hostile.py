@@ -214,3 +214,13 @@ def test_the_cli_exits_1_for_an_import_missing_blobs(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "gqa_paged_decode_h32_kv8_d128_ps1.jsonl:1" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_a_name_that_is_no_manifest_name_but_no_path_is_skipped_and_listed(tmp_path):
+    data = _dataset(tmp_path)
+    _edit_json(data / RMS_SOLUTION, lambda d: d.update(name="torch v1 (fast)"))
+    ws = _workspace(tmp_path)
+    report = import_flashinfer_trace(ws, data)
+    (skip,) = [s for s in report.skipped if s.name == "rmsnorm_h4096/torch v1 (fast)"]
+    assert "is not a name" in skip.reason and skip.where == str(data / RMS_SOLUTION)
+    assert not any(" " in p.name for p in (ws.root / "solutions").rglob("*"))
