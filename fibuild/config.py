@@ -51,6 +51,12 @@ KNOBS: tuple[Knob, ...] = (
          "`.pth` hook, and in vLLM's workers through its `vllm.general_plugins` entry point)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
+    Knob("FIBUILD_TRUSTED_FLAGS", "", "Build flags to accept beyond fibuild's allowlist: space-separated "
+         "shell patterns matched against each flag token, e.g. `-include *.h`. The one place a workspace "
+         "that trusts its manifests' authors widens the list (see SECURITY.md); empty: the allowlist only."),
+    Knob("FIBUILD_SERVING_WAIT", "0.25", "Seconds the serving integration (`FIBUILD_TRACE`/`FIBUILD_APPLY`) "
+         "waits for a build lock or the build index that another process holds before it runs the "
+         "original function instead (and says so once, in the log and in `stats()`)."),
     Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
          "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
          "for `fibuild trace report`."),
@@ -77,6 +83,7 @@ BUILD_ENV_VARS: tuple[str, ...] = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PAT
 
 
 _DEFAULTS = {k.env: k.default for k in KNOBS}
+TRUSTED_FLAGS_ENV = "FIBUILD_TRUSTED_FLAGS"
 
 
 def _raw(env: Mapping[str, str], name: str) -> str:
@@ -131,6 +138,11 @@ class Settings:
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
+    trusted_flags: tuple[str, ...] = ()  # FIBUILD_TRUSTED_FLAGS: patterns of build flags let past the allowlist
+    serving_wait_s: float = 0.25  # FIBUILD_SERVING_WAIT
+    #: how long a build lock or the index may be waited for; None: as long as it takes (the
+    #: CLI). The serving integration sets it to serving_wait_s; a longer wait is BusyError.
+    wait_s: float | None = None
     stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
     pdl: bool = True  # FIBUILD_PDL: solutions declaring launch.pdl launch with PDL
     data_home: Path = Path("~/.local/share").expanduser()  # XDG_DATA_HOME: the user workspace's parent
@@ -168,11 +180,18 @@ class Settings:
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
+            trusted_flags=trusted_flags(env),
+            serving_wait_s=_number(env, "FIBUILD_SERVING_WAIT", float, "a number of seconds", "> 0"),
             stats=_flag(env, "FIBUILD_STATS"),
             pdl=_flag(env, "FIBUILD_PDL"),
             data_home=Path(_raw(env, "XDG_DATA_HOME")).expanduser().resolve(),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def trusted_flags(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The patterns of FIBUILD_TRUSTED_FLAGS (read now from ``env``, default ``os.environ``)."""
+    return tuple(_raw(os.environ if env is None else env, TRUSTED_FLAGS_ENV).split())
 
 
 def flashinfer_bench_settings(env: Mapping[str, str] | None = None) -> list[str]:

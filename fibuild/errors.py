@@ -88,6 +88,17 @@ class CacheError(FibuildError):
     """The build cache or its index cannot be used (permissions, pickled values, ...)."""
 
 
+class BusyError(FibuildError):
+    """A lock or database another process holds did not free within the wait the caller
+    allows (the serving path's FIBUILD_SERVING_WAIT). Nothing was built or changed; the
+    caller runs something else now and may try again later. ``reason`` is a short,
+    stable text to count it by; ``str()`` names the path and the wait."""
+
+    def __init__(self, message: str, *, reason: str):
+        self.reason = reason
+        super().__init__(message)
+
+
 class RegistryError(FibuildError):
     """An evaluation record cannot be written (invalid record, unwritable file)."""
 

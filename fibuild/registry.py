@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import RegistryError, os_error_advice
 from .spec.model import Evaluation, LatencyStats
@@ -178,25 +178,35 @@ class Registry:
         """``<root>/<definition>/workloads.jsonl``."""
         return self.path(definition, "_").with_name(WORKLOADS_FILE)
 
-    def append_workloads(self, definition: str, workloads: Iterable[Mapping[str, Any]]) -> Path:
+    def append_workloads(self, definition: str, workloads: Iterable[Mapping[str, Any]], *,
+                         select: Callable[[Path, list[Mapping[str, Any]]], list[Mapping[str, Any]]] | None = None
+                         ) -> Path:
         """Validate each workload record and append them all in one locked write.
 
         Each record is a workload line (``uuid``, ``axes``, ``inputs``; ``definition`` is
         filled in). Raises RegistryError naming the uuid and field of the first invalid
         record, before anything is written. Uuid clashes with the file are the caller's to
-        avoid (readers report them). Cost: one validation a record, one lock, one write.
+        avoid (readers report them). ``select(path, records)``, called while the file's lock
+        is held, returns the records to write after all (e.g. those the file, as other
+        processes left it, does not hold yet). Cost: one validation a record, one lock, one write.
         """
-        lines = []
+        records = []
         for record in workloads:
             record = {"definition": definition, **record}
             problems = validate("workload", record)
             if problems:
                 detail = "; ".join(f"{ptr or '/'}: {msg}" for ptr, msg in problems)
                 raise RegistryError(f"invalid workload {record.get('uuid')!r} of {definition}: {detail}")
-            lines.append(json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+            records.append(record)
         path = self.workloads_path(definition)
-        if lines:
-            append_lines(path, "".join(lines), "workloads", self.root)
+
+        def text() -> str:
+            chosen = records if select is None else select(path, records)
+            return "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
+                           for r in chosen)
+
+        if records:
+            append_lines(path, text, "workloads", self.root)
         return path
 
     def write_blob(self, definition: str, name: str, tensors: Mapping[str, Any]) -> str:
@@ -319,14 +329,17 @@ class Registry:
             log.warning("%s: cannot read registry file: %s", path, exc)
             return []
         out = []
+        bad: list[tuple[int, str]] = []
         for lineno, line in enumerate(raw.split(b"\n"), start=1):
             if not line.strip():
                 continue
             try:
                 out.append(evaluation_from_dict(json.loads(line)))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
-                log.warning("%s:%d: skipping unreadable evaluation record (%s)", path, lineno,
-                            "nested too deeply" if isinstance(exc, RecursionError) else exc)
+                bad.append((lineno, "nested too deeply" if isinstance(exc, RecursionError) else str(exc)))
+        if bad:  # one warning per file, however damaged: the first problem shows what is wrong
+            log.warning("%s: skipped %d unreadable evaluation record%s (first: line %d: %s)", path, len(bad),
+                        "" if len(bad) == 1 else "s", bad[0][0], bad[0][1][:200])
         return out
 
 
@@ -342,14 +355,19 @@ def _confined(path: Path, root: Path) -> None:
                                 "inside the workspace: replace it with the file itself")
 
 
-def append_lines(path: Path, text: str, what: str, root: Path | None = None) -> None:
-    """Append ``text`` (whole lines) to ``path`` in one write under ``<path>.lock``."""
+def append_lines(path: Path, text: str | Callable[[], str], what: str, root: Path | None = None) -> None:
+    """Append ``text`` (whole lines) to ``path`` in one write under ``<path>.lock``; a callable
+    ``text`` is called once the lock is held (to decide from the file as it is then)."""
     from filelock import FileLock
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _confined(path, root or path.parents[1])
         with FileLock(str(path) + ".lock"):
+            if callable(text):
+                text = text()
+                if not text:
+                    return
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 data = text.encode("utf-8")

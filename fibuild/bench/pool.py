@@ -131,11 +131,16 @@ class WorkerProcess:
         self._lines.put(None)  # EOF: the worker is gone
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> "WorkerProcess":
-        """Send init and wait for ready; BenchError when the worker cannot start."""
+        """Send init and wait for ready; BenchError when the worker cannot start, WorkerCrashed
+        when it was killed from outside while starting (the caller's retry applies)."""
         try:
             reply = self._exchange({"op": "init", "settings": self._settings_json, "device": self.device},
                                    timeout_s)
-        except (WorkerCrashed, WorkerTimeout) as exc:
+        except WorkerCrashed as exc:
+            if exc.from_outside:
+                raise
+            raise BenchError(f"benchmark worker on {self.device} did not start: {exc}") from None
+        except WorkerTimeout as exc:
             raise BenchError(f"benchmark worker on {self.device} did not start: {exc}") from None
         if reply.get("op") != "ready":
             self.kill()

@@ -209,9 +209,9 @@ class _WorkerSlot:
         run, name = self.run_state, item.solution.qualified_name
         if name in run.unpreparable:
             return "TIMEOUT", None, run.unpreparable[name]
-        worker = self._ensure()
         options = run.options.messages()
         try:
+            worker = self._ensure()  # a worker killed while starting counts as one kill of this item
             if name not in self.prepared:
                 work = first_call_work(item.definition, item.solution)
                 limit = run.prepare_s if work else min(run.options.timeout_s, run.prepare_s)

@@ -6,7 +6,8 @@
 
 Progress goes to stderr, one line per item; the report (counts, every skipped item with
 its reason, fields not carried over) to stdout. Exit 0 when the command ran, skipped
-items included; 1 for unreadable input (the file and line are named).
+items included; 1 for unreadable input (the file and line are named) and for an import
+that left out items whose data is missing from the source (a checkout without its blobs).
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def _progress(line: str) -> None:
 
 def _print(report, as_json: bool = False) -> None:
     if as_json:
-        print_json({"ok": True, "written": dict(report.written), "unchanged": dict(report.unchanged),
+        print_json({"ok": not report.incomplete, "incomplete": report.incomplete,
+                    "written": dict(report.written), "unchanged": dict(report.unchanged),
                     "skipped": [asdict(s) for s in report.skipped],
                     "dependents": [{"kind": kind, "definition": name, "count": n}
                                    for (kind, name), n in sorted(report.dependents.items())],
@@ -72,7 +74,7 @@ def run_import(args: argparse.Namespace, settings) -> int:
         report = import_flashinfer_trace(workspace, args.directory, definitions=definitions,
                                          op_type=args.op_type, progress=_progress)
     _print(report, args.json)
-    return 0
+    return 1 if report.incomplete else 0
 
 
 def run_export(args: argparse.Namespace, settings) -> int:

@@ -178,7 +178,9 @@ def build_items(settings: Settings, items: list[BuildItem], *, jobs: int | None 
                 settle(_outcome(item, "unavailable", error=BuildError(
                     f"{item.sol.qualified_name}: unavailable: {reason}", solution=item.sol.qualified_name)))
                 continue
-            locks.enter_context(store.holding(store.key_lock(settings.cache_dir, item.key)))
+            # Bounded on the serving path (settings.wait_s): a held lock is BusyError, never a hang.
+            wait = -1 if settings.wait_s is None else settings.wait_s
+            locks.enter_context(store.holding(store.key_lock(settings.cache_dir, item.key, timeout=wait)))
             meta, damage = store.check_meta(item.directory, item.key)
             if meta is not None:
                 settle(_outcome(item, "cached", meta=meta))
@@ -236,7 +238,7 @@ def _prepare(builder, item: BuildItem, settings: Settings):
 
 def _commit(settings: Settings, item: BuildItem, builder, seconds: float, settle) -> None:
     meta = meta_fields(item.defn, item.sol, item.key, item.inputs, builder, item.plan, seconds)
-    meta = commit_build(settings.cache_dir, item.directory, meta, item.plan)
+    meta = commit_build(settings.cache_dir, item.directory, meta, item.plan, index_wait_s=settings.wait_s)
     settle(_outcome(item, "built", seconds, meta=meta))
 
 

@@ -64,13 +64,15 @@ def loaded_files(directory: Path, plan: BuildPlan) -> list[str]:
                   if not name.endswith(".pyc"))
 
 
-def commit_build(cache_dir: Path, directory: Path, meta: dict[str, Any], plan: BuildPlan) -> dict[str, Any]:
-    """Commit a finished build (checksums, private modes, ``meta.json``) and index it.
+def commit_build(cache_dir: Path, directory: Path, meta: dict[str, Any], plan: BuildPlan, *,
+                 index_wait_s: float | None = None) -> dict[str, Any]:
+    """Commit a finished build (checksums, private modes, ``meta.json``) and index it
+    (waiting at most ``index_wait_s`` for the index; None: as long as it takes).
 
     Returns the committed meta. Raises CacheError when the disk refuses the commit.
     """
     meta = store.commit(directory, meta, loaded_files(directory, plan))
-    index_record(cache_dir, meta["key"], directory, meta, None)
+    index_record(cache_dir, meta["key"], directory, meta, None, wait_s=index_wait_s)
     return meta
 
 
@@ -92,10 +94,11 @@ def failed_error(sol: Solution, directory: Path, failed: dict[str, Any]) -> Buil
                       log_tail=str(failed.get("log_tail") or ""))
 
 
-def index_record(cache_dir: Path, key: str, directory: Path, meta, failed) -> None:
-    """Record a settled build in the index; an index that cannot be written only logs."""
+def index_record(cache_dir: Path, key: str, directory: Path, meta, failed, *, wait_s: float | None = None) -> None:
+    """Record a settled build in the index; an index that cannot be written (or is locked
+    past ``wait_s``) only logs."""
     try:
-        with Index(cache_dir) as index:
+        with Index(cache_dir, wait_s=wait_s) as index:
             index.record(key, build_summary(directory, meta, failed))
     except (CacheError, OSError) as exc:
         log.warning("could not update the build index: %s", exc)

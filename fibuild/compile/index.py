@@ -82,9 +82,10 @@ class Index:
     to share across processes' forks (open one per process). Use as a context manager or
     call ``close()``."""
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, *, wait_s: float | None = None):
         self.cache_dir = Path(cache_dir)
         self.directory = self.cache_dir / "index"
+        self.wait_s = wait_s  # how long sqlite waits for another process's lock (None: diskcache's 60 s)
         self._cache: diskcache.Cache | None = None
 
     # -- opening -----------------------------------------------------------------------
@@ -106,12 +107,38 @@ class Index:
 
     def _connect(self) -> diskcache.Cache:
         store.private_dir(self.directory, self.cache_dir)
+        if self.wait_s is not None:
+            self._probe_lock()
         try:
-            cache = diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none")
+            cache = diskcache.Cache(str(self.directory), disk=JSONOnlyDisk, eviction_policy="none",
+                                    timeout=60 if self.wait_s is None else self.wait_s)
             store.tighten(self.directory)  # sqlite creates its files 0644 whatever the folder's mode
             return cache
         except OSError as exc:
             raise cache_error(exc, self.directory, "open the build index") from None
+
+    def _probe_lock(self) -> None:
+        """CacheError when another process holds the database's write lock past ``wait_s``.
+
+        diskcache retries a locked statement for 60 s whatever its ``timeout`` (and opening a
+        Cache writes), so a bounded caller asks sqlite first, with its own timeout.
+        """
+        path = self.directory / "cache.db"
+        if not path.exists():
+            return
+        try:
+            probe = sqlite3.connect(str(path), timeout=self.wait_s, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise CacheError(f"{self.directory}: the build index is locked by another process "
+                                 f"(waited {self.wait_s:g} s)") from None
+        except sqlite3.DatabaseError:
+            pass  # corrupt: _open's own handling applies
 
     def _unless_corrupt(self, exc: sqlite3.DatabaseError) -> None:
         """Raise CacheError unless ``exc`` says the database file itself is corrupt."""
@@ -145,9 +172,13 @@ class Index:
 
     def _guard(self, op):
         """Run ``op(cache)``; a corrupt database is recreated (and refilled) once; any other
-        database failure is a CacheError (the index is left as it is)."""
+        database failure, a lock held past the wait included, is a CacheError (the index is
+        left as it is)."""
         try:
             return op(self._open())
+        except diskcache.Timeout:
+            raise CacheError(f"{self.directory}: the build index is locked by another process "
+                             f"(waited {self.wait_s if self.wait_s is not None else 60:g} s)") from None
         except sqlite3.DatabaseError as exc:
             self._unless_corrupt(exc)
             log.warning("index %s is corrupt (%s); recreating it from the store", self.directory, exc)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fibuild.compile import store
 from fibuild.compile.index import Index
-from fibuild.errors import CacheError
+from fibuild.errors import BusyError, CacheError
 
 # Heavy or optional dependencies, imported inside the functions that use them: filelock.
 
@@ -62,7 +62,6 @@ def prune(cache_dir: Path, *, everything: bool = False, older_than: float | None
     file); the next ``get_or_build`` rebuilds. Runs of killed batch builds are removed too.
     An index that cannot be updated (a full disk) only logs: it is rebuilt from the store.
     """
-    from filelock import Timeout
 
     result = GcResult()
     forgotten: list[str] = []
@@ -87,7 +86,7 @@ def prune(cache_dir: Path, *, everything: bool = False, older_than: float | None
                     forgotten.append(key)
                 result.removed.append(found.path)
                 result.bytes += size
-        except Timeout:
+        except BusyError:
             result.locked.append(found.path)
     runs = cache_dir / "runs"
     if runs.is_dir() and not runs.is_symlink() and not dry_run:

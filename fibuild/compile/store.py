@@ -47,7 +47,7 @@ from fibuild.compile.files import (  # noqa: F401
     safe_relative,
     tighten,
 )
-from fibuild.errors import cache_error
+from fibuild.errors import BusyError, cache_error
 
 # Heavy or optional dependencies, imported inside the functions that use them: filelock.
 
@@ -91,6 +91,10 @@ def meta_checksum(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+#: BusyError.reason of a build lock held past the wait
+BUSY_BUILD_LOCK = "build lock held by another process"
+
+
 # -- locks ------------------------------------------------------------------------------
 
 def key_lock(cache_dir: Path, key: str, timeout: float = -1):
@@ -110,7 +114,7 @@ def key_lock(cache_dir: Path, key: str, timeout: float = -1):
 def holding(lock, path: Path | None = None) -> Iterator[None]:
     """Hold ``lock`` (a FileLock) for the block; an OS error taking it is a CacheError.
 
-    ``filelock.Timeout`` passes through (the caller asked for a bounded wait).
+    A lock made with a timeout that another process holds longer raises BusyError.
     """
     from filelock import Timeout
 
@@ -120,7 +124,8 @@ def holding(lock, path: Path | None = None) -> Iterator[None]:
             raise OSError(errno.ELOOP, "Too many levels of symbolic links", str(where))
         lock.acquire()
     except Timeout:
-        raise
+        raise BusyError(f"{where}: another process holds this build lock (a build in progress, or a "
+                        f"stopped process); waited {lock.timeout:g} s", reason=BUSY_BUILD_LOCK) from None
     except OSError as exc:
         raise cache_error(exc, where, "take the build lock") from None
     try:

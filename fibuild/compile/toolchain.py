@@ -56,14 +56,19 @@ class Compiler:
 
 @functools.cache
 def host_compiler(name: str = "c++") -> Compiler | None:
-    """The C++ compiler ``name`` on PATH, resolved to an absolute path; None when absent."""
+    """The C++ compiler ``name`` on PATH as an absolute path; None when absent.
+
+    Links are not resolved: a compiler driver picks its mode from the name it is run by
+    (``/usr/bin/clang++`` links to ``clang``, which run as ``clang`` compiles C and links
+    without the C++ library). Its identity in build keys is the ``--version`` line.
+    """
     found = shutil.which(name)
     if not found:
         return None
     version = _first_line([found, "--version"])
     if version is None:
         return None
-    return Compiler(path=os.path.realpath(found), version=version)
+    return Compiler(path=os.path.abspath(found), version=version)
 
 
 @functools.cache

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DatasetError
+from ..errors import DatasetError, FibuildError
 from ..registry import Registry
 from ..spec.model import Definition
 from ..spec.workspace import Workspace
 from .checks import rejected_workloads
 from .dump_reader import DumpCall, read_dumps
 from .report import DatasetReport
+from .writes import Journal, target
 
 MAX_PER_AXES = 2
 _REGISTRY = "registry"  # Workspace.registry_dir.name: blob paths are relative to the workspace root
@@ -227,7 +228,8 @@ def _bind(axes: dict, spec, shape: list[int]) -> None:
 
 
 def _write(workspace: Workspace, new: dict, report: DatasetReport) -> None:
-    """Validate every new workload with fibuild's loader, then write blobs and lines."""
+    """Validate every new workload with fibuild's loader, then write blobs and lines (all of
+    them, or on a failure none: what was written is taken back)."""
     registry = Registry(workspace.registry_dir)
     for name, items in new.items():
         defn = workspace.definition(name)
@@ -236,10 +238,21 @@ def _write(workspace: Workspace, new: dict, report: DatasetReport) -> None:
             index, messages = next(iter(rejected.items()))
             raise DatasetError(items[index][2], 0, f"workload for {name} rejected by fibuild's loader: "
                                + "; ".join(messages))
-    for name, items in new.items():
-        for record, blob, _ in items:
-            if blob:
-                registry.write_blob(name, f"{name}_{record['uuid']}", blob)
-                report.written["blob"] += 1
-        registry.append_workloads(name, [r for r, _, _ in items])
-        report.written["workload"] += len(items)
+    journal = Journal()
+    written: Counter = Counter()
+    try:
+        for name, items in new.items():
+            for record, blob, _ in items:
+                if blob:
+                    journal.creating(target(workspace.root, _REGISTRY, name, "blobs",
+                                            f"{name}_{record['uuid']}.safetensors"))
+                    registry.write_blob(name, f"{name}_{record['uuid']}", blob)
+                    written["blob"] += 1
+            journal.appending(target(workspace.root, _REGISTRY, name, "workloads.jsonl"))
+            registry.append_workloads(name, [r for r, _, _ in items])
+            written["workload"] += len(items)
+    except (OSError, FibuildError) as exc:
+        left = journal.undo()
+        kept = f"; could not remove {', '.join(left)}" if left else "; nothing of it was kept"
+        raise FibuildError(f"import failed while writing into {workspace.root}: {exc}{kept}") from exc
+    report.written.update(written)

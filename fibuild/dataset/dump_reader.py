@@ -23,6 +23,7 @@ from .files import iter_jsonl, safetensors_header
 # Heavy or optional dependencies, imported inside the functions that use them: safetensors.
 
 _DIR = re.compile(r"^(\d{8}_\d{6}_\d{3})_pid(\d+)_(.+)_call(\d+)$")
+MAX_SIGNATURE_CHARS = 16 * 1024  # FlashInfer's longest signature (a decode run()) is ~1 000
 _REQUIRED = ("function_name", "input_metadata", "tensor_info", "function_signature", "execution_status",
              "tensor_format", "process_id")
 
@@ -86,7 +87,7 @@ def parse_signature(text: str) -> Signature:
     """Parameter names and literal defaults of ``str(inspect.signature(f))`` (parsed, not run)."""
     try:
         fn = ast.parse(f"def _f{text}:\n    pass\n").body[0]
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # not Python, NUL bytes, too deep
         return Signature(tuple(_names_by_split(text)))
     args = fn.args
     positional = [a.arg for a in args.posonlyargs + args.args]
@@ -174,7 +175,11 @@ def _read_call(folder: Path, pid: int) -> DumpCall:
                                "metadata.jsonl lists (truncated or foreign file)")
     if not isinstance(record["input_metadata"], dict) or not isinstance(record["function_name"], str):
         raise DatasetError(meta_path, lineno, "not a FlashInfer level-10 dump record (malformed fields)")
+    signature = str(record["function_signature"])
+    if len(signature) > MAX_SIGNATURE_CHARS:
+        raise DatasetError(meta_path, lineno, f"function_signature of {len(signature)} characters (at most "
+                           f"{MAX_SIGNATURE_CHARS}): not a FlashInfer dump record")
     return DumpCall(directory=folder, function=record["function_name"], pid=pid,
                     self_id=record.get("self_id"), status=str(record["execution_status"]),
-                    signature=parse_signature(str(record["function_signature"])),
+                    signature=parse_signature(signature),
                     metadata=record["input_metadata"], tensors=tensors)

@@ -7,6 +7,7 @@ input it cannot use; nothing is executed. Writers go through a temporary name an
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -21,6 +22,12 @@ SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64",
                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+#: bytes per element of each safetensors dtype (a header's shapes must match its byte ranges)
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+               "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MAX_LINE_BYTES = 4 * 1024 * 1024  # a dataset line (one workload or trace) is far smaller
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a definition or solution file (sources inline)
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
@@ -34,6 +41,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise DatasetError(path, 0, f"{size} bytes: larger than the {MAX_JSON_BYTES} a dataset file may hold")
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DatasetError(path, 0, "file not found") from None
@@ -56,9 +66,34 @@ def read_json(path: Path) -> tuple[Any, str]:
         raise DatasetError(path, 1, "JSON nested too deeply") from None
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line, read one at a time; a line longer than
+    MAX_LINE_BYTES is a DatasetError (it is never read whole)."""
+    try:
+        with open(path, "rb") as fh:
+            lineno = 0
+            while True:
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return
+                lineno += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise DatasetError(path, lineno, f"line longer than {MAX_LINE_BYTES} bytes: not a "
+                                       "workload or trace line")
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DatasetError(path, lineno, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except FileNotFoundError:
+        raise DatasetError(path, 0, "file not found") from None
+    except OSError as exc:
+        raise DatasetError(path, 0, f"cannot read: {exc.strerror or exc}") from None
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """``(line number, value)`` for each non-blank line; DatasetError on a malformed line."""
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    """``(line number, value)`` for each non-blank line; DatasetError on a malformed or
+    oversized line. Reads one line at a time."""
+    for lineno, line in _lines(path):
         if not line.strip():
             continue
         try:
@@ -136,14 +171,34 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
         if not isinstance(info, dict) or "dtype" not in info or "shape" not in info \
                 or "data_offsets" not in info:
             raise DatasetError(path, 0, f"not a safetensors file (entry {name!r} is malformed)")
-        begin, end = info["data_offsets"]
+        offsets = info["data_offsets"]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise DatasetError(path, 0, f"not a safetensors file (entry {name!r} is malformed)")
+        begin, end = offsets
         if not 0 <= begin <= end <= size - 8 - length:
             raise DatasetError(path, 0, f"truncated safetensors file (tensor {name!r} lies past the end)")
         dtype = SAFETENSORS_DTYPES.get(info["dtype"])
         if dtype is None:
             raise DatasetError(path, 0, f"tensor {name!r} has dtype {info['dtype']}, which fibuild cannot hold")
-        out[name] = (dtype, [int(d) for d in info["shape"]])
+        shape = info["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise DatasetError(path, 0, f"not a safetensors file (tensor {name!r} has shape {shape!r})")
+        count = math.prod(shape)
+        if count * _ITEM_BYTES[info["dtype"]] != end - begin:
+            raise DatasetError(path, 0, f"tensor {name!r} claims shape {shape} ({count} elements of "
+                               f"{info['dtype']}) but holds {end - begin} bytes (a forged or damaged header)")
+        out[name] = (dtype, list(shape))
     return out
+
+
+def lfs_pointer(path: Path) -> bool:
+    """Whether ``path`` is a Git LFS pointer file (a checkout made without its LFS data)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_LFS_POINTER)) == _LFS_POINTER
+    except OSError:
+        return False
 
 
 def write_text(path: Path, text: str) -> None:

@@ -26,6 +26,9 @@ class DatasetReport:
     notes: list[str] = field(default_factory=list)
     #: (kind, definition) -> items left out because their definition is not imported
     dependents: Counter = field(default_factory=Counter)
+    #: data the source should hold is missing (a blob): the import did what it could, the
+    #: caller should say it is incomplete (the CLI exits 1)
+    incomplete: bool = False
 
     def skip(self, kind: str, name: str, reason: str, where: str = "") -> None:
         self.skipped.append(Skipped(kind, name, reason, where))
@@ -47,4 +50,6 @@ class DatasetReport:
         if self.notes:
             out.append(f"not carried over {len(self.notes)}:")
             out += [f"  {n}" for n in self.notes]
+        if self.incomplete:
+            out.append("incomplete: the source lacks data that items above need (listed as missing)")
         return out

@@ -7,17 +7,22 @@ sources), ``workloads/<op_type>/<definition>.jsonl``, blobs under the dataset ro
 ``registry/<definition>/blobs/`` (paths relative to the workspace root), and evaluations in
 ``registry/<definition>/<device>.jsonl`` (device: the slugified ``environment.hardware``).
 
-All or nothing for bad input: every file is read and checked, and manifests are written
-to a staging folder and loaded by fibuild's own loaders, before anything enters the
-workspace. A malformed file raises DatasetError naming the file and line; what fibuild
-cannot express is skipped and listed in the report. Re-importing the same data writes
-nothing (items already present are counted as such).
+All or nothing for bad input: every name is checked against the manifest name pattern
+before a path is built from it, every file is read and checked (finite numbers included),
+and manifests are written to a staging folder and loaded by fibuild's own loaders, before
+anything enters the workspace. Every workspace path is then checked (no symbolic link, no
+way out of the workspace, :mod:`fibuild.dataset.writes`) before the first write; blobs,
+workloads and evaluations go in first and manifests last, and a failure takes back all of
+it. A malformed file raises DatasetError naming the file and line; what fibuild cannot
+express is skipped and listed in the report. A workload whose blob is missing (a checkout
+without its LFS files) is skipped and listed, and the report is marked incomplete (the CLI
+exits 1). Re-importing the same data writes nothing (items already present are counted).
 """
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -32,6 +37,7 @@ from . import trace_mapping as tm
 from .files import copy_file, line_of, read_json, same_bytes, write_text
 from .report import DatasetReport
 from .trace_workloads import PendingDefinition, Progress, count_dependent, dataset_lines, read_workloads
+from .writes import Journal, new_stage, target
 
 
 def import_flashinfer_trace(workspace: Workspace, source: str | Path, *, definitions: Iterable[str] = (),
@@ -49,7 +55,7 @@ def import_flashinfer_trace(workspace: Workspace, source: str | Path, *, definit
     say = progress or (lambda _line: None)
     report = DatasetReport()
     defs = _read_definitions(root, workspace, set(definitions), op_type, report, say)
-    stage = Path(tempfile.mkdtemp(prefix=".import-", dir=workspace.root))
+    stage = new_stage(workspace.root)
     try:
         _stage_definitions(defs, stage, report)
         _read_solutions(root, defs, stage, report, say)
@@ -143,7 +149,7 @@ def _stage_definitions(defs: dict[str, PendingDefinition], stage: Path, report: 
     for name, item in list(defs.items()):
         if not item.new:
             continue
-        path = stage / "defs" / item.manifest["op_type"] / f"{name}.yaml"
+        path = target(stage, "defs", item.manifest["op_type"], f"{name}.yaml")
         write_text(path, dump_yaml(item.manifest))
         try:
             item.model = load_definition(path)
@@ -179,9 +185,9 @@ def _read_solutions(root: Path, defs: dict[str, PendingDefinition], stage: Path,
             raise DatasetError(path, line_of(text, "name"), f"solution {name!r} of {manifest['definition']} "
                                "appears twice in the dataset")
         say(f"solution {manifest['definition']}/{name}")
-        folder = stage / "solutions" / manifest["definition"] / name
+        folder = target(stage, "solutions", manifest["definition"], name)
         for rel, content in files.items():
-            write_text(folder / rel, content)
+            write_text(target(folder, *rel.split("/")), content)
         write_text(folder / "solution.yaml", dump_yaml(manifest))
         try:
             sol = load_solution(folder / "solution.yaml", names)
@@ -215,9 +221,14 @@ def _read_traces(root: Path, workspace: Workspace, defs: dict[str, PendingDefini
             ev = tm.evaluation_from_dataset(name, workload, solution, evaluation, item.solutions[solution][2])
         except ValueError as exc:
             raise DatasetError(path, lineno, str(exc)) from None
-        problems = validate("evaluation", evaluation_to_dict(ev))
+        record = evaluation_to_dict(ev)
+        problems = validate("evaluation", record)
         if problems:
             raise DatasetError(path, lineno, "; ".join(f"{p}: {m}" for p, m in problems))
+        try:
+            json.dumps(record, allow_nan=False)
+        except ValueError:
+            raise DatasetError(path, lineno, "the evaluation holds a NaN or infinite number") from None
         if name not in present:
             present[name] = {_ev_key(e) for e in registry.read(name)}
         if _ev_key(ev) in present[name]:
@@ -235,39 +246,68 @@ def _ev_key(ev) -> tuple:
 
 def _commit(workspace: Workspace, root: Path, defs: dict[str, PendingDefinition], stage: Path,
             report: DatasetReport) -> None:
-    """Move staged manifests into the workspace, copy blobs, append workloads and evaluations."""
-    registry = Registry(workspace.registry_dir)
+    """Check every target path, then copy blobs, append workloads and evaluations, and move
+    the staged manifests in last; on any failure take back what was written and raise."""
+    ws = workspace.root
+    registry_name, solutions_name, defs_name = (workspace.registry_dir.name, workspace.solutions_dir.name,
+                                                workspace.defs_dir.name)
+    blobs, workloads, evaluations, solutions, definitions = [], [], [], [], []
+    written: Counter = Counter()
     for name, item in defs.items():
-        if item.new:
-            target = workspace.defs_dir / item.manifest["op_type"] / f"{name}.yaml"
-            copy_file(stage / "defs" / item.manifest["op_type"] / f"{name}.yaml", target)
-            report.written["definition"] += 1
-        for sol_name, (manifest, folder, _) in item.solutions.items():
-            target = workspace.solutions_dir / name / sol_name
-            if target.exists():
-                if _same_tree(folder, target):
-                    report.unchanged["solution"] += 1
-                else:
-                    report.skip("solution", f"{name}/{sol_name}", f"{target} exists and differs; remove it "
-                                "or import into another workspace")
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(folder, target.with_name(f".{sol_name}.tmp"), dirs_exist_ok=True)
-            target.with_name(f".{sol_name}.tmp").rename(target)
-            report.written["solution"] += 1
         for rel, blob_name in item.blobs.items():
-            dest = workspace.registry_dir / name / "blobs" / blob_name
+            dest = target(ws, registry_name, name, "blobs", blob_name)
             if dest.exists():
                 report.unchanged["blob"] += 1
             else:
-                copy_file(root / rel, dest)
-                report.written["blob"] += 1
+                blobs.append((root / rel, dest))
         if item.workloads:
-            registry.append_workloads(name, item.workloads)
-            report.written["workload"] += len(item.workloads)
+            workloads.append((name, item.workloads, target(ws, registry_name, name, "workloads.jsonl")))
         for ev in item.evaluations:
+            evaluations.append((ev, target(ws, registry_name, name, f"{ev.device}.jsonl")))
+        for sol_name, (_manifest, folder, _) in item.solutions.items():
+            dest = target(ws, solutions_name, name, sol_name)
+            target(ws, solutions_name, name, f".{sol_name}.tmp")
+            if not dest.exists():
+                solutions.append((name, sol_name, folder, dest))
+            elif _same_tree(folder, dest):
+                report.unchanged["solution"] += 1
+            else:
+                report.skip("solution", f"{name}/{sol_name}", f"{dest} exists and differs; remove it "
+                            "or import into another workspace")
+        if item.new:
+            op_type = item.manifest["op_type"]
+            definitions.append((stage / "defs" / op_type / f"{name}.yaml",
+                                target(ws, defs_name, op_type, f"{name}.yaml")))
+    journal = Journal()
+    registry = Registry(workspace.registry_dir)
+    try:
+        for src, dest in blobs:
+            copy_file(src, journal.creating(dest))
+            written["blob"] += 1
+        for name, records, path in workloads:
+            journal.appending(path)
+            registry.append_workloads(name, records)
+            written["workload"] += len(records)
+        noted: set[Path] = set()
+        for ev, path in evaluations:
+            if path not in noted:
+                journal.appending(path)
+                noted.add(path)
             registry.append(ev)
-        report.written["evaluation"] += len(item.evaluations)
+            written["evaluation"] += 1
+        for name, sol_name, folder, dest in solutions:
+            tmp = journal.creating(dest.with_name(f".{sol_name}.tmp"))
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+            tmp.rename(journal.creating(dest))
+            written["solution"] += 1
+        for staged, dest in definitions:
+            copy_file(staged, journal.creating(dest))
+            written["definition"] += 1
+    except (OSError, FibuildError) as exc:
+        left = journal.undo()
+        kept = f"; could not remove {', '.join(left)}" if left else "; nothing of it was kept"
+        raise FibuildError(f"import failed while writing into {ws}: {exc}{kept}") from exc
+    report.written.update(written)
 
 
 def _same_tree(a: Path, b: Path) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from ..devices import slugify
 from ..spec.model import DTYPES, LANGUAGES, STATUSES, Evaluation, LatencyStats
+from ..spec.schema import name_problem
 from .files import relative_path
 
 #: Definition keys of the dataset, in the order its files write them.
@@ -46,6 +47,32 @@ def _string(data: Mapping, key: str, what: str, *, required: bool = True) -> str
     return value
 
 
+def _name(data: Mapping, key: str, what: str) -> str:
+    """``data[key]`` checked before it becomes a path: ValueError (malformed, the import stops)
+    for one that holds a path, Unsupported (skipped) for another that is no manifest name."""
+    value = _string(data, key, what)
+    _check_name(value, f"{what}: {key}")
+    return value
+
+
+def _check_name(value: str, what: str) -> None:
+    if "/" in value or "\\" in value or value in (".", ".."):
+        raise ValueError(f"{what} {value!r} is not a name: it holds a path")
+    why = name_problem(value, what)
+    if why:
+        raise Unsupported(why)
+
+
+def _strings(data: Mapping, key: str, what: str) -> list[str]:
+    """``data[key]``: a list of strings (absent or null: empty)."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what}: {key!r} must be a list of strings, got {value!r}")
+    return value
+
+
 def _dropped(data: Mapping, known: tuple[str, ...], what: str) -> list[str]:
     return [f"{what}: field {k!r} has no fibuild equivalent and was not kept" for k in data if k not in known]
 
@@ -59,15 +86,16 @@ def definition_from_dataset(data: Any) -> tuple[dict, list[str]]:
     (a dtype it lacks, an optional input, a zero-sized const axis).
     """
     data = _mapping(data, "definition")
-    for key in ("name", "op_type", "reference"):
-        _string(data, key, "definition")
+    for key in ("name", "op_type"):
+        _name(data, key, "definition")
+    _string(data, "reference", "definition")
     name = data["name"]
     notes = _dropped(data, DEFINITION_KEYS, f"definition {name}")
     out: dict[str, Any] = {"name": name, "op_type": data["op_type"]}
     if data.get("description") is not None:
         out["description"] = data["description"]
     if data.get("tags"):
-        out["tags"] = list(data["tags"])
+        out["tags"] = _strings(data, "tags", f"definition {name}")
     axes = {}
     for axis, spec in _mapping(data.get("axes"), f"definition {name}: axes").items():
         spec = _mapping(spec, f"axis {axis}")
@@ -161,8 +189,9 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     solution (fibuild builds native code through tvm-ffi only).
     """
     data = _mapping(data, "solution")
-    for key in ("name", "definition", "author"):
-        _string(data, key, "solution")
+    for key in ("name", "definition"):
+        _name(data, key, "solution")
+    _string(data, "author", "solution")
     spec = _mapping(data.get("spec"), f"solution {data['name']}: spec")
     language = _string(spec, "language", "spec")
     entry = _string(spec, "entry_point", "spec")
@@ -183,6 +212,10 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
         if path in files:
             raise ValueError(f"sources[{i}]: duplicate source path {path!r}")
         files[path] = source["content"]
+    folders = {"/".join(p.split("/")[:n]) for p in files for n in range(1, p.count("/") + 1)}
+    clash = sorted(folders & set(files))
+    if clash:
+        raise ValueError(f"solution: {clash[0]!r} is both a source file and the folder of another source")
     if language not in LANGUAGES:
         raise Unsupported(f"language {language!r} has no fibuild builder (fibuild builds {', '.join(LANGUAGES)})")
     binding = spec.get("binding")
@@ -193,6 +226,7 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     if "solution.yaml" in files:
         raise Unsupported("a source named solution.yaml would overwrite fibuild's manifest")
     name = solution_name_from_dataset(data["definition"], data["name"])
+    _check_name(name, "solution: name")
     notes = _dropped(data, SOLUTION_KEYS, f"solution {name}") + _dropped(spec, SPEC_KEYS, f"solution {name}: spec")
     out: dict[str, Any] = {"name": name, "definition": data["definition"], "author": data["author"]}
     if data.get("description") is not None:
@@ -200,12 +234,14 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     out["language"] = language
     out["entry_point"] = entry
     out["sources"] = list(files)
-    if spec.get("target_hardware"):
-        out["target_hardware"] = list(spec["target_hardware"])
+    hardware = _strings(spec, "target_hardware", f"solution {name}: spec")
+    dependencies = _strings(spec, "dependencies", f"solution {name}: spec")
+    if hardware:
+        out["target_hardware"] = hardware
     # The dataset's default is destination passing; fibuild's is value-returning: always explicit.
     out["destination_passing_style"] = bool(spec.get("destination_passing_style", True))
-    if spec.get("dependencies"):
-        out["dependencies"] = list(spec["dependencies"])
+    if dependencies:
+        out["dependencies"] = dependencies
     return out, files, notes
 
 
@@ -287,9 +323,11 @@ def _timestamp(value: Any) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
 
 
-def _latency(ms: Any) -> LatencyStats | None:
+def _latency(ms: Any, what: str) -> LatencyStats | None:
     if ms is None:
         return None
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+        raise ValueError(f"evaluation.performance.{what} = {ms!r} is not a finite number >= 0")
     us = float(ms) * 1000.0
     # The dataset keeps one figure (the mean); fibuild's statistics all take it, over n=1.
     return LatencyStats(median_us=us, p20_us=us, p80_us=us, mean_us=us, n=1)
@@ -298,6 +336,8 @@ def _latency(ms: Any) -> LatencyStats | None:
 def _finite(value: Any) -> float | None:
     if value is None or isinstance(value, str):  # pydantic writes NaN/inf as strings
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -317,8 +357,8 @@ def evaluation_from_dataset(definition: str, workload: Mapping, solution: str, e
     device = slugify(hardware)
     if not device:
         raise ValueError(f"evaluation.environment.hardware {hardware!r} names no device")
-    correctness = evaluation.get("correctness") or {}
-    performance = evaluation.get("performance") or {}
+    correctness = _mapping(evaluation.get("correctness") or {}, "evaluation.correctness")
+    performance = _mapping(evaluation.get("performance") or {}, "evaluation.performance")
     environment = {"hardware": hardware, "libs": dict(env.get("libs") or {})}
     if correctness.get("extra") is not None:
         environment["correctness_extra"] = correctness["extra"]
@@ -327,8 +367,9 @@ def evaluation_from_dataset(definition: str, workload: Mapping, solution: str, e
         definition=definition, solution=solution, solution_digest=solution_digest, build_key="",
         workload_uuid=workload["uuid"], axes={k: int(v) for k, v in workload["axes"].items()},
         status=status, device=device,
-        latency=_latency(performance.get("latency_ms")) if performance else None,
-        reference_latency=_latency(performance.get("reference_latency_ms")) if performance else None,
+        latency=_latency(performance.get("latency_ms"), "latency_ms") if performance else None,
+        reference_latency=(_latency(performance.get("reference_latency_ms"), "reference_latency_ms")
+                           if performance else None),
         speedup=speedup if speedup else None,
         max_abs_error=_finite(correctness.get("max_absolute_error")) if correctness else None,
         max_rel_error=_finite(correctness.get("max_relative_error")) if correctness else None,

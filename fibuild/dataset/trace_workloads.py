@@ -8,6 +8,7 @@ relative to the workspace root. A malformed line raises DatasetError naming file
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,10 +17,14 @@ from ..errors import DatasetError
 from ..spec.workspace import Workspace
 from . import trace_mapping as tm
 from .checks import rejected_workloads
-from .files import confined, iter_jsonl, read_json, relative_path, safetensors_header, same_bytes
+from .files import confined, iter_jsonl, lfs_pointer, read_json, relative_path, safetensors_header, same_bytes
 from .report import DatasetReport
 
 Progress = Callable[[str], None]
+
+
+class MissingBlob(Exception):
+    """A workload's blob is not in the dataset checkout; ``str(exc)`` says which and what to do."""
 
 
 @dataclass
@@ -114,7 +119,12 @@ def _workload_record(root: Path, workspace: Workspace, item: PendingDefinition, 
             raise DatasetError(path, lineno, f"input {name!r}: {spec!r} is not a random, scalar or "
                                "safetensors input")
         if spec["type"] == "safetensors":
-            spec = _blob_input(root, workspace, item, name, spec, path, lineno)
+            try:
+                spec = _blob_input(root, workspace, item, name, spec, path, lineno)
+            except MissingBlob as exc:
+                report.skip("workload", workload["uuid"], f"input {name!r}: {exc}", f"{path}:{lineno}")
+                report.incomplete = True
+                return None
         inputs[name] = dict(spec)
     return {"uuid": workload["uuid"], "axes": axes, "inputs": inputs}
 
@@ -131,7 +141,10 @@ def _blob_input(root: Path, workspace: Workspace, item: PendingDefinition, name:
     if not isinstance(key, str) or not key:
         raise DatasetError(path, lineno, f"input {name!r}: safetensors input without a tensor_key")
     if not blob.is_file():
-        raise DatasetError(path, lineno, f"input {name!r}: blob {rel} not found in {root}")
+        raise MissingBlob(f"blob {rel} is missing from {root} (a checkout without its blobs? fetch them, "
+                          "e.g. git lfs pull, and import again)")
+    if lfs_pointer(blob):
+        raise MissingBlob(f"blob {rel} is a Git LFS pointer, not the data (run git lfs pull and import again)")
     header = safetensors_header(blob)
     if key not in header:
         raise DatasetError(path, lineno, f"input {name!r}: blob {rel} has no tensor {key!r} "
@@ -166,6 +179,15 @@ def _validate_workloads(workspace: Workspace, item: PendingDefinition, stage: Pa
         else:
             present.add(record["uuid"])
             fresh.append((record, where))
+    finite = []
+    for record, where in fresh:
+        try:
+            json.dumps(record, allow_nan=False)
+        except ValueError:
+            report.skip("workload", record["uuid"], "holds a NaN or infinite number", where)
+            continue
+        finite.append((record, where))
+    fresh = finite
     while fresh:
         rejected = rejected_workloads(stage, item.model, [r for r, _ in fresh])
         if not rejected:

@@ -12,6 +12,7 @@ shape.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 import threading
 from typing import Any, Callable
@@ -35,6 +36,8 @@ class Session:
 
     def __init__(self, settings: Settings, *, trace: bool, apply: bool, per_key: int = 2,
                  flush_every: int = 64, policy: str = "nearest"):
+        # The serving path never waits unboundedly: locks and the index, FIBUILD_SERVING_WAIT.
+        settings = dataclasses.replace(settings, wait_s=settings.serving_wait_s)
         self.settings = settings
         self.trace = trace
         self.apply = apply
@@ -49,6 +52,15 @@ class Session:
         self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
         self.substituted: dict[str, int] = {}   # definition -> keys sent to a fibuild solution
         self.stats = Stats()
+        self._said: set[tuple[str, str]] = set()
+
+    def first_time(self, api: str, what: str) -> bool:
+        """True the first time ``(api, what)`` is asked in this session (to log a thing once)."""
+        with self._lock:
+            if (api, what) in self._said:
+                return False
+            self._said.add((api, what))
+            return True
 
     # -- definitions and kernels -----------------------------------------------------------
     def definition(self, adapter: Adapter, name: str, params: dict[str, Any]):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, Callable
 
-from fibuild.errors import InputError
+from fibuild.errors import BusyError, InputError
 
 from .adapters.base import Unmapped, bind
 from .adapters.functions import FunctionAdapter
@@ -71,6 +72,7 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
     want_cuda = str(kernel.device).startswith("cuda")
     settled: list[bool | None] = [None]  # None: not checked yet; True: kernel; False: original
     counters = session.stats.of(adapter.api)
+    busy = BusyBackoff(session, adapter.api)
     done = counters.cell("substituted")
     settled_off = counters.cell("fallback", "the solution fell back at its first call")
     nested = counters.cell("fallback", "called from inside a fibuild solution")
@@ -78,9 +80,12 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
     rejected = counters.cell("fallback", "the solution rejected the inputs")
 
     def fibuild_substitute(*args, **kwargs):
-        if settled[0] is False:
-            settled_off[0] += 1
-            return original(*args, **kwargs)
+        if settled[0] is not True:  # until the first call ran the solution
+            if settled[0] is False:
+                settled_off[0] += 1
+                return original(*args, **kwargs)
+            if busy.waiting():
+                return original(*args, **kwargs)
         if getattr(guard, "active", False):
             nested[0] += 1
             return original(*args, **kwargs)
@@ -97,6 +102,9 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
         except InputError:  # raised before anything ran: the original takes the call
             rejected[0] += 1
             return original(*args, **kwargs)
+        except BusyError as exc:  # another process holds the build: never wait for it here
+            busy.hit(exc)
+            return original(*args, **kwargs)
         finally:
             guard.active = False
         done[0] += 1
@@ -105,6 +113,37 @@ def substitute(session, adapter: FunctionAdapter, original: Callable, kernel, de
         return adapter.write_back(call, outputs)
 
     return fibuild_substitute
+
+
+#: seconds a substitute runs the original after a BusyError before fibuild tries again
+BUSY_RETRY_S = 5.0
+
+
+class BusyBackoff:
+    """What a substitute handler does after :class:`~fibuild.errors.BusyError` (a build lock
+    or the index held by another process past ``FIBUILD_SERVING_WAIT``): the original runs
+    for :data:`BUSY_RETRY_S`, each call counted as a fallback under the error's reason, then
+    fibuild tries again (one bounded wait). Said once per API and reason in the log."""
+
+    def __init__(self, session, api: str):
+        self.session, self.api = session, api
+        self.until = 0.0
+        self.cell: list[int] = [0]
+
+    def waiting(self) -> bool:
+        """True (and the call counted) while the original should run; one clock read."""
+        if self.until and time.monotonic() < self.until:
+            self.cell[0] += 1
+            return True
+        return False
+
+    def hit(self, exc: BusyError) -> None:
+        self.cell = self.session.stats.of(self.api).cell("fallback", exc.reason)
+        self.cell[0] += 1
+        self.until = time.monotonic() + BUSY_RETRY_S
+        if self.session.first_time(self.api, exc.reason):
+            log.warning("fibuild: %s: %s; the original runs meanwhile (fibuild tries again every %g s)",
+                        self.api, exc, BUSY_RETRY_S)
 
 
 def ran_a_solution(adapter, defn, res, instance=None) -> bool:

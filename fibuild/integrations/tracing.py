@@ -3,7 +3,9 @@
 Per definition and dedup bucket (the var-axis values; attention adapters bucket by batch and
 average lengths instead) the first ``per_key`` calls become workloads; workloads already in
 ``registry/<definition>/workloads.jsonl`` count towards that, so several processes tracing the
-same traffic do not multiply it. Records wait in memory and go out every ``flush_every``
+same traffic do not multiply it: the file is read when a definition is first traced, and read
+again at each flush under its lock, where records whose bucket other processes have filled
+meanwhile are dropped (with their blobs). Records wait in memory and go out every ``flush_every``
 records, at :meth:`TraceRecorder.flush` and at interpreter exit: structural tensors first (one
 safetensors blob per workload, renamed into place), then every workload line of a definition
 in one locked append (:meth:`fibuild.registry.Registry.append_workloads`). A killed process
@@ -58,7 +60,7 @@ class TraceRecorder:
         self.per_key = max(1, int(per_key))
         self.flush_every = max(1, int(flush_every))
         self._lock = threading.RLock()
-        self._pending: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+        self._pending: list[tuple[str, dict[str, Any], dict[str, Any] | None, Bucket]] = []
         self._kept: dict[str, dict[tuple, int]] = {}      # definition -> bucket -> workloads kept
         self._counters: dict[tuple, list[int]] = {}       # (definition, op, axes json, reason) -> [calls]
         self._flushed: dict[tuple, int] = {}
@@ -97,7 +99,7 @@ class TraceRecorder:
             kept[key] = kept.get(key, 0) + 1
             record = {"uuid": f"traced-{uuidlib.uuid4().hex[:16]}",
                       "axes": {k: int(v) for k, v in axes.items()}, "inputs": dict(inputs)}
-            self._pending.append((definition, record, dict(blobs) if blobs else None))
+            self._pending.append((definition, record, dict(blobs) if blobs else None, bucket))
             if len(self._pending) >= self.flush_every:
                 self.flush()
             return True
@@ -124,7 +126,8 @@ class TraceRecorder:
         with self._lock:
             pending, self._pending = self._pending, []
             by_def: dict[str, list[dict[str, Any]]] = {}
-            for definition, record, blobs in pending:
+            buckets: dict[str, Bucket] = {}  # record uuid -> its dedup bucket
+            for definition, record, blobs, bucket in pending:
                 try:
                     if blobs:
                         # Workload paths are relative to the workspace root.
@@ -132,18 +135,56 @@ class TraceRecorder:
                         for name in blobs:
                             record["inputs"][name] = {"type": "safetensors", "path": path, "tensor_key": name}
                     by_def.setdefault(definition, []).append(record)
+                    buckets[record["uuid"]] = bucket
                 except FibuildError as exc:
                     log.warning("fibuild: trace of %s dropped: %s", definition, exc)
             written = 0
             for definition, records in by_def.items():
+                chosen: list = []
+
+                def select(path: Path, records: list) -> list:
+                    chosen[:] = self._not_yet_recorded(path, records, buckets)
+                    return chosen
+
                 try:
-                    self.registry.append_workloads(definition, records)
-                    written += len(records)
+                    self.registry.append_workloads(definition, records, select=select)
+                    written += len(chosen)
                 except FibuildError as exc:
                     log.warning("fibuild: %d traced workloads of %s dropped: %s", len(records), definition, exc)
+                kept = {r["uuid"] for r in chosen}
+                self._drop_blobs(definition, [r for r in records if r["uuid"] not in kept])
             self._flush_counts()
             self.written += written
             return written
+
+    def _not_yet_recorded(self, path: Path, records: list, buckets: Mapping[str, Bucket]) -> list:
+        """``records`` minus those whose bucket ``path`` already holds ``per_key`` of (other
+        processes' flushes included). Called under the workloads file's lock."""
+        recorded = _recorded_axes(path)
+        counts: dict[Any, dict[tuple, int]] = {}
+        chosen = []
+        for record in records:
+            bucket = buckets[record["uuid"]]
+            seen = counts.get(bucket)
+            if seen is None:
+                seen = counts[bucket] = {}
+                for axes in recorded:
+                    seen[bucket(axes)] = seen.get(bucket(axes), 0) + 1
+            key = bucket(record["axes"])
+            if seen.get(key, 0) < self.per_key:
+                seen[key] = seen.get(key, 0) + 1
+                chosen.append(record)
+        return chosen
+
+    def _drop_blobs(self, definition: str, records: list) -> None:
+        """Remove the blobs of records that were not written (their bucket was full)."""
+        for record in records:
+            for spec in record["inputs"].values():
+                if isinstance(spec, dict) and spec.get("type") == "safetensors":
+                    try:
+                        (self.registry.root.parent / spec["path"]).unlink(missing_ok=True)
+                    except OSError:
+                        pass
 
     def _flush_counts(self) -> None:
         lines = []

@@ -27,7 +27,7 @@ import weakref
 from typing import Any, Callable
 
 from fibuild.compile.plans import PlannedEntry
-from fibuild.errors import GraphReplanError, InputError
+from fibuild.errors import BusyError, GraphReplanError, InputError
 from fibuild.spec.templates import definition_name
 
 from .adapters.attention import PlanContext, WrapperAdapter
@@ -35,7 +35,7 @@ from .adapters.base import Unmapped
 from .adapters.wrappers import NeedsDoubledIndices, combined_halves
 from .graph_plans import GraphPlans
 from .session import var_axes
-from .sites import ran_a_solution
+from .sites import BusyBackoff, ran_a_solution
 
 # Heavy or optional dependencies, imported inside the functions that use them: torch.
 
@@ -195,11 +195,15 @@ class WrapperSite:
         in_graph = counters.cell("fallback", "CUDA graph capture: the original was captured")
         settled: list[bool | None] = [None]
         planned: list[bool | None] = [None]  # whether the solution is a plan/run one (known once run)
+        busy = BusyBackoff(self.session, adapter.api)
 
         def fibuild_run_substitute(inst, *args, **kwargs):
-            if settled[0] is False:
-                settled_off[0] += 1
-                return run(inst, *args, **kwargs)
+            if settled[0] is not True:  # until the first call ran the solution
+                if settled[0] is False:
+                    settled_off[0] += 1
+                    return run(inst, *args, **kwargs)
+                if busy.waiting():
+                    return run(inst, *args, **kwargs)
             if getattr(guard, "active", False):
                 nested[0] += 1
                 return run(inst, *args, **kwargs)
@@ -232,6 +236,9 @@ class WrapperSite:
                 out, lse = kernel(*call)
             except InputError:  # raised before anything ran: the original takes the call
                 rejected[0] += 1
+                return run(inst, *args, **kwargs)
+            except BusyError as exc:  # another process holds the build: never wait for it here
+                busy.hit(exc)
                 return run(inst, *args, **kwargs)
             finally:
                 guard.active = False

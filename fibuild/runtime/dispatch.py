@@ -23,7 +23,7 @@ from fibuild.spec.model import ApplyKey, Definition
 
 from .custom_op import register_op
 from .decisions import REFERENCE, Rejected, Resolution, format_key
-from .input_checks import guarded, mismatch
+from .input_checks import guarded, mismatch, out_check
 from .resolve import Resolver, policy_chain
 from .table import ApplyTable
 
@@ -96,6 +96,7 @@ class Kernel:
         self._fast: dict[ApplyKey, Callable] = {}      # key -> value-returning callable
         self._callers: dict[ApplyKey, Callable] = {}   # key -> callable accepting out=
         self._checks: dict[ApplyKey, Callable] = {}    # key -> input check alone (out= calls)
+        self._out_checks: dict[ApplyKey, Callable] = {}  # key -> check of an out= argument
         self._resolutions: dict[ApplyKey, Resolution] = {}
         self._loaded: dict[str, tuple[Callable, Callable]] = {}  # solution -> (fast, caller)
         self._entries: dict[str, Callable] = {}        # solution -> raw entry point (introspection)
@@ -116,7 +117,7 @@ class Kernel:
     def __call__(self, *args, out=None):
         try:
             key = tuple([args[i].shape[d] for i, d in self._sources])
-        except (IndexError, AttributeError, TypeError):
+        except (IndexError, AttributeError, TypeError, RuntimeError):  # RuntimeError: a nested tensor's shape
             raise self._bad_args(args) from None
         if out is None:
             fn = self._fast.get(key)
@@ -147,20 +148,25 @@ class Kernel:
         if out is None:
             return self._fast[key](*args)
         self._checks[key](*args)
+        self._out_checks[key](out)
         return caller(*args, out=out)
 
     def _memoize(self, key: ApplyKey) -> None:
         resolution, fast, caller = self._resolve_and_load(key)
         self._resolutions[key] = resolution
-        self._callers[key] = caller
 
         def on_mismatch(args: tuple) -> Exception:
             return mismatch(self.definition, args, key, cuda=self._cuda, device=self.device)
 
+        sol = resolution.solution
+        reads_memory = sol is not None and sol.language != "python"  # native, Triton: raw pointers
         self._checks[key] = guarded(self.definition, key, _nothing, cuda=self._cuda,
-                                    on_mismatch=on_mismatch)
+                                    on_mismatch=on_mismatch, reads_memory=reads_memory)
+        self._out_checks[key] = out_check(self.definition, key, cuda=self._cuda, device=self.device)
+        self._callers[key] = caller  # after the checks: _slow reads it without the lock
         # Last: the hot path reads this one without the lock.
-        self._fast[key] = guarded(self.definition, key, fast, cuda=self._cuda, on_mismatch=on_mismatch)
+        self._fast[key] = guarded(self.definition, key, fast, cuda=self._cuda, on_mismatch=on_mismatch,
+                                  reads_memory=reads_memory)
 
     def _resolve_and_load(self, key: ApplyKey) -> tuple[Resolution, Callable, Callable]:
         """Resolve ``key``; a solution that fails to build is excluded and the key resolved
@@ -280,7 +286,7 @@ class _OneAxisKernel(Kernel):
     def __call__(self, *args, out=None):
         try:
             key = (args[self._i0].shape[self._d0],)
-        except (IndexError, AttributeError, TypeError):
+        except (IndexError, AttributeError, TypeError, RuntimeError):  # RuntimeError: a nested tensor's shape
             raise self._bad_args(args) from None
         if out is None:
             fn = self._fast.get(key)
@@ -321,7 +327,7 @@ class _ProcessGroupKernel(Kernel):
                 self._group_size = size
         try:
             key = tuple([size if i < 0 else args[i].shape[d] for i, d in self._sources])
-        except (IndexError, AttributeError, TypeError):
+        except (IndexError, AttributeError, TypeError, RuntimeError):  # RuntimeError: a nested tensor's shape
             raise self._bad_args(args) from None
         return self._call_key(key, args, out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 from typing import Any, Iterable
 
 from fibuild.errors import FibuildError
@@ -105,6 +106,17 @@ def validate(kind: str, instance: Any) -> list[tuple[str, str]]:
     # A value of the wrong type also fails its enum/pattern; the type message says it all.
     typed = {p for p, _, is_type in found if is_type}
     return sorted({(p, m) for p, m, is_type in found if is_type or p not in typed})
+
+
+def name_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` is not a manifest name (``$defs/name`` of common.schema.json: the pattern
+    every definition, solution and op type name follows, and so every path built from one),
+    or None. Check this before a name enters a path."""
+    pattern = _registry()[1][f"{SCHEMA_BASE}common.schema.json"]["$defs"]["name"]["pattern"]
+    if isinstance(value, str) and len(value) <= 255 and re.fullmatch(pattern, value):
+        return None
+    return (f"{what} {value!r} is not a name (letters, digits, '_', '-' and '.', starting with a letter "
+            "or digit, at most 255 characters)")
 
 
 def pointer_of(parts: Iterable[Any]) -> str:

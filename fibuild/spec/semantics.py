@@ -13,6 +13,8 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Mapping
 
+from fibuild.config import Settings
+
 from . import flags
 from .libraries import resolve_libraries
 from .schema import pointer_of
@@ -353,13 +355,16 @@ def _top_level_names(tree: ast.Module) -> set[str]:
 
 
 def _build_flags(build: Mapping[str, Any]) -> Problems:
-    """Flags that would run or load another program (see :mod:`fibuild.spec.flags`)."""
+    """Flags outside the allowlist of the tool that reads them (:mod:`fibuild.spec.flags`);
+    reads FIBUILD_TRUSTED_FLAGS and CUDA_HOME now."""
     problems: Problems = []
-    for field in ("cflags", "cuda_cflags", "ldflags"):
-        for i, why in flags.refusals(build.get(field) or []):
+    settings = Settings.from_env()
+    for field, tool in flags.FIELD_TOOLS.items():
+        for i, why in flags.refusals(build.get(field) or [], tool, trusted=settings.trusted_flags,
+                                     cuda_home=str(settings.cuda_home)):
             problems.append((pointer_of(["build", field, i]), why))
     for i, value in enumerate(build.get("include_dirs") or []):
-        why = flags.include_dir_reason(value)
+        why = flags.include_dir_reason(value, str(settings.cuda_home))
         if why:
             problems.append((pointer_of(["build", "include_dirs", i]), why))
     return problems

@@ -69,11 +69,24 @@ def test_torn_last_line_and_garbage_are_skipped(tmp_path, caplog):
         f.write(json.dumps(evaluation_to_dict(make_eval(solution="other")))[:57])  # torn, no newline
     with caplog.at_level(logging.WARNING, logger="fibuild.registry"):
         assert reg.read("rmsnorm_h4096") == [good]
-    assert sum("skipping" in r.message for r in caplog.records) == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert "skipped 3 unreadable evaluation records (first: line 2:" in warning
     # The next append starts a fresh line: the torn one stays unreadable, the new one reads.
     later = make_eval(solution="after_tear", timestamp="2026-11-24T11:00:00.000Z")
     reg.append(later)
     assert reg.read("rmsnorm_h4096") == [good, later]
+
+
+def test_a_garbage_registry_file_is_one_warning_with_a_count(tmp_path, caplog):
+    reg = Registry(tmp_path)
+    path = reg.append(make_eval())
+    with open(path, "a") as f:
+        f.writelines(f"garbage line {i}\n" for i in range(100))
+    with caplog.at_level(logging.WARNING, logger="fibuild.registry"):
+        assert len(reg.read("rmsnorm_h4096")) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: skipped 100 unreadable evaluation records (first: line 2: Expecting value: line 1 column 1 "
+        "(char 0))"]
 
 
 def test_devices_filters_and_workloads_file(tmp_path):

@@ -7,11 +7,18 @@ the files of the libraries it names and the safetensors files its workloads read
 ``<cache>/farm/workspaces/<digest>`` (content-keyed, so tasks of the same pair share it and a
 restarted worker finds it) and benchmarks from there. Build
 keys hash contents, not paths, so what the worker builds there is what the driver would build.
+
+A bundle comes from a peer, so the worker trusts nothing it claims: the digest is computed
+from the files it carries (a bundle whose claim differs is refused), and a folder found
+under that digest is used only when its files still hash to it (else it is unpacked again).
+A poisoned bundle sent under a real digest therefore never reaches another task.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -20,8 +27,19 @@ from typing import Any, Iterable, Mapping
 
 from ...errors import BenchError
 
+log = logging.getLogger("fibuild.bench")
+
 #: Files never packed: byte-compiled caches differ per interpreter and are rebuilt.
 _SKIP_DIRS = {"__pycache__", ".git"}
+
+
+def _digest(files: Iterable[tuple[str, bytes]]) -> str:
+    """The bundle digest of ``(relpath, content)`` pairs: sha256 over the sorted paths and
+    each file's sha256 (what :func:`pack` sends and :func:`unpack` recomputes)."""
+    digest = hashlib.sha256()
+    for rel, data in sorted(files):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
 
 
 def _roots(root) -> list[Path]:
@@ -83,15 +101,15 @@ def pack(root, defn, sol, workloads: Iterable[Any]) -> dict[str, Any]:
         for path in workload_files(root, defn, workload):
             paths[_relative(path, root, f"workload {workload.uuid} file")] = path
     files: dict[str, str] = {}
-    digest = hashlib.sha256()
+    contents = []
     for rel in sorted(paths):
         try:
             data = paths[rel].read_bytes()
         except OSError as exc:
             raise BenchError(f"cannot read {paths[rel]} for a farm task: {exc}") from exc
         files[rel] = base64.b64encode(data).decode("ascii")
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    return {"digest": digest.hexdigest(), "files": files}
+        contents.append((rel, data))
+    return {"digest": _digest(contents), "files": files}
 
 
 def workload_source(root: Path, workload) -> str:
@@ -101,32 +119,78 @@ def workload_source(root: Path, workload) -> str:
     return _relative(Path(workload.source), root, f"workloads file of {workload.uuid}")
 
 
-def _safe_relpath(rel: str) -> Path:
+def safe_relpath(rel: str) -> Path:
     path = Path(rel)
     if path.is_absolute() or ".." in path.parts or not path.parts:
         raise BenchError(f"farm bundle: refusing the path {rel!r} (absolute or outside the bundle)")
     return path
 
 
+def _decoded(bundle: Any) -> tuple[str, dict[str, bytes]]:
+    """``(claimed digest, {relpath: bytes})`` of a bundle; BenchError naming what is malformed."""
+    if not isinstance(bundle, Mapping) or not isinstance(bundle.get("files"), Mapping):
+        raise BenchError("farm bundle: expected {'digest': str, 'files': {path: base64 text}}")
+    claimed = bundle.get("digest")
+    if not isinstance(claimed, str) or len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
+        raise BenchError(f"farm bundle: bad digest {claimed!r}")
+    files: dict[str, bytes] = {}
+    for rel, text in bundle["files"].items():
+        if not isinstance(rel, str) or not isinstance(text, str):
+            raise BenchError(f"farm bundle: the entry {rel!r} is not a path with base64 text")
+        safe_relpath(rel)
+        try:
+            files[rel] = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BenchError(f"farm bundle: {rel!r} is not base64 text") from None
+    return claimed, files
+
+
+def _folder_digest(folder: Path) -> str | None:
+    """The bundle digest of what ``folder`` holds now, or None when it cannot be read."""
+    try:
+        return _digest((path.relative_to(folder).as_posix(), path.read_bytes()) for path in _folder_files(folder))
+    except OSError:
+        return None
+
+
 def unpack(bundle: Mapping[str, Any], cache_dir: Path) -> Path:
     """The workspace folder of ``bundle`` under ``cache_dir``, written once (atomically).
 
-    Raises BenchError for a path that would leave the folder. Cost: one ``stat`` when the
-    folder exists, else one write per file.
+    The digest is computed from the bundle's files; BenchError when the bundle claims
+    another one, or is malformed, or holds a path that would leave the folder. A folder
+    already there is reused only when its files still hash to the digest; otherwise it is
+    replaced. Cost: hashing the bundle, and the folder when it exists; one write per file
+    when it does not.
     """
-    digest = str(bundle["digest"])
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise BenchError(f"farm bundle: bad digest {digest!r}")
+    claimed, files = _decoded(bundle)
+    digest = _digest(files.items())
+    if digest != claimed:
+        raise BenchError(f"farm bundle: its files hash to {digest[:16]}..., not the {claimed[:16]}... it "
+                         "claims (damaged, or planted under another bundle's digest); refused")
     target = Path(cache_dir) / "farm" / "workspaces" / digest
-    if target.is_dir():
-        return target
+    if target.is_dir() and not target.is_symlink():
+        if _folder_digest(target) == digest:
+            return target
+        log.warning("farm workspace %s no longer matches its digest; unpacking it again", target)
+        aside = target.with_name(f".stale-{digest[:12]}-{os.getpid()}")
+        try:
+            os.rename(target, aside)
+        except OSError as exc:
+            raise BenchError(f"farm workspace {target} does not match its digest and cannot be moved "
+                             f"aside: {exc}") from exc
+        shutil.rmtree(aside, ignore_errors=True)
+    elif target.is_symlink():
+        raise BenchError(f"farm workspace {target} is a symbolic link; remove it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
     try:
-        for rel, text in bundle["files"].items():
-            path = staging / _safe_relpath(rel)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(base64.b64decode(text))
+        for rel, data in files.items():
+            path = staging / safe_relpath(rel)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:
+                raise BenchError(f"farm bundle: cannot write {rel!r}: {exc.strerror or exc}") from None
         try:
             os.rename(staging, target)
         except OSError:

@@ -69,6 +69,21 @@ class _StopBetweenItems(BenchReporter):
             raise BenchError("the farm was cancelled")
 
 
+def _check_fields(task: Any) -> None:
+    """BenchError naming the first field of ``task`` that is missing or of the wrong type."""
+    if not isinstance(task, Mapping):
+        raise BenchError(f"farm task: expected a JSON object, got {type(task).__name__}")
+    for field, kind in (("definition", str), ("solution", str), ("kind", str), ("slug", str),
+                        ("bundle", Mapping), ("options", Mapping), ("workloads", list)):
+        if not isinstance(task.get(field), kind):
+            raise BenchError(f"farm task: {field!r} must be a {'list' if kind is list else kind.__name__}, "
+                             f"got {task.get(field)!r:.80}")
+    for option in ("warmup_ms", "rep_ms", "timeout_s"):
+        value = task["options"].get(option)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchError(f"farm task: options.{option} must be a number, got {value!r:.80}")
+
+
 def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[str, Any]:
     """Benchmark one farm task on this worker; returns ``{"records": [...], "slug",
     "worker", "host"}`` with one evaluation dict per workload (``registry`` format).
@@ -79,22 +94,26 @@ def run_task(task: Mapping[str, Any], *, stop=None, worker: str = "") -> dict[st
     start; kernel failures are statuses in the records. Cost: as the local runner for
     ``len(task["workloads"])`` items, plus one bundle unpack per worker and pair.
     """
+    _check_fields(task)
     device = worker_device(task["kind"])
     slug = device_slug(device)
     if slug != task["slug"]:
         raise BenchError(f"farm task for {task['slug']} reached a worker with {slug}")
     settings = Settings.from_env()
-    root = bundles.unpack(task["bundle"], settings.cache_dir)
+    root = bundles.unpack(task.get("bundle"), settings.cache_dir)
     workspace = Workspace(root)
     definition, _, name = str(task["solution"]).partition("/")
     defn = workspace.definition(definition)
     sol = workspace.solution(name, definition=definition)
     workloads = []
-    for data in task["workloads"]:
-        data = dict(data)
-        if data.get("source") and data["source"] != "declared":
-            data["source"] = str(Path(root) / data["source"])
-        workloads.append(workload_from_json(data))
+    for i, data in enumerate(task["workloads"]):
+        try:
+            data = dict(data)
+            if data.get("source") and data["source"] != "declared":
+                data["source"] = str(Path(root) / bundles.safe_relpath(str(data["source"])))
+            workloads.append(workload_from_json(data))
+        except (AttributeError, KeyError, TypeError, ValueError, BenchError) as exc:
+            raise BenchError(f"farm task: workloads[{i}] is not a workload ({type(exc).__name__}: {exc})") from None
     opts = task["options"]
     options = RunOptions(warmup_ms=float(opts["warmup_ms"]), rep_ms=float(opts["rep_ms"]),
                          graph=bool(opts.get("graph")), timeout_s=float(opts["timeout_s"]))

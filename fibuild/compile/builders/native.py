@@ -51,10 +51,10 @@ class NativeBuilder:
         return reason
 
     # -- flags -------------------------------------------------------------------------
-    def _includes(self, sol: Solution, src: str) -> list[str]:
+    def _includes(self, sol: Solution, settings: Settings, src: str) -> list[str]:
         flags = []
         for inc in sol.build.include_dirs:
-            why = flag_policy.include_dir_reason(inc)
+            why = flag_policy.include_dir_reason(inc, str(settings.cuda_home))
             if why:
                 raise BuildError(f"{sol.qualified_name}: build.include_dirs: {why}", solution=sol.qualified_name)
             path = inc if inc.startswith("/") else str(PurePosixPath(src) / inc)
@@ -68,17 +68,19 @@ class NativeBuilder:
         or when a flag would run or load another program (:mod:`fibuild.spec.flags`; also
         checked at validation, repeated here for solutions made from unchecked dicts).
         """
-        for field in ("cflags", "cuda_cflags", "ldflags"):
-            for _i, why in flag_policy.refusals(getattr(sol.build, field)):
+        for field, tool in flag_policy.FIELD_TOOLS.items():
+            for _i, why in flag_policy.refusals(getattr(sol.build, field), tool, trusted=settings.trusted_flags,
+                                                cuda_home=str(settings.cuda_home)):
                 raise BuildError(f"{sol.qualified_name}: build.{field}: {why}", solution=sol.qualified_name)
         ffi = toolchain.tvm_ffi_paths()
         ffi_inc = ffi.include_dir if ffi else "<tvm-ffi missing>"
         ffi_lib = ffi.lib_dir if ffi else "<tvm-ffi missing>"
-        includes = ["-isystem", ffi_inc] + self._includes(sol, src)
+        includes = ["-isystem", ffi_inc] + self._includes(sol, settings, src)
         includes += [f"-D{name}={format_value(value)}" for name, value in sol.constants]  # a variant's
         cuda_inc = ["-isystem", str(settings.cuda_home / "include")] if self.uses_cuda else []
         result = {
-            "cxx": ["-O3", "-std=c++17", "-fPIC", *includes, *cuda_inc, *sol.build.cflags],
+            "cxx": ["-O3", "-std=c++17", "-fPIC", *includes, *cuda_inc,
+                    *flag_policy.rebased_includes(sol.build.cflags, src)],
             "ldflags": [f"-L{ffi_lib}", "-ltvm_ffi", f"-Wl,-rpath,{ffi_lib}"],
         }
         if self.uses_cuda:
@@ -91,7 +93,7 @@ class NativeBuilder:
             # (FIBUILD_PDL=0 builds it without; the flag is in the key, so both builds coexist)
             pdl = ["-DFIBUILD_LAUNCH_PDL=1"] if sol.pdl and settings.pdl else []
             result["nvcc"] = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode, *includes, *pdl,
-                              *sol.build.cuda_cflags]
+                              *flag_policy.rebased_includes(sol.build.cuda_cflags, src)]
             result["ldflags"] += [f"-L{lib64}", "-lcudart", f"-Wl,-rpath,{lib64}"]
         result["ldflags"] += list(sol.build.ldflags)
         return result

@@ -67,3 +67,59 @@ def test_task_runs_from_its_bundle_and_returns_json_records(ws):
         assert rec["device"] == slug and validate("evaluation", rec) == []
     with pytest.raises(BenchError, match="reached a worker with"):
         run_task(dict(task, slug="nvidia-other-sm90"))
+
+
+def _poisoned(packed: dict, rel: str, text: str) -> dict:
+    import base64
+
+    files = dict(packed["files"], **{rel: base64.b64encode(text.encode()).decode()})
+    return {"digest": packed["digest"], "files": files}
+
+
+POISON = "def scale(x):\n    return x * 0  # planted\n"
+
+
+def test_a_bundle_under_another_bundles_digest_is_refused(ws, tmp_path):
+    defn = ws.definition("farm_scale")
+    sol = ws.solution("ok", definition="farm_scale")
+    packed = bundles.pack(ws.root, defn, sol, ())
+    kernel = "solutions/farm_scale/ok/kernel.py"
+    with pytest.raises(BenchError, match="hash to .* not the .* it claims"):
+        bundles.unpack(_poisoned(packed, kernel, POISON), tmp_path / "cache")
+    assert not (tmp_path / "cache" / "farm" / "workspaces" / packed["digest"]).exists()
+    # the real bundle, sent afterwards, unpacks its own files
+    where = bundles.unpack(packed, tmp_path / "cache")
+    assert (where / kernel).read_bytes() == (ws.root / kernel).read_bytes()
+
+
+def test_a_poisoned_workspace_folder_is_not_reused(ws, tmp_path):
+    defn = ws.definition("farm_scale")
+    sol = ws.solution("ok", definition="farm_scale")
+    packed = bundles.pack(ws.root, defn, sol, ())
+    kernel = "solutions/farm_scale/ok/kernel.py"
+    where = bundles.unpack(packed, tmp_path / "cache")
+    (where / kernel).write_text(POISON)  # a shared worker cache, written by someone else
+    assert bundles.unpack(packed, tmp_path / "cache") == where
+    assert (where / kernel).read_bytes() == (ws.root / kernel).read_bytes()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t.update(workloads=[1, 2]), "workloads[0] is not a workload"),
+    (lambda t: t.update(workloads=[{"uuid": "w"}]), "workloads[0] is not a workload"),
+    (lambda t: t.update(workloads="all"), "'workloads' must be a list"),
+    (lambda t: t["workloads"][0].update(source="../../../etc/passwd"), "workloads[0] is not a workload"),
+    (lambda t: t.update(options={"warmup_ms": "x"}), "options.warmup_ms must be a number"),
+    (lambda t: t.update(bundle=[]), "'bundle' must be a Mapping"),
+    (lambda t: t.pop("kind"), "'kind' must be a str"),
+])
+def test_a_malformed_task_is_a_clear_error(ws, change, words):
+    defn = ws.definition("farm_scale")
+    sol = ws.solution("ok", definition="farm_scale")
+    task = make_task(ws.root, defn, sol, ws.workloads(defn), kind="cpu", slug=device_slug("cpu"),
+                     bundle=bundles.pack(ws.root, defn, sol, ws.workloads(defn)), options=OPTIONS)
+    task = json.loads(json.dumps(task))
+    task["workloads"][0]["source"] = "defs/farm/farm_scale.yaml"
+    change(task)
+    with pytest.raises(BenchError) as info:
+        run_task(task)
+    assert words in str(info.value)

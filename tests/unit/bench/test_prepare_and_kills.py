@@ -253,6 +253,30 @@ def test_a_worker_killed_from_outside_is_retried_then_not_blamed_on_the_kernel(w
     assert [t.solution for t in table.ranked[key]] == ["killable"]
 
 
+def test_two_quick_worker_deaths_cost_one_item_not_the_run(ws, monkeypatch):
+    """Workers killed from outside while starting (twice in a row): the item they were for is
+    retried once, then WORKER_KILLED; every other item is still benched and recorded."""
+    from fibuild.bench import pool
+
+    add_solution(ws, DEF, "plain", RMSNORM.format(body="pass"), "rmsnorm")
+    start, deaths = pool.WorkerProcess.start, []
+
+    def dies_twice(self, *args, **kwargs):
+        if len(deaths) < 2:
+            self._proc.kill()  # SIGKILL before it is ready: an OOM kill, an operator's kill
+            self._proc.wait()
+            deaths.append(self._proc.pid)
+        return start(self, *args, **kwargs)
+
+    monkeypatch.setattr(pool.WorkerProcess, "start", dies_twice)
+    evaluations = run_benchmarks(Workspace(ws), Settings.from_env(), [DEF], device="cpu", workload_limit=6,
+                                 timeout_s=150, **FAST)
+    assert len(deaths) == 2 and len(evaluations) == 6
+    statuses = [e.status for e in evaluations]
+    assert statuses.count("WORKER_KILLED") == 1 and statuses.count("PASSED") == 5, statuses
+    assert len(Registry(ws / "registry").read(DEF)) == 6
+
+
 def test_a_segfault_is_the_kernels_fault_and_not_retried(ws, monkeypatch):
     add_solution(ws, DEF, "segv", RMSNORM.format(body="os.kill(os.getpid(), signal.SIGSEGV)"), "rmsnorm")
     reporter = Recorder()

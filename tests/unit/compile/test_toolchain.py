@@ -40,6 +40,24 @@ def test_host_compiler_is_resolved_and_versioned():
     assert cxx.path.startswith("/") and cxx.version
 
 
+def test_host_compiler_keeps_the_name_it_is_run_by(tmp_path, monkeypatch):
+    """``/usr/bin/clang++`` links to ``clang``: resolved, it would run as a C compiler."""
+    real = tmp_path / "llvm" / "clang"
+    real.parent.mkdir()
+    real.write_text('#!/bin/sh\necho "${0##*/} version 99"\n')
+    real.chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "clang++").symlink_to(real)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    toolchain.host_compiler.cache_clear()
+    try:
+        cxx = toolchain.host_compiler("clang++")
+        assert cxx.path == str(tmp_path / "bin" / "clang++") and cxx.version == "clang++ version 99"
+    finally:
+        monkeypatch.undo()
+        toolchain.host_compiler.cache_clear()
+
+
 def test_tvm_ffi_paths_without_importing_torch():
     # A fresh interpreter: the probe must not import tvm_ffi (which imports torch).
     import subprocess

@@ -249,7 +249,6 @@ RMS_WORKLOADS = "workloads/rmsnorm/rmsnorm_h4096.jsonl"
     (GQA_WORKLOADS, lambda t: t.replace('"./blob/', '"./blob/../../', 1), 1, "leaves the dataset root"),
     (GQA_WORKLOADS, lambda t: t.replace('"./blob/', '"/etc/blob/', 1), 1, "absolute"),
     (GQA_WORKLOADS, lambda t: t.replace('"tensor_key": "kv_indptr"', '"tensor_key": "nope"', 1), 1, "no tensor 'nope'"),
-    (GQA_WORKLOADS, lambda t: t.replace("0b6c2f06-6d5e", "0b6c2f06-aaaa", 2), 1, "not found"),
     (RMS_WORKLOADS, lambda t: t.replace('"rmsnorm_h4096"', '"rmsnorm_h9999"', 1), 1, "unknown definition"),
     (RMS_WORKLOADS, lambda t: t.replace('"solution": null', '"solution": "x"', 1), 1, "workload lines only"),
     ("definitions/gemm/gemm_n4096_k4096.json", lambda t: t.replace('"op_type": "gemm"', '"op_type": "gemm2"'), 4,

@@ -109,3 +109,66 @@ def test_expected_shapes():
 
     defn = Workspace(shipped_root()).definition(DEF)
     assert expected_shapes(defn, (7,)) == [(7, 4096), (4096,)]
+
+
+def test_a_negative_view_is_refused_where_a_kernel_reads_memory(kernel):
+    """``x._neg_view()`` holds x's memory with a lazy sign: a kernel reading the memory (C++,
+    Triton; tests/toolchain/test_native_inputs.py) would compute with x. Torch code (this
+    Python solution) resolves it by itself."""
+    from fibuild.spec.workspace import Workspace, shipped_root
+
+    x, w = _inputs(3)
+    torch.testing.assert_close(kernel(x._neg_view(), w), reference_rmsnorm(-x, w), atol=1e-2, rtol=1e-2)
+    defn = Workspace(shipped_root()).definition(DEF)
+    native = guarded(defn, (3,), lambda a, b: a, cuda=False, on_mismatch=lambda args: InputError("no"),
+                     reads_memory=True)
+    assert native(x, w) is x
+    for args in ((x._neg_view(), w), (x, w._neg_view())):
+        with pytest.raises(InputError):
+            native(*args)
+    from fibuild.runtime.input_checks import mismatch
+
+    assert "input 'weight': is a negative view (its memory holds -x); call .resolve_neg() first" in str(
+        mismatch(defn, (x, w._neg_view()), (3,), cuda=False, device="cpu"))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda x: torch.empty_like(x, device="meta"), "is a meta tensor"),
+    (lambda x: torch.nested.nested_tensor([x[0], x[1], x[2]]), "is a nested tensor"),
+    (lambda x: x.to_sparse(), "has layout torch.sparse_coo"),
+])
+def test_tensors_without_plain_data_are_refused(kernel, make, words):
+    x, w = _inputs(3)
+    with pytest.warns(UserWarning) if "nested" in words else _no_warning():
+        odd = make(x)
+    with pytest.raises(InputError, match=f"input 'hidden_states': {words}"):
+        kernel(odd, w)
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("out, words", [
+    (lambda: torch.empty(3, 4096, dtype=torch.float32), "expected dtype bfloat16, got float32"),
+    (lambda: torch.empty(6, 4096, dtype=torch.bfloat16), r"expected shape \[3, 4096\], got \[6, 4096\]"),
+    (lambda: torch.empty(4096, 3, dtype=torch.bfloat16).t(), "expected a contiguous tensor"),
+    (lambda: torch.empty(3, 4096, dtype=torch.bfloat16, device="meta"), "is a meta tensor"),
+    (lambda: torch.zeros(3, 4096, dtype=torch.bfloat16)._neg_view(), "is a negative view"),
+    (lambda: (torch.empty(3, 4096, dtype=torch.bfloat16),) * 2, r"out= takes 1 tensor\(s\) \(output\), got 2"),
+    (lambda: "buffer", "expected a tensor, got str"),
+])
+def test_out_is_checked_for_dtype_shape_layout_and_device(kernel, out, words):
+    x, w = _inputs(3)
+    with pytest.raises(InputError, match=f"out= .*{words}|{words}"):
+        kernel(x, w, out=out())
+
+
+def test_a_fitting_out_receives_the_result(kernel):
+    x, w = _inputs(3)
+    out = torch.empty(3, 4096, dtype=torch.bfloat16)
+    result = kernel(x, w, out=out)
+    assert result is out
+    torch.testing.assert_close(out, reference_rmsnorm(x, w), atol=1e-2, rtol=1e-2)

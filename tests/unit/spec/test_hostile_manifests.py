@@ -152,12 +152,67 @@ def test_build_flags_that_run_programs_are_refused_naming_flag_and_file(tmp_path
     assert f"{path}: /build/{field}/{bad}: " in message and fragment in message
 
 
+#: every payload of the trust-boundary report: each runs a program or writes the file it names
+ISSUE_PAYLOADS = [
+    ("ldflags", ["--for-linker=-plugin=/tmp/x.so"], 0, "passes raw options to the linker"),
+    ("ldflags", ["--for-linker", "-plugin=/tmp/x.so"], 0, "passes raw options to the linker"),
+    ("cflags", ["-Wp,-MD,/usr/lib/python3/dist-packages/x.pth", "-MT", "import os;#"], 0,
+     "passes raw options to the preprocessor"),
+    ("cflags", ["--config", "/tmp/clang.cfg"], 0, "makes clang read a configuration file"),
+    ("ldflags", ["-Wl,-o,/tmp/F"], 0, "'-o' writes the output outside the build directory"),
+    ("ldflags", ["-Wl,-Map=/tmp/F"], 0, "writes a link map"),
+    ("ldflags", ["-Wl,--dependency-file=/tmp/F"], 0, "'--dependency-file=/tmp/F' is not among the linker"),
+    ("cflags", ["-Wp,-MMD,/tmp/F"], 0, "passes raw options to the preprocessor"),
+    ("cflags", ["-aux-info", "/tmp/F"], 0, "writes declarations to any file"),
+    ("cflags", ["-fdump-tree-original=/tmp/F"], 0, "writes compiler dumps"),
+    ("cflags", ["-fopt-info-all=/tmp/F"], 0, "writes optimization reports"),
+    ("cflags", ["-Wa,-adhln=/tmp/F"], 0, "passes raw options to the assembler"),
+    ("cflags", ["-Wa,--MD,/tmp/F"], 0, "passes raw options to the assembler"),
+    ("cflags", ["-fprofile-note=/tmp/F"], 0, "profile files"),
+    ("cuda_cflags", ["-time", "/tmp/F"], 0, "makes nvcc write a timing file anywhere"),
+    ("cuda_cflags", ["-Xcompiler", "-fdump-tree-original=/tmp/F"], 1, "writes compiler dumps"),
+    ("cflags", ["-MJ", "/tmp/F"], 0, "writes a compilation database entry"),
+    ("cflags", ["--serialize-diagnostics", "/tmp/F"], 0, "writes diagnostics to any file"),
+    ("cflags", ["-fproc-stat-report=/tmp/F"], 0, "writes a report file anywhere"),
+    ("cflags", ["-I/home/user/.ssh"], 0, "outside the solution and the system include folders"),
+    ("cflags", ["-isystem", "../../../etc"], 1, "leaves the solution folder"),
+    ("include_dirs", ["/etc"], 0, "outside the solution and the system include folders"),
+    ("ldflags", ["-L/tmp/evil"], 0, "is not a system library folder"),
+    ("ldflags", ["-Wl,-rpath,/tmp/evil"], 0, "is not a system library folder"),
+    ("cflags", ["-include", "/etc/shadow"], 0, "'-include' is not among the C++ compiler flags"),
+    ("cflags", ["-mllvm", "-info-output-file=/tmp/F"], 0, "passes raw options to LLVM"),
+    ("cflags", ["-fmodules"], 0, "writes or loads files outside the build directory"),
+]
+
+
+@pytest.mark.parametrize("field, flags, bad, fragment", ISSUE_PAYLOADS)
+def test_flags_outside_the_allowlist_are_refused(tmp_path, field, flags, bad, fragment):
+    path = _solution(tmp_path, "cpp_add", build={field: flags})
+    message = _problems(path, load_solution)
+    assert f"{path}: /build/{field}/{bad}: " in message and fragment in message
+
+
 def test_harmless_flags_pass(tmp_path):
     path = _solution(tmp_path, "cpp_add", build={
-        "cflags": ["-O2", "-DX=$(touch /tmp/x)", "-include", "offset.h", "--sysroot=/", "-fuse-ld=lld"],
-        "cuda_cflags": ["--use_fast_math", "-Xcompiler", "-fno-strict-aliasing", "-lineinfo"],
-        "ldflags": ["-Wl,-rpath,/opt/lib", "-Wl,-z,now"], "include_dirs": ["."]})
-    assert load_solution(path).build.cflags[1] == "-DX=$(touch /tmp/x)"
+        "cflags": ["-O2", "-g", "-DX=$(touch /tmp/x)", "-U", "NDEBUG", "-std=c++20", "-Wall", "-Wno-unused",
+                   "-march=native", "-fvisibility=hidden", "-fno-strict-aliasing", "-pthread", "-Iinclude",
+                   "-isystem", "/usr/local/cuda/include", "--param=max-inline-insns-single=100"],
+        "cuda_cflags": ["--use_fast_math", "-Xcompiler", "-fno-strict-aliasing,-fopenmp", "-lineinfo",
+                        "-gencode=arch=compute_90a,code=sm_90a", "-arch", "sm_90a", "--expt-relaxed-constexpr",
+                        "-maxrregcount=64", "-Xptxas", "-v,--warn-on-spills", "--extended-lambda", "-std=c++17"],
+        "ldflags": ["-Wl,-rpath,/usr/local/cuda/lib64", "-Wl,-z,now", "-Wl,--as-needed", "-lm",
+                    "-L/usr/lib/x86_64-linux-gnu", "-fuse-ld=gold", "-pthread"],
+        "include_dirs": [".", "include", "/usr/include"]})
+    assert load_solution(path).build.cflags[2] == "-DX=$(touch /tmp/x)"
+
+
+def test_trusted_flags_widen_the_allowlist_in_one_place(tmp_path, monkeypatch):
+    path = _solution(tmp_path, "cpp_add", build={"cflags": ["-include", "offset.h", "--sysroot=/"]})
+    assert "'-include' is not among" in _problems(path, load_solution)
+    monkeypatch.setenv("FIBUILD_TRUSTED_FLAGS", "-include *.h --sysroot=*")
+    assert load_solution(path).build.cflags == ("-include", "offset.h", "--sysroot=/")
+    monkeypatch.setenv("FIBUILD_TRUSTED_FLAGS", "-include")  # the value is still refused
+    assert "/build/cflags/1: 'offset.h' is not among" in _problems(path, load_solution)
 
 
 # -- entry points --------------------------------------------------------------------------
@@ -181,3 +236,11 @@ def test_missing_native_export_is_reported(tmp_path):
     message = _problems(path, load_solution)
     assert f"{path}: /entry_point: no source exports 'add_two'" in message
     assert "TVM_FFI_DLL_EXPORT_TYPED_FUNC(add_two, <function>)" in message
+
+
+@pytest.mark.parametrize("source", ["a | b.cpp", "a b.cpp", "k$x.cpp", "k:1.cpp"])
+def test_source_names_that_would_break_the_build_file_are_refused(tmp_path, source):
+    path = _solution(tmp_path, "cpp_add", sources=["kernel.cpp", source])
+    (path.parent / source).write_text("// a source\n")
+    message = _problems(path, load_solution)
+    assert f"{path}: /sources/1: invalid value {source!r}" in message and "would break the build file" in message

@@ -161,7 +161,7 @@ def test_op_type_must_match_its_folder_under_defs(tmp_path):
 
 BAD_SOLUTIONS = [
     ("rmsnorm_h4096/missing_source", "/sources/1", "source 'helper.py' not found"),
-    ("rmsnorm_h4096/dotdot_source", "/sources/1", "no '..' segment"),
+    ("rmsnorm_h4096/dotdot_source", "/sources/1", "no '.' or '..' segment"),
     ("rmsnorm_h4096/absolute_source", "/sources/1", "invalid value '/etc/hostname'"),
     ("rmsnorm_h4096/unlisted_entry", "/entry_point", "entry point file 'other.py' is not listed in sources"),
     ("rmsnorm_h4096/bad_entry_point", "/entry_point", "expected entry point 'file::function'"),

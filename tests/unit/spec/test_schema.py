@@ -107,6 +107,8 @@ def test_forbidden_key_of_a_var_axis():
 @pytest.mark.parametrize("source, ok", [
     ("kernel.cu", True), ("src/a/b.h", True), ("..x/y.h", True), ("a..b", True),
     ("/abs.cu", False), ("../up.cu", False), ("a/../../b", False), ("a/..", False), ("..", False),
+    ("a | b.cpp", False), ("a b.cpp", False), ("$x.cu", False), ("a:b.cu", False), ("./k.cu", False),
+    ("a//b.cu", False), ("k\\.cu", False), ("c++/x.h", True),
 ])
 def test_relative_path_pattern(source, ok):
     sol = {"name": "s", "definition": "d", "language": "cuda", "entry_point": "kernel.cu::f",
