@@ -76,7 +76,11 @@ def test_a_held_build_lock_runs_the_original_and_is_counted_once_logged(flashinf
 def test_a_locked_build_index_costs_a_bounded_wait(flashinfer_stub, small_ws):
     small_ws.add_counted_solution("rmsnorm_h64")
     small_ws.record("rmsnorm_h64", "counted", {"batch_size": 4})
-    fibuild.load("rmsnorm_h64", device="cpu", settings=small_ws.settings)  # creates and fills the index
+    fibuild.load("rmsnorm_h64", device="cpu", settings=small_ws.settings)
+    from fibuild.compile.index import Index
+
+    with Index(small_ws.settings.cache_dir) as index:  # the index exists and holds entries, as after builds
+        index.set_json("test", "entry", {"n": 1})
     db = small_ws.settings.cache_dir / "index" / "cache.db"
     assert sqlite3.connect(db).execute("select count(*) from Cache").fetchone()[0] > 0
     (small_ws.root / "registry" / "rmsnorm_h64" / "cpu-extra.jsonl").write_text("")  # a new table digest
