@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from fibuild.bench.compare import EAGER, MODES
 from fibuild.bench.distributed import run_distributed
 from fibuild.bench.farm.driver import drop_recorded
 from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
@@ -17,9 +18,11 @@ from fibuild.bench.runner import run_benchmarks
 from fibuild.cli.bench_farm import run_bench_farm
 from fibuild.cli.bench_report import report_evaluations
 from fibuild.cli.common import console, parse_device, print_json
-from fibuild.devices import default_device, device_slug, local_devices
-from fibuild.errors import BenchError, FibuildError
+from fibuild.devices import default_device, device_slug, local_devices, local_slugs
+from fibuild.errors import BenchError, FibuildError, ResolveError
 from fibuild.registry import Registry
+from fibuild.runtime.resolve import Resolver
+from fibuild.runtime.table_cache import load_table
 from fibuild.spec.workspace import Workspace
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich.
@@ -94,6 +97,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a device slug with records, or cpu, cuda, cuda:N for this machine's (default: "
                              "this machine's device if it has records, else the only device with records)")
     parser.add_argument("--plot", metavar="OUT.png", help="also write a latency plot (needs matplotlib)")
+    parser.add_argument("--mode", choices=MODES, default=EAGER,
+                        help="the cost shown and ranked: eager (max of host and GPU time per call, the "
+                             "default) or graph (GPU time), as `fibuild resolve --mode`")
 
 
 class _RichReporter:
@@ -222,12 +228,31 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
                      "with --device")
 
 
+def resolver_chooser(workspace, settings, defn, device: str, mode: str):
+    """``choose(axes) -> (solution, verdict)`` for ``fibuild table``: the resolver's own answer
+    at each evaluated key (policy ``exact``), so the starred cell is what ``fibuild resolve``
+    runs there. A table borrowed from another device stars nothing."""
+    here = device in local_slugs()
+    _, table, _ = load_table(workspace, settings, defn.name, device, here=here)
+    resolver = Resolver(table)
+
+    def choose(axes):
+        try:
+            res = resolver.resolve(defn.apply_key(axes), "exact", strict=True, mode=mode)
+        except (KeyError, ResolveError):
+            return None, None
+        return (None, None) if res.borrowed else (res.solution_name, res.verdict)
+
+    return choose
+
+
 def run_table(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
     registry = Registry(workspace.registry_dir)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
-    board = leaderboard(defn, device, registry.read(defn.name, device))
+    choose = resolver_chooser(workspace, settings, defn, device, args.mode)
+    board = leaderboard(defn, device, registry.read(defn.name, device), choose, mode=args.mode)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
         data = board.to_json()

@@ -14,10 +14,12 @@ import logging
 import threading
 from typing import Any, Callable
 
+from fibuild.bench.compare import EAGER
 from fibuild.config import Settings
 from fibuild.errors import FibuildError
 from fibuild.registry import Registry
 from fibuild.runtime.api import load
+from fibuild.runtime.dispatch import AUTO, current_mode
 from fibuild.spec.templates import definition_document, definition_name, write_definition
 from fibuild.spec.workspace import Workspace
 
@@ -31,11 +33,12 @@ class Session:
     """State of one ``enable()``; see the module docstring. Thread-safe."""
 
     def __init__(self, settings: Settings, *, trace: bool, apply: bool, per_key: int = 2,
-                 flush_every: int = 64, policy: str = "nearest"):
+                 flush_every: int = 64, policy: str = "nearest", mode: str = AUTO):
         self.settings = settings
         self.trace = trace
         self.apply = apply
         self.policy = policy
+        self.mode = mode
         self.workspace = Workspace.discover(settings)
         self.recorder = (TraceRecorder(Registry(self.workspace.registry_dir), per_key=per_key,
                                        flush_every=flush_every) if trace else None)
@@ -44,6 +47,9 @@ class Session:
         self._definitions: dict[str, Any] = {}  # name -> Definition | Unmapped
         self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
         self.substituted: dict[str, int] = {}   # definition -> keys sent to a fibuild solution
+        # definition -> keys whose choice rests on another device's evaluations (same compute
+        # capability; see Resolution.borrowed), whatever was chosen
+        self.borrowed: dict[str, int] = {}
 
     # -- definitions and kernels -----------------------------------------------------------
     def definition(self, adapter: Adapter, name: str, params: dict[str, Any]):
@@ -74,16 +80,17 @@ class Session:
         self.workspace = Workspace(self.workspace.root)  # see the new file
         return self.workspace.definition(name)
 
-    def kernel(self, name: str):
-        """``fibuild.load(name)`` for this session (cached); raises Unmapped if it cannot load."""
+    def kernel(self, name: str, mode: str = EAGER):
+        """``fibuild.load(name, mode=mode)`` for this session (cached per name and mode); raises
+        Unmapped if it cannot load."""
         with self._lock:
-            found = self._kernels.get(name)
+            found = self._kernels.get((name, mode))
             if found is None:
                 try:
-                    found = load(name, policy=self.policy, settings=self.settings)
+                    found = load(name, policy=self.policy, settings=self.settings, mode=mode)
                 except FibuildError as exc:
                     found = Unmapped(f"fibuild.load({name!r}) failed: {str(exc).splitlines()[0]}")
-                self._kernels[name] = found
+                self._kernels[(name, mode)] = found
         if isinstance(found, Unmapped):
             raise found
         return found
@@ -132,10 +139,14 @@ class Session:
     def choose(self, adapter: Adapter, name: str, defn, axes: dict[str, int], original: Callable,
                substitute: Callable[[Any, Any], Callable], instance: Any = None) -> Callable:
         """``original`` unless the kernel of ``name`` resolves ``axes`` to a solution that is
-        not the API itself; then the substitute handler."""
-        kernel = self.kernel(name)
+        not the API itself; then the substitute handler. The session's mode, or under
+        ``auto`` the mode of this first call (``graph`` while capturing), picks the kernel."""
+        kernel = self.kernel(name, self.mode if self.mode != AUTO else current_mode())
         resolution = kernel.resolution(defn.apply_key(axes))
         sol = resolution.solution
+        if resolution.borrowed:
+            with self._lock:
+                self.borrowed[name] = self.borrowed.get(name, 0) + 1
         if sol is None or adapter.is_original(sol, instance):
             return original
         with self._lock:

@@ -19,14 +19,15 @@ import threading
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
+from fibuild.bench.compare import EAGER
 from fibuild.config import Settings
 from fibuild.devices import Device, is_kind, resolve_device_arg
 from fibuild.spec.workspace import Workspace
 
 from .collect import local_device, target_device
 from .decisions import BaseReporter, Resolution
-from .dispatch import Kernel, key_from_axes, make_kernel
-from .resolve import Resolver, policy_chain
+from .dispatch import AUTO, Kernel, key_from_axes, make_kernel, warn_unmeasured
+from .resolve import Resolver, check_mode, policy_chain
 from .table_cache import load_table
 
 
@@ -35,34 +36,47 @@ def _workspace(settings: Settings):
 
 
 def load(name: str, *, policy: str = "nearest", device: str | None = None, strict: bool = False,
-         settings: Settings | None = None, fallback: Callable | None = None) -> Kernel:
+         settings: Settings | None = None, fallback: Callable | None = None,
+         mode: str = AUTO) -> Kernel:
     """The dispatching callable of definition ``name`` on this machine.
 
-    ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``,
+    ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``, ``baseline``,
     ``reference``); the chain goes on after it unless ``strict``. ``device``: ``cpu``,
     ``cuda``, ``cuda:N`` or the slug of one of this machine's devices (default
-    ``FIBUILD_DEVICE``, else cuda when available).
+    ``FIBUILD_DEVICE``, else cuda when available). ``mode``: how you call it, which decides
+    the cost ranked: ``eager`` (max of host and GPU time per call), ``graph`` (GPU time,
+    for calls captured in a CUDA graph) or ``auto`` (default: per key at its first call,
+    ``graph`` while a CUDA graph is being captured, else ``eager``; a key first called
+    outside the capture keeps its eager choice, so pass ``graph`` for kernels you capture).
     ``fallback``: a value-returning function used instead of the reference. Reads
     ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE`` (through Settings).
+    With no usable evaluation on this device, keys run the definition's baseline (or
+    borrow the evaluations of a device of the same compute capability), and a warning
+    says so once, naming ``fibuild bench NAME``.
 
     Raises FibuildError for an unknown definition or device, ManifestError(s) for
     invalid manifests (only when the table is not cached), ResolveError for an unknown
-    policy. Building happens on the first call of a key, not here.
+    policy or mode. Building happens on the first call of a key, not here.
     """
     settings = settings or Settings.from_env()
     policy_chain(policy, strict=strict)
+    if mode != AUTO:
+        check_mode(mode)
     text = (device or "").strip()
     # A slug must name a device of this machine: load runs kernels here.
     dev = resolve_device_arg(text) if text and not is_kind(text) else Device.parse(local_device(settings, device))
     defn, table, digest = load_table(_workspace(settings), settings, name, dev.slug, here=True)
+    warn_unmeasured(table)
     return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=dev.torch_device,
-                       table_digest=digest, fallback=fallback)
+                       table_digest=digest, fallback=fallback, mode=mode)
 
 
 def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
             device: str | None = None, strict: bool = False, settings: Settings | None = None,
-            reporter: BaseReporter | None = None) -> Resolution:
+            reporter: BaseReporter | None = None, mode: str = EAGER) -> Resolution:
     """Which solution runs ``name`` at ``axes`` (var-axis values by name), and why.
+
+    ``mode``: ``eager`` (default) or ``graph``, as for :func:`load`.
 
     ``device``: a kind (``cpu``, ``cuda``) or a device slug; a slug of another machine
     answers from that device's committed records without checking what builds here (the
@@ -76,7 +90,7 @@ def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
     slug, here = target_device(settings, device)
     defn, table, _ = load_table(_workspace(settings), settings, name, slug, here=here)
     key = key_from_axes(defn, axes)
-    res = Resolver(table).resolve(key, policy, strict=strict, reporter=reporter)
+    res = Resolver(table).resolve(key, policy, strict=strict, reporter=reporter, mode=check_mode(mode))
     if not here:
         res = replace(res, notes=(f"{slug} is not this machine: answered from its committed "
                                   "records; whether each solution can build here was not checked",))

@@ -31,7 +31,7 @@ from .table import ApplyTable
 log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
-FORMAT = 3  # bump when the cached JSON layout changes (3: mapping order kept)
+FORMAT = 4  # bump when the cached JSON layout changes (4: full stats, host times, baseline, borrowed)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:

@@ -105,7 +105,7 @@ def test_malformed_cached_value_is_a_miss(workspace):
     with Index(s.cache_dir) as index:
         index.set_json(table_cache.NAMESPACE, digest, {"table": {"nonsense": 1}})
     assert table_cache.read_cached(s, digest) is None
-    assert load(DEF, settings=s).explain(batch_size=2).policy == "reference"
+    assert load(DEF, settings=s).explain(batch_size=2).policy == "baseline"
 
 
 def test_build_committed_after_caching_is_remembered(workspace):
