@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from fibuild.bench.compare import EAGER, MODES
+from fibuild.bench.compare import AMBIGUOUS, EAGER, GRAPH, MODES
 from fibuild.bench.distributed import run_distributed
 from fibuild.bench.farm.driver import drop_recorded
 from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
-from fibuild.bench.plan import plan_benchmarks, plan_distributed
+from fibuild.bench.plan import BenchPlan, PlannedSolution, plan_benchmarks, plan_distributed
 from fibuild.bench.reporter import BenchReporter
 from fibuild.bench.runner import run_benchmarks
 from fibuild.cli.bench_farm import run_bench_farm
@@ -21,6 +21,7 @@ from fibuild.cli.common import console, parse_device, print_json
 from fibuild.devices import default_device, device_slug, local_devices, local_slugs
 from fibuild.errors import BenchError, FibuildError, ResolveError
 from fibuild.registry import Registry
+from fibuild.runtime.choose import decisions_by_key
 from fibuild.runtime.resolve import Resolver
 from fibuild.runtime.table_cache import load_table
 from fibuild.spec.workspace import Workspace
@@ -79,6 +80,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "one GPU a rank, timed with CUDA-graph replays)")
     parser.add_argument("--resume", action="store_true",
                         help="skip (workload, solution, digest, device) items the registry already holds")
+    parser.add_argument("--ambiguous", action="store_true",
+                        help="re-measure only the keys whose resolution is AMBIGUOUS on this device (a "
+                             "challenger the noise does not let resolution tell apart; see `fibuild table`), "
+                             "for the cost --graph or eager timing ranks")
     farm = parser.add_argument_group("farm", "run on the workers of a Dask cluster (pip install 'fibuild[farm]')")
     farm.add_argument("--executor", choices=("local", "dask"), default="local",
                       help="local: worker processes on this machine (default); dask: a Dask cluster")
@@ -172,6 +177,10 @@ def run_bench(args: argparse.Namespace, settings) -> int:
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
             if dropped:
                 console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
+        if args.ambiguous:
+            slug = local_devices(device)[0].slug
+            plan, keys = keep_ambiguous(plan, workspace, settings, slug, GRAPH if args.graph else EAGER)
+            console(stderr=True).print(f"ambiguous: {keys} key(s) to re-measure on {slug}, {plan.total} item(s)")
 
         def run(reporter):
             return run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
@@ -226,6 +235,28 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
         return devices[0]
     raise BenchError(f"{definition} has records for several devices ({', '.join(devices)}): pick one "
                      "with --device")
+
+
+def keep_ambiguous(plan: BenchPlan, workspace, settings, slug: str, mode: str) -> tuple[BenchPlan, int]:
+    """``plan`` cut to the workloads of the keys whose decision on ``slug`` in ``mode`` is
+    AMBIGUOUS (:func:`fibuild.runtime.choose.decide`, the resolver's own rule), and how many
+    such keys there are. A definition without usable evaluations here has none. Cost: one
+    apply table per definition (cached)."""
+    ambiguous: dict[str, set] = {}
+    for group in plan.groups:
+        defn = group.definition
+        if defn.name not in ambiguous:
+            _, table, _ = load_table(workspace, settings, defn.name, slug, here=True)
+            found = {} if table.borrowed else decisions_by_key(table, mode, table.excluded)
+            ambiguous[defn.name] = {k for k, d in found.items() if d.verdict == AMBIGUOUS}
+    groups = []
+    for group in plan.groups:
+        keys, defn = ambiguous[group.definition.name], group.definition
+        keep = tuple(w for w in group.workloads if defn.apply_key(w.axes) in keys)
+        if keep:
+            groups.append(PlannedSolution(defn, group.solution, keep))
+    return BenchPlan(device=plan.device, groups=groups, skipped=list(plan.skipped)), \
+        sum(len(keys) for keys in ambiguous.values())
 
 
 def resolver_chooser(workspace, settings, defn, device: str, mode: str):
