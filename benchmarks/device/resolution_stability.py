@@ -5,7 +5,7 @@ Two fresh workspaces (copies of the chosen definitions and their solutions, empt
 registries, one shared build cache) are benched one after the other on this machine's GPU
 (``fibuild bench DEFS --device cuda``); then every key evaluated in both is resolved from
 each run's records (policy ``exact``, in eager and graph mode), with the resolver's own rule.
-Time-boxed: each run gets half of ``--budget-s`` (default 420 s); a run cut short still
+Time-boxed: the runs share ``--budget-s`` (default 420 s) equally; a run cut short still
 counts the keys it recorded. Optionally (``--remeasure``) the second workspace then re-runs
 ``fibuild bench --ambiguous`` and the AMBIGUOUS count is reported again.
 
@@ -134,16 +134,17 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fibuild-stability-"))
     roots = [tmp / "run1", tmp / "run2"]
     runs = []
+    share = args.budget_s / (3 if args.remeasure else 2)  # each bench run's limit
     for root in roots:
         make_workspace(root, args.defs)
-        runs.append(bench(root, args.defs, args.budget_s / 2, args.rep, args.device))
+        runs.append(bench(root, args.defs, share, args.rep, args.device))
     first, second = (resolutions(root, args.defs, args.device) for root in roots)
     device_name = torch.cuda.get_device_name() if args.device != "cpu" else "cpu"
     result = {"device": device_name, "definitions": args.defs, "rep": args.rep, "runs": runs,
               "comparison": compare(first, second)}
     if args.remeasure:
         before = sum(v == "AMBIGUOUS" for _, v in second.values())
-        run = bench(roots[1], args.defs, args.budget_s / 2, args.rep, args.device, ["--ambiguous"])
+        run = bench(roots[1], args.defs, share, args.rep, args.device, ["--ambiguous"])
         after = sum(v == "AMBIGUOUS" for _, v in resolutions(roots[1], args.defs, args.device).values())
         result["remeasured"] = {"run": run, "ambiguous_before": before, "ambiguous_after": after}
     args.out.mkdir(parents=True, exist_ok=True)
