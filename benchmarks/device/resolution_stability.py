@@ -5,12 +5,12 @@ Two fresh workspaces (copies of the chosen definitions and their solutions, empt
 registries, one shared build cache) are benched one after the other on this machine's GPU
 (``fibuild bench DEFS --device cuda``); then every key evaluated in both is resolved from
 each run's records (policy ``exact``, in eager and graph mode), with the resolver's own rule.
-Time-boxed: the runs share ``--budget-s`` (default 420 s) equally; a run cut short still
+Time-boxed: the runs share ``--budget-s`` (default 330 s) equally; a run cut short still
 counts the keys it recorded. Optionally (``--remeasure``) the second workspace then re-runs
 ``fibuild bench --ambiguous`` and the AMBIGUOUS count is reported again.
 
     python3 benchmarks/device/resolution_stability.py --out "$OUT/stability" \
-        [--defs rmsnorm_h4096 silu_and_mul_i14336 ...] [--budget-s 420] [--rep 100]
+        [--defs rmsnorm_h4096 silu_and_mul_i14336 ...] [--budget-s 330] [--rep 100]
 
 Writes ``stability.md`` and ``stability.json`` under ``--out``.
 """
@@ -120,8 +120,8 @@ def report(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--defs", nargs="+", default=list(DEFAULT_DEFS))
-    parser.add_argument("--budget-s", type=float, default=420.0, help="both runs together (default 420)")
-    parser.add_argument("--build-s", type=float, default=150.0, help="limit of the build step (default 150)")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="the bench runs together (default 330)")
+    parser.add_argument("--build-s", type=float, default=120.0, help="limit of the build step (default 120)")
     parser.add_argument("--rep", type=float, default=100.0, help="bench --rep in ms (default 100)")
     parser.add_argument("--remeasure", action="store_true", help="then bench --ambiguous in run 2's workspace")
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to try the script itself")
