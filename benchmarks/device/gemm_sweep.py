@@ -29,7 +29,7 @@ from concurrent import futures
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GEMV = ROOT / "solutions" / "gemm_n4096_k4096_bf16" / "triton_stream" / "gemv.py"
+GEMV = ROOT / "solutions" / "_lib" / "gemv" / "gemv.py"  # the library every triton_stream solution names
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SMALL_M = (1, 2, 4, 8, 16)
 MID_M = (32, 64, 128)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import importlib.util
 import json
 import os
 import statistics
@@ -62,13 +61,12 @@ def nvcc_compile(source: Path, out: Path, extra: list[str]) -> tuple[Path, float
     return out, time.perf_counter() - t0, " | ".join(s.split(":", 1)[-1].strip() for s in report)
 
 
-def import_entry(sol):
-    """Import a Python/Triton solution's entry function from its file."""
-    path = sol.path / sol.entry_file
-    spec = importlib.util.spec_from_file_location(f"check_{sol.definition}_{sol.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, sol.entry_symbol)
+def import_entry(ws, sol):
+    """A Python/Triton solution's entry function, built and loaded as fibuild loads it."""
+    from fibuild.compile.cache import BuildCache
+    from fibuild.config import Settings
+
+    return BuildCache(Settings.from_env()).get_or_build(ws.definition(sol.definition), sol).entry
 
 
 def make_inputs(torch, defn, axes, seed):
@@ -172,7 +170,7 @@ def main() -> int:
             if sol.language not in ("python", "triton") or "cuda" not in sol.target_hardware:
                 continue
             try:
-                entry = import_entry(sol)
+                entry = import_entry(ws, sol)
                 impls[dname][sol.name] = solution_caller(ws.definition(dname), sol, entry)
                 t0 = time.perf_counter()
                 check(torch, ws.definition(dname), impls[dname][sol.name], load_reference(ws.definition(dname))["run"], 8, 0)

@@ -16,7 +16,6 @@ Writes ``<out>/decode_sweep.md`` (one table per definition) and ``<out>/decode_s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -39,11 +38,14 @@ VARIANTS = {
 }
 
 
-def import_file(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def built_module(ws, defn, sol):
+    """The module holding ``sol``'s run, built and imported as fibuild loads it (its library
+    files included)."""
+    from fibuild.compile.cache import BuildCache
+    from fibuild.config import Settings
+
+    entry = BuildCache(Settings.from_env()).get_or_build(defn, sol).entry
+    return sys.modules[entry.run.__module__], entry.plan
 
 
 def copy_bandwidth(torch, nbytes: int = 1 << 30) -> float:
@@ -81,16 +83,15 @@ def candidates(ws, defn):
 
     positions = [i for i, s in enumerate(defn.inputs) if s.structural]
     out = {}
+    page_size = defn.const_axes["page_size"]
     for name in ("flashinfer", "flashinfer_tc"):
-        sol = ws.solution(f"{defn.name}/{name}")
-        mod = import_file(sol.path / sol.entry_file, f"sweep_{defn.name}_{name}")
-        out[name] = lambda mod=mod: PlannedEntry(mod.gqa_paged_decode, mod.plan, positions)
-    sol = ws.solution(f"{defn.name}/triton_split_kv")
-    mod = import_file(sol.path / sol.entry_file, f"sweep_{defn.name}_triton")
+        mod, plan = built_module(ws, defn, ws.solution(f"{defn.name}/{name}"))
+        out[name] = lambda mod=mod, plan=plan: PlannedEntry(mod.gqa_paged_decode, plan, positions)
+    mod, _plan = built_module(ws, defn, ws.solution(f"{defn.name}/triton_split_kv"))
     for label, knobs in VARIANTS.items():
         def make(mod=mod, knobs=knobs):
             def plan(indptr, indices, *rest):
-                return mod.make_plan(indptr, rest[0] if len(rest) == 2 else None, **knobs)
+                return mod.make_plan(indptr, rest[0] if len(rest) == 2 else None, page_size=page_size, **knobs)
             return PlannedEntry(mod.gqa_paged_decode, plan, positions)
         out[f"triton_{label}"] = make
     return out

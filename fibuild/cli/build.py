@@ -252,6 +252,7 @@ def run_info(args, settings) -> int:
         "build_seconds": record.get("build_seconds"),
         "log": str(directory / store.LOG) if (directory / store.LOG).exists() else None,
         "error": failed.get("error") if failed else None,
+        "libraries": {rel: str(path) for rel, path in sol.library_files} or None,
         "key_inputs": inputs,
     }
     if args.json:
@@ -261,6 +262,8 @@ def run_info(args, settings) -> int:
                   "build_seconds", "log", "error"):
         if info[field] is not None:
             print(f"{field:<14}{info[field]}")
+    for rel, path in (info["libraries"] or {}).items():
+        print(f"{'library file':<14}{rel} <- {path}")
     print("key inputs:")
     for name, value in _flatten(inputs):
         print(f"  {name:<28}{value}")

@@ -9,7 +9,10 @@ one key always maps to one directory and two definitions sharing a solution name
 collide.
 
 ``solution_digest`` hashes the sources and the spec only (no toolchain, no names): it goes
-into evaluations, and the resolver compares it with the current solution's.
+into evaluations, and the resolver compares it with the current solution's. Library files
+(:mod:`fibuild.spec.libraries`) count as sources at their path in the build, and the names
+of the libraries do not enter: a solution whose effective files are unchanged keeps its
+digest whether a file sits in its folder or in a library.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def solution_spec(sol: Solution) -> dict[str, Any]:
         "definition": sol.definition,
         "language": sol.language,
         "entry_point": sol.entry_point,
-        "sources": list(sol.sources),
+        "sources": list(sol.all_sources),  # own, then libraries': the effective file set
         "target_hardware": sorted(sol.target_hardware),
         "destination_passing_style": sol.destination_passing_style,
         "dependencies": sorted(sol.dependencies),
@@ -75,14 +78,15 @@ def solution_spec(sol: Solution) -> dict[str, Any]:
 
 
 def source_hashes(sol: Solution) -> list[tuple[str, str]]:
-    """``[(relpath, sha256(contents))]`` sorted by path; BuildError if a source is unreadable."""
+    """``[(relpath, sha256(contents))]`` of every file the build copies (own sources and
+    library files, by their path in the build), sorted by path; BuildError if one is unreadable."""
     if sol.path is None:
         raise BuildError(f"{sol.qualified_name}: the solution has no directory (path is None)",
                          solution=sol.qualified_name)
     hashes = []
-    for rel in sorted(set(sol.sources)):
+    for rel, path in sorted(dict(sol.files).items()):
         try:
-            data = (sol.path / rel).read_bytes()
+            data = path.read_bytes()
         except OSError as exc:
             raise BuildError(f"{sol.qualified_name}: cannot read source {rel}: {exc.strerror}",
                              solution=sol.qualified_name) from None

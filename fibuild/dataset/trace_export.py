@@ -70,8 +70,8 @@ def _export_solutions(workspace: Workspace, defn: Definition, out: Path, report:
     for sol in workspace.solutions(defn.name):
         files = {}
         try:
-            for rel in sol.sources:
-                files[rel] = (sol.path / rel).read_text(encoding="utf-8")
+            for rel, path in sol.files:  # library files inlined at their path in the build
+                files[rel] = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             report.skip("solution", sol.qualified_name, f"source {rel} is not UTF-8 text the dataset can "
                         f"inline ({exc})", str(sol.path))

@@ -190,7 +190,12 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
 
 
 def solution_to_dataset(manifest: Mapping[str, Any], files: Mapping[str, str]) -> tuple[dict, list[str]]:
-    """The dataset Solution of a fibuild solution manifest and its source texts, and notes."""
+    """The dataset Solution of a fibuild solution manifest and its source texts, and notes.
+
+    ``files`` holds every source the build copies, library files included (by their path
+    in the build, after the solution's own): the dataset has no shared folders, so each
+    solution carries its own copy, and imported back it keeps its digest.
+    """
     name = manifest["name"]
     notes = []
     if any(manifest.get("build", {}).values()):
@@ -208,7 +213,9 @@ def solution_to_dataset(manifest: Mapping[str, Any], files: Mapping[str, str]) -
     if manifest["language"] in ("cuda", "cpp"):
         spec["binding"] = "tvm-ffi"
     out["spec"] = spec
-    out["sources"] = [{"path": p, "content": files[p]} for p in manifest["sources"]]
+    if manifest.get("libraries"):
+        notes.append(f"solution {name}: libraries {list(manifest['libraries'])} inlined as sources")
+    out["sources"] = [{"path": p, "content": text} for p, text in files.items()]
     return out, notes
 
 

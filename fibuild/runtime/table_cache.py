@@ -1,7 +1,8 @@
 """ApplyTables cached in the build index, keyed by a digest of everything they depend on.
 
 The key hashes the size and ``mtime_ns`` of the definition's manifest, of every file under
-``solutions/<definition>/`` and of its registry files, with the device slug, whether that
+``solutions/<definition>/``, of every library file (``solutions/_lib/``, ``lib/``: any
+solution may name any library) and of its registry files, with the device slug, whether that
 device is this machine, the fibuild version and the toolchain settings. A hit costs a few
 ``stat`` calls and one index read: no YAML, no schema, no registry parse, no source hashing.
 Any edit, new record or new solution changes the key; stale entries are never read again.
@@ -22,6 +23,7 @@ from fibuild import __version__
 from fibuild.compile.index import Index
 from fibuild.config import Settings
 from fibuild.errors import CacheError
+from fibuild.spec.libraries import library_roots
 from fibuild.spec.manifest import definition_from_dict, solution_from_dict
 from fibuild.spec.model import Definition
 
@@ -56,6 +58,8 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
         st = path.stat()
         files.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
     _stat_files(root / "solutions" / name, root, files)
+    for folder in library_roots(root):
+        _stat_files(folder, root, files)
     _stat_files(root / "registry" / name, root, files)
     nvcc = settings.cuda_home / "bin" / "nvcc"
     try:

@@ -15,6 +15,7 @@ from fibuild.errors import ManifestError
 
 from . import schema, semantics
 from .documents import parse_json_line, parse_yaml_mapping, read_text
+from .libraries import resolve_libraries
 from .model import Axis, BuildFlags, Definition, Distributed, InputSpec, Solution, TensorSpec, Tolerance, Workload
 
 # --- definitions -----------------------------------------------------------------------
@@ -109,7 +110,8 @@ def load_solution(path: str | Path, definitions: Collection[str] | None = None) 
 
 
 def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) -> Solution:
-    """A Solution from an already-valid manifest dict (no checks; KeyError if malformed).
+    """A Solution from an already-valid manifest dict (no checks; KeyError if malformed;
+    ValueError if a library it names is missing: its files are listed here).
 
     ``path`` is the ``solution.yaml`` file or the solution's directory; the model keeps
     the directory.
@@ -120,6 +122,14 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         if directory.suffix in (".yaml", ".yml"):
             directory = directory.parent
     build = data.get("build") or {}
+    libraries = tuple(data.get("libraries") or ())
+    library_files: list = []
+    if libraries:
+        if directory is None:
+            raise ValueError(f"solution {data['name']!r} names libraries but has no directory")
+        library_files, problems = resolve_libraries(directory, libraries, data["sources"])
+        if problems:
+            raise ValueError(f"solution {data['name']!r}: {problems[0][1]}")
     return Solution(
         name=data["name"], definition=data["definition"], language=data["language"],
         entry_point=data["entry_point"], sources=tuple(data["sources"]),
@@ -129,7 +139,8 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         dependencies=tuple(data.get("dependencies") or ()),
         build=BuildFlags(**{k: tuple(build.get(k) or ()) for k in
                             ("cflags", "cuda_cflags", "ldflags", "include_dirs")}),
-        plan=data.get("plan"), path=directory, raw=data,
+        plan=data.get("plan"), libraries=libraries, library_files=tuple(library_files),
+        path=directory, raw=data,
     )
 
 

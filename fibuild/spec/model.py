@@ -173,6 +173,9 @@ class Solution:
     returns the non-in-place outputs (one tensor, or a tuple in declaration order).
     ``plan`` (``"file.py::function"`` or None): the solution is plan/run; the entry point
     is the run and takes the plan first (see :mod:`fibuild.compile.plans`).
+    ``libraries`` names shared source folders; ``library_files`` holds their files as
+    ``(relpath in the build, file)``, found when the manifest was loaded (see
+    :mod:`fibuild.spec.libraries`). ``files`` is the effective source set a build copies.
     """
 
     name: str
@@ -187,8 +190,33 @@ class Solution:
     dependencies: tuple[str, ...] = ()
     build: BuildFlags = BuildFlags()
     plan: str | None = None
+    libraries: tuple[str, ...] = ()
+    library_files: tuple[tuple[str, Path], ...] = ()
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def files(self) -> tuple[tuple[str, Path], ...]:
+        """``(relpath, file)`` of every source a build copies: the solution's own (in
+        manifest order, under ``path``), then its libraries'. Relpaths are unique."""
+        own = tuple((rel, (self.path or Path()) / rel) for rel in self.sources)
+        return own + self.library_files
+
+    @property
+    def source_dirs(self) -> tuple[Path, ...]:
+        """The folders the sources come from, the solution's first: each file's relpath is
+        relative to one of them (a package ``__path__`` that finds them as a build does)."""
+        dirs = [self.path or Path()]
+        for rel, file in self.library_files:
+            folder = file.parents[len(rel.split("/")) - 1]
+            if folder not in dirs:
+                dirs.append(folder)
+        return tuple(dirs)
+
+    @property
+    def all_sources(self) -> tuple[str, ...]:
+        """The relpaths of :attr:`files`: what the digest and the build see as sources."""
+        return self.sources + tuple(rel for rel, _ in self.library_files)
 
     @property
     def qualified_name(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Mapping
 
 from . import flags
+from .libraries import resolve_libraries
 from .schema import pointer_of
 
 Problems = list[tuple[str, str]]
@@ -244,15 +245,8 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
             problems.append((pointer_of(["sources", i]), reason))
         else:
             safe.append(source)
-    entry_file = data["entry_point"].split("::", 1)[0]
-    if entry_file not in sources:
-        problems.append(("/entry_point", f"entry point file {entry_file!r} is not listed in sources "
-                         f"({', '.join(sources)})"))
-    plan_file = data["plan"].split("::", 1)[0] if data.get("plan") else None
-    if plan_file is not None and plan_file not in sources:
-        problems.append(("/plan", f"plan file {plan_file!r} is not listed in sources ({', '.join(sources)})"))
-    if plan_file is not None and data["language"] not in ("python", "triton"):
-        problems.append(("/plan", f"a plan step needs a python or triton solution, not {data['language']}"))
+    libraries = data.get("libraries") or []
+    files: dict[str, Path] = {}  # every source of the build, own and from libraries
     if path is not None:
         directory = Path(path).parent
         problems += _solution_layout(data, directory)
@@ -267,8 +261,24 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
             elif not target.resolve().is_relative_to(root):
                 problems.append((pointer_of(["sources", i]),
                                  f"source {source!r} resolves outside the solution directory"))
-        if not problems:
-            problems += _entry_point(data, directory)
+            else:
+                files[source] = target
+        found, library_problems = resolve_libraries(directory, libraries, safe)
+        problems += [(pointer_of(["libraries", i]), why) for i, why in library_problems]
+        files.update(found)
+    known = list(files) if path is not None else list(sources)
+    what = "in sources or its libraries" if libraries else "listed in sources"
+    entry_file = data["entry_point"].split("::", 1)[0]
+    if entry_file not in known and (path is not None or not libraries):
+        problems.append(("/entry_point", f"entry point file {entry_file!r} is not {what} "
+                         f"({', '.join(known)})"))
+    plan_file = data["plan"].split("::", 1)[0] if data.get("plan") else None
+    if plan_file is not None and plan_file not in known and (path is not None or not libraries):
+        problems.append(("/plan", f"plan file {plan_file!r} is not {what} ({', '.join(known)})"))
+    if plan_file is not None and data["language"] not in ("python", "triton"):
+        problems.append(("/plan", f"a plan step needs a python or triton solution, not {data['language']}"))
+    if path is not None and not problems:
+        problems += _entry_point(data, files)
     problems += _build_flags(data.get("build") or {})
     if definitions is not None and data["definition"] not in definitions:
         close = difflib.get_close_matches(data["definition"], list(definitions), n=1)
@@ -283,16 +293,17 @@ MAX_SOURCE_BYTES = 4 << 20
 _PYTHON_LANGUAGES = ("python", "triton")
 
 
-def _entry_point(data: Mapping[str, Any], directory: Path) -> Problems:
+def _entry_point(data: Mapping[str, Any], files: Mapping[str, Path]) -> Problems:
     """The entry point's function exists: defined at the top level of the Python file
     (read with ``ast``, never imported), or exported from a native source with
-    ``TVM_FFI_DLL_EXPORT_TYPED_FUNC(name, ...)``. Sources are known to exist here."""
+    ``TVM_FFI_DLL_EXPORT_TYPED_FUNC(name, ...)``. ``files`` maps every source (own and from
+    libraries) to its file; they are known to exist here."""
     entry_file, symbol = data["entry_point"].split("::", 1)
     if data["language"] in _PYTHON_LANGUAGES:
         if not entry_file.endswith(".py"):
             return [("/entry_point", f"entry point file {entry_file!r} is not a .py file "
                      f"({data['language']} solutions name a Python function)")]
-        text, why = _source_text(directory / entry_file)
+        text, why = _source_text(files[entry_file])
         if text is None:
             return [("/entry_point", f"{entry_file}: {why}")]
         try:
@@ -305,8 +316,8 @@ def _entry_point(data: Mapping[str, Any], directory: Path) -> Problems:
             return [("/entry_point", f"{entry_file} defines no top-level function {symbol!r}")]
         return []
     export = re.compile(r"TVM_FFI_DLL_EXPORT_TYPED_FUNC\s*\(\s*" + re.escape(symbol) + r"\s*,")
-    for source in data["sources"]:
-        text, _why = _source_text(directory / source)
+    for source in files.values():
+        text, _why = _source_text(source)
         if text is not None and export.search(text):
             return []
     return [("/entry_point", f"no source exports {symbol!r}: a native entry point is exported with "

@@ -25,7 +25,7 @@ def _entry(sol):
     if name not in sys.modules:
         package = importlib.machinery.ModuleSpec(name, None, is_package=True)
         sys.modules[name] = importlib.util.module_from_spec(package)
-        sys.modules[name].__path__ = [str(sol.path)]
+        sys.modules[name].__path__ = [str(d) for d in sol.source_dirs]
     return importlib.import_module(name + ".kernel").gemm
 
 

@@ -1,10 +1,11 @@
 """Workspace bundles: the files one farm task needs, as JSON, and their unpacking on a worker.
 
 A farm worker may be on another machine with no view of the driver's workspace. The driver
-packs what one (definition, solution) needs — the definition manifest, the solution's folder
-and the safetensors files its workloads read — as ``{"digest", "files": {relpath: base64}}``;
-the worker unpacks it once into ``<cache>/farm/workspaces/<digest>`` (content-keyed, so tasks
-of the same pair share it and a restarted worker finds it) and benchmarks from there. Build
+packs what one (definition, solution) needs — the definition manifest, the solution's folder,
+the files of the libraries it names and the safetensors files its workloads read — as
+``{"digest", "files": {relpath: base64}}``; the worker unpacks it once into
+``<cache>/farm/workspaces/<digest>`` (content-keyed, so tasks of the same pair share it and a
+restarted worker finds it) and benchmarks from there. Build
 keys hash contents, not paths, so what the worker builds there is what the driver would build.
 """
 from __future__ import annotations
@@ -63,6 +64,8 @@ def pack(root: Path, defn, sol, workloads: Iterable[Any]) -> dict[str, Any]:
     paths = {_relative(Path(defn.path), root, "definition manifest"): Path(defn.path)}
     for path in _folder_files(Path(sol.path)):
         paths[_relative(path, root, "solution file")] = path
+    for _rel, path in sol.library_files:  # unpacked where the worker's workspace finds them again
+        paths[_relative(path, root, "library file")] = path
     for workload in workloads:
         for path in workload_files(root, defn, workload):
             paths[_relative(path, root, f"workload {workload.uuid} file")] = path

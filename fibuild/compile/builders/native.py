@@ -127,7 +127,7 @@ class NativeBuilder:
         nf.rule("link", "$cxx $in -shared $ldflags -o $out.tmp && mv -f $out.tmp $out",
                 description=f"LINK {sol.qualified_name}")
         objects = []
-        for rel in sol.sources:
+        for rel in sol.all_sources:
             suffix = PurePosixPath(rel).suffix
             if suffix in CUDA_SUFFIXES and not self.uses_cuda:
                 raise BuildError(f"{sol.qualified_name}: {rel} is CUDA but the language is {self.language}",
@@ -138,7 +138,7 @@ class NativeBuilder:
             nf.build([obj], "nvcc" if suffix in CUDA_SUFFIXES else "cxx", [src / rel])
             objects.append(obj)
         if not objects:
-            raise BuildError(f"{sol.qualified_name}: no compilable source among {list(sol.sources)}",
+            raise BuildError(f"{sol.qualified_name}: no compilable source among {list(sol.all_sources)}",
                              solution=sol.qualified_name, build_dir=build_dir)
         artifact = build_dir / ARTIFACT
         nf.build([artifact], "link", objects)

@@ -46,7 +46,7 @@ class PythonBuilder:
             meta.update(plan_meta(defn, sol, build_dir))
         src = copy_sources(sol, build_dir)
         check_python_syntax(sol, src, build_dir)
-        (build_dir / "build.log").write_text(f"copied {len(sol.sources)} source(s) to {src}\n")
+        (build_dir / "build.log").write_text(f"copied {len(sol.all_sources)} source(s) to {src}\n")
         return BuildPlan(artifact=f"{SRC_DIR}/{sol.entry_file}", meta=meta)
 
     def load(self, build_dir: Path, meta: Mapping[str, Any]) -> Callable:

@@ -19,7 +19,8 @@ SRC_DIR = "src"  # the copies of a solution's sources, inside its build director
 
 
 def copy_sources(sol: Solution, build_dir: Path) -> Path:
-    """Copy every source of ``sol`` to ``build_dir/src`` (same relative layout); return that dir.
+    """Copy every source of ``sol`` (its own, then its libraries' files) to ``build_dir/src``
+    (same relative layout); return that dir.
 
     Builds compile and import the copies, so a source edited during a build never mixes
     with the key computed from the old contents. Raises BuildError for a missing source.
@@ -27,11 +28,11 @@ def copy_sources(sol: Solution, build_dir: Path) -> Path:
     if sol.path is None:
         raise BuildError(f"{sol.qualified_name}: the solution has no directory", solution=sol.qualified_name)
     dest = build_dir / SRC_DIR
-    for rel in sol.sources:
+    for rel, path in sol.files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copyfile(sol.path / rel, target)
+            shutil.copyfile(path, target)
         except OSError as exc:
             raise BuildError(f"{sol.qualified_name}: cannot copy source {rel}: {exc.strerror}",
                              solution=sol.qualified_name, build_dir=build_dir) from None
@@ -40,7 +41,7 @@ def copy_sources(sol: Solution, build_dir: Path) -> Path:
 
 def check_python_syntax(sol: Solution, src_dir: Path, build_dir: Path) -> None:
     """Compile (without running) each ``.py`` source; a SyntaxError becomes a BuildError."""
-    for rel in sol.sources:
+    for rel in sol.all_sources:
         if not rel.endswith(".py"):
             continue
         path = src_dir / rel

@@ -1,54 +1,8 @@
-"""FlashInfer baseline as a plan/run solution: BatchDecodeWithPagedKVCacheWrapper (NHD layout).
+"""FlashInfer's paged decode wrapper for pages of 1 token(s), its CUDA-core decode
+(the plan and run, shared by every page size, are flashinfer_decode.py)."""
+import functools
 
-``plan`` takes the structural inputs (``kv_indptr, kv_indices[, kv_last_page_len], sm_scale``;
-without ``kv_last_page_len`` every last page is full), makes a wrapper and calls its
-``plan`` (which copies the page table's indptr to the host); ``gqa_paged_decode`` runs the
-planned wrapper with ``return_lse=True`` (base-2 lse), launch-only and CUDA-graph
-capturable. Wrappers of one device share one float workspace (scratch that runs on one
-stream use in turn); each keeps its own small int workspace holding its plan.
-``USE_TENSOR_CORES`` picks FlashInfer's tensor-core (prefill-kernel) decode path.
-CUDA tensors only. This file is the same in every page-size variant but for PAGE_SIZE.
-"""
-import torch
+from .flashinfer_decode import gqa_paged_decode  # noqa: F401 (the entry point)
+from .flashinfer_decode import plan as _plan
 
-PAGE_SIZE = 1
-USE_TENSOR_CORES = False
-NUM_QO_HEADS = 32
-NUM_KV_HEADS = 8
-HEAD_DIM = 128
-WORKSPACE_BYTES = 128 * 1024 * 1024
-
-_workspaces = {}  # torch.device -> float workspace shared by this module's wrappers
-
-
-def _flashinfer():
-    try:
-        import flashinfer
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            "this baseline needs the flashinfer-python package: pip install 'fibuild[flashinfer]'"
-        ) from exc
-    return flashinfer
-
-
-def plan(kv_indptr, kv_indices, *rest):
-    *last, sm_scale = rest
-    flashinfer = _flashinfer()
-    device = kv_indptr.device
-    workspace = _workspaces.get(device)
-    if workspace is None:
-        workspace = _workspaces[device] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-    batch_size = kv_indptr.shape[0] - 1
-    last_page_len = last[0] if last else torch.full((batch_size,), PAGE_SIZE, dtype=torch.int32, device=device)
-    wrapper = flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper(
-        workspace, kv_layout="NHD", use_tensor_cores=USE_TENSOR_CORES)
-    wrapper.plan(kv_indptr, kv_indices, last_page_len, NUM_QO_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE,
-                 pos_encoding_mode="NONE", q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
-                 sm_scale=float(sm_scale))
-    return wrapper
-
-
-@torch.no_grad()
-def gqa_paged_decode(wrapper, q, k_cache, v_cache, *_structural):
-    output, lse = wrapper.run(q, (k_cache, v_cache), return_lse=True)
-    return output, lse
+plan = functools.partial(_plan, page_size=1, use_tensor_cores=False)

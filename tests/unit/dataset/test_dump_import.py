@@ -168,6 +168,8 @@ def test_imported_safetensors_workloads_run_in_bench(tmp_path, settings_env):
     write_handmade_dump(tmp_path / "dump")
     import_flashinfer_dump(Workspace(ws.root), tmp_path / "dump")
     shutil.copytree(ROOT / "solutions" / GQA / "torch_padded", ws.root / "solutions" / GQA / "torch_padded")
+    library = "solutions/_lib/gqa_decode_torch_padded"  # the library the solution names
+    shutil.copytree(ROOT / library, ws.root / library)
     uuids = {w.uuid for w in Workspace(ws.root).workloads(GQA)}
     assert len(uuids) == 2
     env = {**__import__("os").environ, **settings_env, "PYTHONPATH": str(ROOT)}

@@ -8,9 +8,11 @@ custom inputs from the definition's ``custom_inputs_entrypoint`` called as
 """
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import importlib.util
 import math
-from pathlib import Path
+import sys
 
 import torch
 
@@ -86,13 +88,15 @@ def reference_outputs(defn: Definition, args: list) -> list:
 
 
 def load_entry(sol: Solution):
-    """Import a python solution's entry point from its source file; a plan/run solution's
-    plan and run joined as fibuild loads them (a PlannedEntry)."""
-    path = Path(sol.path) / sol.entry_file
-    module_name = f"fibuild_test_{sol.definition}_{sol.name}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Import a python solution's entry point from its source files (its folder and its
+    libraries' as one package, as a build sees them); a plan/run solution's plan and run
+    joined as fibuild loads them (a PlannedEntry)."""
+    package = f"fibuild_test_{sol.definition}_{sol.name}".replace(".", "_").replace("-", "_")
+    if package not in sys.modules:
+        sys.modules[package] = importlib.util.module_from_spec(
+            importlib.machinery.ModuleSpec(package, None, is_package=True))
+        sys.modules[package].__path__ = [str(d) for d in sol.source_dirs]
+    module = importlib.import_module(package + "." + sol.entry_file[:-3].replace("/", "."))
     entry = getattr(module, sol.entry_symbol)
     if not sol.plan:
         return entry

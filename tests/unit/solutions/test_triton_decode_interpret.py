@@ -45,7 +45,7 @@ for page_size, pages, pool, _split in json.loads(sys.argv[2]):
               "mismatches": ds.mismatches(defn, list(first), list(reference(*ds.clone(args)))),
               "reused_equals_fresh": all(torch.equal(a, b) for a, b in zip(again, fresh))}
     # The other merge: a second launch instead of the last program of each sequence.
-    separate = entry.plan.__globals__["make_plan"](indptr, *last, fused=False)
+    separate = entry.plan.func.__globals__["make_plan"](indptr, *last, page_size=page_size, fused=False)
     report["mismatches_separate_merge"] = ds.mismatches(defn, list(entry.run(separate, *args)),
                                                         list(reference(*ds.clone(args))))
     indices.copy_(indices.flip(0))  # the page table changes in place

@@ -38,7 +38,7 @@ defn = ws.definition(sol.definition)
 # import each other relatively (``from .gemv import ...``).
 package = importlib.machinery.ModuleSpec("triton_solution_under_test", None, is_package=True)
 sys.modules[package.name] = importlib.util.module_from_spec(package)
-sys.modules[package.name].__path__ = [str(sol.path)]
+sys.modules[package.name].__path__ = [str(d) for d in sol.source_dirs]
 module = importlib.import_module(package.name + "." + sol.entry_file[:-3].replace("/", "."))
 call = solution_caller(defn, sol, getattr(module, sol.entry_symbol))
 reference = load_reference(defn)["run"]
