@@ -6,8 +6,7 @@ import types
 
 import pytest
 
-from fibuild.bench.compare import (AMBIGUOUS, FAST, SAME, SLOW, Interval, caller_cost, compare, noisy,
-                                   relative_spread)
+from fibuild.bench.compare import AMBIGUOUS, FAST, SAME, SLOW, Interval, caller_cost, compare, noisy, relative_spread
 from fibuild.cli.bench_report import noisy_measurements, report_evaluations
 from fibuild.spec.model import Evaluation, LatencyStats
 
