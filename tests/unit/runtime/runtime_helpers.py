@@ -1,7 +1,8 @@
 """Helpers for the apply tests: a temp copy of the shipped rmsnorm workspace with CPU solutions,
 and a way to add records.
 
-``ws.record(solution, batch_size, median_us, spread=0.05)`` (p20/p80 at the median -/+ spread) appends a real, schema-valid evaluation to
+``ws.record(solution, batch_size, median_us, spread=0.05)`` (p20/p80 at the median -/+ spread)
+appends a real, schema-valid evaluation to
 ``registry/rmsnorm_h4096/<this CPU's slug>.jsonl`` with the solution's current digest.
 """
 from __future__ import annotations

@@ -35,7 +35,8 @@ def gpu(monkeypatch):
 
 def with_dependencies(monkeypatch):
     """Every dependency installed and every builder ready: availability is target_hardware only."""
-    monkeypatch.setattr(collect, "unavailable_reason", lambda sol, device, settings: collect.hardware_mismatch(sol, device))
+    monkeypatch.setattr(collect, "unavailable_reason",
+                        lambda sol, device, settings: collect.hardware_mismatch(sol, device))
 
 
 def workspace(tmp_path, registry_of=()):
