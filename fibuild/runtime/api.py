@@ -102,28 +102,28 @@ _APPLIED_LOCK = threading.Lock()
 
 
 def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: str | None,
-                    settings: Settings | None, strict: bool = False) -> Kernel:
-    """One Kernel per (name, fallback, policy, strict, device, settings) for the process.
+                    settings: Settings | None, strict: bool = False, mode: str = AUTO) -> Kernel:
+    """One Kernel per (name, fallback, policy, strict, device, settings, mode) for the process.
 
     A memo on purpose: ``apply(name, args=...)`` is called per invocation, and loading a
     table per call would cost milliseconds. ``fibuild.load`` gives a fresh Kernel instead.
     """
     settings = settings or Settings.from_env()
-    memo_key = (name, fallback, policy, strict, device, settings)
+    memo_key = (name, fallback, policy, strict, device, settings, mode)
     kernel = _APPLIED.get(memo_key)
     if kernel is None:
         with _APPLIED_LOCK:
             kernel = _APPLIED.get(memo_key)
             if kernel is None:
                 kernel = load(name, policy=policy, device=device, strict=strict, settings=settings,
-                              fallback=fallback)
+                              fallback=fallback, mode=mode)
                 _APPLIED[memo_key] = kernel
     return kernel
 
 
 def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
           fallback: Callable | None = None, policy: str = "nearest", device: str | None = None,
-          strict: bool = False, settings: Settings | None = None):
+          strict: bool = False, settings: Settings | None = None, mode: str = AUTO):
     """Run definition ``name`` through the fastest correct solution, or a fallback.
 
     As a decorator, the decorated function is the fallback (used where the definition's
@@ -134,12 +134,14 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
 
     The kernel is loaded on the first call, not at decoration. As a call,
     ``apply(name, args=(x, w), fallback=f)`` runs once and returns the outputs; kernels
-    are memoized per process (settings are read per call). ``policy``, ``strict`` and
-    ``device`` as :func:`load`. Raises as :func:`load`.
+    are memoized per process (settings are read per call). ``policy``, ``strict``, ``device``
+    and ``mode`` as :func:`load`. Raises as :func:`load`.
     """
     if args is not None:
-        return _applied_kernel(name, fallback, policy, device, settings, strict)(*args)
+        return _applied_kernel(name, fallback, policy, device, settings, strict, mode)(*args)
     policy_chain(policy, strict=strict)
+    if mode != AUTO:
+        check_mode(mode)
 
     def decorate(func: Callable) -> Callable:
         state: dict[str, Kernel] = {}
@@ -148,11 +150,11 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
         def dispatch(*call_args, out=None):
             kernel = state.get("kernel")
             if kernel is None:
-                kernel = state["kernel"] = _applied_kernel(name, func, policy, device, settings, strict)
+                kernel = state["kernel"] = _applied_kernel(name, func, policy, device, settings, strict, mode)
             return kernel(*call_args, out=out)
 
         dispatch.kernel = lambda: state.get("kernel") or _applied_kernel(name, func, policy, device,
-                                                                         settings, strict)
+                                                                         settings, strict, mode)
         return dispatch
 
     return decorate if fn is None else decorate(fn)
