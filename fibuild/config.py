@@ -43,6 +43,9 @@ KNOBS: tuple[Knob, ...] = (
          "process as workloads under registry/ (through the installed `.pth` hook)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
+    Knob("FIBUILD_MODE", "auto", "The cost `fibuild.load` and the serving integration rank by: `eager` "
+         "(max of host and GPU time per call), `graph` (GPU time, for calls captured in a CUDA graph), "
+         "`auto` (per key at its first call: graph while capturing)."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -106,6 +109,7 @@ class Settings:
     build_env: tuple[tuple[str, str], ...] = ()  # the set BUILD_ENV_VARS, sorted (build key input)
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
+    mode: str = "auto"  # FIBUILD_MODE: eager | graph | auto
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -121,6 +125,9 @@ class Settings:
         device = _raw(env, "FIBUILD_DEVICE").lower()
         if device and device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
             raise ConfigError(f"FIBUILD_DEVICE={device!r}: expected cpu, cuda or cuda:N")
+        mode = _raw(env, "FIBUILD_MODE").lower()
+        if mode not in ("auto", "eager", "graph"):
+            raise ConfigError(f"FIBUILD_MODE={mode!r}: expected auto, eager or graph")
         settings = cls(
             root=Path(root).expanduser().resolve() if root else None,
             cache_dir=Path(_raw(env, "FIBUILD_CACHE_DIR")).expanduser().resolve(),
@@ -135,6 +142,7 @@ class Settings:
             prepare_timeout_s=_number(env, "FIBUILD_PREPARE_TIMEOUT", float, "a number of seconds", "> 0"),
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
+            mode=mode,
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

@@ -92,23 +92,24 @@ _ROOTS = ("flashinfer", "torch.nn.functional")
 
 
 def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None = None,
-           per_key: int = 2, flush_every: int = 64, policy: str = "nearest", mode: str = "auto",
+           per_key: int = 2, flush_every: int = 64, policy: str = "nearest", mode: str | None = None,
            settings: Settings | None = None, adapters=None) -> Integration:
     """Trace and/or substitute FlashInfer's adapted APIs and ``F.linear`` in this process.
 
     ``root``: the workspace (default ``FIBUILD_ROOT``, else the usual discovery).
     ``per_key``: traced workloads kept per shape bucket; ``flush_every``: records per write.
     ``policy``: the resolution policy of the kernels (``fibuild.load``'s). ``mode``: the cost
-    they rank by, ``eager``, ``graph`` or ``auto`` (default: per call shape at its first
-    call, ``graph`` while a CUDA graph is being captured). ``adapters``:
+    they rank by, ``eager``, ``graph`` or ``auto`` (per call shape at its first call, ``graph``
+    while a CUDA graph is being captured); default ``FIBUILD_MODE``, else ``auto``. ``adapters``:
     instances to use instead of the built-in ones (tests). Raises ConfigError when neither
     ``trace`` nor ``apply`` is set. Logs one line saying what was enabled and where.
     """
     if not trace and not apply:
         raise ConfigError("fibuild.enable(): set trace=True and/or apply=True")
+    settings = settings or Settings.from_env()
+    mode = mode or settings.mode
     if mode not in ("auto", "eager", "graph"):
         raise ConfigError(f"fibuild.enable(): mode {mode!r}: expected auto, eager or graph")
-    settings = settings or Settings.from_env()
     if root is not None:
         settings = dataclasses.replace(settings, root=Path(root).expanduser().resolve())
     with _LOCK:

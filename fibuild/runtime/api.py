@@ -37,7 +37,7 @@ def _workspace(settings: Settings):
 
 def load(name: str, *, policy: str = "nearest", device: str | None = None, strict: bool = False,
          settings: Settings | None = None, fallback: Callable | None = None,
-         mode: str = AUTO) -> Kernel:
+         mode: str | None = None) -> Kernel:
     """The dispatching callable of definition ``name`` on this machine.
 
     ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``, ``baseline``,
@@ -45,12 +45,13 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     ``cuda``, ``cuda:N`` or the slug of one of this machine's devices (default
     ``FIBUILD_DEVICE``, else cuda when available). ``mode``: how you call it, which decides
     the cost ranked: ``eager`` (max of host and GPU time per call), ``graph`` (GPU time,
-    for calls captured in a CUDA graph) or ``auto`` (default: per key at its first call,
-    ``graph`` while a CUDA graph is being captured, else ``eager``; a key first called
-    outside the capture keeps its eager choice, so pass ``graph`` for kernels you capture).
+    for calls captured in a CUDA graph) or ``auto`` (per key at its first call, ``graph``
+    while a CUDA graph is being captured, else ``eager``; a key first called outside the
+    capture keeps its eager choice, so pass ``graph`` for kernels you capture); default
+    ``FIBUILD_MODE``, else ``auto``.
     ``fallback``: a value-returning function used instead of the reference. Reads
-    ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE`` (through Settings).
-    With no usable evaluation on this device, keys run the definition's baseline (or
+    ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE``, ``FIBUILD_MODE`` (through
+    Settings). With no usable evaluation on this device, keys run the definition's baseline (or
     borrow the evaluations of a device of the same compute capability), and a warning
     says so once, naming ``fibuild bench NAME``.
 
@@ -60,6 +61,7 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     """
     settings = settings or Settings.from_env()
     policy_chain(policy, strict=strict)
+    mode = mode or settings.mode
     if mode != AUTO:
         check_mode(mode)
     text = (device or "").strip()
@@ -102,7 +104,7 @@ _APPLIED_LOCK = threading.Lock()
 
 
 def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: str | None,
-                    settings: Settings | None, strict: bool = False, mode: str = AUTO) -> Kernel:
+                    settings: Settings | None, strict: bool = False, mode: str | None = None) -> Kernel:
     """One Kernel per (name, fallback, policy, strict, device, settings, mode) for the process.
 
     A memo on purpose: ``apply(name, args=...)`` is called per invocation, and loading a
@@ -123,7 +125,7 @@ def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: s
 
 def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
           fallback: Callable | None = None, policy: str = "nearest", device: str | None = None,
-          strict: bool = False, settings: Settings | None = None, mode: str = AUTO):
+          strict: bool = False, settings: Settings | None = None, mode: str | None = None):
     """Run definition ``name`` through the fastest correct solution, or a fallback.
 
     As a decorator, the decorated function is the fallback (used where the definition's
@@ -140,7 +142,7 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
     if args is not None:
         return _applied_kernel(name, fallback, policy, device, settings, strict, mode)(*args)
     policy_chain(policy, strict=strict)
-    if mode != AUTO:
+    if mode not in (None, AUTO):
         check_mode(mode)
 
     def decorate(func: Callable) -> Callable:
