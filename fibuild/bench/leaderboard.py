@@ -165,7 +165,9 @@ def rich_table(board: Leaderboard):
     how = ("max of host and GPU time per call" if board.mode == EAGER else "GPU time per call")
     table.caption = (f"{board.mode} cost ({how}), median ±(q3-q1)/median; ! spread over "
                      f"{NOISY_SPREAD:.0%}: re-measure; * what `fibuild resolve --mode {board.mode}` picks "
-                     "(the baseline unless a challenger wins clearly); wins: " + ", ".join(
+                     "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
+                     "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
+                     "tell, `fibuild bench --ambiguous` re-measures); wins: " + ", ".join(
                          f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
     return table
 
