@@ -1,11 +1,30 @@
-"""A Llama-3.1-8B-shaped decode step, called the way SGLang's FlashInfer backend calls FlashInfer,
-run plain, traced (FIBUILD_TRACE=1, then ``fibuild bench`` on what was traced) and applied
+"""A Llama-3.1-8B-shaped decode step, called the way an engine calls its kernels, run plain,
+traced (FIBUILD_TRACE=1, then ``fibuild bench`` on what was traced) and applied
 (FIBUILD_APPLY=1), in a CUDA graph, at several batch sizes.
 
-The step: 32 layers with distinct weights; ``fused_add_rmsnorm`` (``rmsnorm`` at layer 0),
-QKV / O / gate-up / down through ``F.linear``, K/V written into per-layer page-size-1 caches
-(``[tokens, kv_heads, head_dim]``, SGLang's layout), paged decode attention through one
-``BatchDecodeWithPagedKVCacheWrapper`` planned once per step and run per layer, ``silu_and_mul``.
+The step: 32 layers with distinct weights; fused add + RMSNorm (RMSNorm at layer 0), QKV / O /
+gate-up / down through ``F.linear``, K/V written into per-layer page-size-1 caches, paged
+decode attention through one ``BatchDecodeWithPagedKVCacheWrapper`` planned once per step
+and run per layer, SiLU×mul. ``--engine`` picks how those are called:
+
+- ``docs``: as FlashInfer's documentation shows: ``plan()`` / ``run()``, ``flashinfer.norm.*``,
+  ``flashinfer.activation.silu_and_mul``; caches ``[tokens, kv_heads, head_dim]`` pairs.
+- ``sglang``: as SGLang 0.5.23 (``srt/layers/attention/flashinfer_backend.py``,
+  ``layers/layernorm.py``, ``layers/activation.py``): a CUDA-graph wrapper over fixed
+  buffers, the first plan through ``begin_forward``, then ``begin_forward = partial(
+  fast_decode_plan, wrapper)``, runs through ``forward(q, kv, sm_scale=...)``; norms and
+  SiLU×mul through ``sgl_kernel`` (``enable_pdl=True`` on a GPU, as on Hopper).
+- ``vllm``: as vLLM 0.34 (``v1/attention/backends/flashinfer.py``, ``_custom_ops.py``): a
+  tensor-core CUDA-graph wrapper, CPU indptr and last-page lengths, the first plan through
+  ``plan(seq_lens=...)`` and the next ones through ``fast_decode_plan``, one combined KV
+  tensor ``[pages, 2, page_size, kv_heads, head_dim]`` per layer, ``run(..., out=)``; norms
+  and SiLU×mul through ``torch.ops._C``.
+
+``sgl_kernel`` and vLLM's ``_C`` operators come from ``benchmarks/engine_standins`` (the real
+packages cannot be installed on the GPU machines); their kernels are FlashInfer's, which
+sgl_kernel ships too. The applied run reports ``fibuild.integrations.stats()``: the calls
+each patched API took per batch size (the eager warm-up step and the capture; replays run
+no Python), and how many were substituted.
 Each mode runs in its own process (activation is by environment, as in a served engine):
 weights and inputs are seeded, so every mode computes the same step; outputs are compared
 (traced must equal plain exactly). Applied is checked against the truth, not against plain:
@@ -38,6 +57,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STANDINS = Path(__file__).resolve().parent / "engine_standins"
 MODELS = {  # hidden, heads, kv heads, head dim, intermediate
     "llama3-8b": (4096, 32, 8, 128, 14336),
     "tiny": (256, 8, 2, 32, 512),
@@ -54,7 +74,8 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 class Model:
-    """Seeded weights of ``layers`` decoder layers and their KV caches, and the step."""
+    """Seeded weights of ``layers`` decoder layers and their KV caches, and the step as
+    ``args.engine`` calls it."""
 
     def __init__(self, args, batch: int, device):
         import torch
@@ -84,7 +105,8 @@ class Model:
         # The page table: each sequence kv_len + 1 tokens (its new one last), pages in random order.
         perm = torch.randperm(tokens, generator=torch.Generator().manual_seed(7)).to(torch.int32)
         lens = [args.kv_len + 1] * batch
-        self.kv_indptr = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(batch)], dtype=torch.int32, device=device)
+        self.kv_indptr_host = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(batch)], dtype=torch.int32)
+        self.kv_indptr = self.kv_indptr_host.to(device)
         self.kv_indices = perm.to(device)
         self.kv_last_page_len = torch.ones(batch, dtype=torch.int32, device=device)
         self.out_cache_loc = self.kv_indices[self.kv_indptr[1:].long() - 1].long()  # each new token's slot
@@ -92,46 +114,140 @@ class Model:
         import flashinfer
 
         self.flashinfer = flashinfer
+        self.engine = args.engine
+        self.pdl = device.type == "cuda"  # SGLang passes enable_pdl=True on Hopper
+        self.planned = False
+        if self.engine == "vllm":  # one [pages, 2, page_size, kv_heads, head_dim] tensor per layer
+            for L in self.layers:
+                L["kv"] = torch.stack([L.pop("k"), L.pop("v")], 1).unsqueeze(2)
+        if self.engine == "sglang":
+            from sgl_kernel import fused_add_rmsnorm, rmsnorm, silu_and_mul  # as SGLang's layers bind them
+
+            self.sgl = (rmsnorm, fused_add_rmsnorm, silu_and_mul)
         workspace = torch.empty(128 * 1024 * 1024 if device.type == "cuda" else 1024, dtype=torch.uint8, device=device)
-        # SGLang's CUDA-graph wrappers: fixed index buffers that plan() refills before each replay;
-        # tensor cores as SGLang's should_use_tensor_core picks them for a bf16 cache (GQA group >= 4).
+        # The engines' CUDA-graph wrappers: fixed index buffers that each plan refreshes before a
+        # replay; tensor cores as SGLang's should_use_tensor_core picks them for a bf16 cache (GQA
+        # group >= 4), always for vLLM's.
         self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            workspace, "NHD", use_cuda_graph=device.type == "cuda", use_tensor_cores=heads // kv_heads >= 4,
+            workspace, "NHD", use_cuda_graph=device.type == "cuda",
+            use_tensor_cores=self.engine == "vllm" or heads // kv_heads >= 4,
             paged_kv_indptr_buffer=self.kv_indptr,
             paged_kv_indices_buffer=self.kv_indices, paged_kv_last_page_len_buffer=self.kv_last_page_len)
         weight_bytes = sum(t.numel() * t.element_size() for L in self.layers
-                           for n, t in L.items() if n not in ("k", "v"))
+                           for n, t in L.items() if n not in ("k", "v", "kv"))
         kv_bytes = args.layers * 2 * sum(lens) * kv_heads * head_dim * 2
         self.bytes = weight_bytes + kv_bytes
 
     def plan(self):
+        """Plan the decode wrapper for this step, outside the graph, as the engine does."""
         import torch
 
         _, heads, kv_heads, head_dim, _ = self.dims
-        self.wrapper.plan(self.kv_indptr, self.kv_indices, self.kv_last_page_len, heads, kv_heads, head_dim, 1,
-                          pos_encoding_mode="NONE", q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+        w, bf16 = self.wrapper, torch.bfloat16
+        if self.engine == "docs":
+            w.plan(self.kv_indptr, self.kv_indices, self.kv_last_page_len, heads, kv_heads, head_dim, 1,
+                   pos_encoding_mode="NONE", q_data_type=bf16, kv_data_type=bf16)
+        elif self.engine == "sglang":  # call_begin_forward: the fast plan gets the host indptr
+            extra = {"global_override_indptr_cpu": self.kv_indptr_host} if self.planned else {}
+            w.begin_forward(self.kv_indptr, self.kv_indices, self.kv_last_page_len, heads, kv_heads, head_dim, 1,
+                            data_type=bf16, q_data_type=bf16, non_blocking=True, fixed_split_size=None,
+                            disable_split_kv=False, **extra)
+            if not self.planned:  # after the capture's first plan: the fast plan for every replay
+                import functools
+
+                w.begin_forward = functools.partial(self.flashinfer.fast_decode_plan, w)
+        else:  # vLLM's fast_plan_decode: plan() the first time, FlashInfer's fast_decode_plan after
+            indptr_cpu = self.kv_indptr_host.clone()
+            last_cpu = torch.ones(self.batch, dtype=torch.int32)
+            self.kv_indptr.copy_(indptr_cpu, non_blocking=True)  # vLLM's CpuGpuBuffer.copy_to_gpu
+            kwargs = dict(indices=self.kv_indices, num_qo_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                          page_size=1, pos_encoding_mode="NONE", sm_scale=head_dim ** -0.5, window_left=-1,
+                          logits_soft_cap=None, q_data_type=bf16, kv_data_type=bf16, fixed_split_size=-1,
+                          disable_split_kv=False, q_len_per_req=1)
+            if not self.planned:
+                w.plan(indptr=indptr_cpu, last_page_len=last_cpu, o_data_type=bf16, block_tables=None,
+                       seq_lens=indptr_cpu[1:] - indptr_cpu[:-1], **kwargs)
+            else:
+                from flashinfer.decode import fast_decode_plan  # bound as vLLM's module binds it
+
+                fast_decode_plan(w, indptr=indptr_cpu, last_page_len=last_cpu, **kwargs)
+        self.planned = True
+
+    def _norm(self, x, w):
+        if self.engine == "sglang":
+            return self.sgl[0](x, w, EPS, enable_pdl=self.pdl)
+        if self.engine == "vllm":
+            import torch
+
+            out = torch.empty_like(x)
+            torch.ops._C.rms_norm(out, x, w, EPS)
+            return out
+        return self.flashinfer.norm.rmsnorm(x, w, EPS)
+
+    def _add_norm(self, x, residual, w):
+        if self.engine == "sglang":
+            self.sgl[1](x, residual, w, EPS, enable_pdl=self.pdl)
+        elif self.engine == "vllm":
+            import torch
+
+            torch.ops._C.fused_add_rms_norm(x, residual, w, EPS)
+        else:
+            self.flashinfer.norm.fused_add_rmsnorm(x, residual, w, EPS)
+
+    def _silu_mul(self, x):
+        if self.engine == "docs":
+            return self.flashinfer.activation.silu_and_mul(x)
+        import torch
+
+        out = torch.empty(*x.shape[:-1], x.shape[-1] // 2, dtype=x.dtype, device=x.device)
+        if self.engine == "sglang":
+            self.sgl[2](x, out)
+        else:
+            torch.ops._C.silu_and_mul(out, x)
+        return out
+
+    def _attend(self, q, L):
+        import torch
+
+        if self.engine == "docs":
+            return self.wrapper.run(q, (L["k"], L["v"]))
+        if self.engine == "sglang":  # forward_decode
+            return self.wrapper.forward(q, (L["k"], L["v"]), sm_scale=q.shape[-1] ** -0.5, logits_soft_cap=0.0,
+                                        k_scale=None, v_scale=None)
+        out = torch.empty_like(q)
+        self.wrapper.run(q, L["kv"], q_scale=None, k_scale=None, v_scale=None, out=out, kv_cache_sf=None, sinks=None)
+        return out
 
     def step(self, hidden_in):
         import torch.nn.functional as F
 
-        fi = self.flashinfer
         hidden, heads, kv_heads, head_dim, _ = self.dims
         b = self.batch
         residual = hidden_in.clone()
-        h = fi.norm.rmsnorm(hidden_in, self.layers[0]["ln1"], EPS)
+        h = self._norm(hidden_in, self.layers[0]["ln1"])
         for i, L in enumerate(self.layers):
             if i:
-                fi.norm.fused_add_rmsnorm(h, residual, L["ln1"], EPS)
+                self._add_norm(h, residual, L["ln1"])
             qkv = F.linear(h, L["qkv"])
             q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            L["k"][self.out_cache_loc] = k.reshape(b, kv_heads, head_dim)
-            L["v"][self.out_cache_loc] = v.reshape(b, kv_heads, head_dim)
-            o = self.wrapper.run(q.contiguous().view(b, heads, head_dim), (L["k"], L["v"]))  # as SGLang
+            if self.engine == "vllm":
+                L["kv"][self.out_cache_loc, 0, 0] = k.reshape(b, kv_heads, head_dim)
+                L["kv"][self.out_cache_loc, 1, 0] = v.reshape(b, kv_heads, head_dim)
+            else:
+                L["k"][self.out_cache_loc] = k.reshape(b, kv_heads, head_dim)
+                L["v"][self.out_cache_loc] = v.reshape(b, kv_heads, head_dim)
+            o = self._attend(q.contiguous().view(b, heads, head_dim), L)
             h = F.linear(o.reshape(b, heads * head_dim), L["o"])
-            fi.norm.fused_add_rmsnorm(h, residual, L["ln2"], EPS)
-            h = F.linear(fi.activation.silu_and_mul(F.linear(h, L["gate_up"])), L["down"])
-        fi.norm.fused_add_rmsnorm(h, residual, self.final_norm, EPS)
+            self._add_norm(h, residual, L["ln2"])
+            h = F.linear(self._silu_mul(F.linear(h, L["gate_up"])), L["down"])
+        self._add_norm(h, residual, self.final_norm)
         return h
+
+    def cache(self, L):
+        """(K, V) of a layer as [tokens, kv_heads, head_dim]."""
+        if "kv" in L:
+            return L["kv"][:, 0, 0], L["kv"][:, 1, 0]
+        return L["k"], L["v"]
 
     def reference_step(self, hidden_in):
         """The same step in fp32 with torch alone (weights and caches upcast layer by layer, no
@@ -163,7 +279,8 @@ class Model:
                     h = norm(residual, L["ln1"])
                 q, k, v = linear(h, L["qkv"]).split([heads * head_dim, kv_heads * head_dim,
                                                      kv_heads * head_dim], dim=-1)
-                keys, values = L["k"][rows].float(), L["v"][rows].float()
+                kc, vc = self.cache(L)
+                keys, values = kc[rows].float(), vc[rows].float()
                 keys[new], values[new] = k.reshape(b, kv_heads, head_dim), v.reshape(b, kv_heads, head_dim)
                 keys, values = keys.view(b, n, kv_heads, head_dim), values.view(b, n, kv_heads, head_dim)
                 scores = torch.einsum("bhgd,bnhd->bhgn", q.view(b, kv_heads, group, head_dim), keys)
@@ -227,6 +344,11 @@ def child(args) -> int:
 
     if args.flashinfer_path:
         sys.path.insert(0, str(Path(args.flashinfer_path).resolve()))
+    if args.engine != "docs":  # the engine's kernel package, imported at its start as the engine does
+        sys.path.insert(0, str(STANDINS))
+        import importlib
+
+        importlib.import_module("sgl_kernel" if args.engine == "sglang" else "vllm._C_stable_libtorch")
     if os.environ.get("FIBUILD_TRACE", "0") != "0" or os.environ.get("FIBUILD_APPLY", "0") != "0":
         from fibuild.integrations.activation import active, start_from_env
 
@@ -238,7 +360,10 @@ def child(args) -> int:
     if args.child == "plain":
         results["copy_bandwidth"] = copy_bandwidth(device)
     torch.set_grad_enabled(False)
+    import fibuild.integrations
+
     for batch in args.batch:
+        before = fibuild.integrations.stats()
         model = Model(args, batch, device)
         model.plan()
         x = model.hidden
@@ -272,7 +397,8 @@ def child(args) -> int:
             save_file({"out": ref.cpu().contiguous()}, str(out_dir / f"out-fp32-b{batch}.safetensors"))
         median = sorted(times)[len(times) // 2]
         results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes,
-                                          "decode_in_graph": _decode_in_graph(model, device)}
+                                          "decode_in_graph": _decode_in_graph(model, device),
+                                          "stats": _stats_delta(before, fibuild.integrations.stats())}
         log(f"[{args.child}] batch {batch}: {median * 1e3:.3f} ms per step")
         del model
         if device.type == "cuda":
@@ -287,6 +413,19 @@ def child(args) -> int:
         disable()
     print(json.dumps(results), flush=True)
     return 0
+
+
+def _stats_delta(before: dict, after: dict) -> dict:
+    """Per patched API, the calls and substitutions between two ``stats()`` snapshots."""
+    out = {}
+    for api, row in after.items():
+        old = before.get(api, {})
+        calls = row["calls"] - old.get("calls", 0)
+        if calls:
+            out[api] = {"calls": calls, "substituted": row["substituted"] - old.get("substituted", 0),
+                        "fallbacks": {r: n - old.get("fallbacks", {}).get(r, 0) for r, n in row["fallbacks"].items()
+                                      if n - old.get("fallbacks", {}).get(r, 0)}}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,7 +445,8 @@ def _spawn(args, mode: str, env_extra: dict, workspace: Path) -> dict:
 
 
 def _passthrough(args) -> list[str]:
-    out = ["--device", args.device, "--layers", str(args.layers), "--model", args.model, "--kv-len", str(args.kv_len),
+    out = ["--device", args.device, "--engine", args.engine, "--layers", str(args.layers), "--model", args.model,
+           "--kv-len", str(args.kv_len),
            "--iters", str(args.iters), "--warmup", str(args.warmup), "--out", str(args.out),
            "--batch", *map(str, args.batch)]
     if args.flashinfer_path:
@@ -378,9 +518,11 @@ def driver(args) -> int:
                      "applied_of_floor": floor / a, "traced_max_abs_diff": trace_diff[0],
                      "applied_rel_l2": apply_diff[1], "applied_max_abs_diff": apply_diff[0],
                      "plain_fp32_rel_l2": plain_err, "applied_fp32_rel_l2": apply_err, "agree": ok,
-                     "decode_in_graph": applied["batches"][key].get("decode_in_graph", "-")})
+                     "decode_in_graph": applied["batches"][key].get("decode_in_graph", "-"),
+                     "stats": applied["batches"][key].get("stats", {})})
     device = _device_name(args.device)
-    summary = {"device": device, "model": args.model, "layers": args.layers, "copy_bandwidth_gbs": bandwidth / 1e9,
+    summary = {"device": device, "engine": args.engine, "model": args.model, "layers": args.layers,
+               "copy_bandwidth_gbs": bandwidth / 1e9,
                "rows": rows, "benched": benched, "substituted": applied.get("substituted", {}),
                "python": platform.python_version(), "seconds": time.time() - t0}
     (out_dir / "serving_step.json").write_text(json.dumps(summary, indent=2))
@@ -409,7 +551,8 @@ def platform_cpu() -> str:
 
 
 def _markdown(s: dict, args) -> str:
-    lines = [f"# Decode step, {s['model']} shapes, {s['layers']} layers — {s['device']}", "",
+    lines = [f"# Decode step, {s['model']} shapes, {s['layers']} layers, called as {s['engine']} calls it — "
+             f"{s['device']}", "",
              f"Copy bandwidth measured in the same run: {s['copy_bandwidth_gbs']:.0f} GB/s. Floor = "
              "(weights + KV bytes read) / that bandwidth. Step time: median of "
              f"{args.iters} {'CUDA-graph replays' if args.device == 'cuda' else 'eager steps'}, "
@@ -428,7 +571,15 @@ def _markdown(s: dict, args) -> str:
     subs = ", ".join(f"{k} ({v} keys)" for k, v in sorted(s["substituted"].items())) or "none (every call resolved " \
         "to FlashInfer/cuBLAS itself or to the reference, so the original ran)"
     lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}.",
-              f"Substituted when applied: {subs}.", ""]
+              f"Substituted when applied: {subs}.", "",
+              "Calls of each patched API in the applied run (`fibuild.integrations.stats()`; the eager "
+              "warm-up step and the capture: replays run no Python), substituted of them, and why the others "
+              "were not:", "", "| batch | API | calls | substituted | fallbacks |", "|---|---|---|---|---|"]
+    for r in s["rows"]:
+        for api, row in sorted(r.get("stats", {}).items()):
+            why = "; ".join(f"{n}× {reason}" for reason, n in row["fallbacks"].items()) or "-"
+            lines.append(f"| {r['batch']} | `{api}` | {row['calls']} | {row['substituted']} | {why} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -465,6 +616,8 @@ def plot(summary: dict, out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--engine", choices=("docs", "sglang", "vllm"), default="docs",
+                   help="call the kernels as FlashInfer's docs show, or as SGLang or vLLM does")
     p.add_argument("--model", choices=tuple(MODELS), default="llama3-8b")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64, 128])

@@ -39,13 +39,17 @@ KNOBS: tuple[Knob, ...] = (
          "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
          "the per-item `--timeout` applies after it."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
-    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer and `F.linear` calls of any Python "
-         "process as workloads under registry/ (through the installed `.pth` hook)."),
+    Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer, `F.linear`, sgl_kernel and vLLM `_C` "
+         "norm/activation calls of any Python process as workloads under registry/ (through the installed "
+         "`.pth` hook, and in vLLM's workers through its `vllm.general_plugins` entry point)."),
     Knob("FIBUILD_APPLY", "0", "1: run the fastest correct fibuild solution in place of those calls "
          "(the original where fibuild has nothing better)."),
     Knob("FIBUILD_MODE", "auto", "The cost `fibuild.load` and the serving integration rank by: `eager` "
          "(max of host and GPU time per call), `graph` (GPU time, for calls captured in a CUDA graph), "
          "`auto` (per key at its first call: graph while capturing)."),
+    Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
+         "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
+         "for `fibuild trace report`."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
 )
 
@@ -110,6 +114,7 @@ class Settings:
     trace: bool = False  # FIBUILD_TRACE: the serving integration records calls
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
     mode: str = "auto"  # FIBUILD_MODE: eager | graph | auto
+    stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -143,6 +148,7 @@ class Settings:
             trace=_flag(env, "FIBUILD_TRACE"),
             apply=_flag(env, "FIBUILD_APPLY"),
             mode=mode,
+            stats=_flag(env, "FIBUILD_STATS"),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

@@ -4,8 +4,10 @@
 caller passes ``choose(axes) -> (solution or None, verdict or None)``, which ``fibuild table``
 answers with the resolver itself, so the starred cell is what ``fibuild resolve`` picks. Each
 cell shows the cost per call in the table's mode and its spread (interquartile range over
-median); a spread over :data:`fibuild.bench.compare.NOISY_SPREAD` is flagged. Rendering lives
-here so the CLI stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
+median); a spread over :data:`fibuild.bench.compare.NOISY_SPREAD` is flagged. The variants of a
+grid (``sol[K=v,...]``) are grouped under their solution: its cell is the variant resolution
+picks there, else its best by median, and the row says which. Rendering lives here so the CLI
+stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ..errors import BenchError
 from ..registry import latest_per_workload
 from ..spec.model import Definition, Evaluation, LatencyStats
+from ..spec.variants import family, split_name
 from ..units import format_us
 from .compare import EAGER, NOISY_SPREAD, caller_cost, noisy, relative_spread
 
@@ -37,6 +40,8 @@ class LeaderboardRow:
     cells: dict[str, Evaluation] = field(default_factory=dict)
     winner: str | None = None
     verdict: str | None = None
+    #: grouped boards: solution -> the variant whose record is its cell (``sol[K=v,...]``)
+    variants: dict[str, str] = field(default_factory=dict)
 
     @property
     def reference_us(self) -> float | None:
@@ -88,6 +93,7 @@ class Leaderboard:
                 "mode": self.mode, "solutions": self.solutions, "wins": self.wins(),
                 "rows": [{"workload": r.workload_uuid, "axes": r.axes, "winner": r.winner,
                           "verdict": r.verdict, "reference_us": r.reference_us,
+                          "variants": dict(sorted(r.variants.items())),
                           "cells": {s: cell(e) for s, e in sorted(r.cells.items())}} for r in self.rows]}
 
 
@@ -95,24 +101,43 @@ class Leaderboard:
 Chooser = Callable[[Mapping[str, int]], "tuple[str | None, str | None]"]
 
 
+def _better(a: Evaluation, b: Evaluation) -> bool:
+    """Whether ``a`` is a better cell than ``b``: PASSED over not, then the lower median."""
+    rank = lambda e: (e.status != "PASSED" or e.latency is None,  # noqa: E731
+                      e.latency.median_us if e.latency else math.inf, e.solution)
+    return rank(a) < rank(b)
+
+
 def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation], choose: Chooser,
-                *, mode: str = EAGER) -> Leaderboard:
+                *, mode: str = EAGER, group_variants: bool = True) -> Leaderboard:
     """Rows per workload (sorted by var-axis values), one cell per solution, latest record
-    wins; each row's ``winner`` and ``verdict`` come from ``choose(row axes)``."""
+    wins; each row's ``winner`` and ``verdict`` come from ``choose(row axes)``. With
+    ``group_variants`` a grid's variants share their solution's column: the chosen variant's
+    record where resolution picks one of them, else the best by median."""
     latest = latest_per_workload(e for e in evaluations if e.definition == defn.name)
     rows: dict[str, LeaderboardRow] = {}
+    names = set()
     for (solution, uuid), ev in latest.items():
         row = rows.setdefault(uuid, LeaderboardRow(uuid, dict(ev.axes)))
-        row.cells[solution] = ev
+        column = family(solution) if group_variants else solution
+        names.add(column)
+        kept = row.cells.get(column)
+        if kept is None or _better(ev, kept):
+            row.cells[column] = ev
+            if column != solution:
+                row.variants[column] = solution
     for row in rows.values():
-        row.winner, row.verdict = choose(row.axes)
+        chosen, row.verdict = choose(row.axes)
+        row.winner = family(chosen) if chosen and group_variants else chosen
+        if chosen and row.winner != chosen and (chosen, row.workload_uuid) in latest:
+            row.cells[row.winner] = latest[(chosen, row.workload_uuid)]  # the star shows what runs
+            row.variants[row.winner] = chosen
     var_axes = defn.var_axes
 
     def order(row: LeaderboardRow):
         return tuple(row.axes.get(a, -1) for a in var_axes) + (row.workload_uuid,)
 
-    return Leaderboard(defn.name, device, var_axes, sorted({s for s, _ in latest}),
-                       sorted(rows.values(), key=order), mode)
+    return Leaderboard(defn.name, device, var_axes, sorted(names), sorted(rows.values(), key=order), mode)
 
 
 def cell_text(ev: Evaluation | None, cost: LatencyStats | None = None) -> str:
@@ -149,6 +174,8 @@ def rich_table(board: Leaderboard):
             ev = row.cells.get(sol)
             cost = board.cost(ev)
             text = escape(cell_text(ev, cost))
+            if sol in row.variants:  # the variant behind a grouped cell, on a line of its own
+                text += f"\n[dim]{escape(split_name(row.variants[sol])[1] or '')}[/]"
             if sol == row.winner:
                 text = f"[bold green]* {text}[/]"
             elif ev is not None and ev.status != "PASSED":
@@ -183,9 +210,9 @@ def plot_axis(board: Leaderboard) -> str:
 
 
 def plot_leaderboard(board: Leaderboard, out: str | Path) -> Path:
-    """Median latency (p20..p80 band) vs the var axis, log-log, one line per solution and
-    one for the reference; written as PNG to ``out``. BenchError when matplotlib is missing
-    or nothing PASSED."""
+    """Median latency (p20..p80 band) vs the var axis, log-log, one line per solution (a
+    grouped grid: its best variant at each point) and one for the reference; written as
+    PNG to ``out``. BenchError when matplotlib is missing or nothing PASSED."""
     try:
         import matplotlib
 

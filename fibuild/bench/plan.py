@@ -7,6 +7,7 @@ is benched that the resolver would exclude.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,18 +38,21 @@ class BenchPlan:
         return sum(len(g.workloads) for g in self.groups)
 
 
-def _check_limit(workload_limit: int | None) -> None:
+def _check_limit(workload_limit: int | None, variant_limit: int | None = None) -> None:
     if workload_limit is not None and workload_limit < 1:
         raise BenchError(f"--workload-limit {workload_limit}: expected a positive number")
+    if variant_limit is not None and variant_limit < 1:
+        raise BenchError(f"--variant-limit {variant_limit}: expected a positive number")
 
 
 def _add_solutions(plan: BenchPlan, workspace, defn: Definition, workloads: tuple[Workload, ...],
-                   device: Device, wanted: set[str], matched: set[str]) -> None:
-    """Add ``defn``'s solutions to ``plan``: those named in ``wanted`` (all when empty) that
-    match ``device``; names found go into ``matched``."""
+                   device: Device, wanted: set[str], matched: set[str], variant_limit: int | None = None) -> None:
+    """Add ``defn``'s solutions to ``plan``: those named in ``wanted`` (all when empty; a
+    grid's plain name names all its variants) that match ``device``; names found go into
+    ``matched``. ``variant_limit``: at most that many variants of one grid per workload."""
     for sol in workspace.solutions(defn.name):
         if wanted:
-            hits = {sol.name, sol.qualified_name} & wanted
+            hits = {sol.name, sol.qualified_name, sol.family, f"{sol.definition}/{sol.family}"} & wanted
             if not hits:
                 continue
             matched |= hits
@@ -60,6 +64,36 @@ def _add_solutions(plan: BenchPlan, workspace, defn: Definition, workloads: tupl
             plan.skipped.append((sol.qualified_name, f"{defn.name} has no workloads"))
             continue
         plan.groups.append(PlannedSolution(defn, sol, workloads))
+    if variant_limit is not None:
+        plan.groups = _limit_variants(plan.groups, defn.name, variant_limit)
+
+
+def _limit_variants(groups: list[PlannedSolution], definition: str, limit: int) -> list[PlannedSolution]:
+    """``groups`` with each grid's variants cut to ``limit`` per workload of ``definition``:
+    a spread of the grid that differs per workload (ordered by a hash of the workload and
+    the variant's name), so together the workloads still cover the grid. Other groups stay."""
+    families: dict[str, list[PlannedSolution]] = {}
+    for g in groups:
+        if g.definition.name == definition and g.solution.variants:
+            families.setdefault(g.solution.family, []).append(g)
+    kept: dict[str, list[Workload]] = {}
+    for members in families.values():
+        if len(members) <= limit:
+            continue
+        for workload in members[0].workloads:
+            def order(g: PlannedSolution) -> str:
+                return hashlib.sha256(f"{workload.uuid}/{g.solution.name}".encode()).hexdigest()
+            for g in sorted(members, key=order)[:limit]:
+                kept.setdefault(g.solution.name, []).append(workload)
+        for g in members:
+            kept.setdefault(g.solution.name, [])
+    out = []
+    for g in groups:
+        if g.definition.name != definition or g.solution.name not in kept:
+            out.append(g)
+        elif kept[g.solution.name]:
+            out.append(PlannedSolution(g.definition, g.solution, tuple(kept[g.solution.name])))
+    return out
 
 
 def _refuse_unknown(wanted: set[str], matched: set[str], where: str) -> None:
@@ -74,17 +108,18 @@ def _workloads(workspace, defn: Definition, recorded_only: bool) -> tuple[Worklo
 
 def plan_benchmarks(workspace, definitions: Sequence[str] = (), *, solutions: Sequence[str] | None = None,
                     device: str = "cpu", workload_limit: int | None = None,
-                    recorded_only: bool = False) -> BenchPlan:
+                    recorded_only: bool = False, variant_limit: int | None = None) -> BenchPlan:
     """Choose what to run: the named definitions (all when empty), their solutions (only
     those named in ``solutions``, as ``sol`` or ``def/sol``, when given) that match
     ``device`` (a kind; ``cuda`` is matched as ``cuda:0``), and their first
     ``workload_limit`` workloads (``recorded_only``: of those recorded in the registry,
-    traced or imported, not those the manifests declare). Distributed definitions are skipped.
+    traced or imported, not those the manifests declare), with at most ``variant_limit``
+    variants of a grid per workload. Distributed definitions are skipped.
 
     Raises ConfigError for an unusable device, BenchError / ManifestError naming unknown
     definitions or solutions. Cost: a device probe (cached) and manifest reads.
     """
-    _check_limit(workload_limit)
+    _check_limit(workload_limit, variant_limit)
     target = Device.parse(device)
     names = list(definitions) or sorted(workspace.definitions)
     defns = [workspace.definition(name) for name in names]
@@ -95,7 +130,7 @@ def plan_benchmarks(workspace, definitions: Sequence[str] = (), *, solutions: Se
             plan.skipped.append((defn.name, "runs on several ranks: bench it with --world-size N"))
             continue
         workloads = _workloads(workspace, defn, recorded_only)[:workload_limit]
-        _add_solutions(plan, workspace, defn, workloads, target, wanted, matched)
+        _add_solutions(plan, workspace, defn, workloads, target, wanted, matched, variant_limit)
     _refuse_unknown(wanted, matched, ", ".join(names) or "the workspace")
     return plan
 

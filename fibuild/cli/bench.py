@@ -54,9 +54,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("definitions", nargs="*", metavar="DEF",
                         help="definitions to benchmark (default: every definition)")
     parser.add_argument("--solution", action="append", metavar="S", dest="solutions",
-                        help="only this solution (name or def/name); repeatable")
+                        help="only this solution (name or def/name; a grid's name takes all its variants, "
+                             "name[K=v,...] one); repeatable")
     parser.add_argument("--workload-limit", type=_positive_int, metavar="N",
                         help="only the first N workloads of each definition")
+    parser.add_argument("--variant-limit", type=_positive_int, metavar="N",
+                        help="at most N variants of a solution's grid per workload (a different spread of "
+                             "the grid per workload; default: every variant)")
     parser.add_argument("--recorded", action="store_true",
                         help="only the workloads recorded in registry/<def>/workloads.jsonl (traced or "
                              "imported), not those the manifests declare")
@@ -105,6 +109,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default=EAGER,
                         help="the cost shown and ranked: eager (max of host and GPU time per call, the "
                              "default) or graph (GPU time), as `fibuild resolve --mode`")
+    parser.add_argument("--variants", action="store_true",
+                        help="a column per variant of a grid (default: the variant resolution picks, else "
+                             "a grid's best variant per workload, in its solution's column)")
 
 
 class _RichReporter:
@@ -171,7 +178,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                    reporter=reporter, plan=plan)
     else:
         plan = plan_benchmarks(workspace, args.definitions, solutions=args.solutions, device=device,
-                               workload_limit=args.workload_limit, recorded_only=args.recorded)
+                               workload_limit=args.workload_limit, recorded_only=args.recorded,
+                               variant_limit=args.variant_limit)
         if args.resume:
             slug = local_devices(device)[0].slug
             plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
@@ -283,7 +291,8 @@ def run_table(args: argparse.Namespace, settings) -> int:
     registry = Registry(workspace.registry_dir)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
     choose = resolver_chooser(workspace, settings, defn, device, args.mode)
-    board = leaderboard(defn, device, registry.read(defn.name, device), choose, mode=args.mode)
+    board = leaderboard(defn, device, registry.read(defn.name, device), choose, mode=args.mode,
+                        group_variants=not args.variants)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
         data = board.to_json()

@@ -104,7 +104,8 @@ def run_bench_farm(args: argparse.Namespace, settings, workspace) -> int:
                                device=device, workload_limit=args.workload_limit,
                                recorded_only=args.recorded, warmup_ms=args.warmup,
                                rep_ms=args.rep, graph=args.graph, timeout_s=args.timeout,
-                               resume=args.resume, task_size=args.task_size, reporter=reporter)
+                               resume=args.resume, task_size=args.task_size, reporter=reporter,
+                               variant_limit=args.variant_limit)
     finally:
         reporter.stop()
     return report_evaluations(args, out, err, evaluations, workspace.registry_dir)

@@ -1,6 +1,7 @@
 """``fibuild trace report``: what tracing saw, from ``registry/_trace/calls.jsonl`` and the
-traced workloads: per definition its keys and call counts, the workloads stored, and the
-calls that could not be mapped, by reason."""
+traced workloads: per definition its keys and call counts, the workloads stored, the
+calls that could not be mapped, by reason, and what each patched API's calls did
+(``registry/_trace/stats.jsonl``: substituted, original, fallbacks by reason)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 from fibuild.cli import common_options
+from fibuild.integrations.counters import format_stats, read_stats
 from fibuild.integrations.tracing import read_calls
 from fibuild.spec.workspace import Workspace
 
@@ -22,8 +24,9 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def trace_report(registry_dir) -> dict:
-    """The report as data: ``definitions`` (name -> keys with calls, workloads stored) and
-    ``unmapped`` ((op, reason) rows with calls)."""
+    """The report as data: ``definitions`` (name -> keys with calls, workloads stored),
+    ``unmapped`` ((op, reason) rows with calls) and ``stats`` (per patched API, summed over
+    the processes that kept theirs: see ``fibuild.integrations.stats()``)."""
     definitions: dict[str, dict] = {}
     unmapped: dict[tuple[str, str], int] = {}
     for line in read_calls(registry_dir):
@@ -41,7 +44,8 @@ def trace_report(registry_dir) -> dict:
                                      if ln.strip())
     return {"definitions": {n: {**e, "keys": [{"axes": json.loads(k), "calls": c} for k, c in e["keys"].items()]}
                             for n, e in sorted(definitions.items())},
-            "unmapped": [{"op": op, "reason": why, "calls": n} for (op, why), n in sorted(unmapped.items())]}
+            "unmapped": [{"op": op, "reason": why, "calls": n} for (op, why), n in sorted(unmapped.items())],
+            "stats": read_stats(registry_dir)}
 
 
 def run_trace(args, settings) -> int:
@@ -50,7 +54,7 @@ def run_trace(args, settings) -> int:
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
-    if not report["definitions"] and not report["unmapped"]:
+    if not report["definitions"] and not report["unmapped"] and not report["stats"]:
         print(f"nothing traced in {ws.registry_dir} (run with FIBUILD_TRACE=1 or fibuild run --trace)")
         return 0
     for name, entry in report["definitions"].items():
@@ -64,4 +68,6 @@ def run_trace(args, settings) -> int:
         print("not mapped (the original ran):")
         for row in report["unmapped"]:
             print(f"    {row['calls']:>10}  {row['op']}: {row['reason']}")
+    if report["stats"]:
+        print(format_stats(report["stats"]).removeprefix("fibuild: "))
     return 0

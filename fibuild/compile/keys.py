@@ -74,6 +74,8 @@ def solution_spec(sol: Solution) -> dict[str, Any]:
         "dependencies": sorted(sol.dependencies),
         "build": {k: list(v) for k, v in dataclasses.asdict(sol.build).items()},
         **({"plan": sol.plan} if sol.plan else {}),  # only when set, as for the definition
+        # A variant's constants (not the grid: a variant's build does not depend on its siblings).
+        **({"constants": [[k, v] for k, v in sol.constants]} if sol.constants else {}),
     }
 
 

@@ -27,7 +27,8 @@ from fibuild.config import Settings
 from fibuild.errors import ConfigError
 
 from .adapters import default_adapters
-from .adapters.attention import WRAPPER_ADAPTERS
+from .counters import append_stats, format_stats
+from .op_overrides import OpOverrides
 from .patching import Patcher, PostImportFinder
 from .session import Session
 from .sites import patched_function
@@ -37,6 +38,7 @@ log = logging.getLogger("fibuild.integrations")
 
 _LOCK = threading.RLock()
 _ACTIVE: list["Integration"] = []  # zero or one
+_LAST: list["Integration"] = []    # the last one disabled (its counters stay readable)
 
 
 class Integration:
@@ -46,11 +48,13 @@ class Integration:
         self.session = session
         self.adapters = adapters
         self.patcher = Patcher()
+        self.ops = OpOverrides()
         self.patched: list[str] = []
         self.finder: PostImportFinder | None = None
 
     def patch_module(self, root: str) -> None:
-        """Patch every adapter whose API lives under the imported module ``root``."""
+        """Patch every adapter whose API lives under the imported module ``root``: one path
+        for every seam, its kind choosing how (see the adapters' seam attributes)."""
         for adapter in self.adapters:
             if adapter.root != root:
                 continue
@@ -59,42 +63,66 @@ class Integration:
             except ImportError as exc:
                 log.info("fibuild: %s not patched (%s)", adapter.api, exc)
                 continue
-            if isinstance(adapter, WRAPPER_ADAPTERS):
-                cls = getattr(module, adapter.attr, None)
-                if cls is not None and patch_wrapper_class(self, adapter, cls):
-                    self.patched.append(adapter.api)
-                continue
-            original = getattr(module, adapter.attr, None)
-            if original is None or hasattr(original, "fibuild_memo"):
-                continue
-            wrapper = patched_function(self.session, adapter, original)
-            self.patcher.replace(module, adapter.attr, wrapper)
-            self.patcher.replace_aliases(original, wrapper, (root,))
-            self.patched.append(adapter.api)
+            if adapter.kind == "torch_op":
+                done = self.patch_op(adapter)
+            else:
+                target = getattr(module, adapter.attr, None)
+                if target is None:
+                    continue
+                if adapter.kind == "wrapper":
+                    done = patch_wrapper_class(self, adapter, target)
+                else:
+                    done = self.patch_function(adapter, module, target)
+            if done:
+                self.patched.append(adapter.api)
+
+    def patch_function(self, adapter, module, original) -> bool:
+        """Replace ``module.<adapter.attr>`` and its aliases (``adapter.alias_scope``)."""
+        if hasattr(original, "fibuild_memo"):
+            return False
+        wrapper = patched_function(self.session, adapter, original)
+        self.patcher.replace(module, adapter.attr, wrapper)
+        self.patcher.replace_aliases(original, wrapper, (adapter.root,) if adapter.alias_scope == "root" else None)
+        return True
+
+    def patch_op(self, adapter) -> bool:
+        """Take the calls of the torch operator ``adapter.qualname`` at the dispatcher, the
+        operator's own kernel as the original (:mod:`.op_overrides`)."""
+        return self.ops.override(adapter.qualname, lambda original: patched_function(self.session, adapter, original))
+
+    def stats(self) -> dict:
+        return self.session.stats.snapshot()
 
     def flush(self) -> None:
         if self.session.recorder is not None:
             self.session.recorder.flush()
 
+    def at_exit(self) -> None:
+        """Flush the trace; keep and (``FIBUILD_STATS=1``) print the counters."""
+        self.flush()
+        snapshot = self.stats()
+        if self.session.trace or self.session.settings.stats:
+            append_stats(self.session.workspace.registry_dir, snapshot)
+        if self.session.settings.stats:
+            print(format_stats(snapshot), file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.finder is not None:
             self.finder.uninstall()
         self.patcher.restore()
-        self.flush()
+        self.ops.restore()
         try:
-            atexit.unregister(self.flush)
+            atexit.unregister(self.at_exit)
         except Exception:  # noqa: BLE001
             pass
-
-
-#: module whose import triggers patching -> the adapters' module prefix it covers
-_ROOTS = ("flashinfer", "torch.nn.functional")
+        self.at_exit()
 
 
 def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None = None,
            per_key: int = 2, flush_every: int = 64, policy: str = "nearest", mode: str | None = None,
            settings: Settings | None = None, adapters=None) -> Integration:
-    """Trace and/or substitute FlashInfer's adapted APIs and ``F.linear`` in this process.
+    """Trace and/or substitute the adapted APIs in this process: FlashInfer's, ``F.linear``,
+    sgl_kernel's norms and activation, vLLM's ``_C`` norm and activation operators.
 
     ``root``: the workspace (default ``FIBUILD_ROOT``, else the usual discovery).
     ``per_key``: traced workloads kept per shape bucket; ``flush_every``: records per write.
@@ -118,7 +146,7 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
                           flush_every=flush_every, policy=policy, mode=mode)
         integration = Integration(session, list(adapters) if adapters is not None else default_adapters())
         waiting = {}
-        for name in _ROOTS:
+        for name in dict.fromkeys(a.root for a in integration.adapters):  # the modules whose import patches
             if name in sys.modules:
                 integration.patch_module(name)
             else:
@@ -126,8 +154,7 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
         if waiting:
             integration.finder = PostImportFinder(waiting)
             integration.finder.install()
-        if trace:
-            atexit.register(integration.flush)
+        atexit.register(integration.at_exit)
         _ACTIVE.append(integration)
     what = "+".join(w for w, on in (("trace", trace), ("apply", apply)) if on)
     log.warning("fibuild: serving integration enabled (%s) on workspace %s; patched now: %s%s", what,
@@ -137,10 +164,24 @@ def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None 
 
 
 def disable() -> None:
-    """Flush the trace and restore every patched object; a no-op when nothing is enabled."""
+    """Flush the trace and restore every patched object; a no-op when nothing is enabled.
+    The counters of the integration it closes stay readable through :func:`stats`."""
     with _LOCK:
         while _ACTIVE:
-            _ACTIVE.pop().close()
+            integration = _ACTIVE.pop()
+            integration.close()
+            _LAST[:] = [integration]
+
+
+def stats() -> dict:
+    """Per patched API, what its calls did in this process: ``{api: {"calls", "substituted",
+    "original", "fallbacks": {reason: n}[, "plans": {entry: n}]}}`` (attention wrappers
+    count runs as calls and list their plans by entry: ``plan``, ``begin_forward``,
+    ``fast_decode_plan``, ``unseen``). The enabled integration's, else the last one
+    disabled; ``{}`` when none was enabled. Cost: one pass over the counters."""
+    with _LOCK:
+        integration = _ACTIVE[0] if _ACTIVE else (_LAST[0] if _LAST else None)
+    return integration.stats() if integration is not None else {}
 
 
 def active() -> Integration | None:

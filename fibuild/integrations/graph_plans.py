@@ -93,10 +93,11 @@ class GraphPlans:
         state = self._state(inst)
         state.kernel, state.entry, state.inputs, state.solution = kernel, entry, tuple(inputs), solution
 
-    def capture(self, inst, kernel, defn, inputs: tuple) -> bool:
+    def capture(self, inst, kernel, defn, inputs: tuple, plan_entries: tuple = ()) -> bool:
         """During capture, before ``kernel(*inputs)``: True when the kernel may be captured
         (not a plan/run solution, or its plan is made, refillable and now pinned as captured
-        by ``inst``), False when the original run must be captured instead. Makes nothing."""
+        by ``inst``, and every planner ``inst`` holds in ``plan_entries`` of its own is one
+        fibuild sees), False when the original run must be captured instead. Makes nothing."""
         key = defn.apply_key(var_axes(defn, inputs))
         entry = kernel.entry(key)
         state = self._states.get(inst)
@@ -107,6 +108,11 @@ class GraphPlans:
             entry = state.entry
         if not isinstance(entry, PlannedEntry):
             return True
+        unseen = unseen_planner(inst, plan_entries)
+        if unseen:
+            log.info("fibuild: %s: %s captured as the original (the wrapper plans through %s, which "
+                     "fibuild does not see: a refill would be missed)", self.api, defn.name, unseen)
+            return False
         plan = entry.find(inputs)
         if plan is None or getattr(plan, "refill", None) is None:
             log.info("fibuild: %s: %s captured as the original (%s)", self.api, defn.name,
@@ -137,7 +143,7 @@ class GraphPlans:
             self._refill(inst, state, adapter, ctx)
         elif state.entry is not None and ctx.reason is None:
             try:
-                args = (*state.inputs[:3], *adapter.plan_inputs(inst, ctx))
+                args = _plan_args(adapter, inst, ctx, state.inputs)
                 state.prepared = (state.entry, state.entry.pin(args))
             except Exception as exc:  # noqa: BLE001 - the run will plan (or fall back) itself
                 log.warning("fibuild: %s: planning %s ahead failed: %s: %s", self.api, state.solution,
@@ -147,7 +153,7 @@ class GraphPlans:
         for entry, plan, old, names in state.captured.values():
             why = ctx.reason and f"fibuild cannot take the new plan ({ctx.reason})"
             if not why:
-                new = (*old[:3], *adapter.plan_inputs(inst, ctx))
+                new = _plan_args(adapter, inst, ctx, old)
                 why = _moved(entry, names, old, new) or (
                     not entry.refill(plan, new) and f"{entry.name}'s plan cannot be refilled for the new "
                     f"page table (its refill declined: another batch size? now {ctx.counts.get('batch_size')})")
@@ -159,6 +165,32 @@ class GraphPlans:
                     "would use the old plan. Capture the graph again after such a plan (calling "
                     "fibuild.integrations.wrapper_sites.release_graphs(wrapper) first), or run "
                     "without FIBUILD_APPLY.")
+
+
+def _plan_args(adapter, inst, ctx, runs: tuple) -> tuple:
+    """The definition inputs of the next runs after a plan: q, k, v of ``runs`` (a run's
+    inputs), the plan's index tensors, and its sm_scale, or, when the plan call passed none,
+    the one ``runs`` used (SGLang plans without it and passes it to each ``forward``)."""
+    tail = adapter.plan_inputs(inst, ctx)
+    if ctx.sm_scale is None:
+        tail = (*tail[:-1], runs[-1])
+    return (*runs[:3], *tail)
+
+
+def unseen_planner(inst, plan_entries: tuple) -> str:
+    """The name of a planner ``inst`` holds as its own attribute (an engine's
+    ``wrapper.begin_forward = partial(f, wrapper)``) that does not plan through fibuild's
+    hooks ("" when every one does): after a capture, plans through it would leave the
+    captured plan stale."""
+    own = getattr(inst, "__dict__", {})
+    for name in plan_entries:
+        fn = own.get(name)
+        if fn is None:
+            continue
+        target = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn
+        if not getattr(target, "fibuild_plan_hook", False):
+            return f"{name} = {getattr(target, '__qualname__', repr(target))}"
+    return ""
 
 
 def _moved(entry, names: tuple, old: tuple, new: tuple) -> str:

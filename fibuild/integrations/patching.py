@@ -36,15 +36,17 @@ class Patcher:
         self._records.append((owner, attr, had, raw))
         return seen
 
-    def replace_aliases(self, original: Any, new: Any, prefixes: Iterable[str]) -> list[str]:
+    def replace_aliases(self, original: Any, new: Any, prefixes: Iterable[str] | None) -> list[str]:
         """Replace every module attribute that *is* ``original`` in the loaded modules named
-        by ``prefixes`` (``flashinfer`` and ``flashinfer.*``), so ``from flashinfer import
-        rmsnorm`` done afterwards gets ``new`` too. Returns ``module.attr`` names replaced.
+        by ``prefixes`` (``flashinfer`` and ``flashinfer.*``; None: every loaded module), so
+        ``from flashinfer import rmsnorm`` done afterwards gets ``new`` too, and a name an
+        engine bound before is replaced. Returns ``module.attr`` names replaced.
         Cost: one pass over those modules' dicts."""
         done = []
-        prefixes = tuple(prefixes)
+        prefixes = tuple(prefixes) if prefixes is not None else None
         for name, module in list(sys.modules.items()):
-            if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            if module is None or (prefixes is not None and
+                                  not any(name == p or name.startswith(p + ".") for p in prefixes)):
                 continue
             try:
                 items = list(vars(module).items())
@@ -52,7 +54,10 @@ class Patcher:
                 continue
             for attr, value in items:
                 if value is original:
-                    self.replace(module, attr, new)
+                    try:
+                        self.replace(module, attr, new)
+                    except (AttributeError, TypeError):  # a read-only module attribute: left alone
+                        continue
                     done.append(f"{name}.{attr}")
         return done
 

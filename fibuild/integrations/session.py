@@ -4,8 +4,10 @@ A :class:`Session` decides, once per distinct call shape (the adapter's fast key
 patched API does: call the original (unmapped, or fibuild resolves to the reference or to
 the API itself), or run the definition's resolved solution through ``fibuild.load``
 (one Kernel per definition, cached). When tracing, the first calls of each shape are
-recorded and every call is counted. Decisions are memoized by the patched function; this
-module is only on the first call of a shape.
+recorded and counted per definition and axes. Every handler it returns counts its calls in
+:attr:`Session.stats` (one integer add: substituted, original, or fallback by reason).
+Decisions are memoized by the patched function; this module is only on the first call of a
+shape.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from fibuild.spec.templates import definition_document, definition_name, write_d
 from fibuild.spec.workspace import Workspace
 
 from .adapters.base import Adapter, Unmapped
+from .counters import Stats, counted
 from .tracing import TraceRecorder, axes_bucket
 
 log = logging.getLogger("fibuild.integrations")
@@ -43,6 +46,7 @@ class Session:
         self.recorder = (TraceRecorder(Registry(self.workspace.registry_dir), per_key=per_key,
                                        flush_every=flush_every) if trace else None)
         self.guard = threading.local()  # .active while a substituted solution runs
+        self.traced = threading.local()  # .inside while a traced call runs (nested calls not recorded)
         self._lock = threading.RLock()
         self._definitions: dict[str, Any] = {}  # name -> Definition | Unmapped
         self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
@@ -50,6 +54,7 @@ class Session:
         # definition -> keys whose choice rests on another device's evaluations (same compute
         # capability; see Resolution.borrowed), whatever was chosen
         self.borrowed: dict[str, int] = {}
+        self.stats = Stats()
 
     # -- definitions and kernels -----------------------------------------------------------
     def definition(self, adapter: Adapter, name: str, params: dict[str, Any]):
@@ -104,16 +109,18 @@ class Session:
         ``(input specs, blobs, bucket)`` for the trace, or None to record nothing.
         ``substitute(kernel, definition, inputs)`` builds the handler that runs the kernel;
         ``instance`` is the wrapper object of a method call (see ``Adapter.is_original``).
-        Tracing records the call (first ``per_key`` per bucket) and wraps the handler in a
-        counter. Never raises for a call it cannot take: that call gets ``original``.
+        The substitute handler counts its own calls in :attr:`stats`; ``original`` is wrapped
+        in the API's "original" counter. Tracing records the call (first ``per_key`` per
+        bucket) and adds a counter per definition and axes. Never raises for a call it cannot
+        take: that call gets ``original``, counted under the reason.
         """
-        handler = original
+        handler = counted(original, self.stats.of(adapter.api).cell("original"))
         try:
             params, inputs, record = prepare()
             name = definition_name(adapter.op, params)
             defn = self.definition(adapter, name, params)
             axes = var_axes(defn, inputs)
-            if self.recorder is not None and record is not None:
+            if self.recorder is not None and record is not None and not getattr(self.traced, "inside", False):
                 specs, blobs, bucket = record
                 self.recorder.add(name, axes, specs, blobs, bucket or axes_bucket)
             if self.apply:
@@ -127,19 +134,38 @@ class Session:
             return self.unmapped_handler(adapter, original, reason)
         if self.recorder is None:
             return handler
-        return counted(handler, self.recorder.counter(name, adapter.op, axes))
+        return self.trace_counted(handler, self.recorder.counter(name, adapter.op, axes))
 
     def unmapped_handler(self, adapter: Adapter, original: Callable, reason: str) -> Callable:
-        """``original``, counted under ``reason`` when tracing."""
+        """``original``, counted as a fallback under ``reason`` (and in the trace when tracing)."""
         log.debug("fibuild: %s not taken: %s", adapter.api, reason)
+        handler = counted(original, self.stats.of(adapter.api).cell("fallback", reason))
         if self.recorder is None:
-            return original
-        return counted(original, self.recorder.counter(None, adapter.op, reason=reason))
+            return handler
+        return self.trace_counted(handler, self.recorder.counter(None, adapter.op, reason=reason))
+
+    def trace_counted(self, handler: Callable, cell: list[int]) -> Callable:
+        """``handler`` counting its calls in the trace's ``cell``, unless it runs inside another
+        traced call: sgl_kernel's norms forward to ``flashinfer.norm`` (both patched), and one
+        call of the engine is one call of the definition, recorded once."""
+        state = self.traced
+
+        def handler_traced(*args, **kwargs):
+            if getattr(state, "inside", False):
+                return handler(*args, **kwargs)
+            cell[0] += 1
+            state.inside = True
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                state.inside = False
+
+        return handler_traced
 
     def choose(self, adapter: Adapter, name: str, defn, axes: dict[str, int], original: Callable,
                substitute: Callable[[Any, Any], Callable], instance: Any = None) -> Callable:
-        """``original`` unless the kernel of ``name`` resolves ``axes`` to a solution that is
-        not the API itself; then the substitute handler. The session's mode, or under
+        """``original`` (counted) unless the kernel of ``name`` resolves ``axes`` to a solution
+        that is not the API itself; then the substitute handler. The session's mode, or under
         ``auto`` the mode of this first call (``graph`` while capturing), picks the kernel."""
         kernel = self.kernel(name, self.mode if self.mode != AUTO else current_mode())
         resolution = kernel.resolution(defn.apply_key(axes))
@@ -148,18 +174,10 @@ class Session:
             with self._lock:
                 self.borrowed[name] = self.borrowed.get(name, 0) + 1
         if sol is None or adapter.is_original(sol, instance):
-            return original
+            return counted(original, self.stats.of(adapter.api).cell("original"))
         with self._lock:
             self.substituted[name] = self.substituted.get(name, 0) + 1
         return substitute(kernel, defn)
-
-
-def counted(handler: Callable, cell: list[int]) -> Callable:
-    def handler_counted(*args, **kwargs):
-        cell[0] += 1
-        return handler(*args, **kwargs)
-
-    return handler_counted
 
 
 def var_axes(defn, inputs: tuple) -> dict[str, int]:

@@ -4,8 +4,11 @@ Policies, tried as a chain that starts at the requested one (``strict`` tries on
 
 - ``exact``: the decision at this key (:func:`fibuild.runtime.choose.decide`: the baseline
   stays unless a challenger wins clearly on the cost the caller pays);
-- ``nearest``: the same at the closest evaluated key, by log-distance over the var axes
-  (``sum |log a - log b|``; ties go to the smaller key);
+- ``nearest``: the same at the closest evaluated key *below* (every var axis <= the key's),
+  by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
+  only when no evaluated key lies below, the closest above. A launch config tuned for a
+  smaller bucket degrades gently on a larger shape; one tuned for a larger bucket can
+  lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x);
 - ``def_best``: the solution that runs the most evaluated keys;
 - ``baseline``: the definition's baseline (FlashInfer's, cuBLAS through torch), where the
   device has no usable evaluation;
@@ -59,6 +62,17 @@ def log_distance(a: ApplyKey, b: ApplyKey) -> float:
     Rounded to 9 decimals so that keys equally far in ratio (16 and 64 from 32) tie exactly.
     """
     return round(sum(abs(math.log(max(x, 1)) - math.log(max(y, 1))) for x, y in zip(a, b)), 9)
+
+
+def is_below(key: ApplyKey, other: ApplyKey) -> bool:
+    """Whether ``other`` is at or below ``key`` on every var axis."""
+    return all(b <= a for a, b in zip(key, other))
+
+
+def nearest_order(key: ApplyKey, keys) -> list[ApplyKey]:
+    """``keys`` in the order ``nearest`` tries them: those below ``key`` first, each group by
+    log-distance, then by value."""
+    return sorted(keys, key=lambda k: (not is_below(key, k), log_distance(key, k), k))
 
 
 class Resolver:
@@ -135,15 +149,16 @@ class Resolver:
         return decision.chosen.solution, decision, decision.reason
 
     def _nearest(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
-        for k in sorted(self.table.ranked, key=lambda k: (log_distance(key, k), k)):
+        for k in nearest_order(key, self.table.ranked):
             decision = decide(self.table, k, mode, out)
             if decision is None:
                 continue
             if k == key:
                 return decision.chosen.solution, decision, decision.reason
+            above = "" if is_below(key, k) else ", above it (none below)"
             return decision.chosen.solution, decision, (
                 f"not evaluated at this key; nearest evaluated key {format_key(k)} at distance "
-                f"{log_distance(key, k):.2f}; {decision.reason}")
+                f"{log_distance(key, k):.2f}{above}; {decision.reason}")
         return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
 
     def _def_best(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):

@@ -9,6 +9,7 @@ stores the table as JSON.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -206,12 +207,16 @@ def solution_manifest(sol: Solution) -> dict[str, Any]:
 def _candidate_to_json(c: Candidate) -> dict[str, Any]:
     return {"manifest": solution_manifest(c.solution),
             "path": str(c.solution.path) if c.solution.path else None,
+            "variant": c.solution.name if c.solution.name != c.solution.family else None,
+            "constants": [[k, v] for k, v in c.solution.constants],
             "digest": c.digest, "unavailable": c.unavailable,
             "build_key": c.build_key, "build_dir": c.build_dir}
 
 
 def _candidate_from_json(data: Mapping[str, Any], solution_from_dict) -> Candidate:
     sol = solution_from_dict(data["manifest"], data["path"])
+    if data.get("variant"):  # a variant of the manifest's grid
+        sol = dataclasses.replace(sol, name=data["variant"], constants=tuple(tuple(c) for c in data["constants"]))
     return Candidate(sol, data["digest"], data["unavailable"], data["build_key"], data["build_dir"])
 
 

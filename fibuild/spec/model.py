@@ -176,6 +176,10 @@ class Solution:
     ``libraries`` names shared source folders; ``library_files`` holds their files as
     ``(relpath in the build, file)``, found when the manifest was loaded (see
     :mod:`fibuild.spec.libraries`). ``files`` is the effective source set a build copies.
+    ``variants`` (a grid, ``(name, values)`` pairs) and ``constraints`` are the manifest's;
+    ``constants`` (``(name, value)`` pairs) are what the build passes to the entry point:
+    the manifest's own, and for a variant expanded from the grid (named ``base[K=v,...]``,
+    :mod:`fibuild.spec.variants`) its grid values after them.
     """
 
     name: str
@@ -192,6 +196,9 @@ class Solution:
     plan: str | None = None
     libraries: tuple[str, ...] = ()
     library_files: tuple[tuple[str, Path], ...] = ()
+    variants: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    constraints: tuple[str, ...] = ()
+    constants: tuple[tuple[str, Any], ...] = ()
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -222,6 +229,11 @@ class Solution:
     def qualified_name(self) -> str:
         """``definition/solution``: unique across the workspace."""
         return f"{self.definition}/{self.name}"
+
+    @property
+    def family(self) -> str:
+        """The manifest's name: a variant's name without its ``[K=v,...]``."""
+        return self.name.split("[", 1)[0]
 
     @property
     def entry_file(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Collection, Mapping
 from . import flags
 from .libraries import resolve_libraries
 from .schema import pointer_of
+from .variants import check_grid
 
 Problems = list[tuple[str, str]]
 
@@ -280,6 +281,7 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
     if path is not None and not problems:
         problems += _entry_point(data, files)
     problems += _build_flags(data.get("build") or {})
+    problems += check_grid(data)
     if definitions is not None and data["definition"] not in definitions:
         close = difflib.get_close_matches(data["definition"], list(definitions), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

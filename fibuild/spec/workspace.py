@@ -15,6 +15,7 @@ from fibuild.errors import FibuildError, ManifestError, ManifestErrors
 
 from .manifest import load_definition, load_solution, load_workloads_jsonl
 from .model import Definition, Solution, Workload
+from .variants import expand, split_name
 
 if TYPE_CHECKING:
     from fibuild.config import Settings
@@ -179,7 +180,8 @@ class Workspace:
     # --- solutions -----------------------------------------------------------------
 
     def solutions(self, definition: str | Definition | None = None) -> list[Solution]:
-        """Every solution (of ``definition`` if given), sorted by qualified name.
+        """Every solution (of ``definition`` if given), sorted by qualified name; a manifest
+        with a ``variants`` grid stands for its variants (``name[K=v,...]``), not itself.
 
         Raises ManifestErrors listing every bad solution file, FibuildError for an
         unknown definition.
@@ -198,10 +200,21 @@ class Workspace:
 
     def solution(self, name: str, definition: str | Definition | None = None) -> Solution:
         """A solution by ``"definition/solution"``, or by its name (within ``definition``
-        if given). FibuildError if unknown or ambiguous (the message lists candidates)."""
+        if given). FibuildError if unknown or ambiguous (the message lists candidates).
+
+        A variant is named ``solution[K=v,...]``; the plain name of a manifest with a grid
+        gives the manifest itself (its ``variants`` set, no ``constants``)."""
         defn = definition.name if isinstance(definition, Definition) else definition
         if "/" in name:
             defn, _, name = name.partition("/")
+        base, params = split_name(name)
+        if params is not None:
+            parent = self.solution(base, defn)
+            found = [v for v in expand(parent) if v.name == name]
+            if found:
+                return found[0]
+            names = [v.name for v in expand(parent)]
+            raise self._unknown(f"variant of {parent.qualified_name!r}", name, names)
         if defn is not None:
             cached = self._one_solution.get(f"{defn}/{name}")
             if cached is not None:
@@ -214,6 +227,9 @@ class Workspace:
             candidates = [s.name for s in self.solutions(defn)]
             raise self._unknown(f"solution of {defn!r}", name, candidates)
         matches = [s for s in self.solutions() if s.name == name]
+        if not matches:  # a manifest with a grid, named by its plain name
+            grids = sorted({s.definition for s in self.solutions() if s.family == name and s.variants})
+            matches = [self.solution(name, d) for d in grids]
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -236,7 +252,8 @@ class Workspace:
             except ManifestError as exc:
                 errors.append(exc)
                 continue
-            loaded[sol.qualified_name] = sol
+            for variant in expand(sol):
+                loaded[variant.qualified_name] = variant
         return [loaded[k] for k in sorted(loaded)], errors
 
     # --- workloads -----------------------------------------------------------------

@@ -159,8 +159,10 @@ def test_triton_split_kv_decode_in_a_captured_graph_follows_every_replan(ws):
     name, batch, pool = "gqa_paged_decode_h32_kv8_d128_ps1", 4, 8192
     shipped = Path(__file__).resolve().parents[2] / "solutions" / name / "triton_split_kv"
     shutil.copytree(shipped, ws.root / "solutions" / name / "triton_split_kv")
+    shutil.copytree(shipped.parents[1] / "_lib", ws.root / "solutions" / "_lib")  # the libraries it names
     _record_cuda(ws, name, {"batch_size": batch, "num_pages": pool, "len_indptr": batch + 1,
-                            "num_kv_indices": 2048}, solution="triton_split_kv")
+                            "num_kv_indices": 2048},
+                 solution="triton_split_kv[MERGE=fused,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]")
     cls = flashinfer.BatchDecodeWithPagedKVCacheWrapper
     orig_plan, orig_run = cls.plan, cls.run  # unpatched: FlashInfer's own answer each step
     reference_wrapper = cls(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))

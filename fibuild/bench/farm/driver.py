@@ -161,12 +161,13 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
              solutions: Sequence[str] | None = None, device: str | None = None,
              workload_limit: int | None = None, recorded_only: bool = False, warmup_ms: float = 25.0,
              rep_ms: float = 100.0, graph: bool = False, timeout_s: float = 60.0, resume: bool = False,
-             task_size: int = DEFAULT_TASK_SIZE, reporter: FarmReporter | None = None) -> list[Evaluation]:
+             task_size: int = DEFAULT_TASK_SIZE, reporter: FarmReporter | None = None,
+             variant_limit: int | None = None) -> list[Evaluation]:
     """Benchmark on every device type of ``engine``'s cluster that offers ``device``
     (``cpu`` or ``cuda``; None: ``cuda`` when some worker offers a GPU, else ``cpu``); return
     the evaluations, each appended to the workspace registry under its worker's device slug
-    as its task returns. ``workload_limit`` and ``recorded_only`` choose workloads as
-    :func:`~fibuild.bench.plan.plan_benchmarks` does.
+    as its task returns. ``workload_limit``, ``recorded_only`` and ``variant_limit`` choose
+    workloads as :func:`~fibuild.bench.plan.plan_benchmarks` does.
 
     ``engine`` is entered and left here. Ctrl-C cancels the farm (running tasks stop before
     their next item; a local cluster is shut down) and re-raises KeyboardInterrupt. Raises
@@ -184,7 +185,8 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
         if graph and kind == "cpu":
             raise BenchError("--graph needs a CUDA device")
         plan = plan_benchmarks(workspace, definitions, solutions=solutions, device=kind,
-                               workload_limit=workload_limit, recorded_only=recorded_only)
+                               workload_limit=workload_limit, recorded_only=recorded_only,
+                               variant_limit=variant_limit)
         pools = engine.pools(kind)
         if not pools:
             raise BenchError(f"no worker of the cluster offers a {kind} device: start workers with "

@@ -5,6 +5,7 @@ the ninja writer (nor ``subprocess``): a warm start pays only for the load itsel
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,12 +30,17 @@ def load_native(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
 
 def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
     """The entry function; for a plan/run solution (``meta["plan_symbol"]``) a
-    :class:`~fibuild.compile.plans.PlannedEntry` joining its plan and run."""
+    :class:`~fibuild.compile.plans.PlannedEntry` joining its plan and run. A variant's
+    ``meta["constants"]`` are bound as keyword arguments of the entry function, or of the
+    plan step of a plan/run solution (the plan carries what the run needs)."""
     entry = import_entry(build_dir, meta)
+    constants = meta.get("constants") or {}
     if not meta.get("plan_symbol"):
-        return entry
+        return functools.partial(entry, **constants) if constants else entry
 
     plan = import_entry(build_dir, {**meta, "entry_file": meta["plan_file"], "entry_symbol": meta["plan_symbol"]})
+    if constants:
+        plan = functools.partial(plan, **constants)
     return PlannedEntry(entry, plan, meta["plan_inputs"], name=meta["solution"])
 
 

@@ -22,6 +22,7 @@ from fibuild.config import Settings
 from fibuild.errors import BuildError
 from fibuild.spec import flags as flag_policy
 from fibuild.spec.model import Definition, Solution
+from fibuild.spec.variants import format_value
 
 CXX_SUFFIXES = (".cc", ".cpp", ".cxx", ".c")
 CUDA_SUFFIXES = (".cu",)
@@ -74,6 +75,7 @@ class NativeBuilder:
         ffi_inc = ffi.include_dir if ffi else "<tvm-ffi missing>"
         ffi_lib = ffi.lib_dir if ffi else "<tvm-ffi missing>"
         includes = ["-isystem", ffi_inc] + self._includes(sol, src)
+        includes += [f"-D{name}={format_value(value)}" for name, value in sol.constants]  # a variant's
         cuda_inc = ["-isystem", str(settings.cuda_home / "include")] if self.uses_cuda else []
         result = {
             "cxx": ["-O3", "-std=c++17", "-fPIC", *includes, *cuda_inc, *sol.build.cflags],

@@ -42,6 +42,8 @@ class PythonBuilder:
             raise BuildError(f"{sol.qualified_name}: entry point {sol.entry_point!r} is not a .py file",
                              solution=sol.qualified_name, build_dir=build_dir)
         meta: dict[str, Any] = {"entry_file": sol.entry_file}
+        if sol.constants:  # a variant's: keyword arguments of the entry point (of the plan step)
+            meta["constants"] = dict(sol.constants)
         if sol.plan:
             meta.update(plan_meta(defn, sol, build_dir))
         src = copy_sources(sol, build_dir)

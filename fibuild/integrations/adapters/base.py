@@ -115,11 +115,18 @@ class Adapter:
     op = ""
     #: the API, for messages and the report (``flashinfer.norm.rmsnorm``)
     api = ""
-    #: the module whose import triggers patching (its aliases are patched too)
+    #: the seam's kind: "function" (a module attribute), "wrapper" (a class's plan/run
+    #: entries) or "torch_op" (a torch operator ``qualname``, taken at the dispatcher)
+    kind = "function"
+    #: the module whose import triggers patching
     root = "flashinfer"
     #: where the patched attribute lives: ``getattr(import_module(module), attr)``
     module = ""
     attr = ""
+    #: where other names bound to the same object are replaced too: "root" (modules under
+    #: ``root``, e.g. ``flashinfer.rmsnorm``) or "all" (every loaded module: names bound by
+    #: ``from X import f`` in an engine imported before fibuild)
+    alias_scope = "root"
 
     def template_params(self, call: Call) -> dict[str, Any]:
         raise NotImplementedError
@@ -146,6 +153,11 @@ class Adapter:
 
     def to_inputs(self, call: Call) -> tuple:
         raise NotImplementedError
+
+    def out_of(self, call: Call) -> Any:
+        """The caller's tensor the kernel writes its (one, not in place) output into, as a
+        view of the definition's output shape, or None to return a fresh one."""
+        return None
 
     def write_back(self, call: Call, outputs: Any) -> Any:
         return outputs

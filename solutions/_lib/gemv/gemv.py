@@ -11,8 +11,8 @@ along K, a cp.async pipeline ``num_stages`` deep. Two kernels, picked by a confi
 Split-K (fp32 partials, the last CTA of a tile reducing) was measured too and never won on
 the H200 at these shapes: full-K CTAs already fill the SMs (benchmarks/results/NOTES.md).
 
-Every kernel accumulates in fp32 and rounds C once. The same file is copied into each
-solution directory that uses it (a solution's sources live in its own directory).
+Every kernel accumulates in fp32 and rounds C once. The ``triton_stream`` solutions name
+this library; their entry point is ``stream.py``.
 """
 import os
 

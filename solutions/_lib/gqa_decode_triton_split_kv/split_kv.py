@@ -13,14 +13,14 @@ new table). ``gqa_paged_decode`` (the run) only launches:
   (padded to 16 rows for ``tl.dot``) stream the chunk's K and V in blocks of ``BLOCK_N``
   tokens gathered through the page table, with an online softmax in base 2. An unsplit
   sequence's item writes the output and lse; a split one writes its partial output and lse
-  (fp32) and, with ``merge="fused"``, counts itself done on a per-(sequence, KV head)
+  (fp32) and, with ``MERGE="fused"``, counts itself done on a per-(sequence, KV head)
   counter: the last one merges the partials by their lse and resets the counter (no second
   launch). Partials are read past L1 (``.cg``), after an acquire on the counter.
-- with ``merge="separate"``, ``_merge_chunks`` (one program per sequence and KV head)
+- with ``MERGE="separate"``, ``_merge_chunks`` (one program per sequence and KV head)
   merges instead, as a second launch.
 
-A solution binds ``plan``'s ``page_size`` (its definition's) and ``merge`` (``"fused"`` or
-``"separate"``); the plan carries both to the run. With ``kv_last_page_len`` a sequence's
+A solution binds ``plan``'s ``page_size`` (its definition's); the merge and the launch
+knobs are the constants of a variant of its grid. The plan carries all of them to the run. With ``kv_last_page_len`` a sequence's
 last page holds that many tokens, else every page is full. Runs on CPU tensors under ``TRITON_INTERPRET=1`` (``tl.dot`` then takes
 fp32 operands: the interpreter's bf16 dot returns garbage).
 """
@@ -177,13 +177,19 @@ def make_plan(kv_indptr, kv_last_page_len=None, *, page_size, target_waves=TARGE
         packed=packed)
 
 
-def plan(kv_indptr, kv_indices, *rest, page_size, merge):
+def plan(kv_indptr, kv_indices, *rest, page_size, MERGE="fused", WAVES=TARGET_WAVES,
+         CHUNK=MIN_CHUNK_TOKENS, BLOCK_N=64, STAGES=3, WARPS=4):
     """Plan from the structural inputs (``kv_indptr, kv_indices[, kv_last_page_len], sm_scale``)
-    for pages of ``page_size`` tokens; ``merge``: ``"fused"`` or ``"separate"``."""
-    if merge not in ("fused", "separate"):
-        raise ValueError(f"merge={merge!r}: expected 'fused' or 'separate'")
+    for pages of ``page_size`` tokens. The rest are a variant's constants: ``MERGE``
+    (``"fused"`` or ``"separate"``), ``WAVES`` (programs aimed at, in multiples of the SM
+    count), ``CHUNK`` (least tokens an item holds), ``BLOCK_N`` (tokens a step), ``STAGES``
+    and ``WARPS`` of the chunk kernel."""
+    if MERGE not in ("fused", "separate"):
+        raise ValueError(f"MERGE={MERGE!r}: expected 'fused' or 'separate'")
     *last, _sm_scale = rest
-    return make_plan(kv_indptr, last[0] if last else None, page_size=page_size, fused=merge == "fused")
+    return make_plan(kv_indptr, last[0] if last else None, page_size=page_size, target_waves=WAVES,
+                     min_chunk_tokens=CHUNK, block_n=BLOCK_N, num_warps=WARPS, num_stages=STAGES,
+                     fused=MERGE == "fused")
 
 
 @triton.jit

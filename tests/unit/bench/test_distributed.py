@@ -52,6 +52,7 @@ def shipped(tmp_path, settings_env):
     ws = tmp_path / "shipped"
     shutil.copytree(ROOT / "defs" / "allreduce", ws / "defs" / "allreduce")
     shutil.copytree(ROOT / "solutions" / SHIPPED, ws / "solutions" / SHIPPED)
+    shutil.copytree(ROOT / "solutions" / "_lib", ws / "solutions" / "_lib")  # the libraries it names
     return ws
 
 
@@ -256,7 +257,8 @@ def test_resolve_picks_per_world_size(toy):
         res = resolve(TOY, {"num_tokens": 16, "world_size": world}, device="cpu", settings=settings)
         assert (res.solution.name, res.key, res.policy) == (winner, (16, world), "nearest")
     res = resolve(TOY, {"num_tokens": 12, "world_size": 4}, device="cpu", settings=settings)
-    assert res.solution.name == "torch_fp32_allreduce" and res.evaluated_key == (16, 4)
+    # 12 tokens: the largest evaluated bucket below (3), not the nearer one above (16)
+    assert res.solution.name == "torch_fp32_allreduce" and res.evaluated_key == (3, 4)
 
 
 def test_cli_bench_table_and_resolve_with_world_size(toy, capsys):

@@ -8,10 +8,12 @@ custom inputs from the definition's ``custom_inputs_entrypoint`` called as
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
 import math
+import re
 import sys
 
 import torch
@@ -91,22 +93,25 @@ def load_entry(sol: Solution):
     """Import a python solution's entry point from its source files (its folder and its
     libraries' as one package, as a build sees them); a plan/run solution's plan and run
     joined as fibuild loads them (a PlannedEntry)."""
-    package = f"fibuild_test_{sol.definition}_{sol.name}".replace(".", "_").replace("-", "_")
+    package = re.sub(r"\W", "_", f"fibuild_test_{sol.definition}_{sol.name}")
     if package not in sys.modules:
         sys.modules[package] = importlib.util.module_from_spec(
             importlib.machinery.ModuleSpec(package, None, is_package=True))
         sys.modules[package].__path__ = [str(d) for d in sol.source_dirs]
     module = importlib.import_module(package + "." + sol.entry_file[:-3].replace("/", "."))
     entry = getattr(module, sol.entry_symbol)
+    constants = dict(sol.constants)  # bound as the build binds them (fibuild.compile.builders.loading)
     if not sol.plan:
-        return entry
+        return functools.partial(entry, **constants) if constants else entry
     from fibuild.compile.plans import PlannedEntry
 
     if sol.plan_file != sol.entry_file:
         raise ValueError(f"{sol.qualified_name}: the test loader expects the plan in the entry's file")
     defn = workspace().definition(sol.definition)
     positions = [i for i, s in enumerate(defn.inputs) if s.structural]
-    return PlannedEntry(entry, getattr(module, sol.plan_symbol), positions, name=sol.qualified_name)
+    plan = getattr(module, sol.plan_symbol)
+    plan = functools.partial(plan, **constants) if constants else plan
+    return PlannedEntry(entry, plan, positions, name=sol.qualified_name)
 
 
 def solution_outputs(defn: Definition, sol: Solution, entry, args: list) -> list:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from integration_helpers import STUB_DIR, SmallWorkspace
+from integration_helpers import FIXTURES, STUB_DIR, SmallWorkspace
 
 
 @pytest.fixture
@@ -30,3 +30,41 @@ def _disable_after():
     from fibuild.integrations.activation import disable
 
     disable()
+
+
+def _fresh(folders, packages):
+    """Put ``folders`` first on sys.path and drop ``packages`` (and their submodules) from
+    sys.modules before and after the test: each test imports them anew."""
+    def drop():
+        for name in [n for n in sys.modules if n.split(".")[0] in packages]:
+            del sys.modules[name]
+
+    drop()
+    for folder in folders:
+        sys.path.insert(0, str(folder))
+    yield
+    for folder in folders:
+        sys.path.remove(str(folder))
+    drop()
+
+
+@pytest.fixture
+def sglang_standin():
+    """The stand-ins of ``sgl_kernel`` (0.4.10) and of SGLang's layers that call it, fresh."""
+    yield from _fresh((FIXTURES / "sgl_kernel_stub", FIXTURES / "sglang_stub"), ("sgl_kernel", "sglang"))
+
+
+@pytest.fixture
+def vllm_standin():
+    """The vLLM stand-in, fresh, except its ``_C`` ops: defined once per process (as the
+    real extension is) by importing ``vllm._C_stable_libtorch``, which stays imported."""
+    folder = str(FIXTURES / "vllm_stub")
+    sys.path.insert(0, folder)
+    ops = sys.modules.get("vllm._C_stable_libtorch")
+    for name in [n for n in sys.modules if n.split(".")[0] == "vllm"]:
+        del sys.modules[name]
+    if ops is not None:
+        sys.modules["vllm._C_stable_libtorch"] = ops
+    import vllm._C_stable_libtorch  # noqa: F401
+    yield
+    sys.path.remove(folder)

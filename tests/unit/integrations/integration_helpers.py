@@ -8,7 +8,8 @@ from pathlib import Path
 
 from fibuild.config import Settings
 
-STUB_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "flashinfer_stub"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+STUB_DIR = FIXTURES / "flashinfer_stub"
 
 #: small shapes: (op, params) of the definitions the workspace holds
 SMALL = {
@@ -143,8 +144,14 @@ class SmallWorkspace:
         (folder / "kernel.py").write_text(textwrap.dedent(PLANNED.format(
             defs=str(self.root / "defs"), name=name, kind="Plan" if refill else "FixedPlan")))
 
-    def record(self, name: str, solution: str, axes: dict, median_us: float = 1.0) -> None:
-        """A PASSED evaluation of ``solution`` at ``axes`` on this CPU, current digest."""
+    def add_shipped_solution(self, name: str, solution: str) -> None:
+        """A copy of the shipped solution ``solutions/<name>/<solution>`` of the repository."""
+        import shutil
+
+        shutil.copytree(FIXTURES.parents[1] / "solutions" / name / solution, self.root / "solutions" / name / solution)
+
+    def record(self, name: str, solution: str, axes: dict, median_us: float = 1.0, device: str = "cpu") -> None:
+        """A PASSED evaluation of ``solution`` at ``axes`` on this ``device``, current digest."""
         from fibuild.compile.keys import solution_digest
         from fibuild.devices import device_slug
         from fibuild.registry import Registry
@@ -156,7 +163,7 @@ class SmallWorkspace:
         Registry(ws.registry_dir).append(Evaluation(
             definition=name, solution=solution, solution_digest=solution_digest(defn, sol), build_key="",
             workload_uuid=f"{name}-{'-'.join(f'{k}{v}' for k, v in sorted(axes.items()))}", axes=dict(axes),
-            status="PASSED", device=device_slug("cpu"),
+            status="PASSED", device=device_slug(device),
             latency=LatencyStats(median_us, median_us, median_us, median_us, 10), timestamp="2026-01-01T00:00:00Z"))
 
 

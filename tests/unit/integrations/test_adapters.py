@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fibuild
+import fibuild.integrations
 from fibuild.integrations.adapters.base import Unmapped, bind
 from fibuild.integrations.adapters.functions import FusedAddRMSNorm, Linear, RMSNorm, SiluAndMul
 
@@ -114,7 +115,13 @@ def test_unmapped_and_unresolved_calls_run_the_original_itself(flashinfer_stub, 
     flashinfer.rmsnorm(x, w, 1e-5)
     y, v = torch.randn(2, 64, dtype=BF16), torch.rand(64, dtype=BF16)   # rmsnorm_h64, nothing evaluated
     flashinfer.rmsnorm(y, v, 1e-5)
+    flashinfer.rmsnorm(y, v, 1e-5)
     memo = flashinfer.rmsnorm.fibuild_memo
     original = flashinfer.rmsnorm.__wrapped__
-    assert len(memo) == 2 and all(h is original for h in memo.values())
-    assert flashinfer.CALLS["rmsnorm"] == 2
+    # the handlers are the original behind its counter, nothing else
+    assert len(memo) == 2 and all(h.__wrapped__ is original for h in memo.values())
+    assert flashinfer.CALLS["rmsnorm"] == 3
+    row = fibuild.integrations.stats()["flashinfer.norm.rmsnorm"]
+    assert row["calls"] == 3 and row["substituted"] == 0 and row["original"] == 2
+    (reason, n), = row["fallbacks"].items()
+    assert n == 1 and "rmsnorm_h96" in reason

@@ -70,7 +70,7 @@ def test_serving_step_fp32_reference_tracks_the_step_and_catches_a_wrong_kernel(
     import torch
 
     mod = _serving_step_module(monkeypatch)
-    args = argparse.Namespace(model="tiny", layers=3, kv_len=16)
+    args = argparse.Namespace(model="tiny", layers=3, kv_len=16, engine="docs")
     torch.set_grad_enabled(False)
     model = mod.Model(args, 3, torch.device("cpu"))
     model.plan()
@@ -88,3 +88,50 @@ def test_serving_step_fp32_reference_tracks_the_step_and_catches_a_wrong_kernel(
     wrong = model.step(x.clone()).float()
     wrong_err = float((wrong - ref).norm() / ref.norm())
     assert wrong_err > 5 * plain_err, (wrong_err, plain_err)
+
+
+#: the tiny model's definitions (benchmarks/serving_step.py MODELS["tiny"]) and the axes of one evaluation each
+TINY = {
+    "rmsnorm_h256": (("rmsnorm", {"hidden_size": 256, "dtype": "bfloat16", "eps": 1e-5}), {"batch_size": 3}),
+    "fused_add_rmsnorm_h256": (("fused_add_rmsnorm", {"hidden_size": 256, "dtype": "bfloat16", "eps": 1e-5}),
+                               {"batch_size": 3}),
+    "gqa_paged_decode_h8_kv2_d32_ps1": (("gqa_paged_decode", {"num_qo_heads": 8, "num_kv_heads": 2, "head_dim": 32,
+                                                              "page_size": 1, "dtype": "bfloat16"}),
+                                        {"batch_size": 3, "num_pages": 30, "len_indptr": 4, "num_kv_indices": 27}),
+}
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_serving_step_engine_modes_report_their_substitutions(tmp_path, monkeypatch, engine):
+    """The step called as SGLang / vLLM call their kernels (sgl_kernel and begin_forward /
+    fast_decode_plan / forward; _C ops and plan / fast_decode_plan / run(out=) on one combined
+    KV tensor) agrees with plain and with fp32, and reports stats() per batch size: the decode
+    substituted for SGLang, left to FlashInfer for vLLM's combined cache (never copied)."""
+    import integration_helpers
+
+    for name, (spec, _) in TINY.items():
+        monkeypatch.setitem(integration_helpers.SMALL, name, spec)
+    ws = integration_helpers.SmallWorkspace.create(tmp_path, tuple(TINY))
+    for name, (_, axes) in TINY.items():
+        ws.add_counted_solution(name)
+        ws.record(name, "counted", axes)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "workspace").symlink_to(ws.root)  # the counted solutions name their definitions by path
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serving_step.py"), "--device", "cpu",
+                           "--engine", engine, "--model", "tiny", "--layers", "2", "--batch", "3", "--kv-len", "8",
+                           "--iters", "2", "--warmup", "1", "--flashinfer-path", str(STUB_DIR), "--out", str(out),
+                           "--skip-bench"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "serving_step.json").read_text())
+    (row,) = summary["rows"]
+    assert summary["engine"] == engine and row["traced_max_abs_diff"] == 0 and row["agree"], row
+    stats = row["stats"]
+    decode = stats["flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"]
+    if engine == "sglang":
+        assert decode["substituted"] == decode["calls"] > 0 and not decode["fallbacks"], decode
+        norms = [r for api, r in stats.items() if api.endswith("rmsnorm")]
+        assert norms and sum(r["substituted"] for r in norms) > 0, stats
+    else:
+        assert decode["substituted"] == 0 and "never copies the cache" in next(iter(decode["fallbacks"])), decode
+    assert "| 3 | `flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper` |" in (out / "serving_step.md").read_text()

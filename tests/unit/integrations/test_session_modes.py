@@ -36,7 +36,7 @@ def session_factory(tmp_path, monkeypatch):
 
 
 DEFN = types.SimpleNamespace(apply_key=lambda axes: (axes["batch_size"],))
-ADAPTER = types.SimpleNamespace(is_original=lambda sol, instance: False)
+ADAPTER = types.SimpleNamespace(api="flashinfer.norm.rmsnorm", is_original=lambda sol, instance: False)
 
 
 def original(*args):
@@ -47,7 +47,8 @@ def original(*args):
 def test_kernels_rank_by_the_sessions_mode(session_factory, mode, expected):
     # "auto" outside a CUDA graph capture (no GPU here) is eager.
     session, asked = session_factory(mode, FakeKernel(""))
-    assert session.choose(ADAPTER, "rmsnorm_h4096", DEFN, {"batch_size": 8}, original, None) is original
+    handler = session.choose(ADAPTER, "rmsnorm_h4096", DEFN, {"batch_size": 8}, original, None)
+    assert handler() == "original"  # the original, counted
     assert asked == [expected] and session.borrowed == {}
 
 

@@ -8,6 +8,7 @@ import torch
 from integration_helpers import solution_calls
 
 import fibuild
+import fibuild.integrations
 from fibuild.integrations.wrapper_sites import context_of
 
 BF16 = torch.bfloat16
@@ -88,7 +89,7 @@ def test_flashinfer_own_solution_means_the_original_itself(flashinfer_stub, smal
 
     fibuild.enable(apply=True, settings=small_ws.settings)
     flashinfer.rmsnorm(torch.randn(4, 64, dtype=BF16), torch.rand(64, dtype=BF16), 1e-5)
-    assert list(flashinfer.rmsnorm.fibuild_memo.values()) == [flashinfer.rmsnorm.__wrapped__]
+    assert [h.__wrapped__ for h in flashinfer.rmsnorm.fibuild_memo.values()] == [flashinfer.rmsnorm.__wrapped__]
     assert flashinfer.CALLS["rmsnorm"] == 1
 
 
@@ -216,15 +217,19 @@ def test_decode_wrapper_doubts_go_to_the_original(flashinfer_stub, small_ws):
     assert "int32" in context_of(wrapper).reason
     wrapper.run(q, (kc, vc))
     wrapper.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
-    wrapper.run(q, (kc, vc), out=torch.empty_like(q))            # out= : the original's
-    wrapper.run(q, torch.stack([kc, vc], 1).unsqueeze(2))       # one 5-D tensor: strided halves
+    wrapper.run(q, torch.stack([kc, vc], 1).unsqueeze(2))       # one 5-D tensor: strided halves, never copied
     hnd = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(8), "HND")
     hnd.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
     assert "kv_layout" in context_of(hnd).reason
-    assert flashinfer.CALLS["decode.run"] == 5
+    assert flashinfer.CALLS["decode.run"] == 4
     from fibuild.integrations.activation import active
 
     assert active().session.substituted == {}   # no call was sent to the solution
+    row = fibuild.integrations.stats()["flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"]
+    assert row["calls"] == 4 and row["substituted"] == 0 and row["plans"] == {"plan": 5}
+    reasons = "\n".join(row["fallbacks"])
+    for words in ("logits_soft_cap", "pos_encoding_mode", "int32", "strided views"):
+        assert words in reasons
 
 
 def test_prefill_wrappers_dispatch(flashinfer_stub, small_ws):

@@ -313,3 +313,20 @@ def test_load_takes_this_machines_slug_and_refuses_others(workspace):
     assert k.device == "cpu"
     with pytest.raises(ConfigError, match="nvidia-h100-80gb-hbm3-sm90"):
         load(DEF, settings=workspace.settings, device="nvidia-h100-80gb-hbm3-sm90")
+
+
+def test_an_unseen_key_takes_the_nearest_evaluated_key_below(workspace):
+    """16 lies nearer 32 (ratio 2) than 4 (ratio 4) but takes 4's winner: a config tuned
+    for a smaller bucket degrades gently on a larger shape, not the other way round."""
+    workspace.record("torch_fp32", 4, 10.0)
+    workspace.record("torch_alt", 4, 20.0)
+    workspace.record("torch_fp32", 32, 40.0)
+    workspace.record("torch_alt", 32, 30.0)
+    k = load(DEF, settings=workspace.settings)
+    res = k.explain(batch_size=16)
+    assert (res.solution.name, res.evaluated_key) == ("torch_fp32", (4,))
+    below_all = k.explain(batch_size=2)  # nothing below: the nearest above
+    assert (below_all.solution.name, below_all.evaluated_key) == ("torch_fp32", (4,))
+    assert "above it (none below)" in str(below_all.decisions)
+    assert (k.explain(batch_size=1000).solution.name, k.explain(batch_size=1000).evaluated_key) == \
+        ("torch_alt", (32,))

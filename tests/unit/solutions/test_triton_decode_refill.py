@@ -67,10 +67,10 @@ print(json.dumps(reports))
 
 CASES = [  # page size, solution, pages per sequence planned, pages per sequence refilled, pool pages
     (1, "triton_split_kv", [200, 3], [[3, 250], [0, 0], [1, 0], [260, 260]], 600),
-    (1, "triton_split_kv_merge", [200, 3], [[0, 130], [5, 0]], 400),
+    (1, "triton_split_kv[MERGE=separate,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]", [200, 3], [[0, 130], [5, 0]], 400),
     (1, "triton_split_kv", [3, 0, 40, 1], [[10, 5, 0, 2], [0, 0, 0, 0]], 64),
     (16, "triton_split_kv", [20, 1], [[1, 24], [0, 3]], 48),
-    (16, "triton_split_kv_merge", [20, 1], [[0, 0], [2, 2]], 48),
+    (16, "triton_split_kv[MERGE=separate,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]", [20, 1], [[0, 0], [2, 2]], 48),
 ]
 
 
