@@ -170,14 +170,17 @@ class Session:
         kernel = self.kernel(name, self.mode if self.mode != AUTO else current_mode())
         resolution = kernel.resolution(defn.apply_key(axes))
         sol = resolution.solution
-        if resolution.borrowed:
+        if sol is None or adapter.is_original(sol, instance):
+            handler = counted(original, self.stats.of(adapter.api).cell("original"))
+        else:
+            with self._lock:
+                self.substituted[name] = self.substituted.get(name, 0) + 1
+            handler = substitute(kernel, defn)
+        if resolution.borrowed:  # counted apart: the user should bench on this device
             with self._lock:
                 self.borrowed[name] = self.borrowed.get(name, 0) + 1
-        if sol is None or adapter.is_original(sol, instance):
-            return counted(original, self.stats.of(adapter.api).cell("original"))
-        with self._lock:
-            self.substituted[name] = self.substituted.get(name, 0) + 1
-        return substitute(kernel, defn)
+            handler = counted(handler, self.stats.of(adapter.api).cell("borrowed"))
+        return handler
 
 
 def var_axes(defn, inputs: tuple) -> dict[str, int]:

@@ -56,10 +56,13 @@ def test_keys_decided_on_borrowed_evaluations_are_counted(session_factory):
     sol = types.SimpleNamespace(name="triton_row")
     session, _ = session_factory("auto", FakeKernel("nvidia-h200-sm90", sol))
     handler = session.choose(ADAPTER, "rmsnorm_h4096", DEFN, {"batch_size": 8}, original,
-                             lambda kernel, defn: "substitute")
-    assert handler == "substitute"
-    session.choose(ADAPTER, "rmsnorm_h4096", DEFN, {"batch_size": 16}, original, lambda kernel, defn: "substitute")
+                             lambda kernel, defn: lambda *a: "substitute")
+    assert handler() == "substitute" and handler() == "substitute"
+    session.choose(ADAPTER, "rmsnorm_h4096", DEFN, {"batch_size": 16}, original,
+                   lambda kernel, defn: lambda *a: "substitute")
     assert session.borrowed == {"rmsnorm_h4096": 2} and session.substituted == {"rmsnorm_h4096": 2}
+    # The patched API's counters say how many calls ran on borrowed evaluations.
+    assert session.stats.snapshot()[ADAPTER.api]["borrowed"] == 2
 
 
 def test_enable_refuses_an_unknown_mode(tmp_path):
