@@ -6,11 +6,16 @@ AXES ?= batch_size=32
 # The device whose committed evaluations `make table` and `make resolve` read (the H100's slug;
 # `make table DEVICE=<slug>` for another, e.g. the slug `fibuild bench` printed).
 DEVICE ?= nvidia-h100-80gb-hbm3-sm90
+# torch's CPU-only wheels (a plain `pip install torch` pulls about 2.7 GB of CUDA wheels);
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cu130` for a CUDA build.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch's own dependencies (filelock, sympy, ...) come from the package index as usual.
+PYPI_INDEX ?= https://pypi.org/simple
 
 .PHONY: install test test-gpu lint validate build-all bench table resolve demo clean-cache benchmarks
 
-install:  ## install fibuild and its dependencies (CPU torch where none is installed)
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+install:  ## install fibuild and its dependencies (torch from $(TORCH_INDEX) where none is installed)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0 --index-url $(TORCH_INDEX) --extra-index-url $(PYPI_INDEX)
 	$(PYTHON) -m pip install -e ".[dev,plot,farm]"
 
 test:  ## the test suite (GPU tests skip without a GPU)

@@ -1,6 +1,6 @@
 """Only what pyproject.toml cannot say. Everything else is in pyproject.toml.
 
-- The wheel carries the shipped kernel library: ``defs/``, ``solutions/`` and ``registry/``
+- The wheel carries the shipped kernel library: ``defs/``, ``solutions/``, ``registry/`` and ``chains/``
   live at the top of the repository (a checkout is a workspace); ``build_py`` copies them into
   ``fibuild/_shipped/`` so that ``fibuild.load(...)``, ``fibuild validate`` and ``fibuild build
   --all`` work after ``pip install`` with no checkout. Editable installs skip the copy: there
@@ -17,7 +17,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PTH = Path("fibuild", "integrations", "fibuild_integrations.pth")
-LIBRARY = ("defs", "solutions", "registry")
+LIBRARY = ("defs", "solutions", "registry", "chains")
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.lock", ".*")
 
 

@@ -399,6 +399,13 @@ def child(args) -> int:
         results["batches"][str(batch)] = {"step_s": median, "bytes": model.bytes,
                                           "decode_in_graph": _decode_in_graph(model, device),
                                           "stats": _stats_delta(before, fibuild.integrations.stats())}
+        if args.profile and device.type == "cuda":
+            from step_profile import markdown, profile_replays
+
+            summary = profile_replays(run, model.plan, args.profile)
+            results["batches"][str(batch)]["profile"] = {k: v for k, v in summary.items() if k != "by_name"}
+            (out_dir / f"profile-{args.child}-b{batch}.md").write_text(markdown(
+                f"{args.child}, batch {batch}", summary, median * 1e6, args.layers))
         log(f"[{args.child}] batch {batch}: {median * 1e3:.3f} ms per step")
         del model
         if device.type == "cuda":
@@ -448,7 +455,7 @@ def _passthrough(args) -> list[str]:
     out = ["--device", args.device, "--engine", args.engine, "--layers", str(args.layers), "--model", args.model,
            "--kv-len", str(args.kv_len),
            "--iters", str(args.iters), "--warmup", str(args.warmup), "--out", str(args.out),
-           "--batch", *map(str, args.batch)]
+           "--batch", *map(str, args.batch), "--profile", str(args.profile)]
     if args.flashinfer_path:
         out += ["--flashinfer-path", str(Path(args.flashinfer_path).resolve())]
     return out
@@ -465,6 +472,8 @@ def _bench_traced(args, workspace: Path) -> list[str]:
     log(f"== fibuild bench on the traced definitions: {', '.join(names)}")
     cmd = [sys.executable, "-m", "fibuild", "--root", str(workspace), "bench", *names, "--recorded",
            "--device", args.device, "--timeout", "120"]
+    for sol in args.bench_solution:  # a grid has many variants: a session may bench a few of them
+        cmd += ["--solution", sol]
     if args.device == "cuda":
         cmd.append("--graph")
     log(f"   its output: {args.out}/bench.log")
@@ -476,12 +485,30 @@ def _bench_traced(args, workspace: Path) -> list[str]:
     return names
 
 
-def _outputs(out_dir: Path, batch: int) -> dict:
-    """Each run's output at ``batch`` (plain, trace, apply, fp32), read once."""
+def _evaluate_chain(args, workspace: Path) -> None:
+    """``fibuild chain llama3_8b_decode_layer`` at each batch size (the traced decode workloads'
+    KV lengths): each slot's choice timed in sequence, which the applied runs' resolver prefers."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + (
+        [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])), FIBUILD_TRACE="0", FIBUILD_APPLY="0")
+    with open(Path(args.out) / "chain.log", "w") as out:
+        for batch in args.batch:
+            axes = f"batch_size={batch},kv_tokens={batch * (args.kv_len + 1)}"
+            log(f"== fibuild chain llama3_8b_decode_layer --axes {axes} (output: {args.out}/chain.log)")
+            try:
+                subprocess.run([sys.executable, "-m", "fibuild", "--root", str(workspace), "chain",
+                                "llama3_8b_decode_layer", "--axes", axes, "--device", args.device, "--layers", "4",
+                                "--iters", "10"], env=env, timeout=args.bench_timeout, check=False, stdout=out,
+                               stderr=subprocess.STDOUT)
+            except subprocess.TimeoutExpired:
+                log(f"fibuild chain stopped after {args.bench_timeout} s")
+
+
+def _outputs(out_dir: Path, batch: int, pdl: bool = False) -> dict:
+    """Each run's output at ``batch`` (plain, trace, apply[, apply_pdl], fp32), read once."""
     from safetensors.torch import load_file
 
     return {m: load_file(str(out_dir / f"out-{m}-b{batch}.safetensors"))["out"]
-            for m in ("plain", "trace", "apply", "fp32")}
+            for m in ("plain", "trace", "apply", "fp32") + (("apply_pdl",) if pdl else ())}
 
 
 def _compare(got, want) -> tuple[float, float]:
@@ -496,20 +523,25 @@ def driver(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     workspace = out_dir / "workspace"
     if not workspace.exists():
-        for part in ("defs", "solutions", "registry"):
+        for part in ("defs", "solutions", "registry", "chains"):
             shutil.copytree(REPO / part, workspace / part, ignore=shutil.ignore_patterns("__pycache__"))
     t0 = time.time()
     plain = _spawn(args, "plain", {}, workspace)
     traced = _spawn(args, "trace", {"FIBUILD_TRACE": "1"}, workspace)
     benched = [] if args.skip_bench else _bench_traced(args, workspace)
-    applied = _spawn(args, "apply", {"FIBUILD_APPLY": "1"}, workspace)
+    if args.chain:
+        _evaluate_chain(args, workspace)
+    # With --pdl: applied without dependent launch, then with it (the same kernels, PDL on/off).
+    applied = _spawn(args, "apply", {"FIBUILD_APPLY": "1", **({"FIBUILD_PDL": "0"} if args.pdl else {})}, workspace)
+    applied_pdl = _spawn(args, "apply_pdl", {"FIBUILD_APPLY": "1", "FIBUILD_PDL": "1"}, workspace) \
+        if args.pdl else None
     bandwidth = plain["copy_bandwidth"]
     rows = []
     for batch in args.batch:
         key = str(batch)
         p, t, a = (r["batches"][key]["step_s"] for r in (plain, traced, applied))
         floor = plain["batches"][key]["bytes"] / bandwidth
-        out = _outputs(out_dir, batch)
+        out = _outputs(out_dir, batch, pdl=args.pdl)
         trace_diff, apply_diff = _compare(out["trace"], out["plain"]), _compare(out["apply"], out["plain"])
         plain_err, apply_err = _compare(out["plain"], out["fp32"])[1], _compare(out["apply"], out["fp32"])[1]
         ok = trace_diff[0] == 0.0 and apply_err <= args.error_ratio * plain_err
@@ -519,11 +551,22 @@ def driver(args) -> int:
                      "applied_rel_l2": apply_diff[1], "applied_max_abs_diff": apply_diff[0],
                      "plain_fp32_rel_l2": plain_err, "applied_fp32_rel_l2": apply_err, "agree": ok,
                      "decode_in_graph": applied["batches"][key].get("decode_in_graph", "-"),
-                     "stats": applied["batches"][key].get("stats", {})})
+                     "stats": applied["batches"][key].get("stats", {}),
+                     "profile": {m: r["batches"][key]["profile"] for m, r in
+                                 (("plain", plain), ("apply", applied), ("apply_pdl", applied_pdl))
+                                 if r and "profile" in r["batches"][key]}})
+        if applied_pdl is not None:
+            ap = applied_pdl["batches"][key]["step_s"]
+            pdl_err = _compare(out["apply_pdl"], out["fp32"])[1]
+            rows[-1].update({"applied_pdl_ms": ap * 1e3, "pdl_speedup": p / ap, "applied_pdl_of_floor": floor / ap,
+                             "applied_pdl_fp32_rel_l2": pdl_err,
+                             "pdl_equals_applied": bool(_compare(out["apply_pdl"], out["apply"])[0] == 0.0)})
+            rows[-1]["agree"] = rows[-1]["agree"] and pdl_err <= args.error_ratio * plain_err
     device = _device_name(args.device)
     summary = {"device": device, "engine": args.engine, "model": args.model, "layers": args.layers,
                "copy_bandwidth_gbs": bandwidth / 1e9,
-               "rows": rows, "benched": benched, "substituted": applied.get("substituted", {}),
+               "rows": rows, "benched": benched, "chain": bool(args.chain),
+               "substituted": applied.get("substituted", {}),
                "python": platform.python_version(), "seconds": time.time() - t0}
     (out_dir / "serving_step.json").write_text(json.dumps(summary, indent=2))
     md = _markdown(summary, args)
@@ -568,9 +611,35 @@ def _markdown(s: dict, args) -> str:
                      f"{r['plain_fp32_rel_l2']:.1e} | {r['applied_fp32_rel_l2']:.1e}"
                      f"{'' if r['agree'] else ' (over tolerance)'} | {r['applied_rel_l2']:.1e} | "
                      f"{r['decode_in_graph']} |")
+    if any("applied_pdl_ms" in r for r in s["rows"]):
+        lines += ["", "Applied without and with programmatic dependent launch (the same kernels; "
+                  "`FIBUILD_PDL=0` / `1`), against plain and the floor:", "",
+                  "| batch | plain ms | applied ms | applied + PDL ms | applied + PDL vs plain | % of floor: plain | "
+                  "applied | applied + PDL | PDL output = applied output | error vs fp32: applied + PDL |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            lines.append(f"| {r['batch']} | {r['plain_ms']:.3f} | {r['applied_ms']:.3f} | {r['applied_pdl_ms']:.3f} | "
+                         f"{r['pdl_speedup']:.3f}× | {100 * r['floor_ms'] / r['plain_ms']:.0f} % | "
+                         f"{100 * r['applied_of_floor']:.0f} % | {100 * r['applied_pdl_of_floor']:.0f} % | "
+                         f"{'yes' if r['pdl_equals_applied'] else 'no'} | {r['applied_pdl_fp32_rel_l2']:.1e} |")
+    profiled = [(r["batch"], m, pr) for r in s["rows"] for m, pr in r.get("profile", {}).items()]
+    if profiled:
+        lines += ["", "Inside the step (torch profiler over replays; `profile-<run>-b<batch>.md` has every "
+                  "kernel): the GPU's idle gaps between kernels, kernels overlapping, and µs per layer of each "
+                  "operation.", "", "| batch | run | span µs | gaps µs | overlap µs | "
+                  + " | ".join(f"{k} µs/layer" for k in ("norm", "gemm", "attention", "silu_and_mul")) + " |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for batch, mode, pr in profiled:
+            kinds = pr.get("by_kind", {})
+            per_layer = " | ".join(f"{kinds.get(k, {}).get('us', 0.0) / s['layers']:.2f}"
+                                   for k in ("norm", "gemm", "attention", "silu_and_mul"))
+            lines.append(f"| {batch} | {mode} | {pr['span_us']:.1f} | {pr['gaps_us']:.1f} | {pr['overlap_us']:.1f} | "
+                         f"{per_layer} |")
     subs = ", ".join(f"{k} ({v} keys)" for k, v in sorted(s["substituted"].items())) or "none (every call resolved " \
         "to FlashInfer/cuBLAS itself or to the reference, so the original ran)"
-    lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}.",
+    lines += ["", f"Definitions traced and benched: {', '.join(s['benched']) or 'none'}."
+              + (" The llama3_8b_decode_layer chain was evaluated at each batch size after the bench "
+                 "(`chain.log`); the applied runs' resolver prefers its choices." if s.get("chain") else ""),
               f"Substituted when applied: {subs}.", "",
               "Calls of each patched API in the applied run (`fibuild.integrations.stats()`; the eager "
               "warm-up step and the capture: replays run no Python), substituted of them, and why the others "
@@ -584,8 +653,9 @@ def _markdown(s: dict, args) -> str:
 
 
 def plot(summary: dict, out: Path) -> None:
-    """Step time per batch size, plain vs applied, against the floor, speedups written over
-    the bars; PNG to ``out``. SystemExit when matplotlib is missing."""
+    """Step time per batch size, plain vs applied (and applied with dependent launch), against
+    the floor; each bar's % of the floor and speedup over plain written over it; PNG to
+    ``out``. SystemExit when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -596,13 +666,22 @@ def plot(summary: dict, out: Path) -> None:
     rows = summary["rows"]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.38
-    ax.bar([i - width / 2 for i in x], [r["plain_ms"] for r in rows], width, label="plain (FlashInfer + cuBLAS)")
-    bars = ax.bar([i + width / 2 for i in x], [r["applied_ms"] for r in rows], width, label="FIBUILD_APPLY=1")
-    for bar, r in zip(bars, rows):
-        ax.annotate(f"{r['speedup']:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=9)
-    ax.plot(list(x), [r["floor_ms"] for r in rows], "k_", markersize=30, label="weight + KV streaming floor")
+    series = [("plain_ms", "plain (FlashInfer + cuBLAS)", None)]
+    if all("applied_pdl_ms" in r for r in rows):
+        series += [("applied_ms", "FIBUILD_APPLY=1 FIBUILD_PDL=0", "speedup"),
+                   ("applied_pdl_ms", "FIBUILD_APPLY=1 (dependent launch)", "pdl_speedup")]
+    else:
+        series += [("applied_ms", "FIBUILD_APPLY=1", "speedup")]
+    width = 0.8 / len(series)
+    for j, (field, label, ratio) in enumerate(series):
+        offset = (j - (len(series) - 1) / 2) * width
+        bars = ax.bar([i + offset for i in x], [r[field] for r in rows], width, label=label)
+        for bar, r in zip(bars, rows):
+            text = f"{100 * r['floor_ms'] / r[field]:.0f}%" + (f"\n{r[ratio]:.2f}×" if ratio else "")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7)
+    ax.plot(list(x), [r["floor_ms"] for r in rows], "k_", markersize=40,
+            label="weight + KV streaming floor (bars: % of it, × plain)")
     ax.set_xticks(list(x), [str(r["batch"]) for r in rows])
     ax.set_xlabel(f"batch size (KV length {rows[0]['kv_len']})")
     ax.set_ylabel("ms per decode step (CUDA graph)")
@@ -630,10 +709,21 @@ def main(argv=None) -> int:
     p.add_argument("--flashinfer-path", help="folder to put first on sys.path (a stand-in flashinfer)")
     p.add_argument("--skip-bench", action="store_true", help="do not run fibuild bench on the traced definitions")
     p.add_argument("--bench-timeout", type=int, default=900)
+    p.add_argument("--bench-solution", action="append", default=[], metavar="S",
+                   help="bench only these solutions (fibuild bench --solution: name, def/name, name[K=v,...]); "
+                        "repeatable; default: every solution of the traced definitions")
     p.add_argument("--child-timeout", type=int, default=900)
     p.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"),
                    help="only draw the plot of an earlier run's serving_step.json (needs matplotlib)")
-    p.add_argument("--child", choices=("plain", "trace", "apply"), help=argparse.SUPPRESS)
+    p.add_argument("--pdl", action="store_true",
+                   help="run applied twice: without programmatic dependent launch (FIBUILD_PDL=0), then with it")
+    p.add_argument("--chain", action="store_true",
+                   help="after the bench, evaluate the llama3_8b_decode_layer chain at each batch size "
+                        "(its choices go to the workspace's registry; the applied runs prefer them)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile N replays per batch size in each run (torch profiler): where the step's time "
+                        "goes, per kernel, in profile-<run>-b<batch>.md")
+    p.add_argument("--child", choices=("plain", "trace", "apply", "apply_pdl"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.plot:
         plot(json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]))

@@ -27,17 +27,24 @@ class Knob:
 
 KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_ROOT", "", "Workspace root (holds defs/, solutions/, registry/). Empty: the "
-         "nearest ancestor of the current directory holding defs/, else the shipped workspace."),
+         "nearest ancestor of the current directory holding defs/, else the user workspace "
+         "(`XDG_DATA_HOME`) over the shipped library."),
     Knob("FIBUILD_CACHE_DIR", "~/.cache/fibuild", "Build cache: build directories, index, locks."),
+    Knob("XDG_DATA_HOME", "~/.local/share", "User data home. `$XDG_DATA_HOME/fibuild` is the user workspace: "
+         "when no workspace is found, commands read the shipped library through it and write there (bench "
+         "records, traced workloads, imports), never into the installed package; `fibuild init --user` "
+         "makes it, and the first write does."),
     Knob("FIBUILD_CUDA_ARCH_LIST", "", "CUDA archs to build for, e.g. `9.0a` or `8.0;9.0a`. "
          "Empty: the visible GPU's, else `9.0a`."),
     Knob("FIBUILD_NVCC_JOBS", "1", "Concurrent nvcc processes in one build (ninja pool depth)."),
     Knob("FIBUILD_MAX_JOBS", "", "ninja -j for build-all. Empty: the number of CPUs."),
     Knob("FIBUILD_DISABLE_BUILD", "0", "1: never compile; a cache miss raises BuildError."),
     Knob("FIBUILD_DEVICE", "", "Device for bench/load: `cpu`, `cuda` or `cuda:N`. Empty: cuda if available."),
-    Knob("FIBUILD_PREPARE_TIMEOUT", "900", "Seconds a solution's load and first call (JIT builds, IPC "
-         "workspaces, autotuning) may take in a bench worker or rank before it is COMPILE_ERROR; "
-         "the per-item `--timeout` applies after it."),
+    Knob("FIBUILD_PREPARE_TIMEOUT", "900", "Seconds a solution's load and first call may take in a bench "
+         "worker or rank when it declares that work (`first_call: [jit]`, `[autotune]`, `[workspace]`; "
+         "implied by a `flashinfer-python` dependency and by a distributed definition) or is visibly "
+         "compiling (a compiler runs under the worker); any other first call gets `--timeout`. "
+         "Overrunning is TIMEOUT, the phase named."),
     Knob("FIBUILD_LOG_LEVEL", "WARNING", "Python logging level of the `fibuild` logger."),
     Knob("FIBUILD_TRACE", "0", "1: record the shapes of FlashInfer, `F.linear`, sgl_kernel and vLLM `_C` "
          "norm/activation calls of any Python process as workloads under registry/ (through the installed "
@@ -50,7 +57,21 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
          "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
          "for `fibuild trace report`."),
+    Knob("FIBUILD_PDL", "1", "1: launch the kernels of solutions that declare `launch: {pdl: true}` with "
+         "programmatic dependent launch where the GPU has it (sm_90+); 0: launch them plainly."),
     Knob("CUDA_HOME", "/usr/local/cuda", "CUDA toolkit root; never inferred from the nvcc on PATH."),
+)
+
+#: flashinfer-bench's variables. fibuild does not read them (its dataset is a different
+#: layout, and a process with flashinfer-bench installed is flashinfer-bench's to patch); a
+#: process started with one set, and without flashinfer-bench, says so once (see
+#: :func:`flashinfer_bench_settings`).
+FLASHINFER_BENCH_VARS: tuple[Knob, ...] = (
+    Knob("FIB_ENABLE_TRACING", "", "flashinfer-bench's; not read by fibuild (said once on stderr when "
+         "flashinfer-bench is not installed): set `FIBUILD_TRACE=1`."),
+    Knob("FIB_ENABLE_APPLY", "", "flashinfer-bench's; not read, as above: set `FIBUILD_APPLY=1`."),
+    Knob("FIB_DATASET_PATH", "", "flashinfer-bench's; not read, as above: set `FIBUILD_ROOT` to a "
+         "workspace and bring the dataset in with `fibuild import flashinfer-trace DIR`."),
 )
 
 #: Variables the compilers read by themselves; their values go into the build key.
@@ -115,6 +136,13 @@ class Settings:
     apply: bool = False  # FIBUILD_APPLY: the serving integration substitutes calls
     mode: str = "auto"  # FIBUILD_MODE: eager | graph | auto
     stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
+    pdl: bool = True  # FIBUILD_PDL: solutions declaring launch.pdl launch with PDL
+    data_home: Path = Path("~/.local/share").expanduser()  # XDG_DATA_HOME: the user workspace's parent
+
+    @property
+    def user_root(self) -> Path:
+        """The user workspace, ``$XDG_DATA_HOME/fibuild``: written to when no workspace is found."""
+        return self.data_home / "fibuild"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -149,12 +177,22 @@ class Settings:
             apply=_flag(env, "FIBUILD_APPLY"),
             mode=mode,
             stats=_flag(env, "FIBUILD_STATS"),
+            pdl=_flag(env, "FIBUILD_PDL"),
+            data_home=Path(_raw(env, "XDG_DATA_HOME")).expanduser().resolve(),
         )
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
+def flashinfer_bench_settings(env: Mapping[str, str] | None = None) -> list[str]:
+    """The FLASHINFER_BENCH_VARS set (non-empty, not ``0``) in ``env`` (default
+    ``os.environ``), as ``NAME=value``."""
+    env = os.environ if env is None else env
+    return [f"{k.env}={env[k.env]}" for k in FLASHINFER_BENCH_VARS
+            if env.get(k.env, "").strip() not in ("", "0")]
+
+
 def env_table_markdown() -> str:
-    """The knob table as Markdown (the README embeds it)."""
+    """The knob table as Markdown (the README embeds it), flashinfer-bench's variables last."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{k.env}` | `{k.default}` | {k.meaning} |" for k in KNOBS]
+    rows += [f"| `{k.env}` | `{k.default}` | {k.meaning} |" for k in KNOBS + FLASHINFER_BENCH_VARS]
     return "\n".join(rows)

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 RECORD_SCHEMA = 2
 READABLE_SCHEMAS = (1, 2)
 WORKLOADS_FILE = "workloads.jsonl"
+CHAINS_DIR = "chains"
+#: Fields every chain record has, and their JSON types.
+CHAIN_FIELDS = {"chain": str, "definition": str, "device": str, "axes": dict, "solution": str,
+                "solution_digest": str, "chain_latency_us": (int, float), "timestamp": str}
 _SPREAD_FIELDS = ("min_us", "q1_us", "q3_us")
 
 
@@ -145,13 +149,21 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
 
 
 class Registry:
-    """Evaluations under ``root_dir`` (a workspace's ``registry/``).
+    """Evaluations under ``root_dir`` (a workspace's ``registry/``), where appends go; reads
+    also see the registries of ``also_read`` (the shipped library's, under the user workspace).
 
     Cheap to construct (no I/O until used); safe to share between threads and processes.
     """
 
-    def __init__(self, root_dir: str | Path):
+    def __init__(self, root_dir: str | Path, *, also_read: Iterable[str | Path] = ()):
         self.root = Path(root_dir)
+        self.read_roots = (self.root, *(Path(p) for p in also_read))
+
+    @classmethod
+    def of(cls, workspace) -> "Registry":
+        """The registry of a Workspace: appends under its ``registry_dir``, reads every layer
+        (the user workspace's records with the shipped library's)."""
+        return cls(workspace.registry_dir, also_read=[layer / "registry" for layer in workspace.layers[1:]])
 
     def path(self, definition: str, device: str) -> Path:
         """The JSONL file of ``definition`` on device slug ``device``."""
@@ -238,13 +250,57 @@ class Registry:
             raise RegistryError(f"{final}: cannot write blob: {exc}") from exc
         return f"{self.root.name}/{definition}/blobs/{final.name}"
 
+    def chain_path(self, definition: str, device: str) -> Path:
+        """``<root>/<definition>/chains/<device>.jsonl``: the chain choices for ``definition``."""
+        path = self.path(definition, device)
+        return path.parent / CHAINS_DIR / path.name
+
+    def append_chain(self, record: Mapping[str, Any]) -> Path:
+        """Append one chain record (a slot's choice, :meth:`fibuild.bench.chain.ChainResult.records`)
+        beside the definition's evaluations; RegistryError when a field is missing or mistyped."""
+        problems = [f for f, kind in CHAIN_FIELDS.items() if not isinstance(record.get(f), kind)]
+        if problems:
+            raise RegistryError(f"invalid chain record for {record.get('definition')!r}: fields {problems} "
+                                "missing or of the wrong type")
+        line = json.dumps({"schema": RECORD_SCHEMA, **record}, sort_keys=True, separators=(",", ":"),
+                          allow_nan=False) + "\n"
+        path = self.chain_path(record["definition"], record["device"])
+        append_lines(path, line, "chain record", self.root)
+        return path
+
+    def read_chains(self, definition: str, device: str) -> list[dict[str, Any]]:
+        """Chain records of ``definition`` on ``device`` in every registry read (lower layers
+        first), in file order; unreadable lines and lines missing a field are skipped with a
+        warning, a link is skipped."""
+        mine = self.chain_path(definition, device)
+        out = []
+        for root in reversed(self.read_roots):
+            out += self._read_chain_file(root / mine.relative_to(self.root))
+        return out
+
+    def _read_chain_file(self, path: Path) -> list[dict[str, Any]]:
+        if path.is_symlink() or not path.is_file():
+            return []
+        out = []
+        for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                record = None
+            if not isinstance(record, dict) or any(not isinstance(record.get(f), k) for f, k in CHAIN_FIELDS.items()):
+                log.warning("%s:%d: skipping unreadable chain record", path, lineno)
+                continue
+            out.append(record)
+        return out
+
     # -- reading -----------------------------------------------------------------------
     def devices(self, definition: str) -> list[str]:
         """Device slugs with an evaluation file for ``definition``, sorted."""
-        folder = self.root / definition
-        if not folder.is_dir():
-            return []
-        return sorted(p.stem for p in folder.glob("*.jsonl") if p.name != WORKLOADS_FILE)
+        self.path(definition, "_")  # the name check
+        return sorted({p.stem for root in self.read_roots for p in (root / definition).glob("*.jsonl")
+                       if p.name != WORKLOADS_FILE})
 
     def read(self, definition: str, device: str | None = None, *, status: str | None = None,
              solution_digest: str | None = None) -> list[Evaluation]:
@@ -255,8 +311,11 @@ class Registry:
         """
         devices = [device] if device is not None else self.devices(definition)
         out: list[Evaluation] = []
-        for slug in devices:
-            for ev in self._read_file(self.path(definition, slug)):
+        # Lower layers first (the shipped library's records are older than the user's).
+        files = [root / definition / self.path(definition, slug).name
+                 for slug in devices for root in reversed(self.read_roots)]
+        for path in files:
+            for ev in self._read_file(path):
                 if status is not None and ev.status != status:
                     continue
                 if solution_digest is not None and ev.solution_digest != solution_digest:

@@ -24,6 +24,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a C++ compiler"))
 
 
+@pytest.fixture(autouse=True)
+def _user_data_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own XDG_DATA_HOME: the user workspace a command falls back to
+    (no FIBUILD_ROOT, no defs/ above the current folder) is never the real one."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
 @pytest.fixture
 def settings_env(tmp_path, monkeypatch):
     """An isolated environment: a fresh FIBUILD_CACHE_DIR under tmp_path."""

@@ -12,10 +12,11 @@ per (workload, solution), with the world size in its axes, and hands it to the s
 parent writes, so a crash of rank 0 is recorded too.
 
 Per group and solution a *prepare* step comes first, as in the single-device runner: every
-rank's load and first call (JIT builds, IPC workspaces) under the prepare limit; overrunning
-it is COMPILE_ERROR. A rank that crashes makes the item ``RUNTIME_ERROR``, one that does not
-answer within the timeout ``TIMEOUT``; either way every rank is killed (the OS process group)
-and the next item runs on a fresh group. A rank killed from outside is retried once, then
+rank's load and first call (JIT builds, IPC workspaces) under the prepare allowance (a
+distributed definition declares its workspaces); overrunning it is TIMEOUT, the phase named.
+A rank that crashes makes the item ``RUNTIME_ERROR``, one that does not answer within the
+timeout ``TIMEOUT``; either way every rank is killed (the OS process group) and the next
+item runs on a fresh group. A rank killed from outside is retried once, then
 ``WORKER_KILLED``. Every wait is bounded.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .protocol import settings_to_json
 from .rank_group import RankGroup, merge_outcome
 from .records import BenchItem, build_items, evaluation
 from .reporter import BenchReporter
-from .runner import DEFAULT_REP_MS, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP_MS, RunOptions, prepare_overrun
+from .runner import DEFAULT_REP_MS, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP_MS, RunOptions, first_call_work, prepare_overrun
 
 
 def rank_devices(device: str, world_size: int) -> list[str]:
@@ -97,14 +98,16 @@ class _GroupRun:
     def _attempt(self, item: BenchItem) -> tuple[str, dict, str]:
         name = item.solution.qualified_name
         if name in self.unpreparable:
-            return "COMPILE_ERROR", {}, self.unpreparable[name]
+            return "TIMEOUT", {}, self.unpreparable[name]
         group = self._ensure()
         options = self.options.messages()
         if name not in self.prepared:
+            # A distributed definition always declares first-call work (its workspaces).
             outcome = group.request(item.message("prepare", options), self.prepare_limit)
-            status, merged, error = merge_outcome(outcome, self.prepare_limit, silent_status="COMPILE_ERROR")
+            status, merged, error = merge_outcome(outcome, self.prepare_limit)
             if outcome.silent:
-                error = prepare_overrun(self.prepare_limit, group.stderr_tail())
+                error = prepare_overrun(self.prepare_limit, group.stderr_tail(),
+                                        work=first_call_work(item.definition, item.solution))
                 self.unpreparable[name] = error
             if status != "PASSED":
                 if outcome.broken:
@@ -198,7 +201,9 @@ def run_distributed(workspace, settings, definition: str, *, world_size: int,
     rank_devices(device, world_size)  # too few GPUs: refuse before building anything
     for name, reason in plan.skipped:
         reporter.skipped(name, reason)
-    registry = Registry(workspace.registry_dir) if record else None
+    registry = Registry.of(workspace) if record else None
+    if record and plan.total:
+        workspace.ensure_writable()  # before anything is measured, not after
     # Ranks load solutions from this workspace, whatever root the settings named.
     rank_settings = dataclasses.replace(settings, root=Path(workspace.root))
     return execute_distributed(plan.groups, rank_settings, device, world_size, options=options,

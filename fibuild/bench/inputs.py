@@ -69,8 +69,13 @@ def random_tensor(spec: TensorSpec, shape: Sequence[int], *, seed: int, device) 
 
 
 def workspace_root(defn: Definition, workload: Workload) -> Path:
-    """The workspace root a definition lives in (``<root>/defs/<op_type>/<name>.yaml``);
-    BenchError when the definition was not loaded from a workspace."""
+    """The workspace root a workload's paths are relative to: the one whose
+    ``registry/<definition>/workloads.jsonl`` holds it (a recorded workload may live in the
+    user workspace while its definition is the shipped library's), else the one the
+    definition lives in (``<root>/defs/<op_type>/<name>.yaml``); BenchError when neither."""
+    source = Path(workload.source) if workload.source and workload.source != "declared" else None
+    if source is not None and source.name == "workloads.jsonl" and source.parent.parent.name == "registry":
+        return source.parents[2]
     if defn.path is not None and Path(defn.path).parent.parent.name == "defs":
         return Path(defn.path).parents[2]
     raise BenchError(f"workload {workload.uuid} of {defn.name}: safetensors inputs need the definition "

@@ -156,47 +156,56 @@ def spread_text(cost: LatencyStats) -> str:
 
 
 def rich_table(board: Leaderboard):
-    """The leaderboard as a rich Table; the cell resolution picks is bold green with a ``*``,
-    noisy cells yellow with ``!``."""
-    from rich.markup import escape
+    """The leaderboard as a rich Table: the cell resolution picks is bold green with a ``*``,
+    noisy cells yellow (``!``), failures red. Text goes in as ``Text``, never as markup."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=escape(f"{board.definition} on {board.device}"), title_justify="left")
-    table.add_column("workload")
-    table.add_column("verdict")
-    table.add_column("reference", justify="right", style="dim")
+    table = Table(title=Text(f"{board.definition} on {board.device}"), title_justify="left")
+    # The row label names the axes once, in the header, and keeps its values whole (never
+    # folded or cut): at 80 columns the solution columns narrow instead.
+    shown_axes = [a for a in board.var_axes if any(a in row.axes for row in board.rows)]
+    table.add_column(",\n".join(shown_axes) or "workload", no_wrap=True,
+                     min_width=max([len(_row_label(r, shown_axes)) for r in board.rows] + [1]))
+    table.add_column("verdict", overflow="fold")
+    table.add_column("reference", justify="right", style="dim", overflow="fold")
     for sol in board.solutions:
-        table.add_column(escape(sol), justify="right")
+        table.add_column(sol, justify="right", overflow="fold")  # a folded name stays whole
     for row in board.rows:
-        label = ", ".join(f"{a}={row.axes[a]}" for a in board.var_axes if a in row.axes) or row.workload_uuid
         cells = []
         for sol in board.solutions:
             ev = row.cells.get(sol)
             cost = board.cost(ev)
-            text = escape(cell_text(ev, cost))
+            text = Text(cell_text(ev, cost))
             if sol in row.variants:  # the variant behind a grouped cell, on a line of its own
-                text += f"\n[dim]{escape(split_name(row.variants[sol])[1] or '')}[/]"
+                text.append("\n" + (split_name(row.variants[sol])[1] or ""), style="dim")
             if sol == row.winner:
-                text = f"[bold green]* {text}[/]"
+                text = Text("* ", style="bold green") + text
+                text.stylize("bold green")
             elif ev is not None and ev.status != "PASSED":
-                text = f"[red]{text}[/]"
+                text.stylize("red")
             elif noisy(cost):
-                text = f"[yellow]{text}[/]"
+                text.stylize("yellow")
             cells.append(text)
         ref = board.reference_cost(row)
-        ref_text = spread_text(ref) if ref is not None else "-"
+        ref_text = Text(spread_text(ref) if ref is not None else "-")
         if row.winner == "reference":
-            ref_text = f"[bold green]* {escape(ref_text)}[/]"
-        table.add_row(escape(label), row.verdict or "-", ref_text, *cells)
+            ref_text = Text("* " + ref_text.plain, style="bold green")
+        table.add_row(_row_label(row, shown_axes), row.verdict or "-", ref_text, *cells)
     wins = board.wins()
     how = ("max of host and GPU time per call" if board.mode == EAGER else "GPU time per call")
-    table.caption = (f"{board.mode} cost ({how}), median ±(q3-q1)/median; ! spread over "
-                     f"{NOISY_SPREAD:.0%}: re-measure; * what `fibuild resolve --mode {board.mode}` picks "
-                     "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
-                     "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
-                     "tell, `fibuild bench --ambiguous` re-measures); wins: " + ", ".join(
-                         f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
+    table.caption = Text(f"{board.mode} cost ({how}), median ±(q3-q1)/median; ! spread over "
+                         f"{NOISY_SPREAD:.0%}: re-measure; * what `fibuild resolve --mode {board.mode}` picks "
+                         "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
+                         "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
+                         "tell, `fibuild bench --ambiguous` re-measures); wins: " + ", ".join(
+                             f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
     return table
+
+
+def _row_label(row: LeaderboardRow, axes: Sequence[str]) -> str:
+    """The row's var-axis values (``32`` or ``8, 1024``), else its workload uuid."""
+    return ", ".join(str(row.axes[a]) for a in axes if a in row.axes) or row.workload_uuid
 
 
 def plot_axis(board: Leaderboard) -> str:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Any
 
 from ..errors import BenchError
@@ -52,7 +53,48 @@ class WorkerCrashed(Exception):
 
 
 class WorkerTimeout(Exception):
-    """The worker did not reply in time and was killed."""
+    """The worker did not reply in time and was killed; ``waited_s`` is how long it had."""
+
+    def __init__(self, message: str, waited_s: float = 0.0):
+        super().__init__(message)
+        self.waited_s = waited_s
+
+
+#: Process names (``/proc/<pid>/comm``) of compilers and build drivers: a worker with one of
+#: these below it is visibly compiling (FlashInfer's JIT runs ninja and nvcc; Triton ptxas).
+COMPILERS = frozenset({"nvcc", "cicc", "ptxas", "cudafe++", "fatbinary", "nvlink", "ninja", "cc1plus",
+                       "cc1", "c++", "g++", "gcc", "cc", "clang", "clang++", "ld", "as", "collect2"})
+
+
+def compilers_below(pid: int) -> list[str]:
+    """Names of the compiler processes (COMPILERS) among ``pid``'s descendants, sorted; []
+    where ``/proc`` is not there. Cost: one read of ``/proc/*/stat`` (a few ms)."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue  # exited meanwhile
+        name = stat[stat.find("(") + 1:stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            names[int(entry)] = name
+    found, todo = [], list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        if names.get(child) in COMPILERS:
+            found.append(names[child])
+        todo += children.get(child, ())
+    return sorted(found)
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -101,23 +143,40 @@ class WorkerProcess:
         self.environment = dict(reply.get("environment") or {})
         return self
 
-    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send ``message``, return the reply; WorkerTimeout / WorkerCrashed (process gone)."""
-        return self._exchange(message, timeout_s)
+    def request(self, message: dict[str, Any], timeout_s: float, *,
+                compiling_limit_s: float | None = None) -> dict[str, Any]:
+        """Send ``message``, return the reply; WorkerTimeout / WorkerCrashed (process gone).
 
-    def _exchange(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ``compiling_limit_s``: while a compiler runs below the worker when ``timeout_s``
+        runs out, keep waiting (``timeout_s`` at a time) up to this many seconds in all.
+        """
+        return self._exchange(message, timeout_s, compiling_limit_s)
+
+    def compiling(self) -> list[str]:
+        """Compiler processes running below this worker now (see :func:`compilers_below`)."""
+        return compilers_below(self._proc.pid) if self._proc.poll() is None else []
+
+    def _exchange(self, message: dict[str, Any], timeout_s: float,
+                  compiling_limit_s: float | None = None) -> dict[str, Any]:
         try:
             self._proc.stdin.write(json.dumps(message) + "\n")
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._proc.wait()
             raise WorkerCrashed(self._crash_message(), self._proc.returncode) from None
+        start = time.monotonic()
+        deadline = start + timeout_s
         while True:
             try:
-                line = self._lines.get(timeout=timeout_s)
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
+                waited = time.monotonic() - start
+                if compiling_limit_s is not None and waited < compiling_limit_s and self.compiling():
+                    deadline = min(start + compiling_limit_s, time.monotonic() + timeout_s)
+                    continue  # visibly compiling: its allowance is the longer one
                 self.kill()
-                raise WorkerTimeout(f"no reply within {timeout_s:g} s; worker killed") from None
+                limit = round(deadline - start, 1)
+                raise WorkerTimeout(f"no reply within {limit:g} s; worker killed", limit) from None
             if line is None:
                 self._proc.wait()
                 raise WorkerCrashed(self._crash_message(), self._proc.returncode)

@@ -5,9 +5,12 @@ in isolated worker processes, one per device, and record each result.
 as it completes). It builds in the parent (a BuildError becomes ``COMPILE_ERROR`` for each
 of the solution's workloads), then drains the items through one worker process per device
 (:mod:`fibuild.bench.worker`). Per worker and solution, a *prepare* step comes first: the
-solution's load and first call (JIT builds, workspaces, autotuning) under the prepare limit
-(``FIBUILD_PREPARE_TIMEOUT``), timed as ``prepare_s``; overrunning it is ``COMPILE_ERROR``
-for that solution's items. Only then does each item run under the per-item timeout. A crash
+solution's load and first call, timed as ``prepare_s``. It runs under the per-item timeout,
+unless the solution or its definition declares first-call work (:func:`first_call_work`: JIT
+builds, autotuning, workspaces) or the first call is visibly compiling (a compiler process
+runs under the worker when the timeout runs out): those get the prepare allowance
+(``FIBUILD_PREPARE_TIMEOUT``). Overrunning is ``TIMEOUT`` for the solution's items, the phase
+named. Only then does each item run under the per-item timeout. A crash
 or a hang becomes ``RUNTIME_ERROR`` / ``TIMEOUT`` for the item, the worker is replaced and the
 run goes on; a worker killed from outside (SIGKILL, SIGTERM, the OOM killer) is retried once
 and then recorded ``WORKER_KILLED``, which the resolver does not hold against the kernel.
@@ -59,10 +62,33 @@ class RunOptions:
         return {"warmup_ms": self.warmup_ms, "rep_ms": self.rep_ms, "graph": self.graph}
 
 
-def prepare_overrun(limit_s: float, tail: str) -> str:
-    """The COMPILE_ERROR text of a first call that did not finish within ``limit_s``."""
-    text = (f"the solution's load and first call (JIT builds, workspaces, autotuning) did not finish "
-            f"within the prepare limit of {limit_s:g} s (FIBUILD_PREPARE_TIMEOUT); killed")
+#: The phase a prepare overrun names.
+FIRST_CALL_PHASE = "load and first call"
+
+
+def first_call_work(definition, solution) -> tuple[str, ...]:
+    """Why ``solution``'s first call may take the prepare allowance, () when it may not:
+    what its manifest declares (``first_call``), ``jit`` for a FlashInfer solution (its
+    modules compile on first use), ``workspace`` for a distributed definition."""
+    work = list(solution.first_call)
+    if "flashinfer-python" in solution.dependencies and "jit" not in work:
+        work.append("jit")
+    if getattr(definition, "distributed", None) is not None and "workspace" not in work:
+        work.append("workspace")
+    return tuple(work)
+
+
+def prepare_overrun(limit_s: float, tail: str, *, work: Sequence[str] = (), compiling: bool = False) -> str:
+    """The TIMEOUT text of a first call that did not finish within ``limit_s``: the phase,
+    and which limit applied (the prepare allowance for declared work or a visible compile,
+    else ``--timeout``, with how to declare the work)."""
+    if work or compiling:
+        why = f"first_call: {', '.join(work)}" if work else "a compiler was running"
+        limit = f"the prepare allowance of {limit_s:g} s (FIBUILD_PREPARE_TIMEOUT; {why})"
+    else:
+        limit = (f"--timeout {limit_s:g} s (a first call that compiles or sets up workspaces gets "
+                 "FIBUILD_PREPARE_TIMEOUT when its solution.yaml declares it, e.g. first_call: [jit])")
+    text = f"hang in phase '{FIRST_CALL_PHASE}': no reply within {limit}; killed"
     return f"{text}\n{tail}" if tail else text
 
 
@@ -182,19 +208,23 @@ class _WorkerSlot:
         """(status, reply, error) of one try; status RETRY asks for another try."""
         run, name = self.run_state, item.solution.qualified_name
         if name in run.unpreparable:
-            return "COMPILE_ERROR", None, run.unpreparable[name]
+            return "TIMEOUT", None, run.unpreparable[name]
         worker = self._ensure()
         options = run.options.messages()
         try:
             if name not in self.prepared:
+                work = first_call_work(item.definition, item.solution)
+                limit = run.prepare_s if work else min(run.options.timeout_s, run.prepare_s)
                 try:
-                    reply = worker.request(item.message("prepare", options), run.prepare_s)
-                except WorkerTimeout:
-                    error = prepare_overrun(run.prepare_s, worker.stderr_tail())
+                    reply = worker.request(item.message("prepare", options), limit,
+                                           compiling_limit_s=run.prepare_s)
+                except WorkerTimeout as exc:
+                    error = prepare_overrun(exc.waited_s, worker.stderr_tail(), work=work,
+                                            compiling=exc.waited_s > limit)
                     with run.lock:
                         run.unpreparable[name] = error
                     self.replace("prepare timeout")
-                    return "COMPILE_ERROR", None, error
+                    return "TIMEOUT", None, error
                 if reply.get("status") != "PASSED":
                     self._after(reply)
                     return reply.get("status", "RUNTIME_ERROR"), reply, ""
@@ -291,7 +321,9 @@ def run_benchmarks(workspace, settings, definitions: Sequence[str] = (), *,
                                workload_limit=workload_limit)
     for name, reason in plan.skipped:
         reporter.skipped(name, reason)
-    registry = Registry(workspace.registry_dir) if record else None
+    registry = Registry.of(workspace) if record else None
+    if record and plan.total:
+        workspace.ensure_writable()  # before anything is measured, not after
     # Workers load solutions from this workspace, whatever root the settings named.
     worker_settings = dataclasses.replace(settings, root=Path(workspace.root))
     return execute(plan.groups, worker_settings, device, options=options, reporter=reporter,

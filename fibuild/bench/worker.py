@@ -113,7 +113,7 @@ class SolutionLoader:
 
     def workspace(self):
         if self._workspace is None:
-            self._workspace = Workspace(self.settings.root)
+            self._workspace = Workspace.at(self.settings.root, self.settings)
         return self._workspace
 
     def kernel(self, defn, qualified: str):

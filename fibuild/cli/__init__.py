@@ -4,7 +4,9 @@ Each module ``fibuild.cli.<module>`` defines ``add_<command>_arguments(parser)``
 ``run_<command>(args, settings) -> int``; a module is imported only when its subcommand
 runs. ``--root`` and ``--json`` are accepted before or after the subcommand. User errors
 (FibuildError) print without a traceback and exit 1 (with ``--json``, ``{"ok": false,
-"error": ...}`` on stdout too); a closed stdout (``| head -1``) exits 141 quietly.
+"error": ...}`` on stdout too); a closed stdout (``| head -1``) exits 141 quietly. Every JSON
+success document carries ``"ok": true``. ``bench`` exits 5 when it ran nothing; ``run`` exits
+with its command's status.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ COMMANDS = {
     "bench": ("bench", "Check and time solutions; append evaluations to registry/."),
     "table": ("bench", "Leaderboard of a definition's evaluations."),
     "resolve": ("resolve", "Pick the solution for a set of axis values."),
+    "chain": ("chain", "Time a chain's definitions in sequence; record each slot's choice."),
     "import": ("dataset", "Import a flashinfer-trace dataset or FlashInfer API dumps."),
     "export": ("dataset", "Export definitions, solutions, workloads and evaluations as flashinfer-trace."),
     "run": ("run", "Run a command with tracing and/or substitution of FlashInfer calls on."),

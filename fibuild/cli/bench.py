@@ -17,7 +17,7 @@ from fibuild.bench.reporter import BenchReporter
 from fibuild.bench.runner import run_benchmarks
 from fibuild.cli.bench_farm import run_bench_farm
 from fibuild.cli.bench_report import report_evaluations
-from fibuild.cli.common import console, parse_device, print_json
+from fibuild.cli.common import console, parse_device, print_json, styled
 from fibuild.devices import default_device, device_slug, local_devices, local_slugs
 from fibuild.errors import BenchError, FibuildError, ResolveError
 from fibuild.registry import Registry
@@ -25,6 +25,7 @@ from fibuild.runtime.choose import decisions_by_key
 from fibuild.runtime.resolve import Resolver
 from fibuild.runtime.table_cache import load_table
 from fibuild.spec.workspace import Workspace
+from fibuild.units import format_us
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich.
 
@@ -115,7 +116,8 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _RichReporter:
-    """Progress bar and notes on stderr (a BenchReporter, built lazily to keep imports light)."""
+    """Progress on stderr (a BenchReporter, built lazily to keep imports light): a bar on a
+    terminal, one line per finished item otherwise (a log, a pipe)."""
 
     @staticmethod
     def create(console):
@@ -124,16 +126,20 @@ class _RichReporter:
 
         class RichReporter(BenchReporter):
             def __init__(self):
-                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TimeElapsedColumn(), console=console, transient=True)
+                self.live = console.is_terminal
+                self.total = self.done = 0
+                self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                         MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
                 self.task = None
 
             def skipped(self, solution, reason):
-                console.print(f"[yellow]skip[/] {solution}: {reason}")
+                console.print(styled("skip", "yellow", f" {solution}: {reason}"))
 
             def starting(self, total, device):
                 console.print(f"benchmarking {total} item{'s' if total != 1 else ''} on {device}")
-                self.progress.start()
+                self.total = total
+                if self.live:
+                    self.progress.start()
                 self.task = self.progress.add_task("building", total=total)
 
             def building(self, solution):
@@ -141,21 +147,34 @@ class _RichReporter:
 
             def built(self, solution, error):
                 if error:
-                    console.print(f"[red]build failed[/] {solution}: {error.splitlines()[0]}")
+                    console.print(styled("build failed", "red", f" {solution}: {error.splitlines()[0]}"))
 
             def item_started(self, solution, workload_uuid, worker_device):
                 self.progress.update(self.task, description=f"{solution} {workload_uuid}")
 
             def item_finished(self, evaluation):
                 self.progress.advance(self.task)
+                self.done += 1
+                if not self.live:
+                    took = format_us(evaluation.latency.median_us) if evaluation.latency else \
+                        (evaluation.error.splitlines() or [""])[0][:100]
+                    console.print(f"[{self.done}/{self.total}] {evaluation.status:<19} {evaluation.definition}/"
+                                  f"{evaluation.solution} {evaluation.workload_uuid} {took}")
 
             def worker_replaced(self, worker_device, reason):
-                console.print(f"[yellow]worker on {worker_device} replaced[/]: {reason}")
+                console.print(styled(f"worker on {worker_device} replaced", "yellow", f": {reason}"))
 
             def finished(self, evaluations):
                 self.progress.stop()
 
         return RichReporter()
+
+
+def _say_where_records_go(err, workspace) -> None:
+    """Check that the registry can be written before anything is measured, and say where it is."""
+    folder = workspace.ensure_writable()
+    note = " (the user workspace; the shipped library is read-only)" if workspace.base is not None else ""
+    err.print(f"records go to {folder}{note}")
 
 
 def run_bench(args: argparse.Namespace, settings) -> int:
@@ -182,7 +201,7 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                variant_limit=args.variant_limit)
         if args.resume:
             slug = local_devices(device)[0].slug
-            plan, dropped = drop_recorded(plan, Registry(workspace.registry_dir), slug)
+            plan, dropped = drop_recorded(plan, Registry.of(workspace), slug)
             if dropped:
                 console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
         if args.ambiguous:
@@ -196,6 +215,8 @@ def run_bench(args: argparse.Namespace, settings) -> int:
                                   timeout_s=args.timeout, reporter=reporter, plan=plan)
     out = console()
     err = console(stderr=True)
+    if not args.dry_run:
+        _say_where_records_go(err, workspace)
     if args.dry_run:
         if args.json:
             print_json({"ok": True, "dry_run": True, "device": device, "world_size": args.world_size,
@@ -288,14 +309,14 @@ def resolver_chooser(workspace, settings, defn, device: str, mode: str):
 def run_table(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
-    registry = Registry(workspace.registry_dir)
+    registry = Registry.of(workspace)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
     choose = resolver_chooser(workspace, settings, defn, device, args.mode)
     board = leaderboard(defn, device, registry.read(defn.name, device), choose, mode=args.mode,
                         group_variants=not args.variants)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
-        data = board.to_json()
+        data = {"ok": True, **board.to_json()}
         if plotted:
             data["plot"] = str(plotted)
         print_json(data)

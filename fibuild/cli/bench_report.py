@@ -15,15 +15,26 @@ from fibuild.registry import evaluation_to_dict
 # Heavy or optional dependencies, imported inside the functions that use them: rich.
 
 
+#: Exit status of a bench that ran nothing (every solution skipped, every item already
+#: recorded under --resume), as pytest exits 5 when it collected no test.
+NOTHING_RAN = 5
+
+
 def report_evaluations(args, out, err, evaluations, registry_dir) -> int:
     """Print the evaluations (``--json``: one document; else a table per device) and the
     count of those not PASSED. Returns the exit code: 1 when any is not PASSED, unless
-    ``--allow-failures``."""
+    ``--allow-failures``; NOTHING_RAN when there was nothing to run."""
+    if not evaluations:
+        if args.json:
+            print_json({"ok": False, "ran": 0, "registry": str(registry_dir), "evaluations": []})
+        print(f"error: nothing ran (exit {NOTHING_RAN}): every solution was skipped (see above), or "
+              "--resume found every item recorded", file=sys.stderr)
+        return NOTHING_RAN
     failing = [ev for ev in evaluations if ev.status != "PASSED"]
     ok = not failing or args.allow_failures
     wide = noisy_measurements(evaluations)
     if args.json:
-        print_json({"ok": ok, "devices": sorted({ev.device for ev in evaluations}),
+        print_json({"ok": ok, "ran": len(evaluations), "devices": sorted({ev.device for ev in evaluations}),
                     "registry": str(registry_dir), "summary": summary_rows(evaluations),
                     "noisy": [{"definition": ev.definition, "solution": ev.solution,
                                "workload": ev.workload_uuid, "spread": round(spread, 3)} for ev, spread in wide],
@@ -68,9 +79,6 @@ def print_summary(out, err, evaluations, registry_dir) -> None:
     """One table per device slug: passed / failed counts and speedup per solution."""
     from rich.table import Table
 
-    if not evaluations:
-        err.print("nothing to benchmark")
-        return
     for device in sorted({ev.device for ev in evaluations}):
         mine = [ev for ev in evaluations if ev.device == device]
         table = Table(title=f"{len(mine)} evaluation(s) on {device}", title_justify="left")
@@ -80,7 +88,7 @@ def print_summary(out, err, evaluations, registry_dir) -> None:
             passed = row["counts"].get("PASSED", 0)
             failed = ", ".join(f"{s} {n}" for s, n in sorted(row["counts"].items()) if s != "PASSED") or "0"
             speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
-            first = row["error"].splitlines()[0][:80] if row["error"] else ""
+            first = row["error"].splitlines()[0] if row["error"] else ""  # whole: the table folds it
             table.add_row(f"{row['definition']}/{row['solution']}", str(passed), failed, speedup, first)
         out.print(table)
     out.print(f"records appended under {registry_dir}")

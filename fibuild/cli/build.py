@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from fibuild.cli.common import print_json
+from fibuild.cli.common import console, print_json, styled
 from fibuild.compile import keys, store
 from fibuild.compile.batch import BuildOutcome, BuildReport
 from fibuild.compile.builders import get_builder
 from fibuild.compile.cache import BuildCache
 from fibuild.compile.keys import canonical_json, sha256_hex
 from fibuild.compile.prune import prune
-from fibuild.config import env_table_markdown
+from fibuild.config import KNOBS, env_table_markdown
 from fibuild.errors import FibuildError
 from fibuild.spec.workspace import Workspace
 
@@ -182,18 +183,17 @@ class _RichReporter(_QuietReporter):
     """n/N solutions settled, the current ninja edge and the failure count, live."""
 
     def __init__(self):
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=False)
+        self.console = console()
         self.bar = Progress(TextColumn("build"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("[red]{task.fields[failures]} failed"), TimeElapsedColumn(),
-                            TextColumn("{task.fields[current]}"), console=self.console, transient=True)
+                            TextColumn("{task.fields[current]}", markup=False), console=self.console, transient=True)
         self.task = None
         self.failures = 0
 
     def skipped(self, solution, reason):
-        self.console.print(f"[yellow]skipped[/] {solution}: {reason}")
+        self.console.print(styled("skipped", "yellow", f" {solution}: {reason}"))
 
     def starting(self, total, stale):
         if stale:
@@ -212,7 +212,7 @@ class _RichReporter(_QuietReporter):
         style = {"built": "green", "failed": "red", "skipped": "red"}.get(outcome.status, "yellow")
         detail = f" ({outcome.seconds:.1f} s)" if outcome.status == "built" else \
             f": {outcome.error.splitlines()[0]}" if outcome.status == "unavailable" and outcome.error else ""
-        self.bar.console.print(f"[{style}]{_shown(outcome.status)}[/] {outcome.solution}{detail}")
+        self.bar.console.print(styled(_shown(outcome.status), style, f" {outcome.solution}{detail}"))
         self.bar.update(self.task, advance=1, failures=self.failures)
 
     def close(self):
@@ -229,7 +229,11 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_info(args, settings) -> int:
     if args.env:
-        print(env_table_markdown())
+        if args.json:
+            print_json({"ok": True, "variables": [{"name": k.env, "default": k.default, "meaning": k.meaning,
+                                                   "value": os.environ.get(k.env)} for k in KNOBS]})
+        else:
+            print(env_table_markdown())
         return 0
 
     if not args.solution:
@@ -246,7 +250,8 @@ def run_info(args, settings) -> int:
     status = "committed" if meta else "failed" if failed else f"unavailable: {reason}" if reason else "not built"
     record = meta or failed or {}
     info = {
-        "solution": sol.qualified_name, "language": sol.language, "key": key, "digest": keys.digest_of(inputs),
+        "ok": True, "solution": sol.qualified_name, "language": sol.language, "key": key,
+        "digest": keys.digest_of(inputs),
         "build_dir": str(directory), "status": status,
         "built_at": record.get("built_at") or record.get("failed_at"),
         "build_seconds": record.get("build_seconds"),

@@ -31,7 +31,8 @@ class DeviceChoice:
 
 def recorded_devices(workspace) -> list[str]:
     """Device slugs with an evaluation file anywhere in ``workspace``'s registry, sorted."""
-    return sorted({p.stem for p in workspace.registry_dir.glob("*/*.jsonl") if p.name != WORKLOADS_FILE})
+    return sorted({p.stem for layer in workspace.layers for p in (layer / "registry").glob("*/*.jsonl")
+                   if p.name != WORKLOADS_FILE})
 
 
 def parse_device(text: str, workspace, *, local_only: bool = False) -> DeviceChoice:
@@ -66,10 +67,18 @@ def print_json(data: Any) -> None:
 
 
 def console(stderr: bool = False):
-    """A rich Console; when not a terminal, wide enough that names are never folded."""
+    """A rich Console that prints text as given: markup and highlighting are off, so a
+    name or message holding brackets (``[cuda]``, ``[red]``) is never read as a style. Style
+    with :func:`styled`. When not a terminal, wide enough that names are never folded."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=200)
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, width=width, markup=False, highlight=False)
+
+
+def styled(word: str, style: str, rest: str = ""):
+    """``word`` in ``style`` followed by ``rest``, both printed as given (a rich Text)."""
+    from rich.text import Text
+
+    return Text.assemble((word, style), rest)

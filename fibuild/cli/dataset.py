@@ -1,6 +1,6 @@
 """``fibuild import`` and ``fibuild export``: the flashinfer-trace dataset and FlashInfer dumps.
 
-``fibuild import flashinfer-trace DIR [--definitions NAME...] [--op-type T]``
+``fibuild import flashinfer-trace DIR [NAME...] [--op-type T]`` (or ``--definitions NAME...``)
 ``fibuild import flashinfer-dump DIR``
 ``fibuild export flashinfer-trace DIR [DEF...]``
 
@@ -28,9 +28,12 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
                              "blob/, traces/); flashinfer-dump: a FLASHINFER_DUMP_DIR written at "
                              "FLASHINFER_LOGLEVEL=10 with FLASHINFER_DUMP_SAFETENSORS=1")
     parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="flashinfer-trace only: import these definitions (and their solutions, workloads, "
+                             "traces); default: all")
     parser.add_argument("--definitions", nargs="+", default=[], metavar="NAME",
-                        help="flashinfer-trace only: import these definitions (and their solutions, "
-                             "workloads, traces)")
+                        help="the same as NAME... after DIR; written before DIR, end the list with -- "
+                             "(fibuild import flashinfer-trace --definitions a b -- DIR)")
     parser.add_argument("--op-type", metavar="T", help="flashinfer-trace only: import definitions of this op type")
 
 
@@ -58,13 +61,15 @@ def _print(report, as_json: bool = False) -> None:
 
 def run_import(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
+    workspace.ensure_writable()  # the user workspace is made here when it is the one in use
+    definitions = [*args.names, *args.definitions]
     if args.source == "flashinfer-dump":
-        if args.definitions or args.op_type:
-            raise FibuildError("--definitions and --op-type apply to flashinfer-trace imports only")
+        if definitions or args.op_type:
+            raise FibuildError("definition names and --op-type apply to flashinfer-trace imports only")
 
         report = import_flashinfer_dump(workspace, args.directory, progress=_progress)
     else:
-        report = import_flashinfer_trace(workspace, args.directory, definitions=args.definitions,
+        report = import_flashinfer_trace(workspace, args.directory, definitions=definitions,
                                          op_type=args.op_type, progress=_progress)
     _print(report, args.json)
     return 0

@@ -85,7 +85,7 @@ def run_resolve(args: argparse.Namespace, settings) -> int:
     _, here = target_device(settings, device)
     status = build_status(res, settings, here)
     if args.json:
-        data = res.to_dict()
+        data = {"ok": True, **res.to_dict()}
         data["build_status"] = status
         print_json(data)
         return 0

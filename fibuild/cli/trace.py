@@ -52,7 +52,7 @@ def run_trace(args, settings) -> int:
     ws = Workspace.discover(settings)
     report = trace_report(ws.registry_dir)
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps({"ok": True, "registry": str(ws.registry_dir), **report}, indent=2, sort_keys=True))
         return 0
     if not report["definitions"] and not report["unmapped"] and not report["stats"]:
         print(f"nothing traced in {ws.registry_dir} (run with FIBUILD_TRACE=1 or fibuild run --trace)")

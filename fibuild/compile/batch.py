@@ -25,6 +25,7 @@ from typing import Iterable
 
 from fibuild.compile import keys, store
 from fibuild.compile.builders import get_builder
+from fibuild.compile.builders.sources import at_user_sources
 from fibuild.compile.commit import commit_build, failed_error, meta_fields, record_failure
 from fibuild.compile.ninja import NinjaFile, NinjaResult, run_ninja, write_if_different
 from fibuild.config import Settings
@@ -282,7 +283,8 @@ def _run_batch(settings: Settings, native: list[BuildItem], jobs: int, keep_goin
                                  + store.log_tail(log_text, 5))
             why = "compile failed" if failed_outs else "not built (ninja stopped before it)"
             exc = BuildError(f"{item.sol.qualified_name}: {why}", solution=item.sol.qualified_name,
-                             build_dir=item.directory, log_tail=store.log_tail(log_text))
+                             build_dir=item.directory,
+                             log_tail=at_user_sources(store.log_tail(log_text), item.sol, item.directory))
             record_failure(item.directory, item.sol, item.key, exc)
             settle(_outcome(item, "failed", seconds, exc))
             continue

@@ -5,6 +5,8 @@ Writes ``definitions/<op_type>/<name>.json`` (indent 2), ``solutions/<author>/<o
 with blobs copied to ``blob/workloads/<op_type>/<definition>/`` (paths ``./blob/...``),
 and ``traces/<op_type>/<definition>.jsonl`` (one line per evaluation, in
 flashinfer-bench's compact form), so ``flashinfer_bench.data.TraceSet.from_path`` loads it.
+The dataset names solutions globally: a name that several definitions' solutions share is
+written ``<definition>__<name>`` (import maps it back).
 Files of the exported definitions are replaced whole; other files in DIR are left alone.
 What the dataset cannot express (distributed or in-place definitions, custom inputs,
 records without the figures their status needs) is skipped and reported.
@@ -38,6 +40,7 @@ def export_flashinfer_trace(workspace: Workspace, target: str | Path, definition
     if out.exists() and not out.is_dir():
         raise FibuildError(f"{out} is not a directory")
     names = list(definitions) or sorted(workspace.definitions)
+    shared = _shared_solution_names(workspace)
     report = DatasetReport()
     for name in names:
         defn = workspace.definition(name)
@@ -50,7 +53,7 @@ def export_flashinfer_trace(workspace: Workspace, target: str | Path, definition
         report.notes += notes
         _write_json(out / "definitions" / defn.op_type / f"{name}.json", data)
         report.written["definition"] += 1
-        exported = _export_solutions(workspace, defn, out, report)
+        exported = _export_solutions(workspace, defn, out, report, shared)
         inputs = _export_workloads(workspace, defn, out, report)
         _export_evaluations(workspace, defn, out, exported, inputs, report)
     return report
@@ -65,8 +68,26 @@ def _path_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "unknown"
 
 
-def _export_solutions(workspace: Workspace, defn: Definition, out: Path, report: DatasetReport) -> set[str]:
-    exported = set()
+def _shared_solution_names(workspace: Workspace) -> set[str]:
+    """Solution names that more than one exportable definition of the workspace uses
+    (``cpp_bf16``): flashinfer-bench keys solutions by name alone, so these are exported
+    qualified. Counted over the whole workspace, not the definitions asked for, so a
+    solution's dataset name does not depend on what else is exported with it."""
+    seen: dict[str, int] = {}
+    for name, defn in workspace.definitions.items():
+        try:
+            tm.definition_to_dataset(defn.raw)
+        except tm.Unsupported:
+            continue  # never exported: its names clash with nothing in a dataset
+        for sol in workspace.solutions(name):
+            seen[sol.name] = seen.get(sol.name, 0) + 1
+    return {name for name, count in seen.items() if count > 1}
+
+
+def _export_solutions(workspace: Workspace, defn: Definition, out: Path, report: DatasetReport,
+                      shared: set[str]) -> dict[str, str]:
+    """Write each solution of ``defn``; returns ``{solution name: its dataset name}``."""
+    exported = {}
     for sol in workspace.solutions(defn.name):
         files = {}
         try:
@@ -76,12 +97,13 @@ def _export_solutions(workspace: Workspace, defn: Definition, out: Path, report:
             report.skip("solution", sol.qualified_name, f"source {rel} is not UTF-8 text the dataset can "
                         f"inline ({exc})", str(sol.path))
             continue
-        data, notes = tm.solution_to_dataset(sol.raw, files)
+        dataset_name = tm.dataset_solution_name(defn.name, sol.name, sol.name in shared)
+        data, notes = tm.solution_to_dataset(sol.raw, files, dataset_name)
         report.notes += notes
         folder = out / "solutions" / _path_part(data["author"]) / defn.op_type / defn.name
         _write_json(folder / f"{sol.name}.json", data)
         report.written["solution"] += 1
-        exported.add(sol.name)
+        exported[sol.name] = dataset_name
     return exported
 
 
@@ -126,10 +148,10 @@ def _input(workspace: Workspace, defn: Definition, name: str, spec, out: Path, r
     return {"type": "safetensors", "path": f"./{rel}", "tensor_key": spec.tensor_key}
 
 
-def _export_evaluations(workspace: Workspace, defn: Definition, out: Path, solutions: set[str],
+def _export_evaluations(workspace: Workspace, defn: Definition, out: Path, solutions: dict[str, str],
                         inputs: dict, report: DatasetReport) -> None:
     lines = []
-    for ev in Registry(workspace.registry_dir).read(defn.name):
+    for ev in Registry.of(workspace).read(defn.name):
         where = f"registry/{defn.name}/{ev.device}.jsonl"
         if ev.solution not in solutions:
             report.skip("evaluation", f"{defn.name}/{ev.solution}/{ev.workload_uuid}",
@@ -140,7 +162,7 @@ def _export_evaluations(workspace: Workspace, defn: Definition, out: Path, solut
             # The workload is gone or not exportable: describe its tensors as random.
             workload_inputs = {t.name: {"type": "random"} for t in defn.inputs if not t.is_scalar}
         try:
-            line = tm.evaluation_to_dataset(ev, workload_inputs)
+            line = tm.evaluation_to_dataset(ev, workload_inputs, solutions[ev.solution])
         except tm.Unsupported as exc:
             report.skip("evaluation", f"{defn.name}/{ev.solution}/{ev.workload_uuid}", str(exc), where)
             continue

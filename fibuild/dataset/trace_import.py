@@ -206,6 +206,7 @@ def _read_traces(root: Path, workspace: Workspace, defs: dict[str, PendingDefini
         if item is None:
             count_dependent(report, "evaluation", name)
             continue
+        solution = tm.solution_name_from_dataset(name, solution)
         if solution not in item.solutions:
             report.skip("evaluation", f"{name}/{solution}/{workload['uuid']}",
                         f"solution {solution!r} is not imported", f"{path}:{lineno}")

@@ -135,6 +135,26 @@ def definition_to_dataset(manifest: Mapping[str, Any]) -> tuple[dict, list[str]]
 
 # --- solutions ---------------------------------------------------------------------------
 
+#: Joins a definition and a solution name where the dataset needs a name unique across
+#: definitions (flashinfer-bench keys solutions by name alone): ``rmsnorm_h4096__cpp_bf16``.
+NAME_JOIN = "__"
+
+
+def dataset_solution_name(definition: str, name: str, shared: bool) -> str:
+    """The dataset name of solution ``name`` of ``definition``: the name itself, or
+    ``<definition>__<name>`` when another definition's solution is called the same
+    (``shared``) or the name already starts that way. :func:`solution_name_from_dataset`
+    maps it back, so import → export → import is a fixed point."""
+    prefix = definition + NAME_JOIN
+    return prefix + name if shared or name.startswith(prefix) else name
+
+
+def solution_name_from_dataset(definition: str, name: str) -> str:
+    """Inverse of :func:`dataset_solution_name`: ``<definition>__<name>`` becomes ``name``."""
+    prefix = definition + NAME_JOIN
+    return name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else name
+
+
 def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     """``(solution.yaml manifest, {source path: content}, notes)`` for a dataset Solution.
 
@@ -174,7 +194,7 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
                           "and PYBIND11 module)")
     if "solution.yaml" in files:
         raise Unsupported("a source named solution.yaml would overwrite fibuild's manifest")
-    name = data["name"]
+    name = solution_name_from_dataset(data["definition"], data["name"])
     notes = _dropped(data, SOLUTION_KEYS, f"solution {name}") + _dropped(spec, SPEC_KEYS, f"solution {name}: spec")
     out: dict[str, Any] = {"name": name, "definition": data["definition"], "author": data["author"]}
     if data.get("description") is not None:
@@ -191,19 +211,21 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     return out, files, notes
 
 
-def solution_to_dataset(manifest: Mapping[str, Any], files: Mapping[str, str]) -> tuple[dict, list[str]]:
+def solution_to_dataset(manifest: Mapping[str, Any], files: Mapping[str, str],
+                        dataset_name: str | None = None) -> tuple[dict, list[str]]:
     """The dataset Solution of a fibuild solution manifest and its source texts, and notes.
 
     ``files`` holds every source the build copies, library files included (by their path
     in the build, after the solution's own): the dataset has no shared folders, so each
-    solution carries its own copy, and imported back it keeps its digest.
+    solution carries its own copy, and imported back it keeps its digest. ``dataset_name``:
+    its name in the dataset (:func:`dataset_solution_name`; default its own).
     """
     name = manifest["name"]
     notes = []
     if any(manifest.get("build", {}).values()):
         notes.append(f"solution {name}: build flags {manifest['build']} have no flashinfer-trace field")
     author = manifest.get("author") or "unknown"
-    out: dict[str, Any] = {"name": name, "definition": manifest["definition"]}
+    out: dict[str, Any] = {"name": dataset_name or name, "definition": manifest["definition"]}
     if manifest.get("description"):
         out["description"] = manifest["description"]
     out["author"] = author
@@ -317,8 +339,10 @@ def evaluation_from_dataset(definition: str, workload: Mapping, solution: str, e
     )
 
 
-def evaluation_to_dataset(ev: Evaluation, workload_inputs: Mapping[str, Any]) -> dict:
-    """A trace line for ``ev``, in the key order flashinfer-bench's models write.
+def evaluation_to_dataset(ev: Evaluation, workload_inputs: Mapping[str, Any],
+                          solution_name: str | None = None) -> dict:
+    """A trace line for ``ev``, in the key order flashinfer-bench's models write;
+    ``solution_name`` is the solution's dataset name (default ``ev.solution``).
 
     Raises Unsupported when the status needs figures the record lacks (PASSED without a
     latency or errors, INCORRECT_NUMERICAL without errors).
@@ -346,4 +370,4 @@ def evaluation_to_dataset(ev: Evaluation, workload_inputs: Mapping[str, Any]) ->
                                      "speedup_factor": ev.speedup or 0.0}
     return {"definition": ev.definition,
             "workload": {"axes": dict(ev.axes), "inputs": dict(workload_inputs), "uuid": ev.workload_uuid},
-            "solution": ev.solution, "evaluation": evaluation}
+            "solution": solution_name or ev.solution, "evaluation": evaluation}

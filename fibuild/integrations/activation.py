@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fibuild.config import Settings
+from fibuild.config import Settings, flashinfer_bench_settings
 from fibuild.errors import ConfigError
 
 from .adapters import default_adapters
@@ -191,10 +191,12 @@ def active() -> Integration | None:
 
 def start_from_env(env: Any = None) -> Integration | None:
     """Enable from ``FIBUILD_TRACE`` / ``FIBUILD_APPLY`` (and ``FIBUILD_ROOT``); the ``.pth``
-    hook's entry point. Never raises: a bad setting is logged and nothing is patched."""
+    hook's entry point. Never raises: a bad setting is logged and nothing is patched.
+    flashinfer-bench's ``FIB_*`` variables are not read; see :func:`say_flashinfer_bench_settings`."""
     try:
         settings = Settings.from_env(env)
         if not settings.trace and not settings.apply:
+            say_flashinfer_bench_settings(env)
             return None
         if _ACTIVE:  # the hook ran already (a second site dir holding it, or fibuild run's shim)
             return _ACTIVE[-1]
@@ -204,3 +206,22 @@ def start_from_env(env: Any = None) -> Integration | None:
     except Exception:  # noqa: BLE001 - interpreter start must never fail because of fibuild
         log.exception("fibuild: serving integration not enabled")
     return None
+
+
+_FOREIGN_SAID: list[bool] = []
+
+
+def say_flashinfer_bench_settings(env: Any = None) -> bool:
+    """Print once per process, on stderr, that flashinfer-bench's ``FIB_*`` variables set in
+    ``env`` are not fibuild's, and what to set instead; silent when none is set or when
+    flashinfer-bench is installed (they are its own then). Returns whether it printed."""
+    import importlib.util
+
+    found = flashinfer_bench_settings(env)
+    if not found or _FOREIGN_SAID or importlib.util.find_spec("flashinfer_bench") is not None:
+        return False
+    _FOREIGN_SAID.append(True)
+    print(f"fibuild: {', '.join(found)} ignored: those are flashinfer-bench's settings (not installed "
+          "here); fibuild reads FIBUILD_TRACE=1, FIBUILD_APPLY=1 and FIBUILD_ROOT=<workspace> (import a "
+          "dataset with `fibuild import flashinfer-trace DIR`)", file=sys.stderr)
+    return True

@@ -82,7 +82,7 @@ class Session:
         except FibuildError as exc:
             return Unmapped(f"definition {name} cannot be made from the {adapter.op} template: {exc}")
         log.info("fibuild: made definition %s from a traced %s call (%s)", name, adapter.api, path)
-        self.workspace = Workspace(self.workspace.root)  # see the new file
+        self.workspace = self.workspace.reloaded()  # see the new file
         return self.workspace.definition(name)
 
     def kernel(self, name: str, mode: str = EAGER):

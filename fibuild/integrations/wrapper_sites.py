@@ -31,6 +31,8 @@ from fibuild.errors import GraphReplanError, InputError
 from fibuild.spec.templates import definition_name
 
 from .adapters.attention import PlanContext, WrapperAdapter
+from .adapters.base import Unmapped
+from .adapters.wrappers import NeedsDoubledIndices, combined_halves
 from .graph_plans import GraphPlans
 from .session import var_axes
 from .sites import ran_a_solution
@@ -52,6 +54,8 @@ class WrapperSite:
         self.contexts: "weakref.WeakKeyDictionary[Any, PlanContext]" = weakref.WeakKeyDictionary()
         self.graphs = GraphPlans(adapter.api)
         self.counters = session.stats.of(adapter.api)
+        # per instance whose runs pass one combined KV tensor: its doubled page indices
+        self.doubled: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
         self._no_plan = self.counters.cell("fallback", "run before any plan fibuild saw")
         self._unkeyed = self.counters.cell("fallback", "a run call fibuild cannot key")
 
@@ -72,6 +76,11 @@ class WrapperSite:
         except Exception as exc:  # noqa: BLE001 - never break the engine's plan
             ctx = PlanContext(f"adapter error in {entry}: {type(exc).__name__}: {exc}")
             log.warning("fibuild: %s: %s", self.adapter.api, ctx.reason)
+        if ctx.reason is None and inst in self.doubled:
+            try:
+                self._double(inst, ctx)
+            except Exception as exc:  # noqa: BLE001 - never break the engine's plan
+                ctx.reason = f"doubling the page indices failed: {type(exc).__name__}: {exc}"
         self.contexts[inst] = ctx
         if unseen_before and self.graphs.captured_solution(inst):
             self.counters.cell("plan", "unseen")[0] += 1
@@ -85,6 +94,24 @@ class WrapperSite:
         name = definition_name(self.adapter.op, {**ctx.consts, "dtype": dtype})
         if self.session.recorder.wants(name, ctx.counts, self.adapter.bucket_of):
             ctx.blobs = {k: t.to("cpu").clone() for k, t in ctx.tensors.items()}
+
+    def _double(self, inst, ctx: PlanContext) -> None:
+        """Make ``ctx``'s kv_indices the doubled page indices that :func:`combined_halves`
+        views need, in a buffer kept per instance (as large as the wrapper's index buffer, so
+        a CUDA graph reads one address); the write is queued on the current stream, outside
+        any capture (a plan, or a run's first call of its form)."""
+        import torch
+
+        indices = ctx.tensors["kv_indices"]
+        n = indices.shape[0]
+        own = getattr(inst, "_paged_kv_indices_buf", None)
+        buf = self.doubled.get(inst)
+        if buf is None or buf.shape[0] < n or buf.device != indices.device:
+            size = max(n, own.shape[0] if isinstance(own, torch.Tensor) else 0)
+            buf = self.doubled[inst] = torch.empty(size, dtype=torch.int32, device=indices.device)
+        torch.mul(indices, 2, out=buf[:n])
+        ctx.tensors["kv_indices"] = buf[:n]
+        ctx.doubled = True
 
     def _stale(self, inst, why: str) -> None:
         raise GraphReplanError(
@@ -129,7 +156,14 @@ class WrapperSite:
             return session.unmapped_handler(adapter, self.original_run, ctx.reason)
 
         def prepare():
-            call, inputs = adapter.run_call(inst, ctx, args, kwargs)
+            try:
+                call, inputs = adapter.run_call(inst, ctx, args, kwargs)
+            except NeedsDoubledIndices:
+                if _capturing():
+                    raise Unmapped("a combined KV tensor's first run is inside a CUDA graph capture (its "
+                                   "doubled page indices are made outside one)") from None
+                self._double(inst, ctx)
+                call, inputs = adapter.run_call(inst, ctx, args, kwargs)
             record = None
             if ctx.blobs is not None and not ctx.recorded:
                 ctx.recorded = True
@@ -171,9 +205,16 @@ class WrapperSite:
                 return run(inst, *args, **kwargs)
             q = args[0]
             if paged:
-                k, v = args[1]
-                if k.dim() == 3:
-                    k, v = k.unsqueeze(1), v.unsqueeze(1)
+                kv = args[1]
+                if isinstance(kv, (tuple, list)):
+                    k, v = kv
+                    if k.dim() == 3:
+                        k, v = k.unsqueeze(1), v.unsqueeze(1)
+                elif kv.is_contiguous():  # one combined tensor: dense views, indices doubled at plan
+                    k, v = combined_halves(kv)
+                else:
+                    strided[0] += 1
+                    return run(inst, *args, **kwargs)
             else:
                 k, v = args[1][:rows], args[2][:rows]
             if tuple(k.shape[1:]) != cache_shape or v.shape != k.shape or not (k.is_contiguous() and v.is_contiguous()):
@@ -272,7 +313,6 @@ def _planner(site: WrapperSite, planner: Callable, entry: str) -> Callable:
 
     functools.update_wrapper(fibuild_planner, planner)
     fibuild_planner.fibuild_plan_hook = True
-    fibuild_planner.fibuild_memo = {}  # marks it patched (see Integration.patch_function)
     return fibuild_planner
 
 

@@ -15,13 +15,16 @@ Example (runs on the shipped workspace, CPU)::
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fibuild.bench.compare import EAGER
 from fibuild.config import Settings
 from fibuild.devices import Device, is_kind, resolve_device_arg
+from fibuild.errors import InputError
 from fibuild.spec.workspace import Workspace
 
 from .collect import local_device, target_device
@@ -30,14 +33,22 @@ from .dispatch import AUTO, Kernel, key_from_axes, make_kernel, warn_unmeasured
 from .resolve import Resolver, check_mode, policy_chain
 from .table_cache import load_table
 
+log = logging.getLogger("fibuild.runtime")
+
 
 def _workspace(settings: Settings):
     return Workspace.discover(settings)
 
 
+def _settings(settings: Settings | None, root: str | Path | None) -> Settings:
+    """``settings`` (default: read from the environment), with ``root`` as the workspace."""
+    settings = settings or Settings.from_env()
+    return settings if root is None else replace(settings, root=Path(root).expanduser().resolve())
+
+
 def load(name: str, *, policy: str = "nearest", device: str | None = None, strict: bool = False,
          settings: Settings | None = None, fallback: Callable | None = None,
-         mode: str | None = None) -> Kernel:
+         mode: str | None = None, root: str | Path | None = None) -> Kernel:
     """The dispatching callable of definition ``name`` on this machine.
 
     ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``, ``baseline``,
@@ -49,17 +60,18 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     while a CUDA graph is being captured, else ``eager``; a key first called outside the
     capture keeps its eager choice, so pass ``graph`` for kernels you capture); default
     ``FIBUILD_MODE``, else ``auto``.
-    ``fallback``: a value-returning function used instead of the reference. Reads
-    ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE``, ``FIBUILD_MODE`` (through
-    Settings). With no usable evaluation on this device, keys run the definition's baseline (or
-    borrow the evaluations of a device of the same compute capability), and a warning
-    says so once, naming ``fibuild bench NAME``.
+    ``fallback``: a value-returning function used instead of the reference. ``root``: the
+    workspace (default ``FIBUILD_ROOT``, else the one found from the current directory).
+    Reads ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE``, ``FIBUILD_MODE``
+    (through Settings). With no usable evaluation on this device, keys run the definition's
+    baseline (or borrow the evaluations of a device of the same compute capability), and a
+    warning says so once, naming ``fibuild bench NAME``.
 
     Raises FibuildError for an unknown definition or device, ManifestError(s) for
     invalid manifests (only when the table is not cached), ResolveError for an unknown
     policy or mode. Building happens on the first call of a key, not here.
     """
-    settings = settings or Settings.from_env()
+    settings = _settings(settings, root)
     policy_chain(policy, strict=strict)
     mode = mode or settings.mode
     if mode != AUTO:
@@ -75,19 +87,20 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
 
 def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
             device: str | None = None, strict: bool = False, settings: Settings | None = None,
-            reporter: BaseReporter | None = None, mode: str = EAGER) -> Resolution:
+            reporter: BaseReporter | None = None, mode: str = EAGER,
+            root: str | Path | None = None) -> Resolution:
     """Which solution runs ``name`` at ``axes`` (var-axis values by name), and why.
 
     ``mode``: ``eager`` (default) or ``graph``, as for :func:`load`.
 
     ``device``: a kind (``cpu``, ``cuda``) or a device slug; a slug of another machine
     answers from that device's committed records without checking what builds here (the
-    resolution's ``notes`` say so). Nothing is built or loaded.
+    resolution's ``notes`` say so). ``root`` as :func:`load`. Nothing is built or loaded.
 
     Raises FibuildError for an unknown definition, ResolveError for unknown, missing or
     non-integer axes, an unknown policy, or (``strict``) no answer.
     """
-    settings = settings or Settings.from_env()
+    settings = _settings(settings, root)
     policy_chain(policy, strict=strict)
     slug, here = target_device(settings, device)
     defn, table, _ = load_table(_workspace(settings), settings, name, slug, here=here)
@@ -125,7 +138,8 @@ def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: s
 
 def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
           fallback: Callable | None = None, policy: str = "nearest", device: str | None = None,
-          strict: bool = False, settings: Settings | None = None, mode: str | None = None):
+          strict: bool = False, settings: Settings | None = None, mode: str | None = None,
+          root: str | Path | None = None):
     """Run definition ``name`` through the fastest correct solution, or a fallback.
 
     As a decorator, the decorated function is the fallback (used where the definition's
@@ -136,11 +150,17 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
 
     The kernel is loaded on the first call, not at decoration. As a call,
     ``apply(name, args=(x, w), fallback=f)`` runs once and returns the outputs; kernels
-    are memoized per process (settings are read per call). ``policy``, ``strict``, ``device``
-    and ``mode`` as :func:`load`. Raises as :func:`load`.
+    are memoized per process (settings are read per call). ``policy``, ``strict``,
+    ``device``, ``mode`` and ``root`` as :func:`load`.
+
+    A call the definition does not cover (another hidden size, dtype or device: the
+    InputError ``load``'s kernel raises) runs the fallback instead, as flashinfer-bench's
+    ``apply`` does; it is logged once per definition. Without a fallback, and otherwise,
+    raises as :func:`load`.
     """
     if args is not None:
-        return _applied_kernel(name, fallback, policy, device, settings, strict, mode)(*args)
+        kernel = _applied_kernel(name, fallback, policy, device, _settings(settings, root), strict, mode)
+        return _covered_or_fallback(kernel, fallback, args, None)
     policy_chain(policy, strict=strict)
     if mode not in (None, AUTO):
         check_mode(mode)
@@ -152,11 +172,31 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
         def dispatch(*call_args, out=None):
             kernel = state.get("kernel")
             if kernel is None:
-                kernel = state["kernel"] = _applied_kernel(name, func, policy, device, settings, strict, mode)
-            return kernel(*call_args, out=out)
+                kernel = state["kernel"] = _applied_kernel(name, func, policy, device,
+                                                           _settings(settings, root), strict, mode)
+            return _covered_or_fallback(kernel, func, call_args, out)
 
         dispatch.kernel = lambda: state.get("kernel") or _applied_kernel(name, func, policy, device,
-                                                                         settings, strict, mode)
+                                                                         _settings(settings, root), strict, mode)
         return dispatch
 
     return decorate if fn is None else decorate(fn)
+
+
+_UNCOVERED_SAID: set[str] = set()
+
+
+def _covered_or_fallback(kernel: Kernel, fallback: Callable | None, args: tuple, out):
+    """``kernel(*args, out=out)``; when the definition does not cover these inputs
+    (InputError, raised before any kernel runs) and there is a fallback, the fallback's
+    result instead. Costs nothing over the kernel call when the inputs are covered."""
+    try:
+        return kernel(*args, out=out)
+    except InputError as exc:
+        if fallback is None:
+            raise
+        if kernel.name not in _UNCOVERED_SAID:
+            _UNCOVERED_SAID.add(kernel.name)
+            log.info("fibuild.apply(%r): a call the definition does not cover runs the fallback %s (%s)",
+                     kernel.name, getattr(fallback, "__qualname__", fallback), str(exc).splitlines()[0])
+        return fallback(*args) if out is None else fallback(*args, out=out)

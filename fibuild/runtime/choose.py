@@ -1,6 +1,8 @@
 """Who runs an evaluated key: the incumbent, unless a challenger wins clearly.
 
-The incumbent (*anchor*) at a key is the table's baseline when it PASSED there, else the
+A chain evaluation's choice at the key (timed in sequence with its neighbours,
+:mod:`fibuild.bench.chain`) runs it when that solution PASSED there. Otherwise the
+incumbent (*anchor*) at a key is the table's baseline when it PASSED there, else the
 solution with the lowest cost there (the baseline was not measured, or failed, at that key).
 Every other usable solution, and the reference where its latency is known, challenges it;
 :func:`fibuild.bench.compare.compare` judges each on the cost the caller pays in the chosen
@@ -94,6 +96,13 @@ def decide(table: ApplyTable, key: ApplyKey, mode: str, out: Mapping[str, str]) 
     comparisons = {t.solution: compare(t.cost(mode), anchor_cost) for t in challengers}
     winners = sorted((t for t in challengers if comparisons[t.solution].verdict == FAST),
                      key=lambda t: t.rank(mode))
+    chosen_by_chain = table.chained.get(key)
+    own = next((t for t in usable if chosen_by_chain and t.solution == chosen_by_chain.solution), None)
+    if own is not None:  # a chain choice counts only for a solution that PASSED at this key
+        reason = (f"chosen at {format_key(key)} by chain {chosen_by_chain.chain} "
+                  f"({format_us(chosen_by_chain.chain_latency_us)} per layer, timed in sequence with its "
+                  "neighbours)")
+        return KeyDecision(key, mode, own, anchor, baseline is not None, None, reason, comparisons)
     role = "the baseline" if baseline is not None else (
         "the fastest measured solution" + (f" (the baseline {table.baseline} has no usable evaluation "
                                            f"at {format_key(key)})" if table.baseline else ""))

@@ -97,12 +97,12 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
     """
     from fibuild.registry import Registry  # deferred: a warm load reads no registry (test_table_cache)
 
-    registry = Registry(workspace.registry_dir)
+    registry = Registry.of(workspace)
     cands = candidates(defn, workspace.solutions(defn.name), device, settings, here=here)
     records = registry.read(defn.name)  # every device: the others name where else it ran
     table = build_table(defn.name, defn.var_axes, device, cands, records, here=here,
-                        baselines=defn.baseline)
-    return table if usable_keys(table) else borrow(table, cands, records, defn) or table
+                        baselines=defn.baseline, chain_records=registry.read_chains(defn.name, device))
+    return table if usable_keys(table) else borrow(table, cands, records, defn, registry) or table
 
 
 def same_capability(a: str, b: str) -> bool:
@@ -112,7 +112,7 @@ def same_capability(a: str, b: str) -> bool:
         and da.compute_capability == db.compute_capability
 
 
-def borrow(table: ApplyTable, cands, records, defn: Definition) -> ApplyTable | None:
+def borrow(table: ApplyTable, cands, records, defn: Definition, registry) -> ApplyTable | None:
     """The table of ``table.device`` made from the records of another device of the same
     compute capability (the one with the most usable keys; ties by slug), marked
     ``borrowed``; None when no such device has a usable evaluation. Availability stays
@@ -123,7 +123,7 @@ def borrow(table: ApplyTable, cands, records, defn: Definition) -> ApplyTable | 
     best, best_keys = None, 0
     for slug in others:
         other = build_table(defn.name, defn.var_axes, slug, cands, records, here=table.here,
-                            baselines=defn.baseline)
+                            baselines=defn.baseline, chain_records=registry.read_chains(defn.name, slug))
         keys = usable_keys(other)
         if keys > best_keys:
             best, best_keys = other, keys

@@ -2,8 +2,9 @@
 
 Policies, tried as a chain that starts at the requested one (``strict`` tries only it):
 
-- ``exact``: the decision at this key (:func:`fibuild.runtime.choose.decide`: the baseline
-  stays unless a challenger wins clearly on the cost the caller pays);
+- ``exact``: the decision at this key (:func:`fibuild.runtime.choose.decide`: a chain
+  evaluation's choice there, else the baseline unless a challenger wins clearly on the cost
+  the caller pays);
 - ``nearest``: the same at the closest evaluated key *below* (every var axis <= the key's),
   by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
   only when no evaluated key lies below, the closest above. A launch config tuned for a

@@ -87,6 +87,16 @@ def aggregate(stats: Iterable[LatencyStats | None]) -> LatencyStats | None:
                         q1_us=med("q1_us"), q3_us=med("q3_us"))
 
 
+@dataclass(frozen=True)
+class ChainChoice:
+    """A solution chosen for a key by a chain evaluation (timed in sequence with its
+    neighbours): the chain's name and its time per layer with this choice."""
+
+    solution: str
+    chain: str
+    chain_latency_us: float
+
+
 @dataclass
 class ApplyTable:
     """Per-key measurements and per-solution verdicts for one (definition, device).
@@ -102,7 +112,8 @@ class ApplyTable:
     ``borrowed``: the slug of the device whose records the table holds when this device has
     no usable evaluation of its own and one of the same compute capability has ("" when the
     records are this device's own). Which solution wins a key is decided by
-    :mod:`fibuild.runtime.choose`, not stored here.
+    :mod:`fibuild.runtime.choose`, not stored here. ``chained[key]``: the newest current chain
+    choice at ``key`` (:mod:`fibuild.bench.chain`), which the decision at the key prefers.
     """
 
     definition: str
@@ -119,6 +130,7 @@ class ApplyTable:
     baseline_note: str = ""
     borrowed: str = ""
     unmeasured: frozenset = frozenset()
+    chained: dict[ApplyKey, ChainChoice] = field(default_factory=dict)
 
     # JSON form (the table cache): keys become lists, Solutions their manifest dicts.
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +144,7 @@ class ApplyTable:
             "reference": [[list(k), _timing_to_json(t)] for k, t in self.reference.items()],
             "baseline": self.baseline, "baseline_note": self.baseline_note, "borrowed": self.borrowed,
             "unmeasured": sorted(self.unmeasured),
+            "chained": [[list(k), c.solution, c.chain, c.chain_latency_us] for k, c in self.chained.items()],
         }
 
     @classmethod
@@ -152,6 +165,7 @@ class ApplyTable:
             reference={tuple(k): _timing_from_json(t) for k, t in data["reference"]},
             baseline=data["baseline"], baseline_note=str(data["baseline_note"]),
             borrowed=str(data["borrowed"]), unmeasured=frozenset(data["unmeasured"]),
+            chained={tuple(k): ChainChoice(s, c, float(us)) for k, s, c, us in data.get("chained", ())},
         )
 
 
@@ -222,7 +236,8 @@ def _candidate_from_json(data: Mapping[str, Any], solution_from_dict) -> Candida
 
 def build_table(definition: str, var_axes: Iterable[str], device: str,
                 candidates: Mapping[str, Candidate], evaluations: Iterable[Evaluation],
-                *, here: bool = True, baselines: Iterable[str] = ()) -> ApplyTable:
+                *, here: bool = True, baselines: Iterable[str] = (),
+                chain_records: Iterable[Mapping[str, Any]] = ()) -> ApplyTable:
     """Build the ApplyTable of ``definition`` on ``device``.
 
     ``evaluations`` may hold records of any device and definition: only this definition's
@@ -230,7 +245,9 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
     For a (solution, workload) pair the newest record counts (by timestamp, then file
     order: the registry is append-only). ``here`` False: the device is not this machine, so
     ``Candidate.unavailable`` is ignored. ``baselines``: the definition's baseline names, in
-    order of preference. Cost: linear in the records.
+    order of preference. ``chain_records``: chain choices
+    (:meth:`fibuild.registry.Registry.read_chains`); the newest current one per key counts.
+    Cost: linear in the records.
     """
     var_axes = tuple(var_axes)
     table = ApplyTable(definition, var_axes, device, dict(candidates), here=here)
@@ -303,6 +320,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
         if bad:
             table.failures[name] = ", ".join(f"{s} on {n}/{total} workloads" for s, n in bad)
     table.baseline, table.baseline_note = pick_baseline(baselines, candidates, here)
+    table.chained = _chained(table, chain_records)
     return table
 
 
@@ -329,3 +347,22 @@ def usable_keys(table: ApplyTable) -> int:
     return sum(1 for k, ts in table.ranked.items()
                if any(t.solution not in table.excluded and k not in table.failed.get(t.solution, ())
                       for t in ts))
+
+
+def _chained(table: ApplyTable, records: Iterable[Mapping[str, Any]]) -> dict[ApplyKey, ChainChoice]:
+    """The newest chain choice per key among ``records`` of this definition and device whose
+    digest is the solution's current one and that is not excluded."""
+    newest: dict[ApplyKey, Mapping[str, Any]] = {}
+    for rec in records:
+        cand = table.candidates.get(rec["solution"])
+        if (rec["definition"] != table.definition or rec["device"] != table.device or cand is None
+                or rec["solution_digest"] != cand.digest or rec["solution"] in table.excluded):
+            continue
+        try:
+            key = tuple(int(rec["axes"][a]) for a in table.var_axes)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if key not in newest or rec["timestamp"] >= newest[key]["timestamp"]:
+            newest[key] = rec
+    return {k: ChainChoice(r["solution"], r["chain"], float(r["chain_latency_us"]))
+            for k, r in sorted(newest.items())}

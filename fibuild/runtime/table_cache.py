@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fibuild import __version__
 from fibuild.compile.index import Index
@@ -33,7 +33,7 @@ from .table import ApplyTable
 log = logging.getLogger("fibuild.runtime")
 
 NAMESPACE = "apply-table"
-FORMAT = 4  # bump when the cached JSON layout changes (4: full stats, host times, baseline, borrowed)
+FORMAT = 5  # bump when the cached JSON layout changes (4: chain choices; 5: full stats, host times, baseline, borrowed)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:
@@ -48,19 +48,22 @@ def _stat_files(folder: Path, root: Path, out: list) -> None:
                 st = os.stat(path)
             except OSError:
                 continue  # vanished between listing and stat: the next key will differ anyway
-            out.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+            out.append((str(root), os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
 
 
-def input_digest(root: Path, name: str, device: str, here: bool, settings: Settings) -> str:
-    """sha256 over the table's inputs (see the module docstring). Cost: one ``stat`` per file."""
+def input_digest(root: Path | Sequence[Path], name: str, device: str, here: bool, settings: Settings) -> str:
+    """sha256 over the table's inputs (see the module docstring); ``root`` is a workspace
+    root or its layers (``Workspace.layers``). Cost: one ``stat`` per file."""
+    roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
     files: list = []
-    for path in sorted((root / "defs").glob(f"*/{name}.y*ml")):
-        st = path.stat()
-        files.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
-    _stat_files(root / "solutions" / name, root, files)
-    for folder in library_roots(root):
-        _stat_files(folder, root, files)
-    _stat_files(root / "registry" / name, root, files)
+    for layer in roots:
+        for path in sorted((layer / "defs").glob(f"*/{name}.y*ml")):
+            st = path.stat()
+            files.append((str(layer), os.path.relpath(path, layer), st.st_size, st.st_mtime_ns))
+        _stat_files(layer / "solutions" / name, layer, files)
+        for folder in library_roots(layer):
+            _stat_files(folder, layer, files)
+        _stat_files(layer / "registry" / name, layer, files)
     nvcc = settings.cuda_home / "bin" / "nvcc"
     try:
         nvcc_stat = [nvcc.stat().st_size, nvcc.stat().st_mtime_ns]
@@ -68,7 +71,7 @@ def input_digest(root: Path, name: str, device: str, here: bool, settings: Setti
         nvcc_stat = None
     payload = {
         "format": FORMAT, "fibuild": __version__, "python": list(sys.version_info[:2]),
-        "root": str(root), "definition": name, "device": device, "here": here,
+        "root": [str(r) for r in roots], "definition": name, "device": device, "here": here,
         "cuda_home": str(settings.cuda_home), "nvcc": nvcc_stat,
         "arch": list(settings.cuda_arch_list), "cache_dir": str(settings.cache_dir),
         "build_env": [list(pair) for pair in settings.build_env],
@@ -140,9 +143,9 @@ def load_table(workspace, settings: Settings, name: str, device: str, *,
     Raises FibuildError for an unknown definition, ManifestError(s) for invalid manifests
     (only on a miss: a hit never parses them). Cost on a hit: a few stats + one index read.
     """
-    if definition_file(workspace.root, name) is None:
+    if all(definition_file(layer, name) is None for layer in workspace.layers):
         workspace.definition(name)  # raises the unknown-name error with suggestions
-    digest = input_digest(workspace.root, name, device, here, settings)
+    digest = input_digest(workspace.layers, name, device, here, settings)
     hit = read_cached(settings, digest)
     if hit is not None:
         return hit[0], hit[1], digest

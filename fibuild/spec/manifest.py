@@ -139,11 +139,12 @@ def solution_from_dict(data: Mapping[str, Any], path: str | Path | None = None) 
         dependencies=tuple(data.get("dependencies") or ()),
         build=BuildFlags(**{k: tuple(build.get(k) or ()) for k in
                             ("cflags", "cuda_cflags", "ldflags", "include_dirs")}),
-        plan=data.get("plan"), libraries=libraries, library_files=tuple(library_files),
+        plan=data.get("plan"), pdl=bool((data.get("launch") or {}).get("pdl", False)),
+        libraries=libraries, library_files=tuple(library_files),
         variants=tuple((k, tuple(v)) for k, v in (data.get("variants") or {}).items()),
         constraints=tuple(data.get("constraints") or ()),
         constants=tuple((data.get("constants") or {}).items()),
-        path=directory, raw=data,
+        first_call=tuple(data.get("first_call") or ()), path=directory, raw=data,
     )
 
 

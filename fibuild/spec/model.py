@@ -180,6 +180,9 @@ class Solution:
     ``constants`` (``(name, value)`` pairs) are what the build passes to the entry point:
     the manifest's own, and for a variant expanded from the grid (named ``base[K=v,...]``,
     :mod:`fibuild.spec.variants`) its grid values after them.
+    ``pdl`` (manifest ``launch: {pdl: true}``): its kernels wait for their predecessor
+    before reading its output, so fibuild may launch them with programmatic dependent launch
+    (:mod:`fibuild.compile.launch`).
     """
 
     name: str
@@ -199,6 +202,10 @@ class Solution:
     variants: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     constraints: tuple[str, ...] = ()
     constants: tuple[tuple[str, Any], ...] = ()
+    pdl: bool = False  # launch.pdl: its kernels may be launched with programmatic dependent launch
+    #: Work the first call declares (``jit``, ``autotune``, ``workspace``): in ``fibuild
+    #: bench`` it gets the prepare allowance, not ``--timeout``. Not a build input.
+    first_call: tuple[str, ...] = ()
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -18,7 +18,7 @@ from fibuild.errors import FibuildError
 # importlib.resources, referencing, jsonschema.
 
 SCHEMA_BASE = "https://fibuild.invalid/schemas/"
-KINDS = ("definition", "solution", "workload", "evaluation")
+KINDS = ("definition", "solution", "workload", "evaluation", "chain")
 
 # JSON type names as a YAML author reads them.
 _TYPE_WORDS = {"object": "mapping", "array": "list", "null": "null", "string": "string",
@@ -79,7 +79,7 @@ def schema(kind: str) -> dict:
 def validate(kind: str, instance: Any) -> list[tuple[str, str]]:
     """Every schema violation of ``instance`` as sorted ``(json_pointer, message)`` pairs.
 
-    ``kind`` is one of definition, solution, workload, evaluation (FibuildError otherwise).
+    ``kind`` is one of definition, solution, workload, evaluation, chain (FibuildError otherwise).
     The root pointer is ``"/"``. An empty list means valid. Cost: one tree walk; the
     schemas are compiled on the first call of the process.
     """

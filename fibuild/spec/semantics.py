@@ -248,6 +248,9 @@ def check_solution(data: Mapping[str, Any], path: Path | None = None,
             safe.append(source)
     libraries = data.get("libraries") or []
     files: dict[str, Path] = {}  # every source of the build, own and from libraries
+    if (data.get("launch") or {}).get("pdl") and data["language"] not in ("triton", "cuda"):
+        problems.append(("/launch/pdl", "dependent launch needs kernels that wait for their predecessor: "
+                         f"a triton or cuda solution, not {data['language']}"))
     if path is not None:
         directory = Path(path).parent
         problems += _solution_layout(data, directory)

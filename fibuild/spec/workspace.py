@@ -3,10 +3,16 @@
 Files are found by layout (``defs/<op_type>/<name>.yaml``,
 ``solutions/<definition>/<name>/solution.yaml``, ``registry/<definition>/workloads.jsonl``)
 and loaded lazily; each instance caches what it loaded (build a new one to see changes).
+
+The user workspace (``$XDG_DATA_HOME/fibuild``, used when no other is found) lies over the
+shipped library: it reads both, its own files first (a definition or solution of the same
+name shadows the shipped one; registry records of both count), and writes only under its
+own root. The installed library is never written to.
 """
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -16,11 +22,11 @@ from fibuild.errors import FibuildError, ManifestError, ManifestErrors
 from .manifest import load_definition, load_solution, load_workloads_jsonl
 from .model import Definition, Solution, Workload
 from .variants import expand, split_name
+from .workspace_files import _YAML, _files, _is_manifest_name, _plain_name, init_workspace, shipped_root
 
 if TYPE_CHECKING:
     from fibuild.config import Settings
 
-_YAML = (".yaml", ".yml")
 _NOT_A_MANIFEST = ("not a manifest: expected a definition (defs/<op_type>/<name>.yaml), a "
                    "solution.yaml or a workloads.jsonl")
 
@@ -33,11 +39,15 @@ class Workspace:
     manifests and FibuildError for unknown names; ``validate()`` never raises for them.
     """
 
-    def __init__(self, root: str | Path, origin: str = "given"):
+    def __init__(self, root: str | Path, origin: str = "given", *, base: str | Path | None = None):
         self.root = Path(root).expanduser().resolve()
         #: How the root was chosen, for messages: given, FIBUILD_ROOT or --root, the current
-        #: directory's ancestry, or the shipped library.
+        #: directory's ancestry, or the user workspace over the shipped library.
         self.origin = origin
+        #: A read-only workspace beneath this one (the shipped library under the user
+        #: workspace), or None. Reads see both layers; writes go under ``root`` only.
+        self.base = Path(base).expanduser().resolve() if base is not None and Path(base).resolve() != self.root \
+            else None
         self._definitions: dict[str, Definition] | None = None
         self._one_definition: dict[str, Definition] = {}
         self._solutions: dict[str | None, list[Solution]] = {}
@@ -45,23 +55,68 @@ class Workspace:
         self._workloads: dict[str, list[Workload]] = {}
 
     def __repr__(self) -> str:
-        return f"Workspace({str(self.root)!r})"
+        base = f", base={str(self.base)!r}" if self.base else ""
+        return f"Workspace({str(self.root)!r}{base})"
 
     @classmethod
     def discover(cls, settings: "Settings | None" = None, *, cwd: str | Path | None = None) -> "Workspace":
         """The workspace in use: ``settings.root`` (``FIBUILD_ROOT``/``--root``), else the
         nearest ancestor of ``cwd`` (default: the current directory) holding ``defs/``, else
-        the workspace shipped with fibuild. Reads the environment only when ``settings`` is None.
+        the user workspace (``$XDG_DATA_HOME/fibuild``) over the library shipped with fibuild.
+        Reads the environment only when ``settings`` is None.
         """
         if settings is None:
             settings = Settings.from_env()
         if settings.root is not None:
-            return cls(settings.root, "set by FIBUILD_ROOT or --root")
+            return cls.at(settings.root, settings, "set by FIBUILD_ROOT or --root")
         here = Path(cwd if cwd is not None else Path.cwd()).resolve()
         for folder in (here, *here.parents):
             if (folder / "defs").is_dir():
                 return cls(folder, f"the nearest folder holding defs/ at or above {here}")
-        return cls(shipped_root(), f"the shipped library (no folder holding defs/ from {here})")
+        return cls(settings.user_root, f"the user workspace over the shipped library (no folder holding "
+                   f"defs/ from {here})", base=shipped_root())
+
+    @classmethod
+    def at(cls, root: str | Path, settings: "Settings | None" = None, origin: str = "given") -> "Workspace":
+        """The workspace at ``root``; the user workspace (``settings.user_root``) lies over
+        the shipped library wherever it is named (worker processes rebuild it this way)."""
+        settings = settings or Settings.from_env()
+        root = Path(root).expanduser().resolve()
+        return cls(root, origin, base=shipped_root() if root == settings.user_root else None)
+
+    def reloaded(self) -> "Workspace":
+        """A fresh instance of this workspace (same layers), to see files written since."""
+        return type(self)(self.root, self.origin, base=self.base)
+
+    @property
+    def layers(self) -> tuple[Path, ...]:
+        """The roots read, first wins: ``(root,)`` or ``(root, base)``."""
+        return (self.root,) if self.base is None else (self.root, self.base)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether ``root`` is the library installed inside the fibuild package (never written)."""
+        return self.root == shipped_root() and self.root.name == "_shipped"
+
+    def ensure_writable(self) -> Path:
+        """Make sure results can be written under ``registry_dir``, before any work starts:
+        the user workspace is created (as ``fibuild init`` makes one) when missing. Returns
+        the registry folder; FibuildError naming the folder and what to do otherwise."""
+        if self.read_only:
+            raise FibuildError(f"{self.root} is the library installed with fibuild, which is never written "
+                               "to: run in a workspace (fibuild init DIR), or set FIBUILD_ROOT / --root")
+        if not (self.root / "defs").is_dir() and self.base is not None:
+            init_workspace(self.root)
+        folder = self.registry_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-check-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise FibuildError(f"cannot write results under {folder} ({exc.strerror or exc}): point --root or "
+                               "FIBUILD_ROOT at a writable workspace (fibuild init DIR makes one)") from None
+        return folder
 
     @property
     def defs_dir(self) -> Path:
@@ -77,18 +132,38 @@ class Workspace:
 
     # --- files ---------------------------------------------------------------------
 
+    def _layered(self, files_of) -> list[Path]:
+        """``files_of(root)`` of every layer, a file of a lower layer dropped when an upper
+        one has the same path below its root (or, for definitions, the same name)."""
+        if self.base is None:
+            return files_of(self.root)
+
+        def key(path: Path, layer: Path):
+            rel = path.relative_to(layer)
+            return ("defs", path.stem) if rel.parts[0] == "defs" else rel.parts
+
+        found: list[Path] = []
+        above: set = set()  # what the layers above hold; a layer's own duplicates stay (validation reports them)
+        for layer in self.layers:
+            mine = files_of(layer)
+            found += [p for p in mine if key(p, layer) not in above]
+            above |= {key(p, layer) for p in mine}
+        return found
+
     def definition_files(self) -> list[Path]:
         """Every ``*.yaml`` under ``defs/`` (misplaced ones included: validation flags them)."""
-        return _files(self.defs_dir, lambda p: p.suffix in _YAML)
+        return self._layered(lambda root: _files(root / "defs", lambda p: p.suffix in _YAML))
 
     def solution_files(self, definition: str | None = None) -> list[Path]:
         """Every ``solution.yaml`` under ``solutions/`` (or ``solutions/<definition>/``)."""
-        folder = self.solutions_dir if definition is None else self.solutions_dir / definition
-        return _files(folder, lambda p: p.name == "solution.yaml")
+        def files(root: Path) -> list[Path]:
+            folder = root / "solutions" if definition is None else root / "solutions" / definition
+            return _files(folder, lambda p: p.name == "solution.yaml")
+        return self._layered(files)
 
     def workload_files(self) -> list[Path]:
         """Every ``registry/<definition>/workloads.jsonl``."""
-        return sorted(self.registry_dir.glob("*/workloads.jsonl"))
+        return self._layered(lambda root: sorted((root / "registry").glob("*/workloads.jsonl")))
 
     def manifest_files(self, paths: Iterable[str | Path] | None = None) -> list[Path]:
         """The files ``validate(paths)`` checks: all manifests, or ``paths`` with folders
@@ -120,7 +195,7 @@ class Workspace:
 
     def _definition_names(self) -> set[str]:
         """Names of the definitions present, valid or not (file stems: cheap, no parsing)."""
-        return {p.stem for p in self.defs_dir.glob("*/*") if p.suffix in _YAML}
+        return {p.stem for layer in self.layers for p in (layer / "defs").glob("*/*") if p.suffix in _YAML}
 
     # --- definitions ---------------------------------------------------------------
 
@@ -147,8 +222,11 @@ class Workspace:
         if name in self._one_definition:
             return self._one_definition[name]
 
-        files = sorted(p for p in self.defs_dir.glob(f"*/{name}.*") if p.suffix in _YAML) \
-            if _plain_name(name) else []
+        files = []
+        for layer in self.layers if _plain_name(name) else ():  # the first layer holding it
+            files = sorted(p for p in (layer / "defs").glob(f"*/{name}.*") if p.suffix in _YAML)
+            if files:
+                break
         if not files:
             raise self._unknown("definition", name, self._definition_names())
         if len(files) > 1:
@@ -161,7 +239,7 @@ class Workspace:
         loaded: dict[str, Definition] = {}
         errors: list[ManifestError] = []
         for path in self.definition_files():
-            if path.parent.parent != self.defs_dir:
+            if path.parent.parent not in [layer / "defs" for layer in self.layers]:
                 errors.append(ManifestError(path, [("/", "misplaced: definitions live at "
                                                      "defs/<op_type>/<name>.yaml")]))
                 continue
@@ -219,11 +297,12 @@ class Workspace:
             cached = self._one_solution.get(f"{defn}/{name}")
             if cached is not None:
                 return cached
-            path = self.solutions_dir / defn / name / "solution.yaml"
-            if _plain_name(defn) and _plain_name(name) and path.is_file():
-                sol = load_solution(path, self._definition_names())
-                self._one_solution[sol.qualified_name] = sol
-                return sol
+            for layer in self.layers if _plain_name(defn) and _plain_name(name) else ():
+                path = layer / "solutions" / defn / name / "solution.yaml"
+                if path.is_file():
+                    sol = load_solution(path, self._definition_names())
+                    self._one_solution[sol.qualified_name] = sol
+                    return sol
             candidates = [s.name for s in self.solutions(defn)]
             raise self._unknown(f"solution of {defn!r}", name, candidates)
         matches = [s for s in self.solutions() if s.name == name]
@@ -243,7 +322,7 @@ class Workspace:
         loaded: dict[str, Solution] = {}
         errors: list[ManifestError] = []
         for path in self.solution_files(definition):
-            if path.parent.parent.parent != self.solutions_dir:
+            if path.parent.parent.parent not in [layer / "solutions" for layer in self.layers]:
                 errors.append(ManifestError(path, [("/", "misplaced: solutions live at "
                                                      "solutions/<definition>/<name>/solution.yaml")]))
                 continue
@@ -275,8 +354,12 @@ class Workspace:
         return self.workloads(defn)[len(defn.workloads):]
 
     def _recorded_workloads(self, defn: Definition) -> list[Workload]:
-        path = self.registry_dir / defn.name / "workloads.jsonl"
-        return load_workloads_jsonl(path, defn) if path.is_file() else []
+        found: list[Workload] = []
+        for layer in reversed(self.layers):  # the shipped library's first, then the user's
+            path = layer / "registry" / defn.name / "workloads.jsonl"
+            if path.is_file():
+                found += load_workloads_jsonl(path, defn)
+        return found
 
     # --- validation ----------------------------------------------------------------
 
@@ -347,8 +430,8 @@ def _baseline_problems(defs: dict[str, Definition], solutions: list[Solution]) -
     them) would run its reference by default: one error per such definition. Naming some
     missing ones is fine (resolution takes the first that exists and can run)."""
     have: dict[str, set[str]] = {}
-    for sol in solutions:
-        have.setdefault(sol.definition, set()).add(sol.name)
+    for sol in solutions:  # a grid's variants count under their solution's name
+        have.setdefault(sol.definition, set()).add(split_name(sol.name)[0])
     errors = []
     for name, defn in sorted(defs.items()):
         mine = have.get(name, set())
@@ -357,68 +440,6 @@ def _baseline_problems(defs: dict[str, Definition], solutions: list[Solution]) -
             errors.append(ManifestError(defn.path, [("/baseline", f"names no solution of {name}: "
                                                      f"{', '.join(defn.baseline)} (its solutions: {listed})")]))
     return errors
-
-
-def _files(folder: Path, keep) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and keep(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-WORKSPACE_README = """# {name}
-
-A fibuild workspace: definitions in `defs/<op_type>/<name>.yaml`, solutions in
-`solutions/<definition>/<solution>/solution.yaml`, evaluations in `registry/` (run `fibuild validate` here).
-"""
-WORKSPACE_GITIGNORE = "# OS file locks of registry appends\n*.lock\n"
-
-
-def init_workspace(root: str | Path) -> list[Path]:
-    """Create an empty workspace at ``root``: ``defs/``, ``solutions/``, ``registry/``, a
-    README.md and a .gitignore for lock files. Returns what was created.
-
-    Existing README.md and .gitignore are kept. Raises FibuildError when ``root`` already
-    holds a workspace (``defs/``) or is a file.
-    """
-    root = Path(root).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise FibuildError(f"{root} is a file: cannot create a workspace there")
-    if (root / "defs").exists():
-        raise FibuildError(f"{root} already holds a workspace ({root / 'defs'} exists)")
-    created = []
-    for name in ("defs", "solutions", "registry"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        created.append(root / name)
-    for name, text in (("README.md", WORKSPACE_README.format(name=root.name)), (".gitignore", WORKSPACE_GITIGNORE)):
-        path = root / name
-        if not path.exists():
-            path.write_text(text, encoding="utf-8")
-            created.append(path)
-    return created
-
-
-def shipped_root() -> Path:
-    """The kernel library shipped with fibuild (a read-mostly workspace).
-
-    In an installed wheel it is package data, ``fibuild/_shipped/`` (setup.py copies
-    ``defs/``, ``solutions/`` and ``registry/`` there); in a checkout or an editable install it
-    is the repository root, the folder holding ``fibuild/`` and ``defs/``. Cost: two stats.
-    """
-    package = Path(__file__).resolve().parents[1]
-    installed = package / "_shipped"
-    if (installed / "defs").is_dir():
-        return installed
-    return package.parent
-
-
-def _is_manifest_name(path: Path) -> bool:
-    return path.suffix in _YAML or path.name == "workloads.jsonl"
-
-
-def _plain_name(name: str) -> bool:
-    """A name usable in a glob/path: no separators, wildcards or parent references."""
-    return bool(name) and not any(c in name for c in "/\\*?[]") and name not in (".", "..")
 
 
 def _duplicate_message(what: str, name: str, other: Path | None, root: Path) -> str:

@@ -129,6 +129,42 @@ def test_vllm_layers_run_fibuilds_kernels_eagerly_and_in_a_replayed_cuda_graph(w
     _all_substituted(("torch.ops._C.rms_norm", "torch.ops._C.fused_add_rms_norm", "torch.ops._C.silu_and_mul"))
 
 
+def test_an_inductor_compiled_vllm_layer_reaches_fibuilds_kernels(ws, monkeypatch):
+    """vLLM compiles its model with Inductor. Where its IR priority names ``vllm_c`` (and custom
+    ops enable ``SiluAndMul``'s CUDA path), the compiled code keeps the ``_C`` operators as
+    calls, and each call reaches fibuild's kernel at the dispatcher."""
+    _on_path(monkeypatch, "vllm_stub")
+    import vllm._C_stable_libtorch as ops
+    from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    fibuild.enable(apply=True, settings=ws.settings)
+    norm = RMSNorm(4096, eps=1e-5, dtype=BF16).cuda()
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(4096, dtype=BF16, device="cuda"))
+    act = SiluAndMul()
+
+    def layer(x, residual, gate_up):
+        hidden, residual = norm(x, residual)
+        return norm(hidden), residual, act(gate_up)
+
+    compiled = torch.compile(layer, fullgraph=True)
+    w = norm.weight.data
+    before = ops.CALLS.copy()
+    for seed in (0, 1):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x, residual = (torch.randn(16, 4096, dtype=BF16, device="cuda", generator=g) for _ in range(2))
+        gate_up = torch.randn(16, 28672, dtype=BF16, device="cuda", generator=g)
+        summed = (x.float() + residual.float()).to(BF16)
+        with torch.no_grad():
+            normed, new_residual, act_out = compiled(x, residual, gate_up)
+        _close(new_residual, summed)
+        _close(normed, _rms(_rms(summed, w).to(BF16), w))
+        _close(act_out, _silu(gate_up))
+    assert ops.CALLS == before
+    _all_substituted(("torch.ops._C.rms_norm", "torch.ops._C.fused_add_rms_norm", "torch.ops._C.silu_and_mul"))
+
+
 def test_sglang_layers_run_fibuilds_kernels_in_place_of_sgl_kernel(ws, monkeypatch):
     pytest.importorskip("flashinfer")  # the sgl_kernel stand-in forwards to it, as sglang-kernel 0.4.10 does
     for name in [n for n in sys.modules if n.split(".")[0] in ("sgl_kernel", "sglang")]:

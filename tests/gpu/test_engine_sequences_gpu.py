@@ -6,7 +6,9 @@ through ``begin_forward``, then ``w.begin_forward = partial(fast_decode_plan, w)
 replay, runs through the deprecated ``forward(q, kv, sm_scale=...)``. vLLM 0.34.0
 (``v1/attention/backends/flashinfer.py`` l. 1486-1535, 1980-2033, 2890-2987, 2666-2675): one
 wrapper per batch size, CPU indptr and last-page lengths, the first plan through ``plan``
-and the next ones through FlashInfer's ``fast_decode_plan``, ``run(..., out=)``.
+and the next ones through FlashInfer's ``fast_decode_plan``, one combined KV tensor
+``[pages, 2, page_size, kv_heads, head_dim]`` (fibuild's kernel reads it through dense views
+with doubled page indices, rewritten at each plan), ``run(..., out=)``.
 The sequence lengths change at every step; every replay is checked against attention
 computed in torch (fp32) from the page table of that step.
 """
@@ -34,6 +36,7 @@ from test_integrations_gpu import _record_cuda, ws  # noqa: E402,F401  (ws: the 
 
 BF16 = torch.bfloat16
 NAME = "gqa_paged_decode_h32_kv8_d128_ps1"
+VARIANT = "triton_split_kv[MERGE=fused,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]"
 API = "flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"
 BATCH, POOL, SCALE = 4, 8192, 0.0883883  # sm_scale as a model passes it (1 / sqrt(128), rounded)
 STEPS = ([300, 50, 1000, 7], [1000, 1, 600, 2000], [5, 5, 5, 5], [2000, 2000, 10, 300], [64, 0, 129, 1],
@@ -104,6 +107,9 @@ class VLLM(Engine):
         super().__init__()
         self.out = torch.empty(BATCH, 32, 128, dtype=BF16, device="cuda")
         self.first = True
+        # one [pages, 2, page_size, kv_heads, head_dim] tensor, as vLLM keeps a layer's cache
+        self.kv = torch.stack([self.k, self.v], 1).unsqueeze(2)
+        self.k, self.v = self.kv[:, 0, 0], self.kv[:, 1, 0]
 
     def plan(self, lens, fast):
         self.write(lens)
@@ -123,7 +129,7 @@ class VLLM(Engine):
         self.planner = planner
 
     def run(self):
-        self.wrapper.run(self.q, (self.k, self.v), q_scale=None, k_scale=None, v_scale=None, out=self.out,
+        self.wrapper.run(self.q, self.kv, q_scale=None, k_scale=None, v_scale=None, out=self.out,
                          kv_cache_sf=None, sinks=None)
         return self.out
 
@@ -137,8 +143,9 @@ def test_graph_replays_follow_fast_decode_plan(ws, engine, seen):  # noqa: F811 
     every replay is right."""
     shipped = Path(__file__).resolve().parents[2] / "solutions" / NAME / "triton_split_kv"
     shutil.copytree(shipped, ws.root / "solutions" / NAME / "triton_split_kv")
+    shutil.copytree(shipped.parents[1] / "_lib", ws.root / "solutions" / "_lib")  # the libraries it names
     _record_cuda(ws, NAME, {"batch_size": BATCH, "num_pages": POOL, "len_indptr": BATCH + 1,
-                            "num_kv_indices": 2048}, solution="triton_split_kv")
+                            "num_kv_indices": 2048}, solution=VARIANT)
     unpatched = flashinfer.decode.fast_decode_plan
     fibuild.enable(apply=True, settings=ws.settings)
     eng = engine()
@@ -150,7 +157,7 @@ def test_graph_replays_follow_fast_decode_plan(ws, engine, seen):  # noqa: F811 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = eng.run()
-    assert captured_solution(eng.wrapper) == ("triton_split_kv" if seen else None)
+    assert captured_solution(eng.wrapper) == (VARIANT if seen else None)
     for lens in STEPS[1:] + STEPS[:1]:
         eng.plan(lens, fast=True)
         out.zero_()

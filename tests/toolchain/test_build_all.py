@@ -35,6 +35,9 @@ def test_build_all_builds_the_rest_and_exits_1(built, cuda_ok):
     assert "expected ‘;’ before ‘}’ token" in built.err or "expected ';' before '}' token" in built.err
     failed = json.loads((directory / "failed.json").read_text())
     assert failed["solution"] == "add_one_f32/broken_cpp" and "kernel.cpp:4" in failed["log_tail"]
+    # The diagnostics name the file the user edits, not the build directory's copy.
+    assert f"{sol.path / 'kernel.cpp'}:4:" in built.err
+    assert f"{directory / 'src' / 'kernel.cpp'}:4" not in built.err
     assert not (directory / "meta.json").exists()
     for name in ("add_one_f32/cpp_add", "add_two_f32/cpp_add", "add_one_f32/py_add", "add_one_f32/triton_add"):
         assert cache.lookup(*built.pair(name)) is not None, name

@@ -33,11 +33,12 @@ def test_example_builds_and_its_cpp_kernel_matches_the_reference(tmp_path, setti
     status = {s["solution"]: s for s in report["solutions"]}
     assert status["add_scaled_f32/cpp"]["status"] == "built"
     settings = Settings.from_env(root=root)
-    if cuda_unavailable_reason(settings) is None:
-        assert status["add_scaled_f32/cuda"]["status"] == "built"
-        assert (Path(status["add_scaled_f32/cuda"]["build_dir"]) / "module.so").is_file()
-    else:
-        assert status["add_scaled_f32/cuda"]["status"] == "skipped"
+    for name in ("add_scaled_f32/cuda", "add_scaled_f32/cuda_pdl"):
+        if cuda_unavailable_reason(settings) is None:
+            assert status[name]["status"] == "built"
+            assert (Path(status[name]["build_dir"]) / "module.so").is_file()
+        else:
+            assert status[name]["status"] == "skipped"
 
     ws = Workspace(root)
     defn = ws.definition("add_scaled_f32")
@@ -49,3 +50,22 @@ def test_example_builds_and_its_cpp_kernel_matches_the_reference(tmp_path, setti
         kernel.entry(x, y.double(), out)
     with pytest.raises(ValueError, match="x must be contiguous"):
         kernel.entry(torch.randn(8192)[::2], y, out)
+
+
+def test_a_pdl_cuda_solution_is_compiled_with_the_launch_define_unless_disabled(tmp_path):
+    """launch: {pdl: true} on a CUDA solution adds -DFIBUILD_LAUNCH_PDL=1 to nvcc's flags (its
+    source then launches with the attribute); FIBUILD_PDL=0 builds it without, under another key;
+    a solution that does not declare it never gets the define."""
+    from fibuild.compile import keys
+
+    ws = Workspace(EXAMPLE)
+    defn = ws.definition("add_scaled_f32")
+    pdl, plain = ws.solution("add_scaled_f32/cuda_pdl"), ws.solution("add_scaled_f32/cuda")
+    assert pdl.pdl and not plain.pdl
+    on = Settings.from_env({"FIBUILD_CACHE_DIR": str(tmp_path), "FIBUILD_CUDA_ARCH_LIST": "9.0a"})
+    off = Settings.from_env({"FIBUILD_CACHE_DIR": str(tmp_path), "FIBUILD_CUDA_ARCH_LIST": "9.0a",
+                             "FIBUILD_PDL": "0"})
+    assert "-DFIBUILD_LAUNCH_PDL=1" in keys.key_inputs(defn, pdl, on)["flags"]["nvcc"]
+    assert "-DFIBUILD_LAUNCH_PDL=1" not in keys.key_inputs(defn, pdl, off)["flags"]["nvcc"]
+    assert "-DFIBUILD_LAUNCH_PDL=1" not in keys.key_inputs(defn, plain, on)["flags"]["nvcc"]
+    assert keys.build_key(defn, pdl, on) != keys.build_key(defn, pdl, off)

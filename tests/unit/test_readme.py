@@ -31,3 +31,33 @@ def test_every_path_of_the_layout_block_exists():
     for path in paths:
         pattern = re.sub(r"<[^>]+>", "*", path)
         assert list(REPO.glob(pattern.rstrip("/"))), f"README layout: nothing matches {path}"
+
+
+def test_the_documentation_list_links_every_doc_and_only_existing_ones():
+    links = re.findall(r"\]\((docs/[^)#]+)\)", README)
+    assert links, "README links no docs/ page"
+    for link in links:
+        assert (REPO / link).is_file(), f"README links {link}, which does not exist"
+    listed = set(README.split("## Documentation", 1)[1].split("\n## ", 1)[0].split("(docs/")[1:])
+    listed = {item.split(")", 1)[0] for item in listed}
+    pages = {p.name for p in (REPO / "docs").glob("*.md")}
+    assert pages <= listed, f"docs/ pages missing from README's Documentation list: {sorted(pages - listed)}"
+
+
+def test_the_walkthrough_comes_first_and_runs_in_ci():
+    """A newcomer reads set-up, then the first kernel (init → definition → solution → build →
+    bench → load); CI runs its commands (.ci/wheel_smoke.sh extracts the bash blocks)."""
+    headings = re.findall(r"(?m)^## (.*)$", README)
+    assert headings[:2] == ["Set-up: two commands", "Your first kernel"]
+    section = README.split("\n## Your first kernel\n", 1)[1].split("\n## ", 1)[0]
+    commands = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S))
+    order = ["fibuild init", "defs/", "solutions/", "fibuild build", "fibuild bench", "fibuild.load"]
+    positions = [commands.index(step) for step in order]
+    assert positions == sorted(positions)
+    assert "Your first kernel" in (REPO / ".ci" / "wheel_smoke.sh").read_text()
+
+
+def test_the_env_table_is_the_one_config_documents():
+    from fibuild.config import env_table_markdown
+
+    assert env_table_markdown() in README

@@ -24,12 +24,23 @@ from ...errors import BenchError
 _SKIP_DIRS = {"__pycache__", ".git"}
 
 
-def _relative(path: Path, root: Path, what: str) -> str:
-    try:
-        return path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        raise BenchError(f"{what} {path} lies outside the workspace {root}; a farm task carries only "
-                         "files of the workspace") from None
+def _roots(root) -> list[Path]:
+    """A workspace root, or its layers (``Workspace.layers``: the user workspace over the
+    shipped library), as resolved paths; a file's bundle path is relative to the first
+    layer holding it."""
+    return [Path(r).resolve() for r in (root if isinstance(root, (list, tuple)) else [root])]
+
+
+def _relative(path: Path, root, what: str) -> str:
+    """``path`` relative to the first of ``_roots(root)`` holding it; BenchError when none does."""
+    roots = _roots(root)
+    for folder in roots:
+        try:
+            return path.resolve().relative_to(folder).as_posix()
+        except ValueError:
+            continue
+    raise BenchError(f"{what} {path} lies outside the workspace {roots[0]}; a farm task carries only "
+                     "files of the workspace")
 
 
 def _folder_files(folder: Path) -> Iterable[Path]:
@@ -48,17 +59,19 @@ def workload_files(root: Path, defn, workload) -> list[Path]:
     found = []
     for spec in workload.inputs.values():
         if spec.kind == "safetensors" and spec.path:
-            found += [p for p in {(base / spec.path).resolve(), (root / spec.path).resolve()} if p.is_file()]
+            candidates = {(base / spec.path).resolve(), *((r / spec.path).resolve() for r in _roots(root))}
+            found += [p for p in candidates if p.is_file()]
     return sorted(set(found))
 
 
-def pack(root: Path, defn, sol, workloads: Iterable[Any]) -> dict[str, Any]:
-    """The bundle of ``sol`` of ``defn`` and the files of ``workloads`` under ``root``.
+def pack(root, defn, sol, workloads: Iterable[Any]) -> dict[str, Any]:
+    """The bundle of ``sol`` of ``defn`` and the files of ``workloads`` under ``root`` (a
+    path, or a workspace's layers).
 
     Raises BenchError for a file outside ``root`` or one that cannot be read. Cost: reads
     every packed file once.
     """
-    root = Path(root).resolve()
+    root = _roots(root)
     if defn.path is None or sol.path is None:
         raise BenchError(f"{sol.qualified_name}: a farm task needs manifests read from files")
     paths = {_relative(Path(defn.path), root, "definition manifest"): Path(defn.path)}
@@ -85,7 +98,7 @@ def workload_source(root: Path, workload) -> str:
     """``workload.source`` relative to ``root`` (``declared`` and empty stay as they are)."""
     if not workload.source or workload.source == "declared":
         return workload.source
-    return _relative(Path(workload.source), Path(root).resolve(), f"workloads file of {workload.uuid}")
+    return _relative(Path(workload.source), root, f"workloads file of {workload.uuid}")
 
 
 def _safe_relpath(rel: str) -> Path:

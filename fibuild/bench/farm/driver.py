@@ -132,11 +132,11 @@ def plan_farm(workspace, plan: BenchPlan, pools: Mapping[str, Sequence[str]], *,
         for group in todo.groups:
             defn, sol = group.definition, group.solution
             if sol.qualified_name not in packed:
-                packed[sol.qualified_name] = bundles.pack(workspace.root, defn, sol, plan_workloads(plan, sol))
+                packed[sol.qualified_name] = bundles.pack(list(workspace.layers), defn, sol, plan_workloads(plan, sol))
             digest = solution_digest(defn, sol)
             for n, batch in enumerate(_chunks(group.workloads, task_size)):
-                data = make_task(workspace.root, defn, sol, batch, kind=plan.device.partition(":")[0], slug=slug,
-                                 bundle=packed[sol.qualified_name], options=options)
+                data = make_task(list(workspace.layers), defn, sol, batch, kind=plan.device.partition(":")[0],
+                                 slug=slug, bundle=packed[sol.qualified_name], options=options)
                 key = f"fibuild-{slug}-{sol.qualified_name.replace('/', '.')}-{n}-{digest[:12]}"
                 run.tasks.append(_Task(key, data, group, batch, slug, digest))
     return run
@@ -178,7 +178,8 @@ def run_farm(workspace, settings, engine, definitions: Sequence[str] = (), *,
         raise BenchError(f"device {device!r}: a farm runs on cpu or cuda workers (one device each)")
     if warmup_ms < 0 or rep_ms <= 0 or timeout_s <= 0 or task_size < 1:
         raise BenchError("warm-up must be >= 0 ms; repetition time, timeout and task size > 0")
-    registry = Registry(workspace.registry_dir)
+    registry = Registry.of(workspace)
+    workspace.ensure_writable()  # before anything is measured, not after
     options = {"warmup_ms": warmup_ms, "rep_ms": rep_ms, "graph": graph, "timeout_s": timeout_s}
     with engine:
         kind = device or ("cuda" if engine.pools("cuda") else "cpu")

@@ -9,8 +9,10 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from fibuild.compile.builders.sources import import_entry
+from fibuild.compile.builders.sources import import_entry, module_names
+from fibuild.compile.launch import configure_package
 from fibuild.compile.plans import PlannedEntry
+from fibuild.config import Settings
 from fibuild.errors import BuildError
 
 # Heavy or optional dependencies, imported inside the functions that use them: tvm_ffi.
@@ -32,8 +34,12 @@ def load_python(build_dir: Path, meta: Mapping[str, Any]) -> Callable:
     """The entry function; for a plan/run solution (``meta["plan_symbol"]``) a
     :class:`~fibuild.compile.plans.PlannedEntry` joining its plan and run. A variant's
     ``meta["constants"]`` are bound as keyword arguments of the entry function, or of the
-    plan step of a plan/run solution (the plan carries what the run needs)."""
+    plan step of a plan/run solution (the plan carries what the run needs). The module's
+    :class:`~fibuild.compile.launch.TritonLaunch` kernels get dependent launch when the
+    manifest declares ``launch: {pdl: true}`` and ``FIBUILD_PDL`` allows it."""
     entry = import_entry(build_dir, meta)
+    configure_package(module_names(build_dir, meta["entry_file"])[0],
+                      pdl=bool(meta.get("pdl")) and Settings.from_env().pdl)
     constants = meta.get("constants") or {}
     if not meta.get("plan_symbol"):
         return functools.partial(entry, **constants) if constants else entry

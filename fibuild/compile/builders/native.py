@@ -87,7 +87,10 @@ class NativeBuilder:
             except ValueError as exc:
                 raise BuildError(f"FIBUILD_CUDA_ARCH_LIST: {exc}", solution=sol.qualified_name) from None
             lib64 = settings.cuda_home / "lib64"
-            result["nvcc"] = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode, *includes,
+            # launch.pdl: the source launches with the PDL attribute under this define
+            # (FIBUILD_PDL=0 builds it without; the flag is in the key, so both builds coexist)
+            pdl = ["-DFIBUILD_LAUNCH_PDL=1"] if sol.pdl and settings.pdl else []
+            result["nvcc"] = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode, *includes, *pdl,
                               *sol.build.cuda_cflags]
             result["ldflags"] += [f"-L{lib64}", "-lcudart", f"-Wl,-rpath,{lib64}"]
         result["ldflags"] += list(sol.build.ldflags)

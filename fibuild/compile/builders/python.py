@@ -41,7 +41,7 @@ class PythonBuilder:
         if not sol.entry_file.endswith(".py"):
             raise BuildError(f"{sol.qualified_name}: entry point {sol.entry_point!r} is not a .py file",
                              solution=sol.qualified_name, build_dir=build_dir)
-        meta: dict[str, Any] = {"entry_file": sol.entry_file}
+        meta: dict[str, Any] = {"entry_file": sol.entry_file, "pdl": sol.pdl}
         if sol.constants:  # a variant's: keyword arguments of the entry point (of the plan step)
             meta["constants"] = dict(sol.constants)
         if sol.plan:

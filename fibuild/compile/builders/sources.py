@@ -5,6 +5,8 @@ import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
+import os
+import re
 import shutil
 import sys
 from pathlib import Path, PurePosixPath
@@ -39,6 +41,17 @@ def copy_sources(sol: Solution, build_dir: Path) -> Path:
     return dest
 
 
+def at_user_sources(text: str, sol: Solution, build_dir: Path) -> str:
+    """``text`` (a compiler's diagnostics) with every ``<build dir>/src/<file>:<line>`` or
+    ``<file>(<line>)`` (nvcc) pointing at the solution's own file instead of the build's
+    copy, so an editor jumps to the file the user edits. Command lines, which name the copy
+    without a line number, are left as they ran."""
+    if sol.path is None:
+        return text
+    copies = re.escape(str(build_dir / SRC_DIR) + os.sep)
+    return re.sub(copies + r"([^\s:()]+)(?=:\d|\(\d|: )", lambda m: str(sol.path / m.group(1)), text)
+
+
 def check_python_syntax(sol: Solution, src_dir: Path, build_dir: Path) -> None:
     """Compile (without running) each ``.py`` source; a SyntaxError becomes a BuildError."""
     for rel in sol.all_sources:
@@ -48,9 +61,10 @@ def check_python_syntax(sol: Solution, src_dir: Path, build_dir: Path) -> None:
         try:
             compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
         except SyntaxError as exc:
-            raise BuildError(f"{sol.qualified_name}: syntax error in {rel} line {exc.lineno}: {exc.msg}",
+            where = f"{sol.path / rel if sol.path else rel}:{exc.lineno}"
+            raise BuildError(f"{sol.qualified_name}: syntax error at {where}: {exc.msg}",
                              solution=sol.qualified_name, build_dir=build_dir,
-                             log_tail=f"{rel}:{exc.lineno}: {exc.text or ''}".rstrip()) from None
+                             log_tail=f"{where}: {exc.text or ''}".rstrip()) from None
 
 
 def module_names(build_dir: Path, entry_file: str) -> tuple[str, str]:

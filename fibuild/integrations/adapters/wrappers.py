@@ -101,13 +101,26 @@ def bucket(n: float) -> int:
 _MISSING = object()
 
 
+class NeedsDoubledIndices(Exception):
+    """A run passes one combined KV tensor and the plan's page indices are not doubled yet:
+    the caller makes them (see :func:`combined_halves`) and asks again."""
+
+
+def combined_halves(kv):
+    """K and V of one contiguous [pages, 2, page_size, heads, dim] tensor (vLLM's layout) as
+    two dense [2 * pages - 1, page_size, heads, dim] views of it, never a copy: page p's K is
+    row 2p of the first and its V row 2p of the second, so the page indices are doubled."""
+    flat = kv.view(kv.shape[0] * 2, *kv.shape[2:])
+    return flat[:-1], flat[1:]
+
+
 class PlanContext:
     """What one plan left on a wrapper: definition inputs read from it, consts, host counts,
     the ``_plan_info`` it made, and the memo of run decisions for it. ``reason`` is set when
     the plan cannot be substituted."""
 
     __slots__ = ("reason", "consts", "tensors", "counts", "blobs", "memo", "recorded", "sm_scale",
-                 "plan_info", "entry")
+                 "plan_info", "entry", "doubled")
 
     def __init__(self, reason: str | None = None):
         self.reason = reason
@@ -120,6 +133,7 @@ class PlanContext:
         self.sm_scale: float | None = None
         self.plan_info: Any = _MISSING
         self.entry = ""
+        self.doubled = False  # kv_indices holds the doubled page indices of a combined KV tensor
 
     def stale(self, inst) -> bool:
         """True when ``inst`` was planned again since this context was read, by a path that
@@ -262,9 +276,13 @@ class WrapperAdapter(Adapter):
         check_neutral(kwargs, self.run_neutral, "run")
         self._forward_state(inst)
         q = self._query(ctx, args[0], ctx.counts[rows])
-        k, v = self._paged_cache(ctx, args[1])
+        k, v, combined = self._paged_cache(ctx, args[1])
         if k.dtype != q.dtype or v.dtype != q.dtype:
             raise Unmapped(f"cache dtype {dtype_name(k)} differs from q's {dtype_name(q)}")
+        if combined != ctx.doubled:
+            if ctx.doubled:
+                raise Unmapped("this plan's runs mix a combined KV tensor and a (k, v) pair")
+            raise NeedsDoubledIndices()
         self._outputs(q, kwargs)
         call = Call(args, kwargs, {"_dtype": dtype_name(q)}, ctx)
         return call, (q, k, v, *self.plan_inputs(inst, ctx))
@@ -299,16 +317,19 @@ class WrapperAdapter(Adapter):
             raise Unmapped("lse= is not [rows, heads] on q's device")
 
     def _paged_cache(self, ctx, kv):
-        """(k_cache, v_cache) as [pages, page_size, kv_heads, head_dim] views, never copies.
-        A single [pages, 2, page_size, kv_heads, head_dim] tensor gives strided halves: the
-        definitions' solutions take dense caches, so that call is the original's."""
+        """(k_cache, v_cache) as [pages, page_size, kv_heads, head_dim] views, never copies, and
+        whether they came from one combined tensor (see :func:`combined_halves`)."""
         import torch
 
+        want = (ctx.consts["page_size"], ctx.consts["num_kv_heads"], ctx.consts["head_dim"])
         if isinstance(kv, torch.Tensor):
-            if kv.dim() == 5 and kv.shape[1] == 2:
-                raise Unmapped("the KV cache is one [pages, 2, page_size, heads, dim] tensor: its K and V "
-                               "halves are strided views, and fibuild never copies the cache")
-            raise Unmapped(f"paged_kv_cache of shape {tuple(kv.shape)}")
+            if kv.dim() != 5 or kv.shape[1] != 2 or tuple(kv.shape[2:]) != want:
+                raise Unmapped(f"paged_kv_cache of shape {tuple(kv.shape)} is not [pages, 2, page_size, "
+                               "kv_heads, head_dim]")
+            if not kv.is_contiguous():
+                raise Unmapped("the combined KV tensor is not contiguous: its K and V halves are strided "
+                               "views, and fibuild never copies the cache")
+            return (*combined_halves(kv), True)
         if not isinstance(kv, (tuple, list)) or len(kv) != 2:
             raise Unmapped("paged_kv_cache is not a (k_cache, v_cache) pair")
         out = []
@@ -317,11 +338,10 @@ class WrapperAdapter(Adapter):
                 raise Unmapped("paged_kv_cache holds a non-tensor")
             if t.dim() == 3 and ctx.consts["page_size"] == 1:
                 t = t.unsqueeze(1)
-            if t.dim() != 4 or tuple(t.shape[1:]) != (ctx.consts["page_size"], ctx.consts["num_kv_heads"],
-                                                      ctx.consts["head_dim"]):
+            if t.dim() != 4 or tuple(t.shape[1:]) != want:
                 raise Unmapped(f"cache shape {tuple(t.shape)} is not [pages, page_size, kv_heads, head_dim]")
             out.append(t)
-        return out[0], out[1]
+        return out[0], out[1], False
 
     def _query(self, ctx, q, rows: int):
         import torch

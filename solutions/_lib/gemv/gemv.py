@@ -13,12 +13,20 @@ the H200 at these shapes: full-K CTAs already fill the SMs (benchmarks/results/N
 
 Every kernel accumulates in fp32 and rounds C once. The ``triton_stream`` solutions name
 this library; their entry point is ``stream.py``.
+
+Programmatic dependent launch (``PDL``, set by fibuild's launcher for solutions declaring
+``launch: {pdl: true}``): each CTA lets the next kernel launch at once, loads its first tile of
+B (a weight: no kernel before this one writes it), and only then waits for the previous kernel
+(``gdc_wait``) before it reads A, the previous kernel's output, or writes C. The weight stream
+thus starts while the previous kernel drains. Without PDL the kernels are the plain ones.
 """
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from fibuild.compile.launch import TritonLaunch
 
 
 @triton.jit
@@ -33,7 +41,7 @@ def _mma(b, at, acc, UPCAST: tl.constexpr):
 @triton.jit(do_not_specialize=["M"])
 def _stream_dot(a_ptr, b_ptr, c_ptr, M, N, K: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                UPCAST: tl.constexpr):
+                UPCAST: tl.constexpr, PDL: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
@@ -41,7 +49,15 @@ def _stream_dot(a_ptr, b_ptr, c_ptr, M, N, K: tl.constexpr,
     at_tile = a_ptr + rm.to(tl.int64)[None, :] * K + rk[:, None]  # A^T, [BLOCK_K, BLOCK_M]
     m_ok = rm[None, :] < M
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for _ in range(K // BLOCK_K):
+    if PDL:  # the first tile of B in flight before waiting for A's producer
+        tl.extra.cuda.gdc_launch_dependents()
+        b = tl.load(b_tile, eviction_policy="evict_first")
+        tl.extra.cuda.gdc_wait()
+        at = tl.load(at_tile, mask=m_ok, other=0.0)
+        acc = _mma(b, at, acc, UPCAST)
+        b_tile += BLOCK_K
+        at_tile += BLOCK_K
+    for _ in range(PDL * 1, K // BLOCK_K):  # from the second tile with PDL
         b = tl.load(b_tile, eviction_policy="evict_first")  # streamed once: keep A in L2
         at = tl.load(at_tile, mask=m_ok, other=0.0)
         acc = _mma(b, at, acc, UPCAST)
@@ -52,12 +68,19 @@ def _stream_dot(a_ptr, b_ptr, c_ptr, M, N, K: tl.constexpr,
 
 
 @triton.jit
-def _stream_fma(a_ptr, b_ptr, c_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _stream_fma(a_ptr, b_ptr, c_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                PDL: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     b_tile = b_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
+    if PDL:  # the first tile of B in flight before waiting for A's producer
+        tl.extra.cuda.gdc_launch_dependents()
+        b = tl.load(b_tile, eviction_policy="evict_first").to(tl.float32)
+        tl.extra.cuda.gdc_wait()
+        acc += b * tl.load(a_ptr + rk).to(tl.float32)[None, :]
+        b_tile += BLOCK_K
+    for k in range(PDL * BLOCK_K, K, BLOCK_K):  # from the second tile with PDL
         b = tl.load(b_tile, eviction_policy="evict_first").to(tl.float32)
         a = tl.load(a_ptr + k + rk).to(tl.float32)
         acc += b * a[None, :]
@@ -81,6 +104,10 @@ def pick(configs, m: int) -> dict:
     return configs[-1][1]
 
 
+_DOT = TritonLaunch(_stream_dot)
+_FMA = TritonLaunch(_stream_fma)
+
+
 def matmul_nt(A: torch.Tensor, B: torch.Tensor, cfg: dict) -> torch.Tensor:
     """C [M, N] = A [M, K] @ B[N, K]^T with the kernel and launch shape ``cfg`` names.
 
@@ -94,19 +121,19 @@ def matmul_nt(A: torch.Tensor, B: torch.Tensor, cfg: dict) -> torch.Tensor:
     if m == 0:
         return C
     kernel = cfg["kernel"]
-    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     if n % bn or k % bk:  # the kernels mask M only: a remainder would go unwritten
         raise ValueError(f"config {cfg} does not tile N = {n}, K = {k}")
     if kernel == "fma":
         if m != 1:
             raise ValueError(f"the fma kernel takes M = 1, got M = {m}")
-        _stream_fma[(n // bn,)](A, B, C, n, K=k, BLOCK_N=bn, BLOCK_K=bk, **launch)
+        _FMA.bind(K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])(
+            (n // bn,), A, B, C, n)
         return C
-    bm = cfg["BLOCK_M"]
-    launch["UPCAST"] = A.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
-    grid_m = triton.cdiv(m, bm)
     if kernel == "dot":
-        _stream_dot[(n // bn, grid_m)](A, B, C, m, n, K=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch)
+        bm = cfg["BLOCK_M"]
+        upcast = A.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+        _DOT.bind(K=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, UPCAST=upcast, num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])((n // bn, triton.cdiv(m, bm)), A, B, C, m, n)
         return C
     raise ValueError(f"unknown kernel {kernel!r} (dot or fma)")

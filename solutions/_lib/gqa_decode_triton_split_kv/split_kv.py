@@ -23,6 +23,12 @@ A solution binds ``plan``'s ``page_size`` (its definition's); the merge and the 
 knobs are the constants of a variant of its grid. The plan carries all of them to the run. With ``kv_last_page_len`` a sequence's
 last page holds that many tokens, else every page is full. Runs on CPU tensors under ``TRITON_INTERPRET=1`` (``tl.dot`` then takes
 fp32 operands: the interpreter's bf16 dot returns garbage).
+
+With dependent launch (``launch: {pdl: true}``), each program lets the next kernel launch at
+once, reads its work item (the plan's) and its first block's page indices (the engine's page
+table, written before the step), asks the L2 for that block's K and V rows, and then waits
+for the previous kernel (q and the new token's K/V are its output) before it loads anything
+into registers from them or writes; the separate merge waits before reading the partials.
 """
 import os
 from dataclasses import dataclass
@@ -30,6 +36,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from fibuild.compile.launch import TritonLaunch
 
 NUM_QO_HEADS = 32
 NUM_KV_HEADS = 8
@@ -231,16 +239,27 @@ def _merge(part_out_ptr, part_lse_ptr, first, count, out_ptr, lse_ptr, seq, kv_h
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """Ask the L2 for the 256-byte row at each of ``ptrs`` (a bf16 K or V row of 128): no
+    register result, no L1 line, so a later load after the wait reads what is current."""
+    addr = ptrs.to(tl.int64)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tprefetch.global.L2 [$2];\n\tmov.u32 $0, 0;",
+                              "=r,l,l", [addr, addr + 128], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _decode_chunk(q_ptr, k_ptr, v_ptr, indices_ptr, items_ptr, out_ptr, lse_ptr,
                   part_out_ptr, part_lse_ptr, counter_ptr, scale_log2,
                   stride_qb, stride_kp, stride_kt, stride_vp, stride_vt, stride_ob, stride_lb,
                   stride_pb, stride_plb,
                   PAGE: tl.constexpr, GROUP: tl.constexpr, NUM_KV: tl.constexpr, BLOCK_H: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, FIELDS: tl.constexpr,
-                  MERGE_BLOCK: tl.constexpr, FUSED: tl.constexpr, DOT: tl.constexpr):
+                  MERGE_BLOCK: tl.constexpr, FUSED: tl.constexpr, DOT: tl.constexpr, PDL: tl.constexpr):
     item = tl.program_id(0)
     kv_head = tl.program_id(1)
-    info = tl.load(items_ptr + item * FIELDS + tl.arange(0, FIELDS))
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    info = tl.load(items_ptr + item * FIELDS + tl.arange(0, FIELDS))  # the plan's: no kernel writes it
     seq = _field(info, 0, FIELDS)
     offset = _field(info, 1, FIELDS)
     ntok = _field(info, 2, FIELDS)
@@ -251,6 +270,15 @@ def _decode_chunk(q_ptr, k_ptr, v_ptr, indices_ptr, items_ptr, out_ptr, lse_ptr,
     row_ok = rows < GROUP
     dims = tl.arange(0, HEAD_DIM)
     heads = kv_head * GROUP + rows
+    if PDL:  # the first block's page indices, and its K and V rows into L2, before the wait
+        first = tl.arange(0, BLOCK_N)
+        first_ok = first < ntok
+        page0 = tl.load(indices_ptr + offset + first // PAGE, mask=first_ok, other=0).to(tl.int64)
+        row0 = page0 * stride_kp + (first % PAGE) * stride_kt + kv_head * HEAD_DIM
+        _prefetch_l2(tl.where(first_ok, row0, 0) + k_ptr)
+        _prefetch_l2(tl.where(first_ok, page0 * stride_vp + (first % PAGE) * stride_vt + kv_head * HEAD_DIM, 0)
+                     + v_ptr)
+        tl.extra.cuda.gdc_wait()  # q (and the new token's K/V) are the previous kernels' output
     q = tl.load(q_ptr + seq.to(tl.int64) * stride_qb + heads[:, None] * HEAD_DIM + dims[None, :],
                 mask=row_ok[:, None], other=0.0).to(DOT)
 
@@ -300,13 +328,36 @@ def _decode_chunk(q_ptr, k_ptr, v_ptr, indices_ptr, items_ptr, out_ptr, lse_ptr,
 @triton.jit
 def _merge_chunks(part_out_ptr, part_lse_ptr, seq_items_ptr, out_ptr, lse_ptr,
                   stride_pb, stride_plb, stride_ob, stride_lb,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, MERGE_BLOCK: tl.constexpr):
+                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, MERGE_BLOCK: tl.constexpr,
+                  PDL: tl.constexpr):
     seq = tl.program_id(0)
-    first = tl.load(seq_items_ptr + seq * 2)
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    first = tl.load(seq_items_ptr + seq * 2)  # the plan's
     count = tl.load(seq_items_ptr + seq * 2 + 1)
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the partials are the chunk kernel's output
     if count > 1:  # an unsplit sequence wrote its answer already
         _merge(part_out_ptr, part_lse_ptr, first, count, out_ptr, lse_ptr, seq, tl.program_id(1),
                stride_pb, stride_plb, stride_ob, stride_lb, GROUP, HEAD_DIM, MERGE_BLOCK)
+
+
+_CHUNK = TritonLaunch(_decode_chunk)
+_CHUNK_BOUND = {}  # (page size, block_n, fused, warps, stages) -> the bound launch
+
+
+def _chunk_launch(plan):
+    """``_decode_chunk`` bound to the plan's constexprs and launch shape (memoized: per call, a tuple)."""
+    key = (plan.page_size, plan.block_n, plan.fused, plan.num_warps, plan.num_stages)
+    bound = _CHUNK_BOUND.get(key)
+    if bound is None:
+        bound = _CHUNK_BOUND[key] = _CHUNK.bind(
+            PAGE=plan.page_size, GROUP=GROUP, NUM_KV=NUM_KV_HEADS, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM,
+            BLOCK_N=plan.block_n, FIELDS=ITEM_FIELDS, MERGE_BLOCK=MERGE_BLOCK, FUSED=plan.fused,
+            DOT=tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16,
+            num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return bound
+_MERGE = TritonLaunch(_merge_chunks).bind(GROUP=GROUP, HEAD_DIM=HEAD_DIM, MERGE_BLOCK=MERGE_BLOCK, num_warps=4)
 
 
 @torch.no_grad()
@@ -323,17 +374,12 @@ def gqa_paged_decode(plan, q, k_cache, v_cache, kv_indptr, kv_indices, *rest):
     if plan.num_items == 0:
         return output, lse
     part_out, part_lse = plan.partial_out, plan.partial_lse
-    _decode_chunk[(plan.num_items, NUM_KV_HEADS)](
+    _chunk_launch(plan)(
+        (plan.num_items, NUM_KV_HEADS),
         q, k_cache, v_cache, kv_indices, plan.items, output, lse, part_out, part_lse, plan.counters,
         float(sm_scale) * LOG2E, q.stride(0), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
-        v_cache.stride(1), output.stride(0), lse.stride(0), part_out.stride(0), part_lse.stride(0),
-        PAGE=plan.page_size, GROUP=GROUP, NUM_KV=NUM_KV_HEADS, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM,
-        BLOCK_N=plan.block_n, FIELDS=ITEM_FIELDS, MERGE_BLOCK=MERGE_BLOCK, FUSED=plan.fused,
-        DOT=tl.float32 if os.environ.get("TRITON_INTERPRET") == "1" else tl.bfloat16,
-        num_warps=plan.num_warps, num_stages=plan.num_stages)
+        v_cache.stride(1), output.stride(0), lse.stride(0), part_out.stride(0), part_lse.stride(0))
     if plan.split and not plan.fused:
-        _merge_chunks[(batch, NUM_KV_HEADS)](
-            part_out, part_lse, plan.seq_items, output, lse, part_out.stride(0), part_lse.stride(0),
-            output.stride(0), lse.stride(0), GROUP=GROUP, HEAD_DIM=HEAD_DIM, MERGE_BLOCK=MERGE_BLOCK,
-            num_warps=4)
+        _MERGE((batch, NUM_KV_HEADS), part_out, part_lse, plan.seq_items, output, lse, part_out.stride(0),
+               part_lse.stride(0), output.stride(0), lse.stride(0))
     return output, lse

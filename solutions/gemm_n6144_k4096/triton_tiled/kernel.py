@@ -3,12 +3,15 @@
 Value-returning: ``gemm(A, B) -> C``. The tile shape is chosen from M: narrow tiles for
 decode-sized M (the kernel is then bound by reading B once, so many programs along N keep
 every SM loading), 128x256 tiles with grouped program order for large M (A and B tiles
-reused from L2). N and K are constants of the definition, so only M needs masks. Runs on
+reused from L2). N and K are constants of the definition, so only M needs masks. Launched
+through fibuild's compiled-handle launcher (:mod:`fibuild.compile.launch`). Runs on
 CPU tensors when ``TRITON_INTERPRET=1`` is set before this module is imported.
 """
 import torch
 import triton
 import triton.language as tl
+
+from fibuild.compile.launch import TritonLaunch
 
 N = 6144
 K = 4096
@@ -44,6 +47,9 @@ def _gemm_nt(a_ptr, b_ptr, c_ptr, M, N: tl.constexpr, K: tl.constexpr,
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=row_ok)
 
 
+_GEMM = TritonLaunch(_gemm_nt)  # launched through its compiled handle, bound per tile shape
+
+
 def _config(m: int) -> dict:
     """Tile shape, warps and pipeline depth for a given M (N and K fixed)."""
     if m <= 16:
@@ -64,5 +70,5 @@ def gemm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     if m:
         cfg = _config(m)
         grid = (triton.cdiv(m, cfg["BLOCK_M"]) * (N // cfg["BLOCK_N"]),)
-        _gemm_nt[grid](A, B, C, m, N=N, K=K, **cfg)
+        _GEMM.bind(N=N, K=K, **cfg)(grid, A, B, C, m)
     return C

@@ -53,7 +53,8 @@ def test_bench_then_table(workspace, capsys, tmp_path):
 
     assert main(["--root", str(workspace), "table", "rmsnorm_h4096"]) == 0
     table = capsys.readouterr().out
-    assert "batch_size=1" in table and "batch_size=7" in table and "torch_fp32" in table and "*" in table
+    rows = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    assert "batch_size" in table and rows == ["1", "7"] and "torch_fp32" in table and "*" in table
 
     plot = tmp_path / "plots" / "rmsnorm.png"
     assert main(["--root", str(workspace), "table", "rmsnorm_h4096", "--json", "--plot", str(plot)]) == 0

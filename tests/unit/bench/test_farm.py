@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fibuild.cli import main
+from fibuild.cli.bench_report import NOTHING_RAN
 from fibuild.devices import device_slug
 from fibuild.spec.schema import validate
 
@@ -86,14 +87,14 @@ def test_farm_records_match_local_executor_and_resume_runs_nothing(shipped, caps
     assert len(worker_lines) == 2
     assert sum(int(line.split(": ")[1].split(" done")[0]) for line in worker_lines) == len(farm)
 
-    # --resume: every (workload, solution, digest, device) is recorded, so nothing runs.
-    assert main([*argv, *DASK, "--resume"]) == 0
+    # --resume: every (workload, solution, digest, device) is recorded, so nothing runs (exit 5).
+    assert main([*argv, *DASK, "--resume"]) == NOTHING_RAN
     err = capsys.readouterr().err
     assert f"resume: {len(farm)} item(s) already recorded on {device_slug('cpu')}" in err
     assert "farm: 0 item(s)" in err
     assert len(registry_records(shipped)) == len(farm)
     # The local executor resumes the same way.
-    assert main([*argv, "--resume"]) == 0
+    assert main([*argv, "--resume"]) == NOTHING_RAN
     assert len(registry_records(shipped)) == len(farm)
 
 

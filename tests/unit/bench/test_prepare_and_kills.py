@@ -69,14 +69,15 @@ def run(hidden_states, residual, weight):
 '''
 
 
-def add_solution(ws: Path, definition: str, name: str, source: str, entry: str, targets: str = "[cpu]"):
+def add_solution(ws: Path, definition: str, name: str, source: str, entry: str, targets: str = "[cpu]",
+                 extra: str = ""):
     folder = ws / "solutions" / definition / name
     folder.mkdir(parents=True)
     (folder / "kernel.py").write_text(source)
     (folder / "solution.yaml").write_text(
         f"name: {name}\ndefinition: {definition}\nauthor: fibuild tests\nlanguage: python\n"
         f"entry_point: kernel.py::{entry}\nsources: [kernel.py]\ntarget_hardware: {targets}\n"
-        "destination_passing_style: false\n")
+        f"destination_passing_style: false\n{extra}")
 
 
 @pytest.fixture
@@ -100,9 +101,11 @@ class Recorder(BenchReporter):
         self.replaced.append(reason)
 
 
-def test_first_call_gets_the_prepare_limit_not_the_item_timeout(ws, monkeypatch):
-    add_solution(ws, DEF, "slow_first", RMSNORM.format(body="if _calls == 1: time.sleep(4)"), "rmsnorm")
-    add_solution(ws, DEF, "never_ready", RMSNORM.format(body="if _calls == 1: time.sleep(600)"), "rmsnorm")
+def test_declared_first_call_work_gets_the_prepare_limit_not_the_item_timeout(ws, monkeypatch):
+    jit = "first_call: [jit]\n"
+    add_solution(ws, DEF, "slow_first", RMSNORM.format(body="if _calls == 1: time.sleep(4)"), "rmsnorm", extra=jit)
+    add_solution(ws, DEF, "never_ready", RMSNORM.format(body="if _calls == 1: time.sleep(600)"), "rmsnorm",
+                 extra=jit)
     add_solution(ws, DEF, "blackwell_only", RMSNORM.format(body="pass"), "rmsnorm", targets="[sm100]")
     monkeypatch.setenv("FIBUILD_PREPARE_TIMEOUT", "10")  # read at call time
     reporter = Recorder()
@@ -118,9 +121,10 @@ def test_first_call_gets_the_prepare_limit_not_the_item_timeout(ws, monkeypatch)
         if solution == "slow_first":  # 4 s first call > 2 s item timeout, < 10 s prepare limit
             assert ev.status == "PASSED", ev.error
             assert 4.0 <= ev.prepare_s < 10 and ev.latency.median_us > 0
-        else:  # overran the prepare limit: a build that never ends, not a TIMEOUT
-            assert ev.status == "COMPILE_ERROR"
-            assert "prepare limit of 10 s (FIBUILD_PREPARE_TIMEOUT)" in ev.error
+        else:  # overran the prepare allowance: a hang in the first call, named so
+            assert ev.status == "TIMEOUT"
+            assert "hang in phase 'load and first call'" in ev.error
+            assert "prepare allowance of 10 s (FIBUILD_PREPARE_TIMEOUT; first_call: jit)" in ev.error
     assert reporter.replaced == ["prepare timeout"]  # the second workload was not tried again
     assert elapsed < 60
     for ev in Registry(ws / "registry").read(DEF):
@@ -130,6 +134,43 @@ def test_first_call_gets_the_prepare_limit_not_the_item_timeout(ws, monkeypatch)
     table = collect_table(workspace, Settings.from_env(root=ws), workspace.definition(DEF),
                           Device.parse("cpu").slug, here=True)
     assert "target_hardware [sm100] does not include" in table.excluded["blackwell_only"]
+
+
+def test_an_undeclared_first_call_gets_the_item_timeout_unless_it_is_visibly_compiling(ws, tmp_path, monkeypatch):
+    """Without declared first-call work, a first call that hangs is TIMEOUT after --timeout,
+    not after FIBUILD_PREPARE_TIMEOUT; one that runs a compiler past --timeout gets the
+    allowance (here a stand-in ``nvcc`` that takes 4 s)."""
+    fake = tmp_path / "bin" / "nvcc"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nsleep 4\n")
+    fake.chmod(0o755)
+    compile_first = f"if _calls == 1: __import__('subprocess').run([{str(fake)!r}], check=True)"
+    add_solution(ws, DEF, "compiles_first", RMSNORM.format(body=compile_first), "rmsnorm")
+    add_solution(ws, DEF, "hangs_first", RMSNORM.format(body="if _calls == 1: time.sleep(600)"), "rmsnorm")
+    monkeypatch.setenv("FIBUILD_PREPARE_TIMEOUT", "60")
+    started = time.monotonic()
+    evs = run_benchmarks(Workspace(ws), Settings.from_env(), [DEF], device="cpu", workload_limit=1,
+                         timeout_s=1.5, reporter=Recorder(), **FAST)
+    elapsed = time.monotonic() - started
+    by = {e.solution: e for e in evs}
+    assert by["compiles_first"].status == "PASSED", by["compiles_first"].error
+    assert by["compiles_first"].prepare_s >= 4.0
+    hung = by["hangs_first"]
+    assert hung.status == "TIMEOUT"
+    assert "hang in phase 'load and first call': no reply within --timeout 1.5 s" in hung.error
+    assert "first_call: [jit]" in hung.error                       # says how to declare the work
+    assert elapsed < 40                                             # not the 60 s allowance
+
+
+def test_first_call_work_is_declared_or_implied():
+    from fibuild.bench.runner import first_call_work
+
+    shipped = Workspace(ROOT)
+    defn = shipped.definition(DEF)
+    assert first_call_work(defn, shipped.solution("torch_fp32", DEF)) == ()
+    assert first_call_work(defn, shipped.solution("flashinfer", DEF)) == ("jit",)
+    dist = shipped.definition("allreduce_add_rmsnorm_h4096")
+    assert "workspace" in first_call_work(dist, shipped.solutions(dist)[0])
 
 
 def test_plan_matches_target_hardware_like_the_resolver(ws, monkeypatch):
@@ -243,6 +284,6 @@ def test_distributed_first_calls_get_the_prepare_limit(toy):
         assert ok.status == "PASSED", ok.error
         assert 4.0 <= ok.prepare_s < 10 and ok.environment["backend"] == "gloo"
         stuck = by[("never_ready", tokens)]
-        assert stuck.status == "COMPILE_ERROR"
-        assert "prepare limit of 10 s" in stuck.error
+        assert stuck.status == "TIMEOUT"
+        assert "prepare allowance of 10 s (FIBUILD_PREPARE_TIMEOUT; first_call: workspace)" in stuck.error
     assert len(reporter.replaced) == 1  # the group was torn down once, for never_ready

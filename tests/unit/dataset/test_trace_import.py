@@ -151,6 +151,62 @@ def test_flashinfer_bench_loads_the_export(tmp_path):
     assert sum(len(v) for v in traces.traces.values()) == 8
 
 
+def _dataset_solution_names(ds: Path) -> list[str]:
+    return [json.loads(p.read_text())["name"] for p in sorted((ds / "solutions").rglob("*.json"))]
+
+
+def test_exported_solution_names_are_unique_and_import_maps_them_back(tmp_path):
+    """Solution names that several definitions share (``torch_matmul``, ``cpp_bf16``) are
+    exported as ``<definition>__<name>``, the dataset's traces name them so, and the import
+    gives back the workspace's names: export → import → export writes the same files."""
+    shipped = Workspace(SHIPPED)
+    export_flashinfer_trace(shipped, tmp_path / "ds")
+    names = _dataset_solution_names(tmp_path / "ds")
+    assert len(names) == len(set(names)) == len([s for s in shipped.solutions()
+                                                 if not _unexportable(shipped, s.definition)])
+    shared = {s.name for s in shipped.solutions()} - {n for n in names if "__" not in n}
+    assert "torch_matmul" in shared and "gemm_n4096_k4096__torch_matmul" in names
+    assert "rmsnorm_h4096__cpp_bf16" in names or "rmsnorm_h4096__torch_fp32" in names
+    traced = {json.loads(ln)["solution"] for p in (tmp_path / "ds" / "traces").rglob("*.jsonl")
+              for ln in p.read_text().splitlines()}
+    assert traced and traced <= set(names)
+
+    ws = Workspace(tmp_path / "ws")
+    (tmp_path / "ws" / "defs").mkdir(parents=True)
+    import_flashinfer_trace(ws, tmp_path / "ds")
+    ws = Workspace(tmp_path / "ws")
+    # (a grid's variants, ``sol[K=v]``, are exported one by one and come back as no solution)
+    exported = {s.qualified_name for s in shipped.solutions()
+                if not _unexportable(shipped, s.definition) and "[" not in s.name}
+    assert {s.qualified_name for s in ws.solutions() if "[" not in s.name} == exported
+    assert all("__" not in s.name for s in ws.solutions())
+    export_flashinfer_trace(ws, tmp_path / "ds2")
+    plain = [n for n in names if "[" not in n]
+    assert [n for n in _dataset_solution_names(tmp_path / "ds2") if "[" not in n] == plain
+    def who(ds):  # what each trace line names: the solution by its dataset name
+        return sorted((t["definition"], t["solution"], t["workload"]["uuid"], t["evaluation"]["status"])
+                      for p in (ds / "traces").rglob("*.jsonl") for t in map(json.loads, p.read_text().splitlines())
+                      if "[" not in t["solution"])
+    assert who(tmp_path / "ds2") == who(tmp_path / "ds")
+
+
+def _unexportable(ws: Workspace, definition: str) -> bool:
+    """In-place and distributed definitions have no dataset form (reported, not written)."""
+    defn = ws.definition(definition)
+    return defn.distributed is not None or any(t.inplace for t in defn.outputs)
+
+
+def test_flashinfer_bench_loads_the_full_shipped_export(tmp_path):
+    """The whole shipped library, exported, loads in flashinfer-bench (0.1.2 in CI)."""
+    data = pytest.importorskip("flashinfer_bench.data")
+    shipped = Workspace(SHIPPED)
+    report = export_flashinfer_trace(shipped, tmp_path / "ds")
+    traces = data.TraceSet.from_path(str(tmp_path / "ds"))
+    assert len(traces.definitions) == report.written["definition"] >= 10
+    assert sum(len(v) for v in traces.solutions.values()) == report.written["solution"]
+    assert sum(len(v) for v in traces.traces.values()) == report.written["evaluation"] > 0
+
+
 def test_export_reports_what_the_dataset_cannot_hold(tmp_path):
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(SHIPPED / "defs", tmp_path / "ws" / "defs")
@@ -221,3 +277,16 @@ def test_unknown_op_type_and_definition_selections_are_errors(tmp_path):
         _import(tmp_path / "ws", op_type="conv")
     with pytest.raises(Exception, match="no definition rmsnorm_h1"):
         _import(tmp_path / "ws", definitions=["rmsnorm_h1"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["import", "flashinfer-trace", str(FIXTURE), "rmsnorm_h4096"],                  # names after DIR
+    ["import", "flashinfer-trace", "--definitions", "rmsnorm_h4096", "--", str(FIXTURE)],
+    ["import", "flashinfer-trace", str(FIXTURE), "--definitions", "rmsnorm_h4096"],
+], ids=["after-dir", "before-dir-with-dashes", "option-after-dir"])
+def test_the_definitions_to_import_are_named_without_swallowing_the_folder(tmp_path, argv, capsys, settings_env):
+    from fibuild.cli import main
+
+    _workspace(tmp_path / "ws")
+    assert main(["--root", str(tmp_path / "ws"), *argv]) == 0, capsys.readouterr().err
+    assert set(Workspace(tmp_path / "ws").definitions) == {"rmsnorm_h4096"}

@@ -57,6 +57,18 @@ def test_nothing_is_imported_or_patched_when_unset(tmp_path, value):
     assert report["hook_s"] < 0.05   # site.addsitedir of one folder, hook line included
 
 
+def test_flashinfer_bench_variables_are_said_to_be_ignored_once(tmp_path):
+    """FIB_ENABLE_TRACING / FIB_ENABLE_APPLY / FIB_DATASET_PATH are flashinfer-bench's: with
+    flashinfer-bench absent, the process says once that fibuild ignores them and what to set."""
+    report, stderr = _run_probe(tmp_path, {"FIB_ENABLE_TRACING": "1", "FIB_ENABLE_APPLY": "1",
+                                           "FIB_DATASET_PATH": str(tmp_path / "ds")})
+    assert not report["patched"] and not report["active"]
+    lines = [ln for ln in stderr.splitlines() if "flashinfer-bench" in ln]
+    assert len(lines) == 1, stderr
+    assert "FIB_ENABLE_TRACING=1" in lines[0] and f"FIB_DATASET_PATH={tmp_path / 'ds'}" in lines[0]
+    assert "FIBUILD_TRACE=1" in lines[0] and "ignored" in lines[0]
+
+
 def test_trace_from_the_environment_patches_on_import_and_logs_one_line(tmp_path):
     root = tmp_path / "ws"
     (root / "defs").mkdir(parents=True)

@@ -286,7 +286,10 @@ class VLLMDecode:
         return out
 
 
-def test_vllm_decode_cpu_indptr_max_sized_buffers_out_and_combined_cache(flashinfer_stub, small_ws, capture):
+def test_vllm_decode_cpu_indptr_max_sized_buffers_out_and_combined_cache(flashinfer_stub, small_ws):
+    """vLLM's decode: CPU indptr, indices in a max-sized buffer shared by the wrappers, out=,
+    and the KV cache as one combined tensor per layer, whose halves are taken as dense views of
+    it (2 * pages - 1 rows each) with the page indices doubled at each plan."""
     small_ws.add_counted_solution(DECODE)
     small_ws.record(DECODE, "counted", {"batch_size": 3, "num_pages": POOL, "len_indptr": 4, "num_kv_indices": 12})
     import flashinfer
@@ -302,17 +305,15 @@ def test_vllm_decode_cpu_indptr_max_sized_buffers_out_and_combined_cache(flashin
             indptr, indices = pool.table(lens)
             w = eng.step(indptr, indices)
             q = pool.query(3)
-            out = torch.empty(3, 8, 16, dtype=BF16)
-            got = eng.run(w, q, (pool.k[0], pool.v[0]), out)
-            _close(got, expected(cls, indptr, indices, q, pool.k[0], pool.v[0]))
-            combined = torch.stack([pool.k[1], pool.v[1]], 1).unsqueeze(2)  # [pages, 2, page_size, kv, d]
-            got = eng.run(w, q, combined, torch.empty(3, 8, 16, dtype=BF16))
-            _close(got, expected(cls, indptr, indices, q, pool.k[1], pool.v[1]))
+            for layer in range(2):
+                combined = torch.stack([pool.k[layer], pool.v[layer]], 1).unsqueeze(2)  # [pages, 2, ps, kv, d]
+                out = torch.empty(3, 8, 16, dtype=BF16)
+                assert eng.run(w, q, combined, out) is out
+                _close(out, expected(cls, indptr, indices, q, pool.k[layer], pool.v[layer]))
         row = fibuild.integrations.stats()[API]
         assert row["plans"] == {"plan": 1, "fast_decode_plan": 2}
-        assert row["substituted"] == 3 and row["calls"] == 6
-        (reason, n), = row["fallbacks"].items()
-        assert n == 3 and "never copies the cache" in reason
+        assert row["substituted"] == row["calls"] == 6 and not row["fallbacks"]
+        assert flashinfer.CALLS["decode.run"] == 6   # only the references in expected()
     finally:
         del sys.modules[backend.__name__]
 
@@ -356,27 +357,67 @@ def test_sglang_extend_ragged_and_paged_prefix(flashinfer_stub, small_ws):
     assert paged_row["substituted"] == 1 and paged_row["fallbacks"] == {"causal=False (the definitions are causal)": 1}
 
 
-def test_sglang_style_trace_records_the_shapes_it_called(flashinfer_stub, tmp_path):
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_trace_records_the_shapes_each_engine_called(flashinfer_stub, tmp_path, engine):
     import flashinfer
 
     root = tmp_path / "ws"
     (root / "defs").mkdir(parents=True)
+    backend = types.SimpleNamespace()
     fibuild.enable(trace=True, root=root)
+    backend.fast_decode_plan = flashinfer.decode.fast_decode_plan
     pool = Pool()
-    eng = SGLangDecode(flashinfer, 3)
-    indptr, indices = pool.table([5, 4, 3])
-    eng.call_begin_forward(indptr, indices, [5, 4, 3])
-    eng.install_fast_plan()
     q = pool.query(3)
-    eng.forward_decode(q, pool.k[0], pool.v[0])
-    indptr, indices = pool.table([9, 9, 9])
-    eng.call_begin_forward(indptr, indices, [9, 9, 9])
-    eng.forward_decode(q, pool.k[0], pool.v[0])
+    combined = torch.stack([pool.k[0], pool.v[0]], 1).unsqueeze(2)
+    if engine == "sglang":
+        eng = SGLangDecode(flashinfer, 3)
+        for step, lens in enumerate(([5, 4, 3], [9, 9, 9])):
+            indptr, indices = pool.table(lens)
+            eng.call_begin_forward(indptr, indices, lens)
+            if not step:
+                eng.install_fast_plan()
+            eng.forward_decode(q, pool.k[0], pool.v[0])
+    else:
+        eng = VLLMDecode(flashinfer, backend)
+        for lens in ([5, 4, 3], [9, 9, 9]):
+            w = eng.step(*pool.table(lens))
+            eng.run(w, q, combined, torch.empty(3, 8, 16, dtype=BF16))
     fibuild.disable()
     from fibuild.spec.workspace import Workspace
 
-    ws = Workspace(root)
-    defn = ws.definition(DECODE)    # made from the template by the traced call
-    assert defn.name == DECODE
+    assert Workspace(root).definition(DECODE).name == DECODE   # made from the template by the traced call
     lines = (root / "registry" / DECODE / "workloads.jsonl").read_text().splitlines()
     assert {(ln.count('"num_kv_indices":12'), ln.count('"num_kv_indices":27')) for ln in lines} == {(1, 0), (0, 1)}
+    row = fibuild.integrations.stats()[API]
+    assert row["calls"] == row["original"] == 2 and sum(row["plans"].values()) == 2
+
+
+def test_vllm_combined_cache_in_a_graph_follows_every_plan(flashinfer_stub, small_ws, capture):
+    """A captured run over the combined KV tensor reads the doubled page indices from a buffer
+    each later fast_decode_plan rewrites (and the plan/run solution's plan is refilled), so
+    every replay answers for that step's page table."""
+    _planned_ws(small_ws)
+    import flashinfer
+
+    backend = types.SimpleNamespace(fast_decode_plan=None)
+    fibuild.enable(apply=True, settings=small_ws.settings)
+    backend.fast_decode_plan = flashinfer.decode.fast_decode_plan
+    pool, cls, eng = Pool(), flashinfer.BatchDecodeWithPagedKVCacheWrapper, VLLMDecode(flashinfer, backend)
+    combined = torch.stack([pool.k[0], pool.v[0]], 1).unsqueeze(2)
+    indptr, indices = pool.table([5, 4, 3])
+    w = eng.step(indptr, indices)
+    q = pool.query(3)
+    out = torch.empty(3, 8, 16, dtype=BF16)
+    _close(eng.run(w, q, combined, out), expected(cls, indptr, indices, q, pool.k[0], pool.v[0]))  # warm-up
+    eng.step(indptr, indices)     # the next plan (fast_decode_plan) prepares the plan the capture takes
+    capture(True)
+    eng.run(w, q, combined, out)
+    capture(False)
+    assert wrapper_sites.captured_solution(w) == "planned"
+    for lens in ([9, 1, 7], [20, 13, 7], [3, 0, 2]):
+        indptr, indices = pool.table(lens)
+        eng.step(indptr, indices)
+        (got,) = _replays(w)
+        _close(got, expected(cls, indptr, indices, q, pool.k[0], pool.v[0]))
+    row = fibuild.integrations.stats()[API]
+    assert row["plans"] == {"plan": 1, "fast_decode_plan": 4} and not row["fallbacks"], row

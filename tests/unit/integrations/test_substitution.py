@@ -217,7 +217,8 @@ def test_decode_wrapper_doubts_go_to_the_original(flashinfer_stub, small_ws):
     assert "int32" in context_of(wrapper).reason
     wrapper.run(q, (kc, vc))
     wrapper.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
-    wrapper.run(q, torch.stack([kc, vc], 1).unsqueeze(2))       # one 5-D tensor: strided halves, never copied
+    combined = torch.stack([kc, vc], 1).unsqueeze(2)             # [pages, 2, page_size, kv, d]
+    wrapper.run(q, combined.transpose(0, 1).contiguous().transpose(0, 1))  # not contiguous: never copied
     hnd = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(8), "HND")
     hnd.plan(indptr, indices, last, 8, 2, 16, 1, q_data_type=BF16)
     assert "kv_layout" in context_of(hnd).reason
@@ -228,7 +229,7 @@ def test_decode_wrapper_doubts_go_to_the_original(flashinfer_stub, small_ws):
     row = fibuild.integrations.stats()["flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper"]
     assert row["calls"] == 4 and row["substituted"] == 0 and row["plans"] == {"plan": 5}
     reasons = "\n".join(row["fallbacks"])
-    for words in ("logits_soft_cap", "pos_encoding_mode", "int32", "strided views"):
+    for words in ("logits_soft_cap", "pos_encoding_mode", "int32", "never copies the cache"):
         assert words in reasons
 
 

@@ -315,6 +315,52 @@ def test_load_takes_this_machines_slug_and_refuses_others(workspace):
         load(DEF, settings=workspace.settings, device="nvidia-h100-80gb-hbm3-sm90")
 
 
+def test_apply_runs_its_body_for_calls_the_definition_does_not_cover(workspace):
+    """flashinfer-bench's ``apply`` runs the decorated function when no definition fits the
+    call; so does fibuild's: another hidden size, another dtype. ``load`` still refuses them."""
+    from fibuild.errors import InputError
+
+    workspace.record("torch_alt", 4, 20.0)
+    calls = []
+
+    @apply(DEF, settings=workspace.settings)
+    def rmsnorm(hidden_states, weight):
+        calls.append((hidden_states.shape[-1], hidden_states.dtype))
+        return reference_rmsnorm(hidden_states, weight)
+
+    x, w = inputs(4)
+    rmsnorm(x, w)
+    assert calls == []                                             # covered: the solution ran
+    narrow = (torch.randn(3, 2048).to(torch.bfloat16), torch.ones(2048, dtype=torch.bfloat16))
+    torch.testing.assert_close(rmsnorm(*narrow), reference_rmsnorm(*narrow), atol=0, rtol=0)
+    rmsnorm(x.float(), w.float())
+    assert calls == [(2048, torch.bfloat16), (4096, torch.float32)]
+    y = apply(DEF, args=narrow, fallback=reference_rmsnorm, settings=workspace.settings)
+    torch.testing.assert_close(y, reference_rmsnorm(*narrow), atol=0, rtol=0)
+    with pytest.raises(InputError, match="2048"):
+        load(DEF, settings=workspace.settings)(*narrow)
+    with pytest.raises(InputError):                                # no fallback: the error stands
+        apply(DEF, args=narrow, settings=workspace.settings)
+
+
+def test_load_resolve_and_apply_take_a_root(workspace, tmp_path, monkeypatch):
+    """``root=`` names the workspace, as ``fibuild.enable(root=...)`` does, whatever the
+    environment and the current directory say."""
+    import dataclasses
+
+    workspace.record("torch_alt", 8, 20.0)
+    monkeypatch.chdir(tmp_path)
+    elsewhere = dataclasses.replace(workspace.settings, root=tmp_path / "elsewhere")
+    k = load(DEF, settings=elsewhere, root=workspace.root)
+    assert k.explain(batch_size=8).solution.name == "torch_alt"
+    assert resolve(DEF, {"batch_size": 8}, settings=elsewhere, root=str(workspace.root)).solution.name == "torch_alt"
+    x, w = inputs(8)
+    torch.testing.assert_close(apply(DEF, args=(x, w), settings=elsewhere, root=workspace.root),
+                               reference_rmsnorm(x, w), atol=1e-2, rtol=1e-2)
+    with pytest.raises(FibuildError, match="elsewhere"):
+        load(DEF, settings=elsewhere)
+
+
 def test_an_unseen_key_takes_the_nearest_evaluated_key_below(workspace):
     """16 lies nearer 32 (ratio 2) than 4 (ratio 4) but takes 4's winner: a config tuned
     for a smaller bucket degrades gently on a larger shape, not the other way round."""

@@ -202,6 +202,35 @@ def test_discover_finds_the_nearest_ancestor_with_defs(monkeypatch):
     assert Workspace.discover(settings).root == GOOD
 
 
-def test_discover_falls_back_to_the_shipped_workspace(tmp_path):
-    settings = Settings.from_env({})
-    assert Workspace.discover(settings, cwd=tmp_path).root == shipped_root()
+def test_discover_falls_back_to_the_user_workspace_over_the_shipped_library(tmp_path):
+    settings = Settings.from_env({"XDG_DATA_HOME": str(tmp_path / "data")})
+    ws = Workspace.discover(settings, cwd=tmp_path)
+    assert ws.root == tmp_path / "data" / "fibuild" and ws.base == shipped_root()
+    assert ws.layers == (ws.root, shipped_root()) and not ws.root.exists()   # made on the first write
+    assert "rmsnorm_h4096" in ws.definitions and ws.solution("rmsnorm_h4096/torch_fp32").path.is_relative_to(
+        shipped_root())
+
+
+def test_the_user_workspace_shadows_the_library_by_name_and_keeps_its_own_duplicates(tmp_path):
+    import shutil
+
+    user = tmp_path / "data" / "fibuild"
+    settings = Settings.from_env({"XDG_DATA_HOME": str(tmp_path / "data")})
+    (user / "defs" / "rmsnorm").mkdir(parents=True)
+    shipped_def = shipped_root() / "defs" / "rmsnorm" / "rmsnorm_h4096.yaml"
+    own = user / "defs" / "rmsnorm" / "rmsnorm_h4096.yaml"
+    own.write_text(shipped_def.read_text().replace("Root mean square", "My root mean square"))
+    shutil.copytree(shipped_root() / "solutions" / "rmsnorm_h4096" / "torch_fp32",
+                    user / "solutions" / "rmsnorm_h4096" / "torch_fp32")
+    ws = Workspace.at(user, settings)
+    assert ws.base == shipped_root()
+    assert ws.definition("rmsnorm_h4096").path == own                        # the user's shadows the library's
+    assert ws.solution("rmsnorm_h4096/torch_fp32").path == user / "solutions" / "rmsnorm_h4096" / "torch_fp32"
+    names = [s.name for s in ws.solutions("rmsnorm_h4096")]
+    assert names.count("torch_fp32") == 1 and "triton_row" in names        # the library's others still there
+    assert [p for p in ws.definition_files() if p.stem == "rmsnorm_h4096"] == [own]
+    (user / "defs" / "rmsnorm" / "rmsnorm_h4096.yml").write_text(own.read_text())
+    problems = Workspace.at(user, settings).validate()
+    assert any("duplicate definition name 'rmsnorm_h4096'" in str(e) for e in problems)
+    # a plain workspace is not layered
+    assert Workspace.at(tmp_path / "elsewhere", settings).base is None

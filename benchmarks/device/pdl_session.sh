@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Programmatic dependent launch and launch cost on one H200, at most 8 minutes (7.8 with every step):
+#   1. tests/gpu/test_pdl_gpu.py: the race test (a late producer; the waiting consumer reads
+#      the new data, the non-waiting one stale data), neighbours without PDL, the PDL kernels
+#      bit-identical with and without PDL, eager and in CUDA graphs, the CUDA example;
+#   2. benchmarks/launch_cost.py: host µs per eager RMSNorm call (compiled handle, @triton.jit
+#      launcher, FlashInfer, fibuild.load);
+#   3. benchmarks/serving_step.py --engine sglang --pdl --profile 3 (plain with enable_pdl on
+#      the norms as SGLang calls them, applied without PDL, applied with PDL) at batch
+#      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it);
+#   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min).
+#
+#   benchmarks/device/pdl_session.sh OUT       (from the repository root; OUT defaults to $OUT)
+set -u
+out=${1:-${OUT:-out}}
+mkdir -p "$out"
+if [ -f .devkit/site-py312.tar.xz ]; then
+  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
+    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
+exec > >(tee -a "$out/log-pdl.txt") 2>&1
+. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
+
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+step 100 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
+step 45 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
+if [ "${PDL_SESSION_KERNEL_TESTS:-0}" = 1 ]; then
+  step 150 "GEMM and decode GPU tests (through the compiled-handle launcher)" python3 -m pytest -q -x \
+    -p no:cacheprovider tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py
+fi
+if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
+  # plain = SGLang's calls (enable_pdl=True on its norms), traced, benched on what was traced,
+  # applied with FIBUILD_PDL=0, applied with FIBUILD_PDL=1; 3 replays per batch profiled
+  # The bench takes the baselines, the Triton norms and SiLU x mul, and of each grid the variants
+  # that were the launch configs before grids (the sweep's picks at M = 1, 16, 64; decode default).
+  sols=()
+  for s in flashinfer flashinfer_tc torch_matmul triton_row triton_vec cuda_row_per_block cuda_vec16 \
+      "gemm_n6144_k4096_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=8,BLOCK_K=512,STAGES=3,WARPS=4]" \
+      "gemm_n6144_k4096_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=64,BLOCK_K=128,STAGES=6,WARPS=4]" \
+      "gemm_n4096_k4096_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=4,BLOCK_K=1024,STAGES=3,WARPS=8]" \
+      "gemm_n4096_k4096_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=32,BLOCK_K=512,STAGES=4,WARPS=4]" \
+      "gemm_n28672_k4096_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=4,BLOCK_K=1024,STAGES=3,WARPS=8]" \
+      "gemm_n28672_k4096_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=64,BLOCK_K=128,STAGES=4,WARPS=4]" \
+      "gemm_n4096_k14336_bf16/triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=4,BLOCK_K=1024,STAGES=3,WARPS=8]" \
+      "gemm_n4096_k14336_bf16/triton_stream[KERNEL=dot,BLOCK_M=16,BLOCK_N=32,BLOCK_K=512,STAGES=4,WARPS=4]" \
+      "triton_stream[KERNEL=dot,BLOCK_M=64,BLOCK_N=64,BLOCK_K=128,STAGES=4,WARPS=4]" \
+      "triton_split_kv[MERGE=fused,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]" \
+      "triton_split_kv[MERGE=separate,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]"; do
+    sols+=(--bench-solution "$s")
+  done
+  step 330 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
+    --engine sglang --pdl --profile 3 --iters 30 --warmup 3 --bench-timeout 150 "${sols[@]}" ${PDL_STEP_ARGS:-} \
+    --out /tmp/pdl-step
+  # at most 8 files come back: the table and plot as files, everything else in one tar
+  cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.png "$out/" 2>/dev/null
+  (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* profile-*.md bench.log 2>/dev/null)
+fi
+echo "done $(date -u +%T)"
