@@ -167,7 +167,7 @@ def rich_table(board: Leaderboard):
     shown_axes = [a for a in board.var_axes if any(a in row.axes for row in board.rows)]
     table.add_column(",\n".join(shown_axes) or "workload", no_wrap=True,
                      min_width=max([len(_row_label(r, shown_axes)) for r in board.rows] + [1]))
-    table.add_column("verdict", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
     table.add_column("reference", justify="right", style="dim", overflow="fold")
     for sol in board.solutions:
         table.add_column(sol, justify="right", overflow="fold")  # a folded name stays whole
