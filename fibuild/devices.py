@@ -231,6 +231,25 @@ def resolve_device_arg(text: str, known_slugs: Iterable[str] = ()) -> Device:
     raise ConfigError(f"device {text!r}: {_KIND_HELP}, or a device slug ({listed})")
 
 
+def device_named(text: str | None, settings=None, *, known_slugs: Iterable[str] = (),
+                 any_slug: bool = False) -> Device:
+    """The Device that device text names; every ``--device``/``device=`` is read here.
+
+    Empty: ``settings``' kind (FIBUILD_DEVICE, else cuda when present, else cpu). A kind
+    (``cpu``, ``cuda``, ``cuda:N``); a slug of this machine's devices; one of ``known_slugs``
+    (e.g. the registry's devices); with ``any_slug``, any well-formed slug (another
+    machine's: ``local`` False). Raises ConfigError naming what was expected otherwise.
+    Cost: a device probe (cached).
+    """
+    text = (text or "").strip()
+    if not text:
+        text = default_device(settings)
+    if is_kind(text):
+        return Device.parse(text.lower())
+    known = list(known_slugs) + ([Device.from_slug(text).slug] if any_slug else [])
+    return resolve_device_arg(text, known_slugs=known)
+
+
 def device_slug(device: str = "cuda") -> str:
     """The registry slug of kind ``device`` (``cpu``, ``cuda``, ``cuda:N``); ConfigError as
     :meth:`Device.parse`."""

@@ -56,6 +56,6 @@ if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
     --out /tmp/pdl-step
   # at most 8 files come back: the table and plot as files, everything else in one tar
   cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.png "$out/" 2>/dev/null
-  (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* profile-*.md bench.log 2>/dev/null)
+  (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* profile-*.md bench.log chain.log 2>/dev/null)
 fi
 echo "done $(date -u +%T)"

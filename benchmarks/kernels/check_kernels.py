@@ -162,7 +162,9 @@ def main() -> int:
             for label, flags in {"": [], **VARIANTS.get(sol.qualified_name, {})}.items():
                 name = sol.name + (f"[{label}]" if label else "")
                 so = scratch / f"{dname}-{sol.name}-{label or 'default'}.so"
-                jobs[(dname, name, sol.entry_symbol)] = pool.submit(nvcc_compile, sol.path / sol.entry_file, so, flags)
+                includes = [f"-I{d}" for d in sol.source_dirs]  # its own folder and its libraries
+                jobs[(dname, name, sol.entry_symbol)] = pool.submit(nvcc_compile, sol.path / sol.entry_file, so,
+                                                                    flags + includes)
     results: dict = {"device": device_name, "rows": [], "compile": {}, "errors": []}
     impls: dict[str, dict[str, object]] = {d: {} for d in DEFINITIONS}
     for dname in DEFINITIONS:

@@ -1,10 +1,10 @@
 """From planned groups to items, and from a child's reply to an Evaluation: the steps both
 runners (single device, distributed) share.
 
-:func:`build_items` builds each planned solution in the parent (a BuildError becomes a
-COMPILE_ERROR record per workload) and orders the rest workload-major, so consecutive items
-share a workload and a worker computes each reference once. :func:`evaluation` is the one
-place a record is assembled.
+:func:`build_items` builds the planned solutions in the parent, in one build batch, and
+loads none of them (a failed build becomes a COMPILE_ERROR record per workload); it orders
+the rest workload-major, so consecutive items share a workload and a worker computes each
+reference once. :func:`evaluation` is the one place a record is assembled.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-from ..compile.cache import BuildCache
-from ..compile.keys import build_key, solution_digest
-from ..errors import BuildError, FibuildError
+from ..compile.batch import BuildItem
+from ..compile.batch import build_items as build_many_items
+from ..compile.keys import digest_of, key_inputs
+from ..errors import BuildError
 from ..registry import latency_from_dict
 from ..spec.model import Definition, Evaluation, Solution, Workload
 from .plan import PlannedSolution
@@ -79,47 +80,54 @@ def evaluation(item: BenchItem, slug: str, status: str, environment: Mapping[str
         timestamp=utc_timestamp(), prepare_s=prepare_s)
 
 
-def build_for_bench(cache, settings, defn: Definition, sol: Solution,
-                    reporter: BenchReporter) -> tuple[str, str | None]:
-    """Build ``sol`` (or find it built) before it is benchmarked, reporting both steps.
-
-    Returns ``(build key, None)``; on a BuildError ``(its key, or "" when even the key cannot
-    be computed, the error text)``, and the caller records COMPILE_ERROR for its workloads.
-    """
-    reporter.building(sol.qualified_name)
-    try:
-        key = cache.get_or_build(defn, sol).build_key
-    except BuildError as exc:
-        reporter.built(sol.qualified_name, str(exc))
-
-        try:
-            key = build_key(defn, sol, settings)
-        except FibuildError:
-            key = ""
-        return key, str(exc)
-    reporter.built(sol.qualified_name, None)
-    return key, None
+#: Build outcomes a solution is benchmarked after.
+OK = ("cached", "built")
 
 
 def build_items(groups: Sequence[PlannedSolution], settings, reporter: BenchReporter,
                 compile_error: Callable[[BenchItem, str], None]) -> list[BenchItem]:
-    """Build every group's solution; return the items to run, workload-major.
+    """Build every group's solution in one build batch (:func:`fibuild.compile.batch.build_items`:
+    one ninja run for every stale native build); return the items to run, workload-major.
 
-    For a solution that does not build, ``compile_error(item, error text)`` is called once
-    per workload instead (the caller records it). Cost: the builds (cache hits are cheap).
+    Nothing is loaded here: the workers load what they run. Each solution's sources are
+    hashed once, for its key and its digest alike. For a solution that does not build,
+    ``compile_error(item, error text)`` is called once per workload instead (the caller
+    records it). Raises CacheError when the cache cannot be used. Cost: the builds (a
+    verified commit costs one key computation and one check).
     """
-    cache = BuildCache(settings)
+    batch: list[BuildItem] = []
+    digests: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for group in groups:
+        defn, sol = group.definition, group.solution
+        reporter.building(sol.qualified_name)
+        try:
+            inputs = key_inputs(defn, sol, settings)
+        except BuildError as exc:  # an unknown language, an unreadable source: no key, no digest
+            errors[sol.qualified_name] = str(exc)
+            reporter.built(sol.qualified_name, str(exc))
+            continue
+        digests[sol.qualified_name] = digest_of(inputs)
+        batch.append(BuildItem(defn, sol, inputs=inputs))
+    report = build_many_items(settings, batch)
+    built = {o.solution: o for o in report.outcomes}
+    for outcome in report.outcomes:
+        reporter.built(outcome.solution, None if outcome.status in OK else (outcome.error or outcome.status))
+    keys = {item.sol.qualified_name: item.key for item in batch}
     items: list[BenchItem] = []
     order: dict[tuple[str, str], int] = {}
     index = 0
     for group in groups:
         defn, sol = group.definition, group.solution
+        name = sol.qualified_name
         for wl in group.workloads:
             order.setdefault((defn.name, wl.uuid), len(order))
-        digest = solution_digest(defn, sol)
-        key, error = build_for_bench(cache, settings, defn, sol, reporter)
+        outcome = built.get(name)
+        error = errors.get(name)
+        if error is None and (outcome is None or outcome.status not in OK):
+            error = outcome.error if outcome is not None else f"{name}: not built"
         for wl in group.workloads:
-            item = BenchItem(index, defn, sol, wl, key, digest)
+            item = BenchItem(index, defn, sol, wl, keys.get(name, ""), digests.get(name, ""))
             index += 1
             if error is None:
                 items.append(item)

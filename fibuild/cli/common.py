@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from fibuild.devices import is_kind, local_devices, resolve_device_arg
+from fibuild.devices import device_named, is_kind, local_devices
 from fibuild.errors import ConfigError
 from fibuild.registry import WORKLOADS_FILE
 
@@ -45,7 +45,7 @@ def parse_device(text: str, workspace, *, local_only: bool = False) -> DeviceCho
     probe (torch import), cached by fibuild.devices.
     """
     try:
-        device = resolve_device_arg(text, known_slugs=[] if local_only else recorded_devices(workspace))
+        device = device_named(text, known_slugs=[] if local_only else recorded_devices(workspace))
     except ConfigError as exc:
         raise ConfigError(f"--{exc}" + (" (this command runs on this machine's devices only)"
                                          if local_only else "")) from None

@@ -32,12 +32,12 @@ from fibuild.config import Settings
 from fibuild.errors import BuildError, CacheError, FibuildError, cache_error
 from fibuild.spec.model import Definition, Solution
 
-STATUSES = ("cached", "built", "failed", "unavailable", "skipped")
+BUILD_STATUSES = ("cached", "built", "failed", "unavailable", "skipped")
 
 
 @dataclass
 class BuildOutcome:
-    """What happened to one solution. ``status`` is one of STATUSES."""
+    """What happened to one solution. ``status`` is one of BUILD_STATUSES."""
 
     solution: str
     status: str
@@ -63,7 +63,8 @@ class BuildReport:
         return not self.having("failed") and not self.having("skipped")
 
     def summary(self) -> str:
-        counts = ", ".join(f"{len(self.having(s))} {s}" for s in STATUSES if self.having(s) or s in ("built", "cached"))
+        counts = ", ".join(f"{len(self.having(s))} {s}" for s in BUILD_STATUSES
+                           if self.having(s) or s in ("built", "cached"))
         return f"build: {len(self.outcomes)} solutions: {counts} ({self.seconds:.2f} s)"
 
 

@@ -23,11 +23,11 @@ from typing import Any, Callable, Mapping
 
 from fibuild.bench.compare import EAGER
 from fibuild.config import Settings
-from fibuild.devices import Device, is_kind, resolve_device_arg
+from fibuild.devices import device_named
 from fibuild.errors import InputError
 from fibuild.spec.workspace import Workspace
 
-from .collect import local_device, target_device
+from .collect import target_device
 from .decisions import BaseReporter, Resolution
 from .dispatch import AUTO, Kernel, key_from_axes, make_kernel, warn_unmeasured
 from .resolve import Resolver, check_mode, policy_chain
@@ -76,13 +76,11 @@ def load(name: str, *, policy: str = "nearest", device: str | None = None, stric
     mode = mode or settings.mode
     if mode != AUTO:
         check_mode(mode)
-    text = (device or "").strip()
-    # A slug must name a device of this machine: load runs kernels here.
-    dev = resolve_device_arg(text) if text and not is_kind(text) else Device.parse(local_device(settings, device))
-    defn, table, digest = load_table(_workspace(settings), settings, name, dev.slug, here=True)
+    dev = device_named(device, settings)  # a slug must name a device of this machine: load runs kernels here
+    defn, table, _ = load_table(_workspace(settings), settings, name, dev.slug, here=True)
     warn_unmeasured(table)
     return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=dev.torch_device,
-                       table_digest=digest, fallback=fallback, mode=mode)
+                       fallback=fallback, mode=mode)
 
 
 def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",

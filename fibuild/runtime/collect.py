@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fibuild.compile import store
 from fibuild.compile.builders import get_builder
 from fibuild.compile.keys import build_key, solution_digest
 from fibuild.config import Settings
-from fibuild.devices import Device, default_device, is_kind, parse_kind, resolve_device_arg
+from fibuild.devices import Device, device_named
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
 
@@ -54,15 +53,9 @@ def unavailable_reason(sol: Solution, device: str, settings: Settings) -> str:
         return str(exc).splitlines()[0]
 
 
-def committed_dir(settings: Settings, key: str, sol: Solution) -> str:
-    """The committed build directory of ``key``, or "" (no build, failed, or corrupt)."""
-    directory = store.build_dir(settings.cache_dir, key, sol.qualified_name)
-    return str(directory) if store.read_meta(directory, key) is not None else ""
-
-
 def candidates(defn: Definition, solutions: list[Solution], device: str, settings: Settings,
                *, here: bool) -> dict[str, Candidate]:
-    """One Candidate per solution: current digest, availability, build key and build dir.
+    """One Candidate per solution: current digest, availability and build key.
 
     A solution whose sources cannot be read gets an empty digest (so no record matches)
     and says why in ``unavailable``. Cost: hashes every source; one toolchain probe per
@@ -76,16 +69,14 @@ def candidates(defn: Definition, solutions: list[Solution], device: str, setting
             out[sol.name] = Candidate(sol, "", unavailable=str(exc).splitlines()[0])
             continue
         unavailable = unavailable_reason(sol, device, settings) if here else ""
-        key = directory = ""
+        key = ""
         if not unavailable:
             try:
                 key = build_key(defn, sol, settings)
             except BuildError as exc:
                 if here:
                     unavailable = str(exc).splitlines()[0]
-        if key and here:
-            directory = committed_dir(settings, key, sol)
-        out[sol.name] = Candidate(sol, digest, unavailable, key, directory)
+        out[sol.name] = Candidate(sol, digest, unavailable, key)
     return out
 
 
@@ -101,8 +92,13 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
     cands = candidates(defn, workspace.solutions(defn.name), device, settings, here=here)
     records = registry.read(defn.name)  # every device: the others name where else it ran
     table = build_table(defn.name, defn.var_axes, device, cands, records, here=here,
-                        baselines=defn.baseline, chain_records=registry.read_chains(defn.name, device))
-    return table if usable_keys(table) else borrow(table, cands, records, defn, registry) or table
+                        baselines=defn.baseline, chain_records=chains(registry, defn.name, device, settings))
+    return table if usable_keys(table) else borrow(table, cands, records, defn, registry, settings) or table
+
+
+def chains(registry, definition: str, device: str, settings: Settings) -> list:
+    """The chain records of ``definition`` on ``device`` made under this launch mode (PDL on or off)."""
+    return [r for r in registry.read_chains(definition, device) if bool(r.get("pdl", True)) == settings.pdl]
 
 
 def same_capability(a: str, b: str) -> bool:
@@ -112,7 +108,7 @@ def same_capability(a: str, b: str) -> bool:
         and da.compute_capability == db.compute_capability
 
 
-def borrow(table: ApplyTable, cands, records, defn: Definition, registry) -> ApplyTable | None:
+def borrow(table: ApplyTable, cands, records, defn: Definition, registry, settings: Settings) -> ApplyTable | None:
     """The table of ``table.device`` made from the records of another device of the same
     compute capability (the one with the most usable keys; ties by slug), marked
     ``borrowed``; None when no such device has a usable evaluation. Availability stays
@@ -123,7 +119,7 @@ def borrow(table: ApplyTable, cands, records, defn: Definition, registry) -> App
     best, best_keys = None, 0
     for slug in others:
         other = build_table(defn.name, defn.var_axes, slug, cands, records, here=table.here,
-                            baselines=defn.baseline, chain_records=registry.read_chains(defn.name, slug))
+                            baselines=defn.baseline, chain_records=chains(registry, defn.name, slug, settings))
         keys = usable_keys(other)
         if keys > best_keys:
             best, best_keys = other, keys
@@ -133,14 +129,6 @@ def borrow(table: ApplyTable, cands, records, defn: Definition, registry) -> App
     return best
 
 
-def local_device(settings: Settings, device: str | None = None) -> str:
-    """The device kind to run on: ``device``, else ``FIBUILD_DEVICE``, else cuda when
-    available, else cpu. Raises ConfigError for anything but cpu/cuda/cuda:N."""
-    kind = (device or "").strip().lower() or default_device(settings)
-    parse_kind(kind)
-    return kind
-
-
 def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
     """``(slug, here)`` for a device kind (``cpu``, ``cuda``, ``cuda:N``) or a device slug.
 
@@ -148,11 +136,8 @@ def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:
     well-formed slug is another machine's. Raises ConfigError for a kind that is not
     present or text that is neither a kind nor a slug.
     """
-    text = (device or "").strip()
-    if text and not is_kind(text):
-        found = resolve_device_arg(text, known_slugs=[Device.from_slug(text).slug])
-        return found.slug, found.local
-    return Device.parse(local_device(settings, device)).slug, True
+    found = device_named(device, settings, any_slug=True)
+    return found.slug, found.local
 
 
 def definition_file(root: Path, name: str) -> Path | None:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from fibuild.bench.compare import EAGER, GRAPH
+from fibuild.compile import store
 from fibuild.compile.cache import BuildCache, load_committed
 from fibuild.config import Settings
 from fibuild.errors import BuildError, FibuildError, ResolveError
@@ -26,7 +27,6 @@ from .decisions import REFERENCE, Rejected, Resolution, format_key
 from .input_checks import guarded, mismatch
 from .resolve import Resolver, check_mode, policy_chain
 from .table import ApplyTable, usable_keys
-from .table_cache import remember_build
 
 # Heavy or optional dependencies, imported inside the functions that use them: torch.
 
@@ -78,7 +78,7 @@ class Kernel:
 
     def __init__(self, definition: Definition, table: ApplyTable, *, settings: Settings,
                  policy: str = "nearest", strict: bool = False, device: str = "cpu",
-                 table_digest: str = "", fallback: Callable | None = None, mode: str = AUTO):
+                 fallback: Callable | None = None, mode: str = AUTO):
         policy_chain(policy, strict=strict)  # unknown policy -> ResolveError now, not per key
         if mode != AUTO:
             check_mode(mode)
@@ -91,7 +91,6 @@ class Kernel:
         self.fallback = fallback
         self.mode = mode
         self._cuda = device.startswith("cuda")
-        self._digest = table_digest
         self._resolver = Resolver(table, reference_label=FALLBACK if fallback else REFERENCE)
         sources = axis_sources(definition)
         group_axis = definition.distributed.world_size_axis if definition.distributed else None
@@ -205,16 +204,15 @@ class Kernel:
         cand = self.table.candidates[name]
         entry = None
         build_key = cand.build_key
-        if cand.build_dir:
+        if build_key:  # its directory follows from the key: a committed build loads without a probe
+            directory = store.build_dir(self.settings.cache_dir, build_key, cand.solution.qualified_name)
             try:
-                entry = load_committed(cand.build_dir)
-            except BuildError as exc:  # removed by gc since the table was made: build again
-                log.info("%s: committed build %s unusable (%s)", name, cand.build_dir, exc)
+                entry = load_committed(directory)
+            except BuildError as exc:  # not built yet, or removed or damaged since: build it
+                log.debug("%s: no usable committed build at %s (%s)", name, directory, exc)
         if entry is None:
             loaded = BuildCache(self.settings).get_or_build(self.definition, cand.solution)
             entry, build_key = loaded.entry, loaded.build_key
-            if self._digest:
-                remember_build(self.settings, self._digest, name, build_key, str(loaded.build_dir))
         caller = solution_caller(self.definition, cand.solution, entry)
         fast = entry if self._entry_is_value and not cand.solution.destination_passing_style else caller
         self._loaded[name] = (fast, caller)

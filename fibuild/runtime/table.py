@@ -27,15 +27,14 @@ class Candidate:
     """A solution of the definition as it is now.
 
     ``digest`` is its current solution digest; ``unavailable`` says why it cannot run on
-    the table's device ("" when it can); ``build_key``/``build_dir`` name its build when
-    known (``build_dir`` only for a build committed when the table was made).
+    the table's device ("" when it can); ``build_key`` names its build when known (its
+    directory follows from the key: :func:`fibuild.compile.store.build_dir`).
     """
 
     solution: Solution
     digest: str
     unavailable: str = ""
     build_key: str = ""
-    build_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,14 +223,14 @@ def _candidate_to_json(c: Candidate) -> dict[str, Any]:
             "variant": c.solution.name if c.solution.name != c.solution.family else None,
             "constants": [[k, v] for k, v in c.solution.constants],
             "digest": c.digest, "unavailable": c.unavailable,
-            "build_key": c.build_key, "build_dir": c.build_dir}
+            "build_key": c.build_key}
 
 
 def _candidate_from_json(data: Mapping[str, Any], solution_from_dict) -> Candidate:
     sol = solution_from_dict(data["manifest"], data["path"])
     if data.get("variant"):  # a variant of the manifest's grid
         sol = dataclasses.replace(sol, name=data["variant"], constants=tuple(tuple(c) for c in data["constants"]))
-    return Candidate(sol, data["digest"], data["unavailable"], data["build_key"], data["build_dir"])
+    return Candidate(sol, data["digest"], data["unavailable"], data["build_key"])
 
 
 def build_table(definition: str, var_axes: Iterable[str], device: str,

@@ -1,10 +1,11 @@
-"""ApplyTables cached in the build index, keyed by a digest of everything they depend on.
+"""ApplyTables cached as files under the cache directory, keyed by a digest of everything
+they depend on.
 
 The key hashes the size and ``mtime_ns`` of the definition's manifest, of every file under
 ``solutions/<definition>/``, of every library file (``solutions/_lib/``, ``lib/``: any
 solution may name any library) and of its registry files, with the device slug, whether that
 device is this machine, the fibuild version and the toolchain settings. A hit costs a few
-``stat`` calls and one index read: no YAML, no schema, no registry parse, no source hashing.
+``stat`` calls and one file read: no YAML, no schema, no registry parse, no source hashing.
 Any edit, new record or new solution changes the key; stale entries are never read again.
 The cached value holds the definition's raw manifest too, so the fast path rebuilds the
 Definition with ``definition_from_dict``.
@@ -16,11 +17,12 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from fibuild import __version__
-from fibuild.compile.index import Index
+from fibuild.compile.files import open_regular, private_dir
 from fibuild.config import Settings
 from fibuild.errors import CacheError
 from fibuild.spec.libraries import library_roots
@@ -32,8 +34,8 @@ from .table import ApplyTable
 
 log = logging.getLogger("fibuild.runtime")
 
-NAMESPACE = "apply-table"
-FORMAT = 5  # bump when the cached JSON layout changes (4: chain choices; 5: full stats, host times, baseline, borrowed)
+FORMAT = 6  # bump when the cached JSON layout changes (4: chain choices; 5: a file, no build_dir; 6: full
+# stats, host times, baseline, borrowed)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:
@@ -75,64 +77,64 @@ def input_digest(root: Path | Sequence[Path], name: str, device: str, here: bool
         "cuda_home": str(settings.cuda_home), "nvcc": nvcc_stat,
         "arch": list(settings.cuda_arch_list), "cache_dir": str(settings.cache_dir),
         "build_env": [list(pair) for pair in settings.build_env],
+        "pdl": settings.pdl,  # chain choices count only where made with the same launch mode
         "files": files,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _index(settings: Settings):
-    return Index(settings.cache_dir)
+#: Folder of the cached tables under the cache directory: one JSON file per input digest,
+#: beside the builds rather than inside compile's build index (what a table holds is the
+#: runtime's, and a hit reads one small file).
+TABLES_DIR = "apply-tables"
+
+
+def table_file(settings: Settings, digest: str) -> Path:
+    """Where the table of input digest ``digest`` is cached."""
+    return Path(settings.cache_dir) / TABLES_DIR / f"{digest}.json"
 
 
 def read_cached(settings: Settings, digest: str) -> tuple[Definition, ApplyTable] | None:
     """The cached (Definition, ApplyTable) under ``digest``, or None.
 
-    A missing, refused or malformed entry, or an unusable index, is a miss (logged).
+    A missing file is a miss; an unreadable, linked or malformed one is a miss that is logged.
     """
+    path = table_file(settings, digest)
     try:
-        with _index(settings) as index:
-            value = index.get_json(NAMESPACE, digest)
-    except (CacheError, OSError) as exc:
-        log.warning("apply-table cache unavailable: %s", exc)
+        fd = open_regular(path)
+    except FileNotFoundError:
         return None
-    if value is None:
+    except OSError as exc:
+        log.warning("ignoring cached apply table %s: %s", path, exc)
         return None
     try:
+        with os.fdopen(fd, "rb") as handle:
+            value = json.loads(handle.read())
         defn = definition_from_dict(value["definition"], value["definition_path"])
         return defn, ApplyTable.from_json(value["table"], solution_from_dict)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        log.warning("ignoring malformed cached apply table %s: %s", digest[:12], exc)
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("ignoring malformed cached apply table %s: %s", path, exc)
         return None
 
 
 def write_cached(settings: Settings, digest: str, defn: Definition, table: ApplyTable) -> None:
-    """Store the table under ``digest``; failures are logged, never raised (it is a cache)."""
+    """Store the table under ``digest`` (temp file, then ``os.replace``: readers never see a
+    torn file); failures are logged, never raised (it is a cache)."""
     value: dict[str, Any] = {
         "definition": dict(defn.raw),
         "definition_path": str(defn.path) if defn.path else None,
         "table": table.to_json(),
     }
+    path = table_file(settings, digest)
     try:
-        with _index(settings) as index:
-            index.set_json(NAMESPACE, digest, value)
+        folder = private_dir(path.parent, Path(settings.cache_dir))
+        text = json.dumps(value, ensure_ascii=False)
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{digest[:12]}-", suffix=".tmp",
+                                         delete=False, encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
     except (CacheError, OSError, TypeError, ValueError) as exc:
         log.warning("could not cache the apply table of %s: %s", defn.name, exc)
-
-
-def remember_build(settings: Settings, digest: str, solution: str, build_key: str,
-                   build_dir: str) -> None:
-    """Record a build committed after the table was cached, so the next process loads it
-    without a toolchain probe. Best effort: failures are logged."""
-    try:
-        with _index(settings) as index:
-            value = index.get_json(NAMESPACE, digest)
-            cand = value["table"]["candidates"][solution] if value else None
-            if cand is None:
-                return
-            cand["build_key"], cand["build_dir"] = build_key, build_dir
-            index.set_json(NAMESPACE, digest, value)
-    except (CacheError, OSError, KeyError, TypeError) as exc:
-        log.warning("could not update the cached apply table: %s", exc)
 
 
 def load_table(workspace, settings: Settings, name: str, device: str, *,

@@ -13,6 +13,7 @@ import json
 from typing import Any, Iterable
 
 from fibuild.errors import FibuildError
+from fibuild.spec import model
 
 # Heavy or optional dependencies, imported inside the functions that use them:
 # importlib.resources, referencing, jsonschema.
@@ -51,12 +52,27 @@ def _registry():
         uri = contents.get("$id") if isinstance(contents, dict) else None
         if not uri:
             raise FibuildError(f"{path}: schema has no $id")
+        _fill_enums(contents)
         resources.append((uri, Resource.from_contents(contents)))
         schemas[uri] = contents
     if not resources:
         raise FibuildError("no schema files in the fibuild.spec package (fibuild/spec/schemas/): "
                            "the installation is incomplete; reinstall fibuild")
     return Registry().with_resources(resources), schemas
+
+
+def _fill_enums(node: Any) -> None:
+    """Give every ``{"x-enum-from": "fibuild.spec.model.NAME"}`` in a schema the ``enum`` of
+    that tuple: a list declared once, in the model, for the code and the schema alike."""
+    if isinstance(node, dict):
+        source = node.get("x-enum-from")
+        if isinstance(source, str) and source.startswith("fibuild.spec.model."):
+            node["enum"] = list(getattr(model, source.rsplit(".", 1)[1]))
+        for value in node.values():
+            _fill_enums(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_enums(value)
 
 
 @functools.cache

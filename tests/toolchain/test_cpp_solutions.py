@@ -32,6 +32,7 @@ def _compile(sol, out_dir: Path) -> Path:
     out = out_dir / f"{sol.definition}_{sol.name}.so"
     cmd = [cxx, "-O3", "-std=c++17", "-fPIC", "-shared", "-Wall", "-Werror",
            *sol.build.cflags, "-isystem", libinfo.find_include_path(),
+           *[f"-I{d}" for d in sol.source_dirs],  # its folder and its libraries' (shared headers)
            *[str(Path(sol.path) / src) for src in sol.sources],
            "-L" + lib_dir, "-ltvm_ffi", "-Wl,-rpath," + lib_dir, *sol.build.ldflags, "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -38,6 +38,7 @@ def compiled(tmp_path_factory):
             cmd = [str(CUDA_HOME / "bin" / "nvcc"), "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
                    "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
                    "-isystem", libinfo.find_include_path(), *sol.build.cuda_cflags,
+                   *(f"-I{d}" for d in sol.source_dirs),  # its folder and its libraries' (shared headers)
                    *(str(sol.path / s) for s in sol.sources if s.endswith(".cu")),
                    f"-L{lib_dir}", "-ltvm_ffi", "-Xlinker", "-rpath", "-Xlinker", lib_dir,
                    f"-L{CUDA_HOME}/lib64", "-lcudart", "-o", str(out)]

@@ -110,3 +110,17 @@ def test_device_argument_takes_a_kind_or_a_slug():
     assert not other.local and other.compute_capability == (9, 0)
     with pytest.raises(ConfigError, match=rf"expected cpu, cuda or cuda:N, or a device slug \(.*{here}"):
         resolve_device_arg("nvidia-h100-80gb-hbm3-sm90")  # not known: not a registry device
+
+
+def test_device_text_is_read_in_one_place():
+    """Empty text takes the settings' kind; a slug of another machine only where asked for."""
+    from fibuild.config import Settings
+    from fibuild.devices import device_named
+
+    assert device_named("", Settings.from_env({"FIBUILD_DEVICE": "cpu"})).slug == device_slug("cpu")
+    assert device_named(" CPU ").kind == "cpu"
+    other = device_named("nvidia-h200-sm90", any_slug=True)
+    assert (other.slug, other.local) == ("nvidia-h200-sm90", False)
+    assert not device_named("nvidia-h200-sm90", known_slugs=["nvidia-h200-sm90"]).local
+    with pytest.raises(ConfigError, match="or a device slug"):
+        device_named("nvidia-h200-sm90")  # a machine that is neither here nor named

@@ -106,6 +106,29 @@ def pick(configs, m: int) -> dict:
 
 _DOT = TritonLaunch(_stream_dot)
 _FMA = TritonLaunch(_stream_fma)
+_BOUND: dict = {}  # (id(cfg), K, dtype) -> (cfg, its bound launch); holding cfg keeps its id its own
+
+
+def _launch_for(cfg: dict, k: int, dtype):
+    """The kernel of ``cfg`` bound to its constexprs and launch shape, made once per config
+    object, K and dtype (a config is read once: do not mutate one after using it)."""
+    key = (id(cfg), k, dtype)
+    hit = _BOUND.get(key)
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    kernel = cfg["kernel"]
+    if kernel == "fma":
+        bound = _FMA.bind(K=k, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
+                          num_stages=cfg["num_stages"])
+    elif kernel == "dot":
+        upcast = dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+        bound = _DOT.bind(K=k, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                          UPCAST=upcast, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    else:
+        raise ValueError(f"unknown kernel {kernel!r} (dot or fma)")
+    if len(_BOUND) < 1024:
+        _BOUND[key] = (cfg, bound)
+    return bound
 
 
 def matmul_nt(A: torch.Tensor, B: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -120,20 +143,14 @@ def matmul_nt(A: torch.Tensor, B: torch.Tensor, cfg: dict) -> torch.Tensor:
     C = torch.empty((m, n), dtype=A.dtype, device=A.device)
     if m == 0:
         return C
-    kernel = cfg["kernel"]
-    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
-    if n % bn or k % bk:  # the kernels mask M only: a remainder would go unwritten
+    bn = cfg["BLOCK_N"]
+    if n % bn or k % cfg["BLOCK_K"]:  # the kernels mask M only: a remainder would go unwritten
         raise ValueError(f"config {cfg} does not tile N = {n}, K = {k}")
-    if kernel == "fma":
+    launch = _launch_for(cfg, k, A.dtype)
+    if cfg["kernel"] == "fma":
         if m != 1:
             raise ValueError(f"the fma kernel takes M = 1, got M = {m}")
-        _FMA.bind(K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])(
-            (n // bn,), A, B, C, n)
-        return C
-    if kernel == "dot":
-        bm = cfg["BLOCK_M"]
-        upcast = A.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
-        _DOT.bind(K=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, UPCAST=upcast, num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"])((n // bn, triton.cdiv(m, bm)), A, B, C, m, n)
-        return C
-    raise ValueError(f"unknown kernel {kernel!r} (dot or fma)")
+        launch((n // bn,), A, B, C, n)
+    else:
+        launch((n // bn, triton.cdiv(m, cfg["BLOCK_M"])), A, B, C, m, n)
+    return C

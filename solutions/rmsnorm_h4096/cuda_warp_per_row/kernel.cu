@@ -15,6 +15,8 @@
 #include <tvm/ffi/extra/c_env_api.h>
 #include <tvm/ffi/function.h>
 
+#include "bf16_rows.cuh"
+
 #ifndef RMSNORM_WARPS
 #define RMSNORM_WARPS 4  // warps (= rows) per block
 #endif
@@ -29,39 +31,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kVecsPerLane = kVecsPerRow / 32;  // 16
 constexpr float kEps = 1e-5f;
 static_assert(kWarps >= 1 && kWarps <= 16, "RMSNORM_WARPS must be in [1, 16]");
-
-__device__ __forceinline__ float sum_squares(const uint4& v) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __bfloat1622float2(h[i]);
-    s = fmaf(f.x, f.x, s);
-    s = fmaf(f.y, f.y, s);
-  }
-  return s;
-}
-
-// out = bf16((x * inv_rms) * w), the reference's order of fp32 operations.
-__device__ __forceinline__ uint4 scale(const uint4& x, const uint4& w, float inv_rms) {
-  const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
-  const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
-  uint4 r;
-  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 xf = __bfloat1622float2(xh[i]);
-    float2 wf = __bfloat1622float2(wh[i]);
-    rh[i] = __floats2bfloat162_rn(xf.x * inv_rms * wf.x, xf.y * inv_rms * wf.y);
-  }
-  return r;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 __global__ void __launch_bounds__(kThreads)
 rmsnorm_warp_per_row_kernel(const uint4* __restrict__ x, const uint4* __restrict__ w,
@@ -82,34 +51,6 @@ rmsnorm_warp_per_row_kernel(const uint4* __restrict__ x, const uint4* __restrict
   const float inv_rms = rsqrtf(warp_sum(ss) * (1.f / kHidden) + kEps);
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i) out[base + i * 32] = scale(xv[i], __ldg(w + lane + i * 32), inv_rms);
-}
-
-// Makes the tensors' device current for the launch and restores the caller's afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
-      restore_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (restore_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = -1;
-  bool restore_ = false;
-};
-
-bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
-
-bool aligned16(const tvm::ffi::TensorView& t) {
-  return (reinterpret_cast<uintptr_t>(t.data_ptr()) + t.byte_offset()) % 16 == 0;
-}
-
-template <typename T>
-T* data_of(const tvm::ffi::TensorView& t) {
-  return reinterpret_cast<T*>(static_cast<char*>(t.data_ptr()) + t.byte_offset());
 }
 
 // rmsnorm(hidden_states [B, 4096] bf16, weight [4096] bf16, output [B, 4096] bf16): DPS.
@@ -139,14 +80,13 @@ void rmsnorm(tvm::ffi::TensorView hidden_states, tvm::ffi::TensorView weight,
   const int64_t rows = hidden_states.size(0);
   if (rows == 0) return;
   TVM_FFI_CHECK(rows <= 0x7fffffff, ValueError) << "batch_size too large: " << rows;
-  cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
+  cudaStream_t stream = env_stream(dev);
   DeviceGuard device_guard(dev.device_id);
   const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
   rmsnorm_warp_per_row_kernel<<<blocks, kThreads, 0, stream>>>(
       data_of<const uint4>(hidden_states), data_of<const uint4>(weight), data_of<uint4>(output),
       static_cast<int>(rows));
-  cudaError_t err = cudaGetLastError();
-  TVM_FFI_CHECK(err == cudaSuccess, RuntimeError) << "rmsnorm launch failed: " << cudaGetErrorString(err);
+  check_launch("rmsnorm");
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <tvm/ffi/extra/c_env_api.h>
 #include <tvm/ffi/function.h>
 
+#include "bf16_rows.cuh"
+
 namespace {
 
 constexpr int kInter = 14336;
@@ -43,34 +45,6 @@ silu_and_mul_kernel(const uint4* __restrict__ x, uint4* __restrict__ out) {
   out[row * kVecsPerOutRow + col] = r;
 }
 
-// Makes the tensors' device current for the launch and restores the caller's afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
-      restore_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (restore_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = -1;
-  bool restore_ = false;
-};
-
-bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
-
-bool aligned16(const tvm::ffi::TensorView& t) {
-  return (reinterpret_cast<uintptr_t>(t.data_ptr()) + t.byte_offset()) % 16 == 0;
-}
-
-template <typename T>
-T* data_of(const tvm::ffi::TensorView& t) {
-  return reinterpret_cast<T*>(static_cast<char*>(t.data_ptr()) + t.byte_offset());
-}
-
 // silu_and_mul(x [T, 28672] bf16, out [T, 14336] bf16): DPS.
 void silu_and_mul(tvm::ffi::TensorView x, tvm::ffi::TensorView out) {
   TVM_FFI_CHECK(x.ndim() == 2 && x.size(1) == 2 * kInter, ValueError)
@@ -88,12 +62,11 @@ void silu_and_mul(tvm::ffi::TensorView x, tvm::ffi::TensorView out) {
   const int64_t rows = x.size(0);
   if (rows == 0) return;
   TVM_FFI_CHECK(rows <= 0x7fffffff / kBlocksPerRow, ValueError) << "num_tokens too large: " << rows;
-  cudaStream_t stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
+  cudaStream_t stream = env_stream(dev);
   DeviceGuard device_guard(dev.device_id);
   silu_and_mul_kernel<<<static_cast<unsigned>(rows * kBlocksPerRow), kThreads, 0, stream>>>(
       data_of<const uint4>(x), data_of<uint4>(out));
-  cudaError_t err = cudaGetLastError();
-  TVM_FFI_CHECK(err == cudaSuccess, RuntimeError) << "silu_and_mul launch failed: " << cudaGetErrorString(err);
+  check_launch("silu_and_mul");
 }
 
 }  // namespace

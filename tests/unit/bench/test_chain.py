@@ -115,7 +115,7 @@ def _slug() -> str:
     return Device.parse("cpu").slug
 
 
-def test_chain_keeps_the_faster_candidate_records_it_and_the_resolver_prefers_it(workspace, capsys):
+def test_chain_keeps_the_faster_candidate_records_it_and_the_resolver_prefers_it(workspace, capsys, monkeypatch):
     ws = Workspace(workspace)
     registry = Registry(ws.registry_dir)
     # Alone, the slow solution measured faster (as a kernel can, and lose in sequence).
@@ -140,6 +140,11 @@ def test_chain_keeps_the_faster_candidate_records_it_and_the_resolver_prefers_it
     res = fibuild.resolve("rmsnorm_h4096", {"batch_size": 2})
     assert res.solution_name == "torch_fp32"
     assert any("by chain mlp" in str(d) for d in res.decisions), res.decisions
+    # The chain ran with dependent launch on (FIBUILD_PDL's default): launched without, it does not count.
+    assert json.loads(line)["pdl"] is True
+    monkeypatch.setenv("FIBUILD_PDL", "0")
+    assert fibuild.resolve("rmsnorm_h4096", {"batch_size": 2}).solution_name == "torch_slow"
+    monkeypatch.delenv("FIBUILD_PDL")
     # Elsewhere the per-kernel ranking still decides.
     registry.append(_passed(ws, "rmsnorm_h4096", "torch_slow", 1.0, 64))
     registry.append(_passed(ws, "rmsnorm_h4096", "torch_fp32", 9.0, 64))

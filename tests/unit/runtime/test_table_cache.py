@@ -96,30 +96,49 @@ def test_new_record_changes_the_answer(workspace):
     assert resolve(DEF, {"batch_size": 8}, settings=workspace.settings).solution.name == "torch_fp32"
 
 
-def test_malformed_cached_value_is_a_miss(workspace):
-    from fibuild.compile.index import Index
-
+def test_malformed_or_linked_cached_table_is_a_miss(workspace, tmp_path):
     s = workspace.settings
     load(DEF, settings=s)
     digest = input_digest(workspace.root, DEF, workspace.device, True, s)
-    with Index(s.cache_dir) as index:
-        index.set_json(table_cache.NAMESPACE, digest, {"table": {"nonsense": 1}})
+    path = table_cache.table_file(s, digest)
+    assert path.is_file() and path.parent.parent == s.cache_dir  # beside the builds, not in the index
+    path.write_text('{"table": {"nonsense": 1}}')
     assert table_cache.read_cached(s, digest) is None
     assert load(DEF, settings=s).explain(batch_size=2).policy == "baseline"
+    elsewhere = tmp_path / "planted.json"
+    elsewhere.write_text(path.read_text())
+    path.unlink()
+    path.symlink_to(elsewhere)  # a link in the cache is never followed
+    assert table_cache.read_cached(s, digest) is None
 
 
-def test_build_committed_after_caching_is_remembered(workspace):
+def test_a_build_committed_after_caching_loads_from_its_key_without_rewriting_the_table(workspace, monkeypatch):
+    """The cached table holds build keys only: a build made by the first call is found by the
+    next process from the key (its directory follows from it), and the table is not rewritten."""
+    from fibuild.compile import store
+    from fibuild.compile.cache import BuildCache
+
     workspace.record("torch_alt", 8, 20.0)
     s = workspace.settings
     k = load(DEF, settings=s)
-    assert k.table.candidates["torch_alt"].build_dir == ""  # not built when the table was made
+    cand = k.table.candidates["torch_alt"]
+    directory = store.build_dir(s.cache_dir, cand.build_key, cand.solution.qualified_name)
+    assert cand.build_key and not directory.exists()  # not built when the table was made
+    cached = table_cache.table_file(s, input_digest(workspace.root, DEF, workspace.device, True, s))
+    before = (cached.read_bytes(), cached.stat().st_mtime_ns)
     from runtime_helpers import inputs
 
     k(*inputs(8))
+    assert (directory / "meta.json").is_file()
+    assert (cached.read_bytes(), cached.stat().st_mtime_ns) == before  # no write back
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the committed build should load from its key")
+
+    monkeypatch.setattr(BuildCache, "get_or_build", no_build)
     again = load(DEF, settings=s)
-    cand = again.table.candidates["torch_alt"]
-    assert cand.build_dir and os.path.isfile(os.path.join(cand.build_dir, "meta.json"))
-    assert cand.build_key == k.explain(batch_size=8).build_key
+    again(*inputs(8))
+    assert again.explain(batch_size=8).build_key == cand.build_key
 
 
 COLD = textwrap.dedent("""

@@ -11,6 +11,8 @@ A solution binds ``plan``'s ``page_size`` (its definition's) and ``use_tensor_co
 """
 import torch
 
+from .flashinfer_ops import flashinfer_module
+
 NUM_QO_HEADS = 32
 NUM_KV_HEADS = 8
 HEAD_DIM = 128
@@ -19,19 +21,9 @@ WORKSPACE_BYTES = 128 * 1024 * 1024
 _workspaces = {}  # torch.device -> float workspace shared by this module's wrappers
 
 
-def _flashinfer():
-    try:
-        import flashinfer
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            "this baseline needs the flashinfer-python package: pip install 'fibuild[flashinfer]'"
-        ) from exc
-    return flashinfer
-
-
 def plan(kv_indptr, kv_indices, *rest, page_size, use_tensor_cores):
     *last, sm_scale = rest
-    flashinfer = _flashinfer()
+    flashinfer = flashinfer_module()
     device = kv_indptr.device
     workspace = _workspaces.get(device)
     if workspace is None:

@@ -1,0 +1,90 @@
+// Helpers shared by the bf16 row kernels (RMSNorm, fused add + RMSNorm, SiLU-and-mul):
+// 16-byte vectors of 8 bf16 values, warp reductions, and the host side's tensor checks and
+// device guard. Included by each kernel's translation unit (everything here is internal to it).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/c_env_api.h>
+
+namespace {
+
+__device__ __forceinline__ float sum_squares(const uint4& v) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f = __bfloat1622float2(h[i]);
+    s = fmaf(f.x, f.x, s);
+    s = fmaf(f.y, f.y, s);
+  }
+  return s;
+}
+
+// out = bf16((x * inv_rms) * w), the reference's order of fp32 operations.
+__device__ __forceinline__ uint4 scale(const uint4& x, const uint4& w, float inv_rms) {
+  const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
+  const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
+  uint4 r;
+  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 xf = __bfloat1622float2(xh[i]);
+    float2 wf = __bfloat1622float2(wh[i]);
+    rh[i] = __floats2bfloat162_rn(xf.x * inv_rms * wf.x, xf.y * inv_rms * wf.y);
+  }
+  return r;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Makes the tensors' device current for the launch and restores the caller's afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device && cudaSetDevice(device) == cudaSuccess) {
+      restore_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
+
+bool is_bf16(DLDataType t) { return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1; }
+
+bool aligned16(const tvm::ffi::TensorView& t) {
+  return (reinterpret_cast<uintptr_t>(t.data_ptr()) + t.byte_offset()) % 16 == 0;
+}
+
+template <typename T>
+T* data_of(const tvm::ffi::TensorView& t) {
+  return reinterpret_cast<T*>(static_cast<char*>(t.data_ptr()) + t.byte_offset());
+}
+
+
+// The stream TVM-FFI's caller set for the tensors' device (torch's current stream).
+inline cudaStream_t env_stream(DLDevice dev) {
+  return static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));
+}
+
+// RuntimeError naming the kernel when its launch failed.
+inline void check_launch(const char* kernel) {
+  cudaError_t err = cudaGetLastError();
+  TVM_FFI_CHECK(err == cudaSuccess, RuntimeError) << kernel << " launch failed: " << cudaGetErrorString(err);
+}
+
+}  // namespace
