@@ -104,6 +104,7 @@ def test_a_baseline_naming_none_of_the_solutions_is_an_error(capsys, tmp_path):
     shutil.copy(repo / "defs" / "rmsnorm" / "rmsnorm_h4096.yaml", tmp_path / "defs" / "rmsnorm")
     shutil.copytree(repo / "solutions" / "rmsnorm_h4096" / "cpp_bf16", tmp_path / "solutions" / "rmsnorm_h4096" /
                     "cpp_bf16")
+    shutil.copytree(repo / "solutions" / "_lib", tmp_path / "solutions" / "_lib")  # the shared sources it names
     assert main(["--root", str(tmp_path), "validate"]) == 1
     first = capsys.readouterr().out.splitlines()[0]
     assert first.endswith("rmsnorm_h4096.yaml: /baseline: names no solution of rmsnorm_h4096: flashinfer, "
