@@ -57,6 +57,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("FIBUILD_SERVING_WAIT", "0.25", "Seconds the serving integration (`FIBUILD_TRACE`/`FIBUILD_APPLY`) "
          "waits for a build lock or the build index that another process holds before it runs the "
          "original function instead (and says so once, in the log and in `stats()`)."),
+    Knob("FIBUILD_MODE", "auto", "The cost `fibuild.load` and the serving integration rank by: `eager` "
+         "(max of host and GPU time per call), `graph` (GPU time, for calls captured in a CUDA graph), "
+         "`auto` (per key at its first call: graph while capturing)."),
     Knob("FIBUILD_STATS", "0", "1: with tracing or applying, print at exit what each patched API's calls did "
          "(substituted, original, fallbacks by reason; `fibuild.integrations.stats()`) and keep the totals "
          "for `fibuild trace report`."),
@@ -143,6 +146,7 @@ class Settings:
     #: how long a build lock or the index may be waited for; None: as long as it takes (the
     #: CLI). The serving integration sets it to serving_wait_s; a longer wait is BusyError.
     wait_s: float | None = None
+    mode: str = "auto"  # FIBUILD_MODE: eager | graph | auto
     stats: bool = False  # FIBUILD_STATS: print the integration's counters at exit
     pdl: bool = True  # FIBUILD_PDL: solutions declaring launch.pdl launch with PDL
     data_home: Path = Path("~/.local/share").expanduser()  # XDG_DATA_HOME: the user workspace's parent
@@ -166,6 +170,9 @@ class Settings:
         device = _raw(env, "FIBUILD_DEVICE").lower()
         if device and device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
             raise ConfigError(f"FIBUILD_DEVICE={device!r}: expected cpu, cuda or cuda:N")
+        mode = _raw(env, "FIBUILD_MODE").lower()
+        if mode not in ("auto", "eager", "graph"):
+            raise ConfigError(f"FIBUILD_MODE={mode!r}: expected auto, eager or graph")
         settings = cls(
             root=Path(root).expanduser().resolve() if root else None,
             cache_dir=Path(_raw(env, "FIBUILD_CACHE_DIR")).expanduser().resolve(),
@@ -182,6 +189,7 @@ class Settings:
             apply=_flag(env, "FIBUILD_APPLY"),
             trusted_flags=trusted_flags(env),
             serving_wait_s=_number(env, "FIBUILD_SERVING_WAIT", float, "a number of seconds", "> 0"),
+            mode=mode,
             stats=_flag(env, "FIBUILD_STATS"),
             pdl=_flag(env, "FIBUILD_PDL"),
             data_home=Path(_raw(env, "XDG_DATA_HOME")).expanduser().resolve(),

@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<definition>/<device-slug>.jsonl`` (``root`` is ``Workspace.registry_dir``);
 ``workloads.jsonl`` in the same folder holds workloads, not evaluations. Each line is one
-:class:`~fibuild.spec.model.Evaluation` as JSON plus ``"schema": 1``.
+:class:`~fibuild.spec.model.Evaluation` as JSON plus ``"schema": 2`` (lines of schema 1,
+without the spread fields and host times, still load).
 
 Writes: validated against ``schemas/evaluation.schema.json``, then appended as one
 ``os.write`` of one line (``O_APPEND``) under ``filelock.FileLock(<file>.lock)``, so
@@ -34,13 +35,16 @@ from .spec.schema import validate
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = 1
+#: The schema version written. 2 added min/q1/q3 to latency stats and the host times per call;
+#: lines of every version in READABLE_SCHEMAS load (missing fields are None).
+RECORD_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 WORKLOADS_FILE = "workloads.jsonl"
 CHAINS_DIR = "chains"
 #: Fields every chain record has, and their JSON types.
 CHAIN_FIELDS = {"chain": str, "definition": str, "device": str, "axes": dict, "solution": str,
                 "solution_digest": str, "chain_latency_us": (int, float), "timestamp": str}
-_LATENCY_FIELDS = ("median_us", "p20_us", "p80_us", "mean_us", "n")
+_SPREAD_FIELDS = ("min_us", "q1_us", "q3_us")
 
 
 def _finite(value: float | None) -> float | None:
@@ -54,8 +58,13 @@ def latency_to_dict(stats: LatencyStats | None) -> dict[str, Any] | None:
     """The JSON form of latency stats (None stays None): the one codec of records and replies."""
     if stats is None:
         return None
-    return {"median_us": float(stats.median_us), "p20_us": float(stats.p20_us),
-            "p80_us": float(stats.p80_us), "mean_us": float(stats.mean_us), "n": int(stats.n)}
+    out = {"median_us": float(stats.median_us), "p20_us": float(stats.p20_us),
+           "p80_us": float(stats.p80_us), "mean_us": float(stats.mean_us), "n": int(stats.n)}
+    for name in _SPREAD_FIELDS:
+        value = getattr(stats, name)
+        if value is not None:
+            out[name] = float(value)
+    return out
 
 
 def latency_from_dict(data: Any) -> LatencyStats | None:
@@ -64,12 +73,14 @@ def latency_from_dict(data: Any) -> LatencyStats | None:
         return None
     if not isinstance(data, Mapping):
         raise ValueError("latency is not an object")
+    spread = {name: float(data[name]) for name in _SPREAD_FIELDS if data.get(name) is not None}
     return LatencyStats(median_us=float(data["median_us"]), p20_us=float(data["p20_us"]),
-                        p80_us=float(data["p80_us"]), mean_us=float(data["mean_us"]), n=int(data["n"]))
+                        p80_us=float(data["p80_us"]), mean_us=float(data["mean_us"]), n=int(data["n"]),
+                        **spread)
 
 
 def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
-    """The JSON record of ``ev`` (with ``"schema": 1``); non-finite floats become null."""
+    """The JSON record of ``ev`` (with ``"schema": RECORD_SCHEMA``); non-finite floats become null."""
     return {
         "schema": RECORD_SCHEMA,
         "definition": ev.definition,
@@ -90,6 +101,9 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
         "timestamp": ev.timestamp,
         **({"prepare_s": _finite(ev.prepare_s)} if ev.prepare_s is not None else {}),
         **({"plan_latency": latency_to_dict(ev.plan_latency)} if ev.plan_latency else {}),
+        **({"host_latency": latency_to_dict(ev.host_latency)} if ev.host_latency else {}),
+        **({"reference_host_latency": latency_to_dict(ev.reference_host_latency)}
+           if ev.reference_host_latency else {}),
     }
 
 
@@ -101,7 +115,7 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
     """
     if not isinstance(data, Mapping):
         raise TypeError("record is not a JSON object")
-    if data.get("schema") != RECORD_SCHEMA:
+    if data.get("schema") not in READABLE_SCHEMAS:
         raise ValueError(f"unknown record schema {data.get('schema')!r}")
     axes = data["axes"]
     if not isinstance(axes, Mapping):
@@ -129,6 +143,8 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
         max_rel_error=opt_float("max_rel_error"), error=str(data.get("error", "")),
         environment=dict(env), timestamp=str(data.get("timestamp", "")), prepare_s=opt_float("prepare_s"),
         plan_latency=latency_from_dict(data.get("plan_latency")),
+        host_latency=latency_from_dict(data.get("host_latency")),
+        reference_host_latency=latency_from_dict(data.get("reference_host_latency")),
     )
 
 

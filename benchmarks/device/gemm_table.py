@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def leaderboard(definition: str, device: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "fibuild", "table", definition, "--device", device, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "fibuild", "table", definition, "--device", device, "--json",
+                           "--mode", "graph"],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode:
         raise SystemExit(f"fibuild table {definition}: {proc.stderr.strip()}")
@@ -38,7 +39,8 @@ def main() -> int:
              f"each with its own weight, > the 60 MB L2), µs per call, median. Copy ceiling "
              f"{ceil['copy_tbps']:.2f} TB/s (1 GiB device copy, read + write), bf16 matmul ceiling "
              f"{ceil['matmul_tflops']:.0f} TFLOP/s, both measured in the same run. % = bytes moved "
-             "(A + B + C) / time / copy ceiling. Resolved: `fibuild resolve` (fastest PASSED).")
+             "(A + B + C) / time / copy ceiling. Resolved: `fibuild resolve --mode graph` (cuBLAS, the "
+             "baseline, unless a kernel wins clearly: docs/resolution.md).")
     lines = [f"# Small-M GEMM on {ceil['device']} ({args.device})", "", intro, ""]
     for yaml in sorted((ROOT / "defs" / "gemm").glob("*.yaml")):
         table = leaderboard(yaml.stem, args.device)

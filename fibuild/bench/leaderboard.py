@@ -1,23 +1,27 @@
 """The leaderboard of a definition on one device: data, JSON, rich table, PNG plot.
 
-:func:`leaderboard` keeps the latest record per (solution, workload) and marks each
-workload's winner: the PASSED solution with the lowest median latency. The variants of a
-grid (``sol[K=v,...]``) are grouped under their solution: its cell is its best variant at
-that workload, and the row says which. Rendering lives
-here so the CLI stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
+:func:`leaderboard` keeps the latest record per (solution, workload). It does not rank: the
+caller passes ``choose(axes) -> (solution or None, verdict or None)``, which ``fibuild table``
+answers with the resolver itself, so the starred cell is what ``fibuild resolve`` picks. Each
+cell shows the cost per call in the table's mode and its spread (interquartile range over
+median); a spread over :data:`fibuild.bench.compare.NOISY_SPREAD` is flagged. The variants of a
+grid (``sol[K=v,...]``) are grouped under their solution: its cell is the variant resolution
+picks there, else its best by median, and the row says which. Rendering lives here so the CLI
+stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import BenchError
 from ..registry import latest_per_workload
-from ..spec.model import Definition, Evaluation
+from ..spec.model import Definition, Evaluation, LatencyStats
 from ..spec.variants import family, split_name
 from ..units import format_us
+from .compare import EAGER, NOISY_SPREAD, caller_cost, noisy, relative_spread
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich, matplotlib.
 
@@ -28,10 +32,14 @@ STATUS_SHORT = {"INCORRECT_SHAPE": "shape", "INCORRECT_NUMERICAL": "wrong", "INC
 
 @dataclass
 class LeaderboardRow:
+    """One workload: its records by solution, the solution resolution picks for its key
+    (``winner``, possibly ``reference``) and how firm that pick is (``verdict``)."""
+
     workload_uuid: str
     axes: dict[str, int]
     cells: dict[str, Evaluation] = field(default_factory=dict)
     winner: str | None = None
+    verdict: str | None = None
     #: grouped boards: solution -> the variant whose record is its cell (``sol[K=v,...]``)
     variants: dict[str, str] = field(default_factory=dict)
 
@@ -48,28 +56,49 @@ class Leaderboard:
     var_axes: tuple[str, ...]
     solutions: list[str]
     rows: list[LeaderboardRow]
+    mode: str = EAGER
+
+    def cost(self, ev: Evaluation | None) -> LatencyStats | None:
+        """The cost per call of a PASSED record in the board's mode (None otherwise)."""
+        if ev is None or ev.status != "PASSED" or ev.latency is None:
+            return None
+        return caller_cost(ev.latency, ev.host_latency, self.mode)
+
+    def reference_cost(self, row: LeaderboardRow) -> LatencyStats | None:
+        """The reference's cost in the row (from the first record that carries it)."""
+        ev = next((e for e in row.cells.values() if e.reference_latency), None)
+        return caller_cost(ev.reference_latency, ev.reference_host_latency, self.mode) if ev else None
 
     def wins(self) -> dict[str, int]:
-        """Workloads won per solution."""
+        """Workloads each solution (or ``reference``) is chosen for."""
         counts = {s: 0 for s in self.solutions}
         for row in self.rows:
             if row.winner:
-                counts[row.winner] += 1
+                counts[row.winner] = counts.get(row.winner, 0) + 1
         return counts
 
     def to_json(self) -> dict[str, Any]:
         def cell(ev: Evaluation) -> dict[str, Any]:
-            lat = ev.latency
+            lat, cost = ev.latency, self.cost(ev)
+            host = ev.host_latency
             return {"status": ev.status, "median_us": lat.median_us if lat else None,
                     "p20_us": lat.p20_us if lat else None, "p80_us": lat.p80_us if lat else None,
+                    "host_median_us": host.median_us if host else None,
+                    "cost_us": cost.median_us if cost else None,
+                    "spread": relative_spread(cost) if cost else None, "noisy": noisy(cost),
                     "speedup": ev.speedup, "max_abs_error": ev.max_abs_error,
                     "timestamp": ev.timestamp, "build_key": ev.build_key}
 
         return {"definition": self.definition, "device": self.device, "var_axes": list(self.var_axes),
-                "solutions": self.solutions, "wins": self.wins(),
+                "mode": self.mode, "solutions": self.solutions, "wins": self.wins(),
                 "rows": [{"workload": r.workload_uuid, "axes": r.axes, "winner": r.winner,
-                          "reference_us": r.reference_us, "variants": dict(sorted(r.variants.items())),
+                          "verdict": r.verdict, "reference_us": r.reference_us,
+                          "variants": dict(sorted(r.variants.items())),
                           "cells": {s: cell(e) for s, e in sorted(r.cells.items())}} for r in self.rows]}
+
+
+#: ``choose(axes) -> (solution, verdict)``: what resolution runs a row's key (None: nothing).
+Chooser = Callable[[Mapping[str, int]], "tuple[str | None, str | None]"]
 
 
 def _better(a: Evaluation, b: Evaluation) -> bool:
@@ -79,10 +108,12 @@ def _better(a: Evaluation, b: Evaluation) -> bool:
     return rank(a) < rank(b)
 
 
-def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation], *,
-                group_variants: bool = True) -> Leaderboard:
+def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation], choose: Chooser,
+                *, mode: str = EAGER, group_variants: bool = True) -> Leaderboard:
     """Rows per workload (sorted by var-axis values), one cell per solution, latest record
-    wins; with ``group_variants`` a grid's variants share their solution's cell (the best)."""
+    wins; each row's ``winner`` and ``verdict`` come from ``choose(row axes)``. With
+    ``group_variants`` a grid's variants share their solution's column: the chosen variant's
+    record where resolution picks one of them, else the best by median."""
     latest = latest_per_workload(e for e in evaluations if e.definition == defn.name)
     rows: dict[str, LeaderboardRow] = {}
     names = set()
@@ -96,57 +127,79 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
             if column != solution:
                 row.variants[column] = solution
     for row in rows.values():
-        passed = [(e.latency.median_us, s) for s, e in row.cells.items() if e.status == "PASSED" and e.latency]
-        row.winner = min(passed)[1] if passed else None
+        chosen, row.verdict = choose(row.axes)
+        row.winner = family(chosen) if chosen and group_variants else chosen
+        if chosen and row.winner != chosen and (chosen, row.workload_uuid) in latest:
+            row.cells[row.winner] = latest[(chosen, row.workload_uuid)]  # the star shows what runs
+            row.variants[row.winner] = chosen
     var_axes = defn.var_axes
 
     def order(row: LeaderboardRow):
         return tuple(row.axes.get(a, -1) for a in var_axes) + (row.workload_uuid,)
 
-    return Leaderboard(defn.name, device, var_axes, sorted(names), sorted(rows.values(), key=order))
+    return Leaderboard(defn.name, device, var_axes, sorted(names), sorted(rows.values(), key=order), mode)
 
 
-def cell_text(ev: Evaluation | None) -> str:
-    """``12.3 µs`` for a pass, the short status otherwise; ``-`` when not evaluated."""
+def cell_text(ev: Evaluation | None, cost: LatencyStats | None = None) -> str:
+    """``12.3 µs ±4%`` (cost and spread) for a pass, with ``!`` when noisy; the short status
+    otherwise; ``-`` when not evaluated."""
     if ev is None:
         return "-"
-    if ev.status == "PASSED" and ev.latency:
-        return format_us(ev.latency.median_us)
+    if cost is not None:
+        return spread_text(cost)
     return STATUS_SHORT.get(ev.status, ev.status)
 
 
+def spread_text(cost: LatencyStats) -> str:
+    """``12.3 µs ±4%``: the median and the interquartile range over the median, ``!`` if noisy."""
+    return f"{format_us(cost.median_us)} ±{relative_spread(cost):.0%}" + ("!" if noisy(cost) else "")
+
+
 def rich_table(board: Leaderboard):
-    """The leaderboard as a rich Table; the winner's cell is bold green with a ``*``."""
-    from rich.markup import escape
+    """The leaderboard as a rich Table: the cell resolution picks is bold green with a ``*``,
+    noisy cells yellow (``!``), failures red. Text goes in as ``Text``, never as markup."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{board.definition} on {board.device}", title_justify="left")
+    table = Table(title=Text(f"{board.definition} on {board.device}"), title_justify="left")
     # The row label names the axes once, in the header, and keeps its values whole (never
     # folded or cut): at 80 columns the solution columns narrow instead.
     shown_axes = [a for a in board.var_axes if any(a in row.axes for row in board.rows)]
     table.add_column(",\n".join(shown_axes) or "workload", no_wrap=True,
                      min_width=max([len(_row_label(r, shown_axes)) for r in board.rows] + [1]))
+    table.add_column("verdict", no_wrap=True)
     table.add_column("reference", justify="right", style="dim", overflow="fold")
     for sol in board.solutions:
         table.add_column(sol, justify="right", overflow="fold")  # a folded name stays whole
     for row in board.rows:
-        label = _row_label(row, shown_axes)
         cells = []
         for sol in board.solutions:
             ev = row.cells.get(sol)
-            text = cell_text(ev)
+            cost = board.cost(ev)
+            text = Text(cell_text(ev, cost))
             if sol in row.variants:  # the variant behind a grouped cell, on a line of its own
-                text += f"\n[dim]{escape(split_name(row.variants[sol])[1] or '')}[/]"
+                text.append("\n" + (split_name(row.variants[sol])[1] or ""), style="dim")
             if sol == row.winner:
-                text = Text(f"* {text}", style="bold green")
+                text = Text("* ", style="bold green") + text
+                text.stylize("bold green")
             elif ev is not None and ev.status != "PASSED":
-                text = Text(text, style="red")
+                text.stylize("red")
+            elif noisy(cost):
+                text.stylize("yellow")
             cells.append(text)
-        table.add_row(label, format_us(row.reference_us), *cells)
+        ref = board.reference_cost(row)
+        ref_text = Text(spread_text(ref) if ref is not None else "-")
+        if row.winner == "reference":
+            ref_text = Text("* " + ref_text.plain, style="bold green")
+        table.add_row(_row_label(row, shown_axes), row.verdict or "-", ref_text, *cells)
     wins = board.wins()
-    table.caption = "* fastest PASSED per workload; wins: " + ", ".join(
-        f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0])))
+    how = ("max of host and GPU time per call" if board.mode == EAGER else "GPU time per call")
+    table.caption = Text(f"{board.mode} cost ({how}), median ±(q3-q1)/median; ! spread over "
+                         f"{NOISY_SPREAD:.0%}: re-measure; * what `fibuild resolve --mode {board.mode}` picks "
+                         "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
+                         "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
+                         "tell, `fibuild bench --ambiguous` re-measures); wins: " + ", ".join(
+                             f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
     return table
 
 

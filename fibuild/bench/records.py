@@ -54,9 +54,10 @@ def evaluation(item: BenchItem, slug: str, status: str, environment: Mapping[str
                prepare_s: float | None = None) -> Evaluation:
     """The record of ``item`` on device ``slug``.
 
-    ``reply`` is a child's (or the ranks' merged) result: ``latency`` and
-    ``reference_latency`` as JSON dicts, max errors, ``timing`` (goes into the environment)
-    and ``error`` (used when ``error`` is empty). The speedup is reference over solution median.
+    ``reply`` is a child's (or the ranks' merged) result: ``latency``, ``reference_latency``
+    and (CUDA) their ``host_latency`` / ``reference_host_latency`` as JSON dicts, max errors,
+    ``timing`` (goes into the environment) and ``error`` (used when ``error`` is empty). The
+    speedup is reference over solution median.
     """
     reply = reply or {}
     latency = latency_from_dict(reply.get("latency"))
@@ -72,6 +73,8 @@ def evaluation(item: BenchItem, slug: str, status: str, environment: Mapping[str
         solution_digest=item.solution_digest, build_key=item.build_key,
         workload_uuid=item.workload.uuid, axes=dict(item.workload.axes), status=status, device=slug,
         latency=latency, reference_latency=ref, plan_latency=latency_from_dict(reply.get("plan_latency")),
+        host_latency=latency_from_dict(reply.get("host_latency")),
+        reference_host_latency=latency_from_dict(reply.get("reference_host_latency")),
         speedup=speedup, max_abs_error=reply.get("max_abs_error"), max_rel_error=reply.get("max_rel_error"),
         error=(error or reply.get("error") or "")[-ERROR_TAIL:], environment=env,
         timestamp=utc_timestamp(), prepare_s=prepare_s)

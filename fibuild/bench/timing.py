@@ -3,7 +3,9 @@
 Every timer calls ``fn(*args)`` on input sets rotated round-robin (several cloned sets,
 so a kernel that caches its last output cannot win), warms up for ``warmup_ms``, then
 times one call per sample for about ``rep_ms`` (at least ``MIN_REPS``, at most
-``MAX_REPS`` samples). :func:`summarize` turns samples into median / p20 / p80 / mean.
+``MAX_REPS`` samples). :func:`summarize` turns samples into median / p20 / p80 / mean / min /
+quartiles. The CUDA timers also time the host side of each call (:func:`time_host`): an eager
+caller pays the larger of the two.
 Each timer returns a :class:`Measurement`: the stats plus a description of the method, which
 goes into the evaluation's environment. :func:`time_graph_replays` is the one CUDA-graph
 timer; the distributed ranks call it too, with a barrier before the timed replays.
@@ -28,10 +30,15 @@ GRAPH_CALLS = 20
 
 @dataclass(frozen=True)
 class Measurement:
-    """Latency ``stats`` of one timed function and ``method``: how they were measured."""
+    """Latency ``stats`` of one timed function and ``method``: how they were measured.
+
+    ``host``: on CUDA devices, the host time per call (what an eager caller waits before its
+    next launch), None on CPUs, where ``stats`` is host time already.
+    """
 
     stats: LatencyStats
     method: dict[str, Any] = field(default_factory=dict)
+    host: LatencyStats | None = None
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -46,12 +53,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def summarize(samples_us: Sequence[float]) -> LatencyStats:
-    """Median, p20, p80 and mean of samples in microseconds (ValueError when empty)."""
+    """Median, p20, p80, mean, minimum and quartiles of samples in microseconds (ValueError
+    when empty): what :mod:`fibuild.bench.compare` needs to judge a difference against noise."""
     values = sorted(float(s) for s in samples_us)
     if not values:
         raise ValueError("no latency samples")
     return LatencyStats(median_us=percentile(values, 0.5), p20_us=percentile(values, 0.2),
-                        p80_us=percentile(values, 0.8), mean_us=sum(values) / len(values), n=len(values))
+                        p80_us=percentile(values, 0.8), mean_us=sum(values) / len(values), n=len(values),
+                        min_us=values[0], q1_us=percentile(values, 0.25), q3_us=percentile(values, 0.75))
 
 
 def repetitions(budget_ms: float, per_call_ms: float, *, low: int = MIN_REPS, high: int = MAX_REPS) -> int:
@@ -137,6 +146,51 @@ def _host_seconds_per_sample(fn: Callable, arg_sets, flush, calls: int = 8) -> f
     return elapsed
 
 
+#: Host-time samples at most (each one call); the budget is a quarter of ``rep_ms``.
+MAX_HOST_SAMPLES = 2_000
+
+
+def time_host(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device, rep_ms: float,
+              gpu_ms: float = 0.0) -> LatencyStats:
+    """Host time per call of ``fn`` on a CUDA ``device``: each call timed alone with
+    ``perf_counter_ns`` while a GPU sleep queued ahead of each chunk of calls keeps the launch
+    queue from filling, so a sample is the caller's own cost (Python, argument handling,
+    launch), not a wait for the GPU. Synchronizes between chunks (untimed).
+
+    ``gpu_ms``: the GPU time of one call, so that GPU-bound calls take fewer samples.
+    Cost: about ``rep_ms / 4`` of host time and at most as much GPU time.
+    """
+    import torch
+
+    k = len(arg_sets)
+    host_s = _host_seconds_per_call(fn, arg_sets)
+    reps = repetitions(rep_ms / 4, max(host_s * 1e3, gpu_ms), high=MAX_HOST_SAMPLES)
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    for first in range(0, reps, AHEAD_CHUNK):
+        chunk = min(AHEAD_CHUNK, reps - first)
+        torch.cuda._sleep(int((chunk * host_s * 2 + 50e-6) * SLEEP_CYCLES_PER_S))
+        for i in range(first, first + chunk):
+            args = arg_sets[i % k]
+            t0 = clock()
+            fn(*args)
+            samples.append((clock() - t0) / 1e3)
+        torch.cuda.synchronize(device)
+    return summarize(samples)
+
+
+def _host_seconds_per_call(fn: Callable, arg_sets, calls: int = 8) -> float:
+    """A first estimate of the host time per call (no sleep ahead; a GPU-bound call blocks)."""
+    import torch
+
+    t0 = time.perf_counter()
+    for i in range(calls):
+        fn(*arg_sets[i % len(arg_sets)])
+    elapsed = (time.perf_counter() - t0) / calls
+    torch.cuda.synchronize()
+    return elapsed
+
+
 def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: float, rep_ms: float,
               device=None) -> Measurement:
     """Time ``fn`` with CUDA events around each call, the L2 flushed before each sample.
@@ -172,9 +226,10 @@ def time_cuda(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_ms: flo
         ends[i].record()
     torch.cuda.synchronize(device)
     samples = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+    host = time_host(fn, arg_sets, device=device, rep_ms=rep_ms, gpu_ms=est_ms)
     return Measurement(summarize(samples), {"method": "cuda_events", "l2_flush_bytes": flush.numel(),
                                        "input_sets": k, "warmup_ms": warmup_ms, "rep_ms": rep_ms,
-                                       "queued_ahead": AHEAD_CHUNK})
+                                       "queued_ahead": AHEAD_CHUNK, "host": "perf_counter_ns"}, host)
 
 
 def capture_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device,
@@ -254,8 +309,11 @@ def time_cuda_graph(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, warmup_m
     _check_sets(arg_sets)
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     graph = capture_cuda_graph(fn, arg_sets, device=device, calls_per_graph=calls_per_graph)
-    return time_graph_replays(graph, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                              calls_per_graph=calls_per_graph, input_sets=len(arg_sets))
+    timed = time_graph_replays(graph, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                               calls_per_graph=calls_per_graph, input_sets=len(arg_sets))
+    # The eager host time too: the same record then answers both ways of calling.
+    host = time_host(fn, arg_sets, device=device, rep_ms=rep_ms, gpu_ms=timed.stats.median_us / 1e3)
+    return Measurement(timed.stats, {**timed.method, "host": "perf_counter_ns"}, host)
 
 
 def time_calls(fn: Callable, arg_sets: Sequence[Sequence[Any]], *, device: str, warmup_ms: float,

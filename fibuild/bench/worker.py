@@ -12,8 +12,9 @@ JSON lines of :mod:`fibuild.bench.protocol`:
   when the call raised anything else (a shape the kernel refuses is that shape's failure).
 - ``{"op": "run", "id", "definition", "solution", "workload", "warmup_ms", "rep_ms",
   "graph"}`` -> ``{"op": "result", "id", "status", "latency", "reference_latency",
-  "max_abs_error", "max_rel_error", "error", "timing", "fatal"}``. ``fatal`` means the worker
-  exits after replying (a CUDA error poisons the context), so the parent starts a new one.
+  "host_latency", "reference_host_latency" (CUDA: host time per call), "max_abs_error",
+  "max_rel_error", "error", "timing", "fatal"}``. ``fatal`` means the worker exits after
+  replying (a CUDA error poisons the context), so the parent starts a new one.
 - ``{"op": "exit"}``.
 
 The inputs, reference output and latency of the last workload are kept, so each
@@ -213,6 +214,7 @@ class Worker(SolutionLoader):
             inputs = self.inputs(defn, workload)
             if ref.timing is not None:
                 reply["reference_latency"] = latency_to_dict(ref.timing.stats)
+                reply["reference_host_latency"] = latency_to_dict(ref.timing.host)
             stage = "load"
             try:
                 kernel = self.kernel(defn, msg["solution"])
@@ -235,6 +237,7 @@ class Worker(SolutionLoader):
             timing = time_calls(kernel.call, sets, device=self.device, warmup_ms=warmup, rep_ms=rep,
                                 graph=graph)
             reply["latency"] = latency_to_dict(timing.stats)
+            reply["host_latency"] = latency_to_dict(timing.host)
             reply["timing"] = timing.method
             if ref.error:
                 reply["error"] = ref.error

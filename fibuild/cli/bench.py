@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import argparse
 
+from fibuild.bench.compare import AMBIGUOUS, EAGER, GRAPH, MODES
 from fibuild.bench.distributed import run_distributed
 from fibuild.bench.farm.driver import drop_recorded
 from fibuild.bench.leaderboard import leaderboard, plot_leaderboard, rich_table
-from fibuild.bench.plan import plan_benchmarks, plan_distributed
+from fibuild.bench.plan import BenchPlan, PlannedSolution, plan_benchmarks, plan_distributed
 from fibuild.bench.reporter import BenchReporter
 from fibuild.bench.runner import run_benchmarks
 from fibuild.cli.bench_farm import run_bench_farm
 from fibuild.cli.bench_report import report_evaluations
 from fibuild.cli.common import console, parse_device, print_json, styled
-from fibuild.devices import default_device, device_slug, local_devices
-from fibuild.errors import BenchError, FibuildError
+from fibuild.devices import default_device, device_slug, local_devices, local_slugs
+from fibuild.errors import BenchError, FibuildError, ResolveError
 from fibuild.registry import Registry
+from fibuild.runtime.choose import decisions_by_key
+from fibuild.runtime.resolve import Resolver
+from fibuild.runtime.table_cache import load_table
 from fibuild.spec.workspace import Workspace
 from fibuild.units import format_us
 
@@ -81,6 +85,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "one GPU a rank, timed with CUDA-graph replays)")
     parser.add_argument("--resume", action="store_true",
                         help="skip (workload, solution, digest, device) items the registry already holds")
+    parser.add_argument("--ambiguous", action="store_true",
+                        help="re-measure only the keys whose resolution is AMBIGUOUS on this device (a "
+                             "challenger the noise does not let resolution tell apart; see `fibuild table`), "
+                             "for the cost --graph or eager timing ranks")
     farm = parser.add_argument_group("farm", "run on the workers of a Dask cluster (pip install 'fibuild[farm]')")
     farm.add_argument("--executor", choices=("local", "dask"), default="local",
                       help="local: worker processes on this machine (default); dask: a Dask cluster")
@@ -99,9 +107,12 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a device slug with records, or cpu, cuda, cuda:N for this machine's (default: "
                              "this machine's device if it has records, else the only device with records)")
     parser.add_argument("--plot", metavar="OUT.png", help="also write a latency plot (needs matplotlib)")
+    parser.add_argument("--mode", choices=MODES, default=EAGER,
+                        help="the cost shown and ranked: eager (max of host and GPU time per call, the "
+                             "default) or graph (GPU time), as `fibuild resolve --mode`")
     parser.add_argument("--variants", action="store_true",
-                        help="a column per variant of a grid (default: a grid's best variant per workload "
-                             "in its solution's column)")
+                        help="a column per variant of a grid (default: the variant resolution picks, else "
+                             "a grid's best variant per workload, in its solution's column)")
 
 
 class _RichReporter:
@@ -193,6 +204,10 @@ def run_bench(args: argparse.Namespace, settings) -> int:
             plan, dropped = drop_recorded(plan, Registry.of(workspace), slug)
             if dropped:
                 console(stderr=True).print(f"resume: {dropped} item(s) already recorded on {slug}")
+        if args.ambiguous:
+            slug = local_devices(device)[0].slug
+            plan, keys = keep_ambiguous(plan, workspace, settings, slug, GRAPH if args.graph else EAGER)
+            console(stderr=True).print(f"ambiguous: {keys} key(s) to re-measure on {slug}, {plan.total} item(s)")
 
         def run(reporter):
             return run_benchmarks(workspace, settings, solutions=args.solutions, device=device,
@@ -251,12 +266,54 @@ def _table_device(registry, definition: str, settings, requested: str | None, wo
                      "with --device")
 
 
+def keep_ambiguous(plan: BenchPlan, workspace, settings, slug: str, mode: str) -> tuple[BenchPlan, int]:
+    """``plan`` cut to the workloads of the keys whose decision on ``slug`` in ``mode`` is
+    AMBIGUOUS (:func:`fibuild.runtime.choose.decide`, the resolver's own rule), and how many
+    such keys there are. A definition without usable evaluations here has none. Cost: one
+    apply table per definition (cached)."""
+    ambiguous: dict[str, set] = {}
+    for group in plan.groups:
+        defn = group.definition
+        if defn.name not in ambiguous:
+            _, table, _ = load_table(workspace, settings, defn.name, slug, here=True)
+            found = {} if table.borrowed else decisions_by_key(table, mode, table.excluded)
+            ambiguous[defn.name] = {k for k, d in found.items() if d.verdict == AMBIGUOUS}
+    groups = []
+    for group in plan.groups:
+        keys, defn = ambiguous[group.definition.name], group.definition
+        keep = tuple(w for w in group.workloads if defn.apply_key(w.axes) in keys)
+        if keep:
+            groups.append(PlannedSolution(defn, group.solution, keep))
+    return BenchPlan(device=plan.device, groups=groups, skipped=list(plan.skipped)), \
+        sum(len(keys) for keys in ambiguous.values())
+
+
+def resolver_chooser(workspace, settings, defn, device: str, mode: str):
+    """``choose(axes) -> (solution, verdict)`` for ``fibuild table``: the resolver's own answer
+    at each evaluated key (policy ``exact``), so the starred cell is what ``fibuild resolve``
+    runs there. A table borrowed from another device stars nothing."""
+    here = device in local_slugs()
+    _, table, _ = load_table(workspace, settings, defn.name, device, here=here)
+    resolver = Resolver(table)
+
+    def choose(axes):
+        try:
+            res = resolver.resolve(defn.apply_key(axes), "exact", strict=True, mode=mode)
+        except (KeyError, ResolveError):
+            return None, None
+        return (None, None) if res.borrowed else (res.solution_name, res.verdict)
+
+    return choose
+
+
 def run_table(args: argparse.Namespace, settings) -> int:
     workspace = Workspace.discover(settings)
     defn = workspace.definition(args.definition)
     registry = Registry.of(workspace)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
-    board = leaderboard(defn, device, registry.read(defn.name, device), group_variants=not args.variants)
+    choose = resolver_chooser(workspace, settings, defn, device, args.mode)
+    board = leaderboard(defn, device, registry.read(defn.name, device), choose, mode=args.mode,
+                        group_variants=not args.variants)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
         data = {"ok": True, **board.to_json()}

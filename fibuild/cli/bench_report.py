@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from fibuild.bench.compare import NOISY_SPREAD, noisy, relative_spread
 from fibuild.bench.leaderboard import summary_rows
 from fibuild.cli.common import print_json
 from fibuild.registry import evaluation_to_dict
@@ -31,19 +32,40 @@ def report_evaluations(args, out, err, evaluations, registry_dir) -> int:
         return NOTHING_RAN
     failing = [ev for ev in evaluations if ev.status != "PASSED"]
     ok = not failing or args.allow_failures
+    wide = noisy_measurements(evaluations)
     if args.json:
         print_json({"ok": ok, "ran": len(evaluations), "devices": sorted({ev.device for ev in evaluations}),
                     "registry": str(registry_dir), "summary": summary_rows(evaluations),
+                    "noisy": [{"definition": ev.definition, "solution": ev.solution,
+                               "workload": ev.workload_uuid, "spread": round(spread, 3)} for ev, spread in wide],
                     "evaluations": [{k: v for k, v in evaluation_to_dict(ev).items() if k != "environment"}
                                     for ev in evaluations]})
     else:
         print_summary(out, err, evaluations, registry_dir)
+    if wide:
+        print(f"warning: {len(wide)} of {len(evaluations)} measurements are noisy (interquartile range over "
+              f"{NOISY_SPREAD:.0%} of the median; `!` in `fibuild table`): resolution reads their comparisons as "
+              "AMBIGUOUS and keeps the baseline; re-measure them on a quieter machine, or with "
+              "`fibuild bench --ambiguous`", file=sys.stderr)
     if failing:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(_status_counts(failing).items()))
         verdict = "allowed by --allow-failures" if args.allow_failures else "exit 1; --allow-failures accepts them"
         print(f"{'warning' if args.allow_failures else 'error'}: {len(failing)} of {len(evaluations)} "
               f"evaluations not PASSED ({counts}); {verdict}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def noisy_measurements(evaluations) -> list[tuple]:
+    """``(evaluation, spread)`` of the PASSED evaluations whose latency or host time is noisy
+    (:func:`fibuild.bench.compare.noisy`)."""
+    found = []
+    for ev in evaluations:
+        if ev.status != "PASSED":
+            continue
+        stats = [s for s in (ev.latency, ev.host_latency) if s is not None]
+        if any(noisy(s) for s in stats):
+            found.append((ev, max(relative_spread(s) for s in stats)))
+    return found
 
 
 def _status_counts(evaluations) -> dict[str, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from fibuild.bench.compare import MODES
 from fibuild.cli.common import parse_device, print_json
 from fibuild.compile.cache import BuildCache
 from fibuild.errors import FibuildError, ResolveError
@@ -23,8 +24,11 @@ def add_resolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axes", action="append", default=[], metavar="AXIS=N[,AXIS=N...]",
                         help="var-axis values, e.g. batch_size=32 (repeatable)")
     parser.add_argument("--policy", choices=POLICIES, default="nearest",
-                        help="first policy tried; the chain exact, nearest, def_best, reference "
-                             "goes on after it (default: nearest)")
+                        help="first policy tried; the chain exact, nearest, def_best, baseline, "
+                             "reference goes on after it (default: nearest)")
+    parser.add_argument("--mode", choices=MODES, default="eager",
+                        help="the cost ranked: eager (max of host and GPU time per call, the default) "
+                             "or graph (GPU time, for calls captured in a CUDA graph)")
     parser.add_argument("--strict", action="store_true",
                         help="try only --policy; exit 1 when it has no answer")
     parser.add_argument("--device", metavar="DEVICE",
@@ -77,7 +81,7 @@ def run_resolve(args: argparse.Namespace, settings) -> int:
     if device is not None:
         device = parse_device(device, Workspace.discover(settings)).slug
     res = resolve(args.definition, axes, policy=args.policy, device=device,
-                  strict=args.strict, settings=settings)
+                  strict=args.strict, settings=settings, mode=args.mode)
     _, here = target_device(settings, device)
     status = build_status(res, settings, here)
     if args.json:
@@ -91,13 +95,16 @@ def run_resolve(args: argparse.Namespace, settings) -> int:
         if res.evaluated_key is not None and res.evaluated_key != res.key:
             latency += f" (measured at {format_key(res.evaluated_key)})"
     rows = [("solution", res.solution_name), ("language", res.language), ("policy", res.policy),
+            ("mode", res.mode), ("verdict", res.verdict or "-"), ("baseline", res.baseline or "-"),
             ("latency", latency), ("build key", res.build_key or "-"), ("build", status)]
+    if res.borrowed:
+        rows.insert(3, ("borrowed", f"evaluations of {res.borrowed}"))
     print(f"{res.definition} at {', '.join(f'{k}={v}' for k, v in res.axes().items())} on {res.device}")
     for label, value in rows:
         print(f"  {label:<10} {value}")
     if args.explain:
         print("decisions:")
-        for note in res.notes:
+        for note in res.all_notes():
             print(f"  note: {note}")
         for d in res.decisions:
             print(f"  - {d}")

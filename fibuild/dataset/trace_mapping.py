@@ -142,6 +142,8 @@ def definition_to_dataset(manifest: Mapping[str, Any]) -> tuple[dict, list[str]]
     notes = []
     if "tolerance" in manifest:
         notes.append(f"definition {name}: tolerance {manifest['tolerance']} has no flashinfer-trace field")
+    if "baseline" in manifest:
+        notes.append(f"definition {name}: baseline {manifest['baseline']} has no flashinfer-trace field")
     out: dict[str, Any] = {"name": name}
     if manifest.get("description"):
         out["description"] = manifest["description"]

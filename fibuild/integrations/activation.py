@@ -119,26 +119,31 @@ class Integration:
 
 
 def enable(*, trace: bool = False, apply: bool = False, root: str | Path | None = None,
-           per_key: int = 2, flush_every: int = 64, policy: str = "nearest",
+           per_key: int = 2, flush_every: int = 64, policy: str = "nearest", mode: str | None = None,
            settings: Settings | None = None, adapters=None) -> Integration:
     """Trace and/or substitute the adapted APIs in this process: FlashInfer's, ``F.linear``,
     sgl_kernel's norms and activation, vLLM's ``_C`` norm and activation operators.
 
     ``root``: the workspace (default ``FIBUILD_ROOT``, else the usual discovery).
     ``per_key``: traced workloads kept per shape bucket; ``flush_every``: records per write.
-    ``policy``: the resolution policy of the kernels (``fibuild.load``'s). ``adapters``:
+    ``policy``: the resolution policy of the kernels (``fibuild.load``'s). ``mode``: the cost
+    they rank by, ``eager``, ``graph`` or ``auto`` (per call shape at its first call, ``graph``
+    while a CUDA graph is being captured); default ``FIBUILD_MODE``, else ``auto``. ``adapters``:
     instances to use instead of the built-in ones (tests). Raises ConfigError when neither
     ``trace`` nor ``apply`` is set. Logs one line saying what was enabled and where.
     """
     if not trace and not apply:
         raise ConfigError("fibuild.enable(): set trace=True and/or apply=True")
     settings = settings or Settings.from_env()
+    mode = mode or settings.mode
+    if mode not in ("auto", "eager", "graph"):
+        raise ConfigError(f"fibuild.enable(): mode {mode!r}: expected auto, eager or graph")
     if root is not None:
         settings = dataclasses.replace(settings, root=Path(root).expanduser().resolve())
     with _LOCK:
         disable()
         session = Session(settings, trace=trace, apply=apply, per_key=per_key,
-                          flush_every=flush_every, policy=policy)
+                          flush_every=flush_every, policy=policy, mode=mode)
         integration = Integration(session, list(adapters) if adapters is not None else default_adapters())
         waiting = {}
         for name in dict.fromkeys(a.root for a in integration.adapters):  # the modules whose import patches

@@ -5,8 +5,10 @@ a :class:`Counters` holds one list cell per outcome: ``substituted`` (a fibuild 
 ran), ``original`` (fibuild chose the original: nothing better, or tracing only),
 ``fallback`` per reason (fibuild could not take the call and the original ran), and, for
 attention wrappers, ``plan`` per entry (``plan``, ``begin_forward``, ``fast_decode_plan``,
-``unseen``). A handler is given its cell once, when it is made, and does ``cell[0] += 1``
-per call; nothing else is counted on the hot path.
+``unseen``). ``borrowed`` counts, among those calls, the ones whose choice rests on another
+device's evaluations (same compute capability: this device has none of its own). A handler
+is given its cell once, when it is made, and does ``cell[0] += 1`` per call; nothing else is
+counted on the hot path.
 
 :func:`snapshot` turns the cells into the dict ``fibuild.integrations.stats()`` returns;
 :func:`format_stats` prints it (``FIBUILD_STATS=1`` at exit); :func:`append_stats` /
@@ -29,7 +31,7 @@ from .tracing import CALLS_DIR
 STATS_FILE = "stats.jsonl"
 
 #: outcomes a cell counts; "fallback" and "plan" cells also carry a reason / entry name
-OUTCOMES = ("substituted", "original", "fallback", "plan")
+OUTCOMES = ("substituted", "original", "fallback", "plan", "borrowed")
 
 
 class Counters:
@@ -52,8 +54,9 @@ class Counters:
             return found
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"calls", "substituted", "original", "fallbacks": {reason: n}[, "plans": {entry: n}]}``;
-        ``calls`` counts runs/calls, not plans; reasons and entries never taken are left out."""
+        """``{"calls", "substituted", "original", "fallbacks": {reason: n}[, "plans": {entry: n}]
+        [, "borrowed": n]}``; ``calls`` counts runs/calls, not plans (``borrowed`` calls are among
+        them); reasons and entries never taken are left out."""
         out: dict[str, Any] = {"calls": 0, "substituted": 0, "original": 0, "fallbacks": {}}
         plans: dict[str, int] = {}
         with self._lock:
@@ -64,6 +67,9 @@ class Counters:
                 continue
             if outcome == "plan":
                 plans[str(reason)] = plans.get(str(reason), 0) + n
+                continue
+            if outcome == "borrowed":
+                out["borrowed"] = out.get("borrowed", 0) + n
                 continue
             out["calls"] += n
             if outcome == "fallback":
@@ -111,6 +117,8 @@ def merge(total: dict[str, dict[str, Any]], part: dict[str, dict[str, Any]]) -> 
         into = total.setdefault(api, {"calls": 0, "substituted": 0, "original": 0, "fallbacks": {}})
         for key in ("calls", "substituted", "original"):
             into[key] += int(row.get(key, 0))
+        if row.get("borrowed"):
+            into["borrowed"] = into.get("borrowed", 0) + int(row["borrowed"])
         for group in ("fallbacks", "plans"):
             for reason, n in (row.get(group) or {}).items():
                 into.setdefault(group, {})
@@ -126,7 +134,8 @@ def format_stats(snapshot: dict[str, dict[str, Any]]) -> str:
     for api, row in snapshot.items():
         fallbacks = sum(row["fallbacks"].values())
         lines.append(f"  {api}: {row['calls']} calls, {row['substituted']} substituted, "
-                     f"{row['original']} original, {fallbacks} fallback")
+                     f"{row['original']} original, {fallbacks} fallback"
+                     + (f"; {row['borrowed']} chosen on borrowed evaluations" if row.get("borrowed") else ""))
         for reason, n in sorted(row["fallbacks"].items(), key=lambda kv: -kv[1]):
             lines.append(f"      {n:>10}  fallback: {reason}")
         for entry, n in sorted((row.get("plans") or {}).items()):

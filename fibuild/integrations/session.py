@@ -17,10 +17,12 @@ import logging
 import threading
 from typing import Any, Callable
 
+from fibuild.bench.compare import EAGER
 from fibuild.config import Settings
 from fibuild.errors import FibuildError
 from fibuild.registry import Registry
 from fibuild.runtime.api import load
+from fibuild.runtime.dispatch import AUTO, current_mode
 from fibuild.spec.templates import definition_document, definition_name, write_definition
 from fibuild.spec.workspace import Workspace
 
@@ -35,13 +37,14 @@ class Session:
     """State of one ``enable()``; see the module docstring. Thread-safe."""
 
     def __init__(self, settings: Settings, *, trace: bool, apply: bool, per_key: int = 2,
-                 flush_every: int = 64, policy: str = "nearest"):
+                 flush_every: int = 64, policy: str = "nearest", mode: str = AUTO):
         # The serving path never waits unboundedly: locks and the index, FIBUILD_SERVING_WAIT.
         settings = dataclasses.replace(settings, wait_s=settings.serving_wait_s)
         self.settings = settings
         self.trace = trace
         self.apply = apply
         self.policy = policy
+        self.mode = mode
         self.workspace = Workspace.discover(settings)
         self.recorder = (TraceRecorder(Registry(self.workspace.registry_dir), per_key=per_key,
                                        flush_every=flush_every) if trace else None)
@@ -51,6 +54,9 @@ class Session:
         self._definitions: dict[str, Any] = {}  # name -> Definition | Unmapped
         self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
         self.substituted: dict[str, int] = {}   # definition -> keys sent to a fibuild solution
+        # definition -> keys whose choice rests on another device's evaluations (same compute
+        # capability; see Resolution.borrowed), whatever was chosen
+        self.borrowed: dict[str, int] = {}
         self.stats = Stats()
         self._said: set[tuple[str, str]] = set()
 
@@ -91,16 +97,17 @@ class Session:
         self.workspace = self.workspace.reloaded()  # see the new file
         return self.workspace.definition(name)
 
-    def kernel(self, name: str):
-        """``fibuild.load(name)`` for this session (cached); raises Unmapped if it cannot load."""
+    def kernel(self, name: str, mode: str = EAGER):
+        """``fibuild.load(name, mode=mode)`` for this session (cached per name and mode); raises
+        Unmapped if it cannot load."""
         with self._lock:
-            found = self._kernels.get(name)
+            found = self._kernels.get((name, mode))
             if found is None:
                 try:
-                    found = load(name, policy=self.policy, settings=self.settings)
+                    found = load(name, policy=self.policy, settings=self.settings, mode=mode)
                 except FibuildError as exc:
                     found = Unmapped(f"fibuild.load({name!r}) failed: {str(exc).splitlines()[0]}")
-                self._kernels[name] = found
+                self._kernels[(name, mode)] = found
         if isinstance(found, Unmapped):
             raise found
         return found
@@ -170,15 +177,22 @@ class Session:
     def choose(self, adapter: Adapter, name: str, defn, axes: dict[str, int], original: Callable,
                substitute: Callable[[Any, Any], Callable], instance: Any = None) -> Callable:
         """``original`` (counted) unless the kernel of ``name`` resolves ``axes`` to a solution
-        that is not the API itself; then the substitute handler."""
-        kernel = self.kernel(name)
+        that is not the API itself; then the substitute handler. The session's mode, or under
+        ``auto`` the mode of this first call (``graph`` while capturing), picks the kernel."""
+        kernel = self.kernel(name, self.mode if self.mode != AUTO else current_mode())
         resolution = kernel.resolution(defn.apply_key(axes))
         sol = resolution.solution
         if sol is None or adapter.is_original(sol, instance):
-            return counted(original, self.stats.of(adapter.api).cell("original"))
-        with self._lock:
-            self.substituted[name] = self.substituted.get(name, 0) + 1
-        return substitute(kernel, defn)
+            handler = counted(original, self.stats.of(adapter.api).cell("original"))
+        else:
+            with self._lock:
+                self.substituted[name] = self.substituted.get(name, 0) + 1
+            handler = substitute(kernel, defn)
+        if resolution.borrowed:  # counted apart: the user should bench on this device
+            with self._lock:
+                self.borrowed[name] = self.borrowed.get(name, 0) + 1
+            handler = counted(handler, self.stats.of(adapter.api).cell("borrowed"))
+        return handler
 
 
 def var_axes(defn, inputs: tuple) -> dict[str, int]:

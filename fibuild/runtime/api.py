@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fibuild.bench.compare import EAGER
 from fibuild.config import Settings
 from fibuild.devices import device_named
 from fibuild.errors import InputError
@@ -28,8 +29,8 @@ from fibuild.spec.workspace import Workspace
 
 from .collect import target_device
 from .decisions import BaseReporter, Resolution
-from .dispatch import Kernel, key_from_axes, make_kernel
-from .resolve import Resolver, policy_chain
+from .dispatch import AUTO, Kernel, key_from_axes, make_kernel, warn_unmeasured
+from .resolve import Resolver, check_mode, policy_chain
 from .table_cache import load_table
 
 log = logging.getLogger("fibuild.runtime")
@@ -47,33 +48,48 @@ def _settings(settings: Settings | None, root: str | Path | None) -> Settings:
 
 def load(name: str, *, policy: str = "nearest", device: str | None = None, strict: bool = False,
          settings: Settings | None = None, fallback: Callable | None = None,
-         root: str | Path | None = None) -> Kernel:
+         mode: str | None = None, root: str | Path | None = None) -> Kernel:
     """The dispatching callable of definition ``name`` on this machine.
 
-    ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``,
+    ``policy``: the first policy tried (``exact``, ``nearest``, ``def_best``, ``baseline``,
     ``reference``); the chain goes on after it unless ``strict``. ``device``: ``cpu``,
     ``cuda``, ``cuda:N`` or the slug of one of this machine's devices (default
-    ``FIBUILD_DEVICE``, else cuda when available).
+    ``FIBUILD_DEVICE``, else cuda when available). ``mode``: how you call it, which decides
+    the cost ranked: ``eager`` (max of host and GPU time per call), ``graph`` (GPU time,
+    for calls captured in a CUDA graph) or ``auto`` (per key at its first call, ``graph``
+    while a CUDA graph is being captured, else ``eager``; a key first called outside the
+    capture keeps its eager choice, so pass ``graph`` for kernels you capture); default
+    ``FIBUILD_MODE``, else ``auto``.
     ``fallback``: a value-returning function used instead of the reference. ``root``: the
     workspace (default ``FIBUILD_ROOT``, else the one found from the current directory).
-    Reads ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE`` (through Settings).
+    Reads ``FIBUILD_ROOT``, ``FIBUILD_CACHE_DIR``, ``FIBUILD_DEVICE``, ``FIBUILD_MODE``
+    (through Settings). With no usable evaluation on this device, keys run the definition's
+    baseline (or borrow the evaluations of a device of the same compute capability), and a
+    warning says so once, naming ``fibuild bench NAME``.
 
     Raises FibuildError for an unknown definition or device, ManifestError(s) for
     invalid manifests (only when the table is not cached), ResolveError for an unknown
-    policy. Building happens on the first call of a key, not here.
+    policy or mode. Building happens on the first call of a key, not here.
     """
     settings = _settings(settings, root)
     policy_chain(policy, strict=strict)
+    mode = mode or settings.mode
+    if mode != AUTO:
+        check_mode(mode)
     dev = device_named(device, settings)  # a slug must name a device of this machine: load runs kernels here
     defn, table, _ = load_table(_workspace(settings), settings, name, dev.slug, here=True)
+    warn_unmeasured(table)
     return make_kernel(defn, table, settings=settings, policy=policy, strict=strict, device=dev.torch_device,
-                       fallback=fallback)
+                       fallback=fallback, mode=mode)
 
 
 def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
             device: str | None = None, strict: bool = False, settings: Settings | None = None,
-            reporter: BaseReporter | None = None, root: str | Path | None = None) -> Resolution:
+            reporter: BaseReporter | None = None, mode: str = EAGER,
+            root: str | Path | None = None) -> Resolution:
     """Which solution runs ``name`` at ``axes`` (var-axis values by name), and why.
+
+    ``mode``: ``eager`` (default) or ``graph``, as for :func:`load`.
 
     ``device``: a kind (``cpu``, ``cuda``) or a device slug; a slug of another machine
     answers from that device's committed records without checking what builds here (the
@@ -87,7 +103,7 @@ def resolve(name: str, axes: Mapping[str, Any], *, policy: str = "nearest",
     slug, here = target_device(settings, device)
     defn, table, _ = load_table(_workspace(settings), settings, name, slug, here=here)
     key = key_from_axes(defn, axes)
-    res = Resolver(table).resolve(key, policy, strict=strict, reporter=reporter)
+    res = Resolver(table).resolve(key, policy, strict=strict, reporter=reporter, mode=check_mode(mode))
     if not here:
         res = replace(res, notes=(f"{slug} is not this machine: answered from its committed "
                                   "records; whether each solution can build here was not checked",))
@@ -99,28 +115,29 @@ _APPLIED_LOCK = threading.Lock()
 
 
 def _applied_kernel(name: str, fallback: Callable | None, policy: str, device: str | None,
-                    settings: Settings | None, strict: bool = False) -> Kernel:
-    """One Kernel per (name, fallback, policy, strict, device, settings) for the process.
+                    settings: Settings | None, strict: bool = False, mode: str | None = None) -> Kernel:
+    """One Kernel per (name, fallback, policy, strict, device, settings, mode) for the process.
 
     A memo on purpose: ``apply(name, args=...)`` is called per invocation, and loading a
     table per call would cost milliseconds. ``fibuild.load`` gives a fresh Kernel instead.
     """
     settings = settings or Settings.from_env()
-    memo_key = (name, fallback, policy, strict, device, settings)
+    memo_key = (name, fallback, policy, strict, device, settings, mode)
     kernel = _APPLIED.get(memo_key)
     if kernel is None:
         with _APPLIED_LOCK:
             kernel = _APPLIED.get(memo_key)
             if kernel is None:
                 kernel = load(name, policy=policy, device=device, strict=strict, settings=settings,
-                              fallback=fallback)
+                              fallback=fallback, mode=mode)
                 _APPLIED[memo_key] = kernel
     return kernel
 
 
 def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
           fallback: Callable | None = None, policy: str = "nearest", device: str | None = None,
-          strict: bool = False, settings: Settings | None = None, root: str | Path | None = None):
+          strict: bool = False, settings: Settings | None = None, mode: str | None = None,
+          root: str | Path | None = None):
     """Run definition ``name`` through the fastest correct solution, or a fallback.
 
     As a decorator, the decorated function is the fallback (used where the definition's
@@ -132,7 +149,7 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
     The kernel is loaded on the first call, not at decoration. As a call,
     ``apply(name, args=(x, w), fallback=f)`` runs once and returns the outputs; kernels
     are memoized per process (settings are read per call). ``policy``, ``strict``,
-    ``device`` and ``root`` as :func:`load`.
+    ``device``, ``mode`` and ``root`` as :func:`load`.
 
     A call the definition does not cover (another hidden size, dtype or device: the
     InputError ``load``'s kernel raises) runs the fallback instead, as flashinfer-bench's
@@ -140,9 +157,11 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
     raises as :func:`load`.
     """
     if args is not None:
-        kernel = _applied_kernel(name, fallback, policy, device, _settings(settings, root), strict)
+        kernel = _applied_kernel(name, fallback, policy, device, _settings(settings, root), strict, mode)
         return _covered_or_fallback(kernel, fallback, args, None)
     policy_chain(policy, strict=strict)
+    if mode not in (None, AUTO):
+        check_mode(mode)
 
     def decorate(func: Callable) -> Callable:
         state: dict[str, Kernel] = {}
@@ -152,11 +171,11 @@ def apply(name: str, fn: Callable | None = None, *, args: tuple | None = None,
             kernel = state.get("kernel")
             if kernel is None:
                 kernel = state["kernel"] = _applied_kernel(name, func, policy, device,
-                                                           _settings(settings, root), strict)
+                                                           _settings(settings, root), strict, mode)
             return _covered_or_fallback(kernel, func, call_args, out)
 
         dispatch.kernel = lambda: state.get("kernel") or _applied_kernel(name, func, policy, device,
-                                                                         _settings(settings, root), strict)
+                                                                         _settings(settings, root), strict, mode)
         return dispatch
 
     return decorate if fn is None else decorate(fn)

@@ -2,8 +2,10 @@
 
 This is the slow path the table cache avoids: it parses the definition's solution
 manifests, hashes their sources, probes builders and reads every registry file of the
-definition. ``here`` says whether the device is this machine; when it is not (``fibuild
-resolve --device <other slug>``), whether a solution can build here does not matter.
+definition. A device with no usable evaluation of its own borrows those of a device of the
+same compute capability (an H100 those of an H200) until it has some: see :func:`borrow`.
+``here`` says whether the device is this machine; when it is not (``fibuild resolve
+--device <other slug>``), whether a solution can build here does not matter.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from fibuild.devices import Device, device_named
 from fibuild.errors import BuildError
 from fibuild.spec.model import Definition, Solution
 
-from .table import ApplyTable, Candidate, build_table
+from .table import ApplyTable, Candidate, build_table, usable_keys
 
 # Heavy or optional dependencies, imported inside the functions that use them: importlib.metadata.
 
@@ -89,9 +91,42 @@ def collect_table(workspace, settings: Settings, defn: Definition, device: str, 
     registry = Registry.of(workspace)
     cands = candidates(defn, workspace.solutions(defn.name), device, settings, here=here)
     records = registry.read(defn.name)  # every device: the others name where else it ran
-    return build_table(defn.name, defn.var_axes, device, cands, records, here=here,
-                       chain_records=[r for r in registry.read_chains(defn.name, device)
-                                      if bool(r.get("pdl", True)) == settings.pdl])
+    table = build_table(defn.name, defn.var_axes, device, cands, records, here=here,
+                        baselines=defn.baseline, chain_records=chains(registry, defn.name, device, settings))
+    return table if usable_keys(table) else borrow(table, cands, records, defn, registry, settings) or table
+
+
+def chains(registry, definition: str, device: str, settings: Settings) -> list:
+    """The chain records of ``definition`` on ``device`` made under this launch mode (PDL on or off)."""
+    return [r for r in registry.read_chains(definition, device) if bool(r.get("pdl", True)) == settings.pdl]
+
+
+def same_capability(a: str, b: str) -> bool:
+    """Whether device slugs ``a`` and ``b`` are GPUs of one compute capability (H200 and H100)."""
+    da, db = Device.from_slug(a), Device.from_slug(b)
+    return da.kind == db.kind == "cuda" and da.compute_capability is not None \
+        and da.compute_capability == db.compute_capability
+
+
+def borrow(table: ApplyTable, cands, records, defn: Definition, registry, settings: Settings) -> ApplyTable | None:
+    """The table of ``table.device`` made from the records of another device of the same
+    compute capability (the one with the most usable keys; ties by slug), marked
+    ``borrowed``; None when no such device has a usable evaluation. Availability stays
+    this device's. Cost: one table build per such device.
+    """
+    others = sorted({ev.device for ev in records if ev.device != table.device
+                     and same_capability(ev.device, table.device)})
+    best, best_keys = None, 0
+    for slug in others:
+        other = build_table(defn.name, defn.var_axes, slug, cands, records, here=table.here,
+                            baselines=defn.baseline, chain_records=chains(registry, defn.name, slug, settings))
+        keys = usable_keys(other)
+        if keys > best_keys:
+            best, best_keys = other, keys
+    if best is None:
+        return None
+    best.borrowed, best.device = best.device, table.device
+    return best
 
 
 def target_device(settings: Settings, device: str | None) -> tuple[str, bool]:

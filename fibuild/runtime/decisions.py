@@ -66,8 +66,14 @@ class Resolution:
 
     ``solution`` is None when the definition's reference runs (then ``build_key`` is None
     too). ``policy`` is the policy that answered (``exact``, ``nearest``, ``def_best``,
-    ``reference`` or ``fallback``). ``latency_us`` is the median the choice rests on (at
-    ``evaluated_key``, which differs from ``key`` under ``nearest``), None without one.
+    ``baseline``, ``reference`` or ``fallback``). ``latency_us`` is the median cost per call
+    the choice rests on, in ``mode`` (at ``evaluated_key``, which differs from ``key`` under
+    ``nearest``), None without one. ``mode``: ``eager`` (a call costs max(host, GPU) time)
+    or ``graph`` (GPU time). ``verdict``: how firm the decision at the evaluated key is
+    (FAST, SAME, SLOW, AMBIGUOUS; None without one; see :mod:`fibuild.runtime.choose`).
+    ``borrowed``: the slug of the device (same compute capability) whose evaluations stood in
+    for this device's, "" when the answer rests on this device's own or on none.
+    ``baseline``: the definition's baseline on this device (None when none can run).
     ``notes`` qualify the whole answer (e.g. it is for another machine).
     """
 
@@ -82,6 +88,10 @@ class Resolution:
     evaluated_key: ApplyKey | None = None
     var_axes: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = ()
+    mode: str = "eager"
+    verdict: str | None = None
+    borrowed: str = ""
+    baseline: str | None = None
 
     @property
     def solution_name(self) -> str:
@@ -101,9 +111,19 @@ class Resolution:
     def explain(self) -> str:
         """The decision trace, one line per decision."""
         head = (f"{self.definition} at {format_axes(self.var_axes, self.key)} on {self.device}: "
-                f"{self.solution_name} (policy {self.policy})")
-        return "\n".join([head] + [f"  note: {n}" for n in self.notes]
+                f"{self.solution_name} (policy {self.policy}, {self.mode} mode"
+                + (f", {self.verdict}" if self.verdict else "") + ")")
+        return "\n".join([head] + [f"  note: {n}" for n in self.all_notes()]
                          + [f"  - {d}" for d in self.decisions])
+
+    def all_notes(self) -> list[str]:
+        """``notes`` plus the one a borrowed answer carries."""
+        extra = []
+        if self.borrowed:
+            extra.append(f"borrowed: no usable evaluation on {self.device}; the evaluations of "
+                         f"{self.borrowed} (same compute capability) stand in until "
+                         f"`fibuild bench {self.definition}` runs here")
+        return [*self.notes, *extra]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,7 +132,8 @@ class Resolution:
             "build_key": self.build_key, "policy": self.policy, "latency_us": self.latency_us,
             "evaluated_key": list(self.evaluated_key) if self.evaluated_key is not None else None,
             "decisions": [decision_to_dict(d) for d in self.decisions],
-            "notes": list(self.notes),
+            "notes": self.all_notes(), "mode": self.mode, "verdict": self.verdict,
+            "borrowed": self.borrowed or None, "baseline": self.baseline,
         }
 
 

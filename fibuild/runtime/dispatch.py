@@ -14,6 +14,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
+from fibuild.bench.compare import EAGER, GRAPH
 from fibuild.compile import store
 from fibuild.compile.cache import BuildCache, load_committed
 from fibuild.config import Settings
@@ -24,14 +25,16 @@ from fibuild.spec.model import ApplyKey, Definition
 from .custom_op import register_op
 from .decisions import REFERENCE, Rejected, Resolution, format_key
 from .input_checks import guarded, mismatch, out_check
-from .resolve import Resolver, policy_chain
-from .table import ApplyTable
+from .resolve import Resolver, check_mode, policy_chain
+from .table import ApplyTable, usable_keys
 
 # Heavy or optional dependencies, imported inside the functions that use them: torch.
 
 log = logging.getLogger("fibuild.runtime")
 
 FALLBACK = "fallback"
+#: ``mode`` of a Kernel that picks per key at its first call (see :meth:`Kernel.mode_now`).
+AUTO = "auto"
 
 
 def key_from_axes(defn: Definition, axes: Mapping[str, Any]) -> ApplyKey:
@@ -68,14 +71,17 @@ class Kernel:
 
     Inputs in the definition's order (tensors, scalars as numbers); outputs value-returned
     (one tensor or a tuple), whatever the chosen solution's style. ``out=`` receives the
-    non-in-place outputs. Cost per call on a seen key: the shape reads, one dict hit, the
-    call. Thread-safe: a miss is resolved under a lock.
+    non-in-place outputs. ``mode``: ``eager``, ``graph`` or ``auto`` (each key's mode is
+    decided at its first call: ``graph`` while a CUDA graph is being captured). Cost per
+    call on a seen key: the shape reads, one dict hit, the call. Thread-safe: a miss is resolved under a lock.
     """
 
     def __init__(self, definition: Definition, table: ApplyTable, *, settings: Settings,
                  policy: str = "nearest", strict: bool = False, device: str = "cpu",
-                 fallback: Callable | None = None):
+                 fallback: Callable | None = None, mode: str = AUTO):
         policy_chain(policy, strict=strict)  # unknown policy -> ResolveError now, not per key
+        if mode != AUTO:
+            check_mode(mode)
         self.definition = definition
         self.table = table
         self.settings = settings
@@ -83,6 +89,7 @@ class Kernel:
         self.strict = strict
         self.device = device
         self.fallback = fallback
+        self.mode = mode
         self._cuda = device.startswith("cuda")
         self._resolver = Resolver(table, reference_label=FALLBACK if fallback else REFERENCE)
         sources = axis_sources(definition)
@@ -168,11 +175,20 @@ class Kernel:
         self._fast[key] = guarded(self.definition, key, fast, cuda=self._cuda, on_mismatch=on_mismatch,
                                   reads_memory=reads_memory)
 
+    def mode_now(self) -> str:
+        """The mode a key resolved now gets: the fixed one, or under ``auto`` ``graph`` while the
+        current CUDA stream is capturing a graph and ``eager`` otherwise."""
+        if self.mode != AUTO:
+            return self.mode
+        return current_mode() if self._cuda else EAGER
+
     def _resolve_and_load(self, key: ApplyKey) -> tuple[Resolution, Callable, Callable]:
         """Resolve ``key``; a solution that fails to build is excluded and the key resolved
-        again, so the chain ends at the reference (or raises ResolveError)."""
+        again, so the chain ends at the baseline, then the reference (or raises ResolveError)."""
+        mode = self.mode_now()
         while True:
-            res = self._resolver.resolve(key, self.policy, strict=self.strict, exclude=self._excluded)
+            res = self._resolver.resolve(key, self.policy, strict=self.strict, exclude=self._excluded,
+                                         mode=mode)
             if res.solution is None:
                 return (res, *self._last_resort(res))
             try:
@@ -238,7 +254,8 @@ class Kernel:
         key = tuple(key)
         if key in self._resolutions:
             return self._resolutions[key]
-        return self._resolver.resolve(key, self.policy, strict=self.strict, exclude=self._excluded)
+        return self._resolver.resolve(key, self.policy, strict=self.strict, exclude=self._excluded,
+                                      mode=self.mode_now())
 
     def explain(self, **axes: int) -> Resolution:
         """The Resolution for var-axis values given by name, e.g. ``explain(batch_size=32)``.
@@ -293,6 +310,44 @@ class _OneAxisKernel(Kernel):
             if fn is not None:
                 return fn(*args)
         return self._slow(key, args, out)
+
+
+_WARNED: set[tuple[str, str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_unmeasured(table: ApplyTable) -> bool:
+    """Log, once per process and (definition, device, cause), that resolution on ``table``
+    does not rest on this device's evaluations: it borrows another device's, or has none and
+    runs the baseline (or, with no baseline that can run, the reference). Names the device and
+    the command that fixes it. Returns whether it logged now. Cost: one pass over the keys."""
+    if table.borrowed:
+        cause = f"borrows the evaluations of {table.borrowed} (same compute capability)"
+    elif usable_keys(table):
+        return False
+    elif table.baseline:
+        cause = f"runs its baseline {table.baseline}"
+    else:
+        cause = f"runs its reference ({table.baseline_note})"
+    marker = (table.definition, table.device, cause)
+    with _WARNED_LOCK:
+        if marker in _WARNED:
+            return False
+        _WARNED.add(marker)
+    log.warning("fibuild: %s has no usable evaluation on %s and %s; run `fibuild bench %s` on this "
+                "machine to measure its solutions here", table.definition, table.device, cause,
+                table.definition)
+    return True
+
+
+def current_mode() -> str:
+    """``graph`` while the current CUDA stream captures a graph, else ``eager``. Cost: a CUDA
+    runtime query (call it when a key is resolved, never per call)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return EAGER
+    return GRAPH if torch.cuda.is_current_stream_capturing() else EAGER
 
 
 def _nothing(*args) -> None:

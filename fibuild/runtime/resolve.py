@@ -2,34 +2,41 @@
 
 Policies, tried as a chain that starts at the requested one (``strict`` tries only it):
 
-- ``exact``: the solution a chain evaluation chose at this key (timed in sequence with its
-  neighbours, :mod:`fibuild.bench.chain`), else the fastest that PASSED every workload at it;
+- ``exact``: the decision at this key (:func:`fibuild.runtime.choose.decide`: a chain
+  evaluation's choice there, else the baseline unless a challenger wins clearly on the cost
+  the caller pays);
 - ``nearest``: the same at the closest evaluated key *below* (every var axis <= the key's),
   by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
   only when no evaluated key lies below, the closest above. A launch config tuned for a
   smaller bucket degrades gently on a larger shape; one tuned for a larger bucket can
   lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x);
-- ``def_best``: the solution that is fastest on the most keys;
-- ``reference``: the definition's own reference (always answers).
+- ``def_best``: the solution that runs the most evaluated keys;
+- ``baseline``: the definition's baseline (FlashInfer's, cuBLAS through torch), where the
+  device has no usable evaluation;
+- ``reference``: the definition's own reference: a last resort, never a default (it is the
+  correctness oracle, often far slower and sometimes not capturable in a CUDA graph).
 
-The reference competes at every policy: its latency is in every evaluation, and where it
-is faster than every usable solution at the evaluated key, it is the answer (nothing
-slower than the reference is ever chosen). A solution that failed some workload at the key
-itself is never chosen for it, whatever the policy. Pure: no I/O; the caller turns the answer into a callable.
+The reference competes where it was measured: it replaces the incumbent only on a clear win,
+like any challenger. A solution that failed some workload at the key itself is never chosen
+for it, whatever the policy. ``mode`` (``eager`` or ``graph``) says which cost counts. Pure:
+no I/O; the caller turns the answer into a callable.
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
+from fibuild.bench.compare import EAGER, MODES
 from fibuild.errors import ResolveError
 from fibuild.spec.model import ApplyKey
-from fibuild.units import format_us
 
+from .choose import KeyDecision, decide, wins
 from .decisions import REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected, Resolution, format_key
-from .table import ApplyTable, Timing, slower_reason
+from .table import ApplyTable
 
-POLICIES = ("exact", "nearest", "def_best", "reference")
+POLICIES = ("exact", "nearest", "def_best", "baseline", "reference")
+#: Policies whose answer rests on evaluations (the others are defaults).
+MEASURED = ("exact", "nearest", "def_best")
 
 
 def policy_chain(policy: str, *, strict: bool = False) -> tuple[str, ...]:
@@ -41,6 +48,13 @@ def policy_chain(policy: str, *, strict: bool = False) -> tuple[str, ...]:
         raise ResolveError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
     chain = POLICIES[POLICIES.index(policy):]
     return chain[:1] if strict else chain
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is ``eager`` or ``graph``; ResolveError otherwise."""
+    if mode not in MODES:
+        raise ResolveError(f"unknown mode {mode!r}: expected {' or '.join(MODES)}")
+    return mode
 
 
 def log_distance(a: ApplyKey, b: ApplyKey) -> float:
@@ -66,7 +80,8 @@ class Resolver:
     """Answers keys from one ApplyTable.
 
     ``reference_label`` names the last resort in traces (``reference``, or ``fallback``
-    for ``fibuild.apply``'s user function). Cost per :meth:`resolve`: O(keys x solutions);
+    for ``fibuild.apply``'s user function, which then also stands in for the baseline: it is
+    what the caller runs anyway). Cost per :meth:`resolve`: O(keys x solutions);
     callers memoize per key.
     """
 
@@ -75,15 +90,17 @@ class Resolver:
         self.reference_label = reference_label
 
     def resolve(self, key: Sequence[int], policy: str = "nearest", *, strict: bool = False,
-                exclude: dict[str, str] | None = None,
+                exclude: dict[str, str] | None = None, mode: str = EAGER,
                 reporter: BaseReporter | None = None) -> Resolution:
         """The Resolution for ``key`` (var-axis values in declaration order).
 
         ``exclude`` maps solutions to a reason they must not be chosen (e.g. their build
-        failed in this process). Raises ResolveError, carrying the decisions, when no
-        policy of the chain answers (only possible with ``strict``).
+        failed in this process). ``mode``: ``eager`` (cost = max(host, GPU) per call) or
+        ``graph`` (GPU time). Raises ResolveError, carrying the decisions, when no policy of
+        the chain answers (only possible with ``strict``), or for an unknown mode.
         """
         table = self.table
+        check_mode(mode)
         key = tuple(int(v) for v in key)
         if len(key) != len(table.var_axes):
             raise ResolveError(f"{table.definition}: key {format_key(key)} has {len(key)} values; "
@@ -93,13 +110,16 @@ class Resolver:
         reporter.starting(table.definition, key, chain)
 
         # Who is out before any policy runs: static exclusions, failures at this key, callers'.
-        out: dict[str, str] = dict(table.excluded)
-        for name, keys in table.failed.items():
+        # A baseline that merely lacks evaluations here stays in: it is the default.
+        everywhere: dict[str, str] = {n: why for n, why in table.excluded.items()
+                                      if n != table.baseline or n not in table.unmeasured}
+        for name, reason in (exclude or {}).items():
+            everywhere.setdefault(name, reason)
+        out = dict(everywhere)
+        for name, keys in sorted(table.failed.items()):
             if key in keys and name not in out:
                 out[name] = (f"{table.failures.get(name, 'failed')} "
                              f"(fails at {format_key(key)})")
-        for name, reason in (exclude or {}).items():
-            out.setdefault(name, reason)
         decisions: list[Decision] = []
         for name in sorted(out):
             decisions.append(Rejected(name, out[name]))
@@ -107,113 +127,108 @@ class Resolver:
 
         for step in chain:
             reporter.trying_policy(step)
-            answer = getattr(self, f"_{step}")(key, out)
+            answer = getattr(self, f"_{step}")(key, out, mode, everywhere)
             if isinstance(answer, PolicySkipped):
                 decisions.append(answer)
                 reporter.rejecting(answer)
                 continue
-            return self._finish(key, step, answer, out, decisions, reporter)
+            return self._finish(key, step, answer, out, everywhere, decisions, reporter, mode)
+        for name in sorted(set(table.candidates) - set(out)):  # the trace names every candidate
+            decisions.append(Rejected(name, table.excluded.get(name)
+                                      or f"no usable PASSED evaluation at {format_key(key)}"))
+            reporter.rejecting(decisions[-1])
         raise ResolveError(f"{table.definition}: no solution for {format_key(key)} on "
                            f"{table.device} under policy {policy!r} (strict)", decisions)
 
-    # Each policy returns (chosen solution or None for the reference, Timing or None,
-    # evaluated key or None, reason), or PolicySkipped.
-    def _usable(self, k: ApplyKey, out: dict[str, str]) -> list[Timing]:
-        return [t for t in self.table.ranked.get(k, ()) if t.solution not in out]
-
-    def _fastest(self, k: ApplyKey, out: dict[str, str]) -> tuple[Timing | None, str]:
-        """The winner at evaluated key ``k`` (the reference when it is faster than every
-        usable solution) and how to say so; (None, "") when no solution is usable there."""
-        usable = self._usable(k, out)
-        chosen = self.table.chained.get(k)
-        own = next((t for t in usable if t.solution == chosen.solution), None) if chosen is not None else None
-        if own is not None:  # a chain choice counts only for a solution that PASSED at this key
-            return own, (f"chosen at {format_key(k)} by chain {chosen.chain} "
-                            f"({format_us(chosen.chain_latency_us)} per layer, timed in sequence)")
-        if not usable:
-            return None, ""
-        win = self.table.winner_at(k, out)
-        if win.solution == REFERENCE:
-            return win, (f"the reference is faster than every usable solution at {format_key(k)}: "
-                         f"{format_us(win.median_us)} vs {usable[0].solution} "
-                         f"{format_us(usable[0].median_us)}")
-        return win, f"fastest at {format_key(k)}: {format_us(win.median_us)}"
-
-    def _exact(self, key: ApplyKey, out: dict[str, str]):
-        win, why = self._fastest(key, out)
-        if win is None:
+    # Each policy takes the key, ``out`` (who cannot run it, and why), the mode and
+    # ``everywhere`` (``out`` less the key's own failures), and returns (chosen name,
+    # KeyDecision or None, reason) or PolicySkipped.
+    def _exact(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
+        decision = decide(self.table, key, mode, out)
+        if decision is None:
             return PolicySkipped("exact", f"no usable PASSED evaluation at {format_key(key)}")
-        return win, key, why
+        return decision.chosen.solution, decision, decision.reason
 
-    def _nearest(self, key: ApplyKey, out: dict[str, str]):
+    def _nearest(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
         for k in nearest_order(key, self.table.ranked):
-            win, why = self._fastest(k, out)
-            if win is None:
+            decision = decide(self.table, k, mode, out)
+            if decision is None:
                 continue
             if k == key:
-                return win, k, why
+                return decision.chosen.solution, decision, decision.reason
             above = "" if is_below(key, k) else ", above it (none below)"
-            return win, k, (f"not evaluated at this key; nearest evaluated key {format_key(k)} "
-                            f"at distance {log_distance(key, k):.2f}{above}; {why}")
+            return decision.chosen.solution, decision, (
+                f"not evaluated at this key; nearest evaluated key {format_key(k)} at distance "
+                f"{log_distance(key, k):.2f}{above}; {decision.reason}")
         return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
 
-    def _def_best(self, key: ApplyKey, out: dict[str, str]):
-        wins = self.table.wins
-        for name in sorted(wins, key=lambda s: (-wins[s], s)):
+    def _def_best(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
+        counts = wins(self.table, mode, everywhere)  # keys won, with the key's own failures aside
+        for name in sorted(counts, key=lambda s: (-counts[s], s)):
             if name not in out:
-                return (Timing(name, math.nan, math.nan), None,
-                        f"def_best: fastest on {wins[name]}/{len(self.table.ranked)} evaluated keys"
+                return (name, None,
+                        f"def_best: runs {counts[name]}/{len(self.table.ranked)} evaluated keys"
                         + (" (the reference counts as a competitor)" if name == REFERENCE else ""))
-        return PolicySkipped("def_best", "no solution is fastest on any key")
+        return PolicySkipped("def_best", "no solution runs any evaluated key")
 
-    def _reference(self, key: ApplyKey, out: dict[str, str]):
-        label = self.reference_label
-        return None, None, f"the definition's {label} (no evaluated solution answered)"
-
-    def _finish(self, key, step, answer, out, decisions, reporter) -> Resolution:
+    def _baseline(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
         table = self.table
-        chosen, evaluated_key, reason = answer
-        ref_latency, ref_won = None, False
-        if chosen is not None and chosen.solution == REFERENCE:  # the reference won on speed
-            ref_latency = chosen.median_us if evaluated_key is not None else None
-            chosen, ref_won = None, True
-        name = chosen.solution if chosen is not None else self.reference_label
-        accepted = Accepted(name, reason)
+        name = table.baseline
+        if self.reference_label != REFERENCE:
+            return PolicySkipped("baseline", f"the caller's {self.reference_label} stands in for the baseline")
+        if name is None:
+            return PolicySkipped("baseline", f"no baseline can run here: {table.baseline_note}")
+        if name in out:
+            return PolicySkipped("baseline", f"the baseline {name} is out: {out[name]}")
+        return name, None, (f"the definition's baseline: no usable evaluation on {table.device}; "
+                            f"run `fibuild bench {table.definition}` there to measure the others")
+
+    def _reference(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
+        label = self.reference_label
+        return label, None, f"the definition's {label} (no evaluated solution and no baseline answered)"
+
+    def _finish(self, key, step, answer, out, everywhere, decisions, reporter, mode) -> Resolution:
+        table = self.table
+        name, decision, reason = answer
+        decision: KeyDecision | None
+        is_reference = name in (REFERENCE, self.reference_label) and name not in table.candidates
+        accepted = Accepted(self.reference_label if is_reference else name, reason)
         decisions.append(accepted)
         reporter.accepting(accepted)
-        # Account for every remaining candidate so the trace is complete.
-        ranked_here = {t.solution: t for t in table.ranked.get(evaluated_key, ())} \
-            if evaluated_key is not None else {}
-        for other in sorted(table.candidates):
-            if other in out or chosen is not None and other == chosen.solution:
-                continue
-            if other in ranked_here and chosen is not None:
-                why = slower_reason(ranked_here[other], chosen)
-            elif other in ranked_here and ref_latency is not None:
-                why = slower_reason(ranked_here[other], Timing(REFERENCE, ref_latency, math.nan))
-            elif evaluated_key is not None:
-                why = f"not evaluated at {format_key(evaluated_key)}"
-            elif chosen is not None or ref_won:
-                why = f"fastest on fewer keys ({table.wins.get(other, 0)})"
+        # Account for every remaining candidate (and a measured reference) so the trace is complete.
+        here = {t.solution: t for t in table.ranked.get(decision.key, ())} if decision else {}
+        ref = table.reference.get(decision.key) if decision else None
+        others = sorted(set(table.candidates) - set(out) - {name})
+        if ref is not None and not is_reference:
+            others.append(REFERENCE)
+        for other in others:
+            timing = ref if other == REFERENCE else here.get(other)
+            if other in table.excluded:  # the baseline without evaluations here
+                why = table.excluded[other]
+            elif decision is not None and timing is not None:
+                why = decision.rejection(timing)
+            elif decision is not None:
+                why = f"not evaluated at {format_key(decision.key)}"
+            elif step == "def_best":
+                why = f"runs fewer evaluated keys ({wins(table, mode, everywhere).get(other, 0)})"
+            elif step == "baseline":
+                why = "no usable evaluation on this device"
             else:
                 why = "no usable evaluation"
             decisions.append(Rejected(other, why))
             reporter.rejecting(decisions[-1])
-        ref = table.reference.get(evaluated_key) if evaluated_key is not None else None
-        if chosen is not None and ref is not None:  # the reference competed and lost
-            decisions.append(Rejected(REFERENCE, slower_reason(ref, chosen)))
-            reporter.rejecting(decisions[-1])
-        cand = table.candidates.get(chosen.solution) if chosen is not None else None
-        latency = ref_latency
-        if chosen is not None and evaluated_key is not None:
-            latency = chosen.median_us
+        cand = None if is_reference else table.candidates.get(name)
+        latency = decision.chosen.cost(mode).median_us if decision is not None else None
         resolution = Resolution(
             definition=table.definition, key=key, device=table.device,
             solution=cand.solution if cand is not None else None,
             build_key=(cand.build_key or None) if cand is not None else None,
-            policy=(step if chosen is not None or ref_won
-                    or self.reference_label == REFERENCE else self.reference_label),
-            latency_us=latency, decisions=tuple(decisions), evaluated_key=evaluated_key,
-            var_axes=table.var_axes)
+            policy=self.reference_label if is_reference and step == "reference" else step,
+            latency_us=latency, decisions=tuple(decisions),
+            evaluated_key=decision.key if decision is not None else None,
+            var_axes=table.var_axes, mode=mode,
+            verdict=decision.verdict if decision is not None else None,
+            borrowed=table.borrowed if step in MEASURED else "",
+            baseline=table.baseline)
         reporter.ending(resolution)
         return resolution

@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, Solution
-from fibuild.units import format_us
+from fibuild.bench.compare import GRAPH, caller_cost
+from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, LatencyStats, Solution
 
 from .decisions import REFERENCE
 
@@ -39,15 +39,51 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Timing:
-    """One solution's latency at one key: medians over the key's workloads, in µs."""
+    """One solution's measurements at one key (field-wise medians over the key's workloads).
+
+    ``gpu``: the timed latency (CUDA events or graph replays; wall clock on CPUs). ``host``:
+    the host time per call on CUDA devices, None on CPUs and in records older than schema 2.
+    """
 
     solution: str
-    median_us: float
-    p80_us: float
+    gpu: LatencyStats
+    host: LatencyStats | None = None
 
-    def rank(self) -> tuple[float, float, str]:
-        """Sort order: faster median, then lower p80, then name (deterministic ties)."""
-        return (self.median_us, self.p80_us, self.solution)
+    @property
+    def median_us(self) -> float:
+        return self.gpu.median_us
+
+    @property
+    def p80_us(self) -> float:
+        return self.gpu.p80_us
+
+    def cost(self, mode: str) -> LatencyStats:
+        """What a caller pays per call in ``mode``: :func:`fibuild.bench.compare.caller_cost`."""
+        return caller_cost(self.gpu, self.host, mode)
+
+    def rank(self, mode: str = GRAPH) -> tuple[float, float, str]:
+        """Sort order: lower cost median, then lower p80, then name (deterministic ties)."""
+        cost = self.cost(mode)
+        return (cost.median_us, cost.p80_us, self.solution)
+
+
+def aggregate(stats: Iterable[LatencyStats | None]) -> LatencyStats | None:
+    """Field-wise medians of several workloads' stats (None when any is missing; n summed)."""
+    import statistics  # slow path only: statistics pulls in decimal and fractions
+
+    items = list(stats)
+    if not items or any(s is None for s in items):
+        return None
+    if len(items) == 1:
+        return items[0]
+
+    def med(name: str) -> float | None:
+        values = [getattr(s, name) for s in items]
+        return None if any(v is None for v in values) else statistics.median(values)
+
+    return LatencyStats(median_us=med("median_us"), p20_us=med("p20_us"), p80_us=med("p80_us"),
+                        mean_us=med("mean_us"), n=sum(s.n for s in items), min_us=med("min_us"),
+                        q1_us=med("q1_us"), q3_us=med("q3_us"))
 
 
 @dataclass(frozen=True)
@@ -62,17 +98,21 @@ class ChainChoice:
 
 @dataclass
 class ApplyTable:
-    """Per-key rankings and per-solution verdicts for one (definition, device).
+    """Per-key measurements and per-solution verdicts for one (definition, device).
 
     ``ranked[key]``: Timings of the solutions that PASSED every workload of ``key``, fastest
-    first. ``failed[s]``: keys where ``s`` failed some workload. ``excluded[s]``: why ``s``
-    takes no part at all (stale digest, no evaluation on this device, cannot run here, not
-    in the workspace). ``failures[s]``: a summary such as ``INCORRECT_NUMERICAL on 3/12
-    workloads``. ``reference[key]``: the definition's reference at ``key`` (medians of the
-    reference latencies the key's records carry), a competitor like any solution.
-    ``wins[s]``: keys where ``s`` is fastest, the reference included (as ``reference``);
-    ``def_best`` has the most. ``chained[key]``: the newest current chain choice at ``key``
-    (:mod:`fibuild.bench.chain`), which the resolver prefers to the per-kernel ranking.
+    GPU median first. ``failed[s]``: keys where ``s`` failed some workload. ``excluded[s]``:
+    why ``s`` takes no part at all (stale digest, no evaluation on this device, cannot run
+    here, not in the workspace). ``failures[s]``: a summary such as ``INCORRECT_NUMERICAL on
+    3/12 workloads``. ``reference[key]``: the definition's reference at ``key`` (from the
+    reference latencies the key's records carry), a challenger like any solution.
+    ``baseline``: the first of the definition's baselines that is a candidate able to run on
+    the device (None when none is); ``baseline_note`` says why an earlier one was skipped.
+    ``borrowed``: the slug of the device whose records the table holds when this device has
+    no usable evaluation of its own and one of the same compute capability has ("" when the
+    records are this device's own). Which solution wins a key is decided by
+    :mod:`fibuild.runtime.choose`, not stored here. ``chained[key]``: the newest current chain
+    choice at ``key`` (:mod:`fibuild.bench.chain`), which the decision at the key prefers.
     """
 
     definition: str
@@ -83,25 +123,13 @@ class ApplyTable:
     failed: dict[str, frozenset] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)
-    wins: dict[str, int] = field(default_factory=dict)
-    def_best: str | None = None
     here: bool = True
     reference: dict[ApplyKey, Timing] = field(default_factory=dict)
+    baseline: str | None = None
+    baseline_note: str = ""
+    borrowed: str = ""
+    unmeasured: frozenset = frozenset()
     chained: dict[ApplyKey, ChainChoice] = field(default_factory=dict)
-
-    def best_at(self, key: ApplyKey) -> Timing | None:
-        ranked = self.ranked.get(tuple(key))
-        return ranked[0] if ranked else None
-
-    def winner_at(self, key: ApplyKey, exclude=()) -> Timing | None:
-        """The fastest of the usable solutions at ``key`` and the reference: the best
-        Timing not in ``exclude``, or the reference's when it is faster (or nothing is
-        usable). None when neither is known at ``key``."""
-        best = next((t for t in self.ranked.get(tuple(key), ()) if t.solution not in exclude), None)
-        ref = self.reference.get(tuple(key))
-        if ref is not None and (best is None or ref.median_us < best.median_us):
-            return ref
-        return best
 
     # JSON form (the table cache): keys become lists, Solutions their manifest dicts.
     def to_json(self) -> dict[str, Any]:
@@ -109,12 +137,12 @@ class ApplyTable:
             "definition": self.definition, "var_axes": list(self.var_axes), "device": self.device,
             "here": self.here,
             "candidates": {n: _candidate_to_json(c) for n, c in self.candidates.items()},
-            "ranked": [[list(k), [[t.solution, t.median_us, t.p80_us] for t in ts]]
-                       for k, ts in self.ranked.items()],
+            "ranked": [[list(k), [_timing_to_json(t) for t in ts]] for k, ts in self.ranked.items()],
             "failed": {s: [list(k) for k in sorted(keys)] for s, keys in self.failed.items()},
             "failures": dict(self.failures), "excluded": dict(self.excluded),
-            "wins": dict(self.wins), "def_best": self.def_best,
-            "reference": [[list(k), t.median_us, t.p80_us] for k, t in self.reference.items()],
+            "reference": [[list(k), _timing_to_json(t)] for k, t in self.reference.items()],
+            "baseline": self.baseline, "baseline_note": self.baseline_note, "borrowed": self.borrowed,
+            "unmeasured": sorted(self.unmeasured),
             "chained": [[list(k), c.solution, c.chain, c.chain_latency_us] for k, c in self.chained.items()],
         }
 
@@ -130,14 +158,38 @@ class ApplyTable:
             here=bool(data["here"]),
             candidates={n: _candidate_from_json(c, solution_from_dict)
                         for n, c in data["candidates"].items()},
-            ranked={tuple(k): tuple(Timing(s, float(m), float(p)) for s, m, p in ts)
-                    for k, ts in data["ranked"]},
+            ranked={tuple(k): tuple(_timing_from_json(t) for t in ts) for k, ts in data["ranked"]},
             failed={s: frozenset(tuple(k) for k in keys) for s, keys in data["failed"].items()},
             failures=dict(data["failures"]), excluded=dict(data["excluded"]),
-            wins={s: int(n) for s, n in data["wins"].items()}, def_best=data["def_best"],
-            reference={tuple(k): Timing(REFERENCE, float(m), float(p)) for k, m, p in data["reference"]},
+            reference={tuple(k): _timing_from_json(t) for k, t in data["reference"]},
+            baseline=data["baseline"], baseline_note=str(data["baseline_note"]),
+            borrowed=str(data["borrowed"]), unmeasured=frozenset(data["unmeasured"]),
             chained={tuple(k): ChainChoice(s, c, float(us)) for k, s, c, us in data.get("chained", ())},
         )
+
+
+_STATS_FIELDS = ("median_us", "p20_us", "p80_us", "mean_us", "n", "min_us", "q1_us", "q3_us")
+
+
+def _stats_to_json(stats: LatencyStats | None) -> list | None:
+    return None if stats is None else [getattr(stats, f) for f in _STATS_FIELDS]
+
+
+def _stats_from_json(data: list | None) -> LatencyStats | None:
+    if data is None:
+        return None
+    values = dict(zip(_STATS_FIELDS, data, strict=True))
+    return LatencyStats(**{k: (int(v) if k == "n" else None if v is None else float(v))
+                           for k, v in values.items()})
+
+
+def _timing_to_json(t: Timing) -> list:
+    return [t.solution, _stats_to_json(t.gpu), _stats_to_json(t.host)]
+
+
+def _timing_from_json(data: list) -> Timing:
+    name, gpu, host = data
+    return Timing(str(name), _stats_from_json(gpu), _stats_from_json(host))
 
 
 def solution_manifest(sol: Solution) -> dict[str, Any]:
@@ -183,19 +235,19 @@ def _candidate_from_json(data: Mapping[str, Any], solution_from_dict) -> Candida
 
 def build_table(definition: str, var_axes: Iterable[str], device: str,
                 candidates: Mapping[str, Candidate], evaluations: Iterable[Evaluation],
-                *, here: bool = True, chain_records: Iterable[Mapping[str, Any]] = ()) -> ApplyTable:
+                *, here: bool = True, baselines: Iterable[str] = (),
+                chain_records: Iterable[Mapping[str, Any]] = ()) -> ApplyTable:
     """Build the ApplyTable of ``definition`` on ``device``.
 
     ``evaluations`` may hold records of any device and definition: only this definition's
     records on ``device`` are ranked; the others only name where else it was measured.
     For a (solution, workload) pair the newest record counts (by timestamp, then file
     order: the registry is append-only). ``here`` False: the device is not this machine, so
-    ``Candidate.unavailable`` is ignored. ``chain_records``: chain choices
+    ``Candidate.unavailable`` is ignored. ``baselines``: the definition's baseline names, in
+    order of preference. ``chain_records``: chain choices
     (:meth:`fibuild.registry.Registry.read_chains`); the newest current one per key counts.
     Cost: linear in the records.
     """
-    import statistics  # slow path only: statistics pulls in decimal and fractions
-
     var_axes = tuple(var_axes)
     table = ApplyTable(definition, var_axes, device, dict(candidates), here=here)
     latest: dict[tuple[str, str], Evaluation] = {}  # (solution, workload) -> last current record
@@ -219,6 +271,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
         if kept is None or ev.timestamp >= kept.timestamp:
             latest[(ev.solution, ev.workload_uuid)] = ev
 
+    unmeasured: set[str] = set()
     for name in sorted(set(seen_here) - set(candidates)):
         table.excluded[name] = "not in the workspace (evaluated on this device, no manifest)"
     for name, cand in sorted(candidates.items()):
@@ -228,9 +281,12 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             others = sorted(elsewhere.get(name, ()))
             table.excluded[name] = ("no evaluation on this device"
                                     + (f" (evaluated on {', '.join(others)})" if others else ""))
+            unmeasured.add(name)
         elif cand.digest not in seen_here[name]:
             table.excluded[name] = ("stale digest: every record on this device is of an older "
                                     "version of the solution")
+            unmeasured.add(name)
+    table.unmeasured = frozenset(unmeasured)
 
     per_key: dict[tuple[str, ApplyKey], list[Evaluation]] = defaultdict(list)
     statuses: dict[str, Counter] = defaultdict(Counter)
@@ -249,12 +305,12 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
         if any(ev.status != "PASSED" or ev.latency is None for ev in evs):
             failed[name].add(key)
             continue
-        ranked[key].append(Timing(name, statistics.median(ev.latency.median_us for ev in evs),
-                                  statistics.median(ev.latency.p80_us for ev in evs)))
+        ranked[key].append(Timing(name, aggregate(ev.latency for ev in evs),
+                                  aggregate(ev.host_latency for ev in evs)))
     table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(ranked.items())}
     table.reference = {
-        k: Timing(REFERENCE, statistics.median(ev.reference_latency.median_us for ev in evs),
-                  statistics.median(ev.reference_latency.p80_us for ev in evs))
+        k: Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
+                  aggregate(ev.reference_host_latency for ev in evs))
         for k, evs in sorted(reference.items()) if evs}
     table.failed = {s: frozenset(keys) for s, keys in sorted(failed.items())}
     for name, counts in sorted(statuses.items()):
@@ -262,20 +318,34 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
         bad = sorted((s, n) for s, n in counts.items() if s != "PASSED")
         if bad:
             table.failures[name] = ", ".join(f"{s} on {n}/{total} workloads" for s, n in bad)
+    table.baseline, table.baseline_note = pick_baseline(baselines, candidates, here)
     table.chained = _chained(table, chain_records)
-    wins = Counter(table.winner_at(k).solution for k in table.ranked)
-    table.wins = dict(sorted(wins.items()))
-    if wins:
-        table.def_best = min(wins, key=lambda s: (-wins[s], s))
     return table
 
 
-def slower_reason(timing: Timing, best: Timing) -> str:
-    """``slower: 41.2 µs vs 30.1 µs`` (or a tie note when medians are equal)."""
-    if timing.median_us == best.median_us:
-        return (f"tied at {format_us(timing.median_us)}; {best.solution} wins on "
-                + ("p80" if timing.p80_us != best.p80_us else "name"))
-    return f"slower: {format_us(timing.median_us)} vs {format_us(best.median_us)}"
+def pick_baseline(baselines: Iterable[str], candidates: Mapping[str, Candidate],
+                  here: bool) -> tuple[str | None, str]:
+    """The first of ``baselines`` that is a candidate able to run on the device, and a note on
+    those skipped before it (or on why none qualifies)."""
+    skipped = []
+    for name in baselines:
+        cand = candidates.get(name)
+        if cand is None:
+            skipped.append(f"{name} is not a solution of the definition")
+        elif here and cand.unavailable:
+            skipped.append(f"{name} cannot run here ({cand.unavailable})")
+        else:
+            return name, "; ".join(skipped)
+    if not skipped:
+        return None, "the definition names no baseline"
+    return None, "; ".join(skipped)
+
+
+def usable_keys(table: ApplyTable) -> int:
+    """Keys where some solution that takes part PASSED (what borrowing is decided on)."""
+    return sum(1 for k, ts in table.ranked.items()
+               if any(t.solution not in table.excluded and k not in table.failed.get(t.solution, ())
+                      for t in ts))
 
 
 def _chained(table: ApplyTable, records: Iterable[Mapping[str, Any]]) -> dict[ApplyKey, ChainChoice]:

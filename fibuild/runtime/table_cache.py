@@ -34,7 +34,8 @@ from .table import ApplyTable
 
 log = logging.getLogger("fibuild.runtime")
 
-FORMAT = 5  # bump when the cached JSON layout changes (4: chain choices; 5: a file, no build_dir)
+FORMAT = 6  # bump when the cached JSON layout changes (4: chain choices; 5: a file, no build_dir; 6: full
+# stats, host times, baseline, borrowed)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:

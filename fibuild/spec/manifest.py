@@ -52,8 +52,16 @@ def definition_from_dict(data: Mapping[str, Any], path: str | Path | None = None
         tolerance=Tolerance(float(tolerance["atol"]), float(tolerance["rtol"])) if tolerance else Tolerance(),
         workloads=workloads, custom_inputs_entrypoint=data.get("custom_inputs_entrypoint"),
         distributed=_distributed(data.get("distributed")),
+        baseline=_names(data.get("baseline")),
         path=Path(path) if path is not None else None, raw=data,
     )
+
+
+def _names(value: str | list[str] | None) -> tuple[str, ...]:
+    """A name or a list of names as a tuple (``baseline: flashinfer`` or ``[flashinfer, torch]``)."""
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _distributed(spec: Mapping[str, Any] | None) -> Distributed | None:

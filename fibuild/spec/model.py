@@ -126,6 +126,7 @@ class Definition:
     workloads: tuple[Workload, ...] = ()
     custom_inputs_entrypoint: str | None = None
     distributed: Distributed | None = None  # None: runs in one process
+    baseline: tuple[str, ...] = ()  # solutions a user runs anyway, first usable one wins
     path: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -260,13 +261,20 @@ class Solution:
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency statistics in microseconds over ``n`` timed repetitions."""
+    """Latency statistics in microseconds over ``n`` timed repetitions.
+
+    ``min_us``, ``q1_us`` and ``q3_us`` (minimum, 25th and 75th percentiles) are None in
+    records older than schema 2; :mod:`fibuild.bench.compare` then falls back on p20/p80.
+    """
 
     median_us: float
     p20_us: float
     p80_us: float
     mean_us: float
     n: int
+    min_us: float | None = None
+    q1_us: float | None = None
+    q3_us: float | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +291,10 @@ class Evaluation:
     device: str  # the device slug, e.g. nvidia-h100-80gb-hbm3-sm90
     latency: LatencyStats | None = None
     reference_latency: LatencyStats | None = None
+    # Host time per call (the Python caller's wall clock, GPU queue not full) on CUDA devices;
+    # None on CPUs (latency is host time there) and in records older than schema 2.
+    host_latency: LatencyStats | None = None
+    reference_host_latency: LatencyStats | None = None
     plan_latency: LatencyStats | None = None  # plan/run solutions: one plan, host wall clock
     speedup: float | None = None
     max_abs_error: float | None = None

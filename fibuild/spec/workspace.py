@@ -369,7 +369,8 @@ class Workspace:
         if paths is None:
             defs, errors = self._load_definitions()
             names = self._definition_names() | set(defs)
-            errors += self._load_solutions(None, names)[1]
+            solutions, problems = self._load_solutions(None, names)
+            errors += problems + _baseline_problems(defs, solutions)
             for path in self.workload_files():
                 errors += self._check_workloads_file(path, defs)
             return sorted(errors, key=lambda e: e.path)
@@ -422,6 +423,23 @@ class Workspace:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = f" (known: {', '.join(known)})" if known and not close and len(known) <= 20 else ""
         return FibuildError(f"unknown {what} {name!r} in workspace {self.root}{hint}{listing}")
+
+
+def _baseline_problems(defs: dict[str, Definition], solutions: list[Solution]) -> list[ManifestError]:
+    """A definition whose ``baseline`` names none of its solutions (a typo, or a copy without
+    them) would run its reference by default: one error per such definition. Naming some
+    missing ones is fine (resolution takes the first that exists and can run)."""
+    have: dict[str, set[str]] = {}
+    for sol in solutions:  # a grid's variants count under their solution's name
+        have.setdefault(sol.definition, set()).add(split_name(sol.name)[0])
+    errors = []
+    for name, defn in sorted(defs.items()):
+        mine = have.get(name, set())
+        if defn.baseline and not mine & set(defn.baseline) and defn.path is not None:
+            listed = ", ".join(sorted(mine)) or "none"
+            errors.append(ManifestError(defn.path, [("/baseline", f"names no solution of {name}: "
+                                                     f"{', '.join(defn.baseline)} (its solutions: {listed})")]))
+    return errors
 
 
 def _duplicate_message(what: str, name: str, other: Path | None, root: Path) -> str:

@@ -50,7 +50,14 @@ def test_bench_rmsnorm_cuda(workspace, graph):
             assert timing["l2_flush_bytes"] == 2 * l2
         major, minor = torch.cuda.get_device_capability(0)
         assert ev.environment["compute_capability"] == f"{major}.{minor}"
-    assert len(Registry(ws.registry_dir).read("rmsnorm_h4096", device_slug("cuda:0"))) == 4
+        # Schema 2: the spread the comparison rule reads, and the host time per call (eager cost).
+        lat, host = ev.latency, ev.host_latency
+        assert lat.min_us <= lat.q1_us <= lat.median_us <= lat.q3_us <= lat.p80_us
+        assert host is not None and 1.0 < host.median_us < 200, host  # a launch from Python
+        assert ev.reference_host_latency is not None and ev.reference_host_latency.n >= 5
+        assert timing["host"] == "perf_counter_ns"
+    recorded = Registry(ws.registry_dir).read("rmsnorm_h4096", device_slug("cuda:0"))
+    assert len(recorded) == 4 and recorded == evaluations
 
 
 def test_event_timer_agrees_with_triton_do_bench(workspace):
@@ -98,3 +105,17 @@ def test_event_timer_times_the_gpu_not_host_launch_gaps(workspace):
     events = time_cuda(slow_host_call, sets, warmup_ms=10, rep_ms=50).stats
     graph = time_cuda_graph(kernel.call, sets, warmup_ms=10, rep_ms=50).stats
     assert events.median_us < 2 * graph.median_us + 5.0, (events, graph)
+
+
+def test_host_time_is_the_callers_not_the_gpus():
+    """A launch-bound call (tiny add) has a host time near its launch cost; a GPU-bound one
+    (a long sleep) still reports the host side alone, since the queue never fills."""
+    import torch
+
+    from fibuild.bench.timing import time_cuda, time_host
+
+    x = torch.ones(16, device="cuda")
+    small = time_cuda(lambda a: a + 1, [(x,)], warmup_ms=5, rep_ms=20)
+    assert small.host is not None and small.host.median_us < 100
+    long = time_host(lambda: torch.cuda._sleep(2_000_000), [()], device="cuda", rep_ms=20, gpu_ms=1.0)
+    assert long.median_us < 200, long  # ~1 ms of GPU work a call, a few µs of host work

@@ -90,3 +90,29 @@ def test_custom_op_under_compile_and_cuda_graph(cuda_workspace):
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(y, _reference(x, w), atol=1e-2, rtol=1e-2)
+
+
+def test_auto_mode_resolves_a_key_first_called_in_a_capture_for_graphs(cuda_workspace):
+    """``mode="auto"``: a key first seen inside a CUDA graph capture is resolved in graph mode,
+    one first seen eagerly in eager mode; the call inside the capture replays correctly."""
+    import torch
+
+    import fibuild
+
+    k = fibuild.load(DEF, settings=cuda_workspace)
+    x, w = _inputs(32)
+    k(x, w)
+    assert k.resolution((32,)).mode == "eager"
+    x2, w2 = _inputs(8)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        k.resolution((8,))  # warm the table outside the capture; nothing is memoized by it
+        with torch.cuda.graph(graph):
+            y = k(x2, w2)
+    torch.cuda.current_stream().wait_stream(side)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, _reference(x2, w2), atol=1e-2, rtol=1e-2)
+    assert k.resolution((8,)).mode == "graph"

@@ -45,3 +45,10 @@ def test_read_at_call_time(monkeypatch, tmp_path):
 def test_table_lists_every_knob():
     table = env_table_markdown()
     assert all(f"`{k.env}`" in table for k in KNOBS)
+
+
+def test_mode_is_read_and_checked():
+    assert Settings.from_env({}).mode == "auto"
+    assert Settings.from_env({"FIBUILD_MODE": "Graph"}).mode == "graph"
+    with pytest.raises(ConfigError, match="FIBUILD_MODE='fast': expected auto, eager or graph"):
+        Settings.from_env({"FIBUILD_MODE": "fast"})

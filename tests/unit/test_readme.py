@@ -18,7 +18,8 @@ def test_printing_explain_shows_the_readable_trace(monkeypatch, capsys, settings
     k = fibuild.load("rmsnorm_h4096")
     print(k.explain(batch_size=32))
     lines = capsys.readouterr().out.splitlines()
-    assert re.fullmatch(r"rmsnorm_h4096 at batch_size=32 on cpu-\S+: \S+ \(policy \w+\)", lines[0]), lines[0]
+    assert re.fullmatch(r"rmsnorm_h4096 at batch_size=32 on cpu-\S+: \S+ \(policy \w+, (eager|graph) mode"
+                        r"(, (FAST|SLOW|SAME|AMBIGUOUS))?\)", lines[0]), lines[0]
     assert lines[1:] and all(line.startswith(("  - ", "  note: ")) for line in lines[1:])
     assert any(line.startswith("  - accepted ") for line in lines)
 

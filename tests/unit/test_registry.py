@@ -36,10 +36,53 @@ def test_round_trip_and_schema(tmp_path):
     lines = path.read_text().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert record["schema"] == 1
+    assert record["schema"] == 2
     assert validate("evaluation", record) == []
     assert reg.read("rmsnorm_h4096") == [ev]
     assert evaluation_from_dict(evaluation_to_dict(ev)) == ev
+
+
+def test_spread_and_host_times_round_trip(tmp_path):
+    stats = LatencyStats(10.0, 9.0, 11.0, 10.2, 50, min_us=8.5, q1_us=9.3, q3_us=10.6)
+    host = LatencyStats(17.0, 16.8, 17.5, 17.1, 400, min_us=16.2, q1_us=16.9, q3_us=17.3)
+    ev = make_eval(device="nvidia-h200-sm90", latency=stats, host_latency=host,
+                   reference_host_latency=LatencyStats(30.0, 29.0, 31.0, 30.0, 400))
+    record = evaluation_to_dict(ev)
+    assert record["latency"]["q3_us"] == 10.6 and record["host_latency"]["min_us"] == 16.2
+    assert validate("evaluation", record) == []
+    assert evaluation_from_dict(json.loads(json.dumps(record))) == ev
+    Registry(tmp_path).append(ev)
+    assert Registry(tmp_path).read("rmsnorm_h4096") == [ev]
+
+
+def test_schema_1_lines_still_load(tmp_path):
+    """A line as the committed registry holds it (schema 1: p20/p80 only, no host time)."""
+    line = {"schema": 1, "definition": "rmsnorm_h4096", "solution": "flashinfer", "solution_digest": DIGEST,
+            "build_key": KEY, "workload_uuid": "w1", "axes": {"batch_size": 1}, "status": "PASSED",
+            "device": "nvidia-h200-sm90", "latency": {"median_us": 5.3, "p20_us": 5.0, "p80_us": 6.0,
+                                                      "mean_us": 5.4, "n": 900},
+            "reference_latency": None, "speedup": None, "max_abs_error": 0.0, "max_rel_error": 0.0,
+            "error": "", "environment": {}, "timestamp": "2026-11-24T10:00:00.000Z"}
+    assert validate("evaluation", line) == []
+    folder = tmp_path / "rmsnorm_h4096"
+    folder.mkdir()
+    (folder / "nvidia-h200-sm90.jsonl").write_text(json.dumps(line) + "\n")
+    (ev,) = Registry(tmp_path).read("rmsnorm_h4096")
+    assert ev.latency.median_us == 5.3 and ev.latency.q3_us is None and ev.host_latency is None
+    with pytest.raises(ValueError, match="unknown record schema 3"):
+        evaluation_from_dict({**line, "schema": 3})
+
+
+def test_committed_registry_loads_whole():
+    """Every line of the committed registry (old schema) is read back: none is skipped."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "registry"
+    reg = Registry(root)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for slug in reg.devices(folder.name):
+            lines = [ln for ln in reg.path(folder.name, slug).read_text().splitlines() if ln.strip()]
+            assert len(reg.read(folder.name, slug)) == len(lines), (folder.name, slug)
 
 
 def test_invalid_record_is_refused_naming_the_field(tmp_path):

@@ -84,7 +84,9 @@ def test_table_at_80_columns_tells_every_row_apart(definition, device):
     whole (values only; the axis names head the column), every solution name whole."""
     shipped = Workspace(shipped_root())
     defn = shipped.definition(definition)
-    board = leaderboard(defn, device, Registry(shipped.registry_dir).read(definition, device))
+    # Stars and the widest verdict on every row (the resolver's own answers are tested elsewhere).
+    board = leaderboard(defn, device, Registry(shipped.registry_dir).read(definition, device),
+                        lambda axes: (defn.baseline[0], "AMBIGUOUS"))
     screen = Console(width=80, file=io.StringIO(), color_system=None)
     screen.print(rich_table(board))
     lines = screen.file.getvalue().splitlines()
@@ -95,7 +97,8 @@ def test_table_at_80_columns_tells_every_row_apart(definition, device):
     assert labels == expected and len(set(labels)) == len(board.rows)
     header = [line.split("┃")[1:-1] for line in lines if line.startswith("┃")]
     columns = ["".join(part.strip() for part in column) for column in zip(*header)]
-    assert columns[2:] == board.solutions                      # folded, never cut to "cuda_ro…"
+    assert columns[3:] == board.solutions                      # folded, never cut to "cuda_ro…"
+    assert all(cells[2].strip() == "AMBIGUOUS" for cells in body if cells[1].strip())
 
 
 @pytest.mark.parametrize("argv", [

@@ -92,3 +92,23 @@ def test_subprocess_bad_input_has_no_traceback(tmp_path):
                              "expected ',' or '}', but got ':'") for line in lines)
     assert "missing.yaml: /: file not found" in lines
     assert lines[-1] == "3 errors in 3 files"
+
+
+def test_a_baseline_naming_none_of_the_solutions_is_an_error(capsys, tmp_path):
+    """A typo in ``baseline`` (or a copy without its solutions) would make the reference the
+    default: validate says so, naming the field and the solutions there are."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[3]
+    (tmp_path / "defs" / "rmsnorm").mkdir(parents=True)
+    shutil.copy(repo / "defs" / "rmsnorm" / "rmsnorm_h4096.yaml", tmp_path / "defs" / "rmsnorm")
+    shutil.copytree(repo / "solutions" / "rmsnorm_h4096" / "cpp_bf16", tmp_path / "solutions" / "rmsnorm_h4096" /
+                    "cpp_bf16")
+    shutil.copytree(repo / "solutions" / "_lib", tmp_path / "solutions" / "_lib")  # the shared sources it names
+    assert main(["--root", str(tmp_path), "validate"]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("rmsnorm_h4096.yaml: /baseline: names no solution of rmsnorm_h4096: flashinfer, "
+                          "torch_fp32 (its solutions: cpp_bf16)")
+    shutil.copytree(repo / "solutions" / "rmsnorm_h4096" / "torch_fp32", tmp_path / "solutions" / "rmsnorm_h4096" /
+                    "torch_fp32")
+    assert main(["--root", str(tmp_path), "validate"]) == 0  # one of them is enough

@@ -83,11 +83,18 @@ def test_leaderboard_groups_variants_under_their_solution(ws):
     defn = ws.definition("add_one_f32")
     records = [_ev("py_add[B=1]", 8, 5.0), _ev("py_add[B=2]", 8, 3.0), _ev("py_add[B=1]", 64, 7.0),
                _ev("py_add[B=2]", 64, None), _ev("cpp_add", 8, 4.0), _ev("cpp_add", 64, 9.0)]
-    board = leaderboard(defn, "cpu-x", records)
+    # The star is the resolver's answer (``fibuild table`` passes it); here a stand-in.
+    picks = {8: ("py_add[B=2]", "FAST"), 64: ("py_add[B=1]", "FAST")}
+    board = leaderboard(defn, "cpu-x", records, lambda axes: picks[axes["n"]])
     assert board.solutions == ["cpp_add", "py_add"]
     by_n = {r.axes["n"]: r for r in board.rows}
     assert by_n[8].winner == "py_add" and by_n[8].variants["py_add"] == "py_add[B=2]"
     assert by_n[64].winner == "py_add" and by_n[64].cells["py_add"].latency.median_us == 7.0
     assert board.to_json()["rows"][0]["variants"] == {"py_add": "py_add[B=2]"}
-    flat = leaderboard(defn, "cpu-x", records, group_variants=False)
+    # A chosen variant that is not the best by median takes its solution's cell: the star shows what runs.
+    picks[8] = ("py_add[B=1]", "AMBIGUOUS")
+    by_n = {r.axes["n"]: r for r in leaderboard(defn, "cpu-x", records, lambda axes: picks[axes["n"]]).rows}
+    assert by_n[8].variants["py_add"] == "py_add[B=1]" and by_n[8].cells["py_add"].latency.median_us == 5.0
+    flat = leaderboard(defn, "cpu-x", records, lambda axes: picks[axes["n"]], group_variants=False)
     assert flat.solutions == ["cpp_add", "py_add[B=1]", "py_add[B=2]"]
+    assert [r.winner for r in flat.rows] == ["py_add[B=1]", "py_add[B=1]"]

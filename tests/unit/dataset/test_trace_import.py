@@ -218,6 +218,8 @@ def test_export_reports_what_the_dataset_cannot_hold(tmp_path):
     custom = [s for s in report.skipped if s.kind == "workload"]
     assert custom and all("custom_inputs_entrypoint" in s.reason for s in custom)
     assert (tmp_path / "ds/definitions/gqa_paged/gqa_paged_decode_h32_kv8_d128_ps1.json").is_file()
+    assert ("definition gqa_paged_decode_h32_kv8_d128_ps1: baseline ['flashinfer_tc', 'flashinfer', "
+            "'torch_padded'] has no flashinfer-trace field") in report.notes
 
 
 def test_a_differing_workspace_definition_is_kept_and_reported(tmp_path):

@@ -1,7 +1,8 @@
 """Helpers for the apply tests: a temp copy of the shipped rmsnorm workspace with CPU solutions,
 and a way to add records.
 
-``ws.record(solution, batch_size, median_us)`` appends a real, schema-valid evaluation to
+``ws.record(solution, batch_size, median_us, spread=0.05)`` (p20/p80 at the median -/+ spread)
+appends a real, schema-valid evaluation to
 ``registry/rmsnorm_h4096/<this CPU's slug>.jsonl`` with the solution's current digest.
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ class TempWorkspace:
 
     def record(self, solution: str, batch_size: int, median_us: float | None = None, *,
                status: str = "PASSED", device: str | None = None, digest: str | None = None,
-               workload: str | None = None) -> None:
+               workload: str | None = None, spread: float = 0.05) -> None:
         from fibuild.compile.keys import solution_digest
         from fibuild.registry import Registry
         from fibuild.spec.model import Evaluation, LatencyStats
@@ -71,7 +72,7 @@ class TempWorkspace:
         sol = ws.solution(solution, DEF)
         latency = None
         if status == "PASSED":
-            latency = LatencyStats(median_us, median_us * 0.95, median_us * 1.05, median_us, 50)
+            latency = LatencyStats(median_us, median_us * (1 - spread), median_us * (1 + spread), median_us, 50)
         Registry(ws.registry_dir).append(Evaluation(
             definition=DEF, solution=solution,
             solution_digest=digest if digest is not None else solution_digest(defn, sol),

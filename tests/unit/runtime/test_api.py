@@ -10,7 +10,7 @@ import torch
 import fibuild
 from fibuild.errors import FibuildError, ResolveError
 from fibuild.runtime.api import apply, load, resolve
-from fibuild.runtime.decisions import Accepted, Rejected
+from fibuild.runtime.decisions import Accepted, PolicySkipped, Rejected
 
 from runtime_helpers import DEF, inputs, reference_rmsnorm
 
@@ -21,6 +21,8 @@ def entry_file(kernel, key) -> str:
 
 
 def test_routes_each_key_to_its_fastest_passed_solution(workspace):
+    # torch_fp32 is the CPU baseline (defs: baseline [flashinfer, torch_fp32]): torch_alt
+    # replaces it where it wins clearly (8), and it stays where it is faster (64).
     workspace.record("torch_fp32", 8, 50.0)
     workspace.record("torch_alt", 8, 20.0)
     workspace.record("torch_fp32", 64, 20.0)
@@ -37,8 +39,10 @@ def test_routes_each_key_to_its_fastest_passed_solution(workspace):
         assert entry_file(k, (batch,)).startswith(str(workspace.settings.cache_dir))
         assert f"{winner}-" in entry_file(k, (batch,))
         loser = {"torch_alt", "torch_fp32"} - {winner}
-        assert any(isinstance(d, Rejected) and d.solution in loser and d.reason.startswith("slower")
-                   for d in res.decisions)
+        why = "replaced by torch_alt: FAST" if winner == "torch_alt" else "SLOW"
+        assert any(isinstance(d, Rejected) and d.solution in loser and why in d.reason
+                   for d in res.decisions), res.explain()
+        assert res.verdict == ("FAST" if winner == "torch_alt" else "SLOW")
 
 
 def test_unevaluated_key_uses_nearest_evaluated_key(workspace):
@@ -54,13 +58,36 @@ def test_unevaluated_key_uses_nearest_evaluated_key(workspace):
     assert "nearest evaluated key (8,) at distance 0.69" in str(res.decisions)
 
 
-def test_reference_when_nothing_is_evaluated(workspace):
+def test_baseline_when_nothing_is_evaluated(workspace, caplog, monkeypatch):
+    from fibuild.runtime import dispatch
+
+    monkeypatch.setattr(dispatch, "_WARNED", set())
+    with caplog.at_level("WARNING", logger="fibuild.runtime"):
+        k = load(DEF, settings=workspace.settings)
+        x, w = inputs(5)
+        torch.testing.assert_close(k(x, w), reference_rmsnorm(x, w), atol=1e-2, rtol=1e-2)
+        k(*inputs(6))
+        load(DEF, settings=workspace.settings)
+    res = k.explain(batch_size=5)
+    assert res.solution.name == "torch_fp32" and res.policy == "baseline" and res.build_key
+    assert res.baseline == "torch_fp32" and res.verdict is None and not res.borrowed
+    assert Rejected("torch_alt", "no evaluation on this device") in res.decisions
+    assert "torch_fp32-" in entry_file(k, (5,))
+    # Said once for the definition, whatever the number of keys, naming the device and the fix.
+    said = [r.getMessage() for r in caplog.records if "no usable evaluation" in r.getMessage()]
+    assert len(said) == 1 and workspace.device in said[0] and f"fibuild bench {DEF}" in said[0]
+
+
+def test_reference_when_no_baseline_can_run(workspace):
+    path = workspace.root / "defs" / "rmsnorm" / f"{DEF}.yaml"
+    path.write_text(path.read_text().replace("baseline: [flashinfer, torch_fp32]", "baseline: flashinfer"))
     k = load(DEF, settings=workspace.settings)
     x, w = inputs(5)
     torch.testing.assert_close(k(x, w), reference_rmsnorm(x, w), atol=0, rtol=0)
     res = k.explain(batch_size=5)
     assert res.solution is None and res.policy == "reference" and res.build_key is None
-    assert Rejected("torch_alt", "no evaluation on this device") in res.decisions
+    assert any(isinstance(d, PolicySkipped) and d.policy == "baseline" and "flashinfer" in d.reason
+               for d in res.decisions)
     assert "<reference of rmsnorm_h4096>" == entry_file(k, (5,))
 
 
@@ -105,7 +132,8 @@ def test_strict_policy_without_answer_raises_with_trace(workspace):
 
 def test_broken_reference_and_nothing_evaluated_raises_with_trace(workspace):
     path = workspace.root / "defs" / "rmsnorm" / f"{DEF}.yaml"
-    path.write_text(path.read_text().replace("  import torch\n", "  import torch\n  import no_such_module_here\n", 1))
+    path.write_text(path.read_text().replace("  import torch\n", "  import torch\n  import no_such_module_here\n", 1)
+                    .replace("baseline: [flashinfer, torch_fp32]", "baseline: flashinfer"))
     k = load(DEF, settings=workspace.settings)
     with pytest.raises(ResolveError) as info:
         k(*inputs(4))
@@ -207,7 +235,11 @@ def test_apply_decorator_uses_its_body_as_fallback(workspace):
     assert calls == [4]
     kernel = rmsnorm.kernel()
     res = kernel.explain(batch_size=4)
-    assert res.policy == "fallback" and Accepted("fallback", res.decisions[-1].reason) in res.decisions
+    accepted = [d for d in res.decisions if isinstance(d, Accepted)]
+    assert res.policy == "fallback" and [d.solution for d in accepted] == ["fallback"]
+    # The caller's fallback is what it runs anyway: it stands in for the definition's baseline.
+    assert any(isinstance(d, PolicySkipped) and d.policy == "baseline" and "fallback stands in" in d.reason
+               for d in res.decisions)
 
 
 def test_apply_decorator_prefers_an_evaluated_solution(workspace):

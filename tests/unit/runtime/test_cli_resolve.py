@@ -31,8 +31,10 @@ def test_prints_choice_and_trace(cli, capsys):
     assert "solution   torch_alt" in out and "language   python" in out
     assert "latency    30.1 µs" in out
     assert "build      not built (built on first use)" in out
-    assert "- accepted torch_alt: fastest at (32,): 30.1 µs" in out
-    assert "- rejected torch_fp32: slower: 41.2 µs vs 30.1 µs" in out
+    assert "mode       eager" in out and "verdict    FAST" in out and "baseline   torch_fp32" in out
+    assert ("- accepted torch_alt: FAST (26.9% faster, intervals apart) against torch_fp32, the baseline, "
+            "at (32,): 30.1 µs vs 41.2 µs (eager cost) [robust interval rule") in out
+    assert "- rejected torch_fp32: 41.2 µs; replaced by torch_alt: FAST" in out
 
 
 def test_build_status_after_a_load(cli, capsys):
@@ -60,11 +62,13 @@ def test_other_device_answers_from_its_records(cli, capsys):
     assert "build      not checked (the device is not this machine)" in out
     assert "note: nvidia-h100-80gb-hbm3-sm90 is not this machine" in out
     assert "nearest evaluated key (32,) at distance 0.69" in out
-    # The same question about this machine: nothing evaluated here.
+    # The same question about this machine: nothing evaluated here (a CPU borrows from no GPU),
+    # so the baseline runs, never the reference.
     assert main(["resolve", DEF, "--axes", "batch_size=64", "--explain"]) == 0
     out = capsys.readouterr().out
-    assert "solution   reference" in out
+    assert "solution   torch_fp32" in out and "policy     baseline" in out
     assert f"no evaluation on this device (evaluated on {H100})" in out
+    assert f"run `fibuild bench {DEF}` there" in out
 
 
 def test_json_output(cli, capsys):
@@ -73,7 +77,11 @@ def test_json_output(cli, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["solution"] == "torch_alt" and data["policy"] == "exact"
     assert data["axes"] == {"batch_size": 8} and data["latency_us"] == 12.0
-    assert {"kind": "accepted", "solution": "torch_alt", "reason": "fastest at (8,): 12.0 µs"} in data["decisions"]
+    accepted = [d for d in data["decisions"] if d["kind"] == "accepted"]
+    assert [d["solution"] for d in accepted] == ["torch_alt"]
+    assert accepted[0]["reason"].startswith("torch_alt, the fastest measured solution (the baseline torch_fp32 "
+                                            "has no usable evaluation at (8,)), runs (8,) (12.0 µs, eager cost)")
+    assert data["mode"] == "eager" and data["baseline"] == "torch_fp32" and data["borrowed"] is None
 
 
 @pytest.mark.parametrize("argv, message", [

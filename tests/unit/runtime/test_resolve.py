@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from fibuild.errors import ResolveError
+from fibuild.runtime.choose import wins
 from fibuild.runtime.decisions import Accepted, BaseReporter, PolicySkipped, Rejected
 from fibuild.runtime.resolve import Resolver, log_distance, policy_chain
 from fibuild.runtime.table import ApplyTable, Candidate, build_table
@@ -32,10 +33,14 @@ def load_case(path: Path):
     evaluations = []
     for e in case["evaluations"]:
         status = e.get("status", "PASSED")
-        latency = None
+        latency = host = None
+        spread = float(e.get("spread", 0.05))  # half-width of the p20..p80 band, a fraction of the median
         if status == "PASSED":
             m = float(e["median_us"])
-            latency = LatencyStats(m, m * 0.95, float(e.get("p80_us", m * 1.05)), m, 100)
+            latency = LatencyStats(m, m * (1 - spread), float(e.get("p80_us", m * (1 + spread))), m, 100)
+            if "host_us" in e:  # host time per call (CUDA records of schema 2)
+                h = float(e["host_us"])
+                host = LatencyStats(h, h * 0.98, h * 1.02, h, 100, h * 0.97, h * 0.99, h * 1.01)
         axes = {k: int(v) for k, v in e["axes"].items()}
         ref = None
         if "reference_us" in e:  # the reference's latency, measured beside the solution
@@ -46,8 +51,10 @@ def load_case(path: Path):
             solution_digest=e.get("digest", digests.get(e["solution"], "")), build_key="",
             workload_uuid=e.get("workload", "w-" + "-".join(f"{k}{v}" for k, v in sorted(axes.items()))),
             axes=axes, status=status, device=e.get("device", device), latency=latency,
-            reference_latency=ref))
-    table = build_table(definition, case["var_axes"], device, candidates, evaluations)
+            reference_latency=ref, host_latency=host))
+    table = build_table(definition, case["var_axes"], device, candidates, evaluations,
+                        baselines=[case["baseline"]] if isinstance(case.get("baseline"), str)
+                        else case.get("baseline", ()))
     query = case["query"]
     key = tuple(query["axes"][a] for a in case["var_axes"])
     return case, table, key, query
@@ -91,7 +98,8 @@ def test_case(path):
     case, table, key, query = load_case(path)
     expect = case["expect"]
     resolver = Resolver(table)
-    kwargs = dict(policy=query.get("policy", "nearest"), strict=query.get("strict", False))
+    kwargs = dict(policy=query.get("policy", "nearest"), strict=query.get("strict", False),
+                  mode=query.get("mode", "eager"))
     if "error" in expect:
         with pytest.raises(ResolveError) as info:
             resolver.resolve(key, **kwargs)
@@ -107,6 +115,8 @@ def test_case(path):
             assert res.latency_us == pytest.approx(expect["latency_us"])
         if "evaluated_key" in expect:
             assert res.evaluated_key == tuple(expect["evaluated_key"])
+        if "verdict" in expect:
+            assert res.verdict == expect["verdict"], res.explain()
         if chosen is not None:
             assert res.build_key == f"key-{chosen}"
         else:
@@ -133,8 +143,8 @@ def test_cases_exist():
 
 
 def test_policy_chain():
-    assert policy_chain("exact") == ("exact", "nearest", "def_best", "reference")
-    assert policy_chain("nearest") == ("nearest", "def_best", "reference")
+    assert policy_chain("exact") == ("exact", "nearest", "def_best", "baseline", "reference")
+    assert policy_chain("nearest") == ("nearest", "def_best", "baseline", "reference")
     assert policy_chain("def_best", strict=True) == ("def_best",)
     with pytest.raises(ResolveError, match="unknown policy 'fastest'"):
         policy_chain("fastest")
@@ -171,8 +181,13 @@ def test_table_json_roundtrip():
 
     data = json.loads(json.dumps(table.to_json()))
     again = ApplyTable.from_json(data, rebuild)
-    assert again.ranked == table.ranked
-    assert again.failed == table.failed and again.def_best == table.def_best
+    assert again.ranked == table.ranked and again.reference == table.reference
+    assert again.failed == table.failed and again.baseline == table.baseline
+    assert Resolver(again).resolve(key).decisions == Resolver(table).resolve(key).decisions
+    # Host times and quartiles survive too (the eager mode ranks by them).
+    _, table, key, _ = load_case(CASES / "eager_host_cost.yaml")
+    again = ApplyTable.from_json(json.loads(json.dumps(table.to_json())), rebuild)
+    assert again.ranked == table.ranked and again.baseline == "flashinfer"
     assert Resolver(again).resolve(key).decisions == Resolver(table).resolve(key).decisions
 
 
@@ -180,5 +195,5 @@ def test_table_wins_and_failures():
     _, table, _, _ = load_case(CASES / "all_failing.yaml")
     assert table.failures == {"cuda_bad": "INCORRECT_NUMERICAL on 3/4 workloads",
                               "triton_bad": "RUNTIME_ERROR on 2/2 workloads"}
-    assert table.wins == {"cuda_bad": 1} and table.def_best == "cuda_bad"
+    assert wins(table, "eager", {}) == {"cuda_bad": 1}
     assert table.failed["cuda_bad"] == frozenset({(1,), (32,), (128,)})

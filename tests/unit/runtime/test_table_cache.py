@@ -104,7 +104,7 @@ def test_malformed_or_linked_cached_table_is_a_miss(workspace, tmp_path):
     assert path.is_file() and path.parent.parent == s.cache_dir  # beside the builds, not in the index
     path.write_text('{"table": {"nonsense": 1}}')
     assert table_cache.read_cached(s, digest) is None
-    assert load(DEF, settings=s).explain(batch_size=2).policy == "reference"
+    assert load(DEF, settings=s).explain(batch_size=2).policy == "baseline"
     elsewhere = tmp_path / "planted.json"
     elsewhere.write_text(path.read_text())
     path.unlink()

@@ -1,0 +1,66 @@
+"""The noise-aware CLI on CPU: ``fibuild table`` stars what ``fibuild resolve`` picks and flags
+wide spreads; ``fibuild bench --ambiguous`` plans only the keys whose decision is AMBIGUOUS."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fibuild.cli import main
+
+from runtime_helpers import DEF
+
+
+@pytest.fixture
+def cli(workspace, monkeypatch):
+    monkeypatch.setenv("FIBUILD_ROOT", str(workspace.root))
+    monkeypatch.setenv("FIBUILD_CACHE_DIR", str(workspace.settings.cache_dir))
+    monkeypatch.setenv("FIBUILD_DEVICE", "cpu")
+    # batch 7: torch_alt 5 % faster than the baseline torch_fp32, but noisy (AMBIGUOUS);
+    # batch 32: torch_alt clearly faster (FAST); batch 1: torch_alt clearly slower (SLOW).
+    workspace.record("torch_fp32", 7, 20.0)
+    workspace.record("torch_alt", 7, 19.0, spread=0.4)
+    workspace.record("torch_fp32", 32, 40.0)
+    workspace.record("torch_alt", 32, 20.0)
+    workspace.record("torch_fp32", 1, 25.2)
+    workspace.record("torch_alt", 1, 26.0)
+    return workspace
+
+
+def cli_definition(ws):
+    from fibuild.spec.workspace import Workspace
+
+    return Workspace(ws.root).definition(DEF)
+
+
+def resolved(axes: str, capsys) -> dict:
+    assert main(["resolve", DEF, "--axes", axes, "--json", "--policy", "exact", "--strict"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_table_stars_what_resolve_picks_and_flags_noise(cli, capsys):
+    assert main(["table", DEF, "--json"]) == 0
+    board = json.loads(capsys.readouterr().out)
+    rows = {r["axes"]["batch_size"]: r for r in board["rows"]}
+    assert set(rows) == {1, 7, 32}
+    for batch, row in rows.items():
+        res = resolved(f"batch_size={batch}", capsys)
+        assert row["winner"] == res["solution"] and row["verdict"] == res["verdict"], (batch, row, res)
+    assert rows[7]["winner"] == "torch_fp32" and rows[7]["verdict"] == "AMBIGUOUS"
+    assert rows[32]["winner"] == "torch_alt" and rows[32]["verdict"] == "FAST"
+    assert rows[7]["cells"]["torch_alt"]["noisy"] and not rows[7]["cells"]["torch_fp32"]["noisy"]
+    assert rows[7]["cells"]["torch_alt"]["spread"] == pytest.approx(0.8)
+    assert main(["table", DEF]) == 0
+    text = capsys.readouterr().out
+    assert "AMBIGUOUS" in text and "±80%!" in text and "* 20.0 µs ±10%" in text
+
+
+def test_bench_ambiguous_plans_only_ambiguous_keys(cli, capsys):
+    assert main(["bench", DEF, "--ambiguous", "--dry-run", "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    planned = {w for run in data["runs"] for w in run["workloads"]}
+    defn = cli_definition(cli)
+    assert planned == {w.uuid for w in defn.workloads if w.axes["batch_size"] == 7}, planned
+    assert data["items"] == 2  # both solutions, at the one AMBIGUOUS key
+    assert "ambiguous: 1 key(s) to re-measure" in captured.err
