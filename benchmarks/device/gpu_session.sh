@@ -17,19 +17,13 @@ part=${1:?checks or serving}
 out=${2:-${OUT:-out}}
 res="$out/$part"
 mkdir -p "$res"
-if [ -f .devkit/site-py312.tar.xz ]; then
-  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
-    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
-fi
+. "$(dirname "$0")/step.sh"  # step, device_env
+device_env
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
-# NVLink multicast stays off in every process (shared hosts).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 exec > >(tee -a "$out/log-$part.txt") 2>&1
 
-. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"

@@ -14,13 +14,9 @@
 set -u
 out=${1:-${OUT:-out}}
 mkdir -p "$out"
-if [ -f .devkit/site-py312.tar.xz ]; then
-  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
-    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
+. "$(dirname "$0")/step.sh"  # step, device_env
+device_env
 exec > >(tee -a "$out/log-pdl.txt") 2>&1
-. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"

@@ -14,15 +14,10 @@ steps=${1:?steps file}
 out=${2:-${OUT:-out}}
 export RES="$out/results"
 mkdir -p "$RES"
-if [ -f .devkit/site-py312.tar.xz ]; then
-  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
-    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+. "$(dirname "$0")/step.sh"  # step, device_env
+device_env
 exec > >(tee -a "$out/log.txt") 2>&1
 
-. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"

@@ -10,13 +10,9 @@
 set -u
 out=${1:-${OUT:-out}}
 mkdir -p "$out"
-if [ -f .devkit/site-py312.tar.xz ] && [ ! -d /tmp/site/flashinfer ]; then
-  mkdir -p /tmp/site && tar -xJf .devkit/site-py312.tar.xz -C /tmp/site \
-    && tar -xJf .devkit/flashinfer-aot-sm90a.tar.xz -C /tmp/site
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FIBUILD_CACHE_DIR=${FIBUILD_CACHE_DIR:-/tmp/fibuild-cache}
+. "$(dirname "$0")/step.sh"  # step, device_env
+device_env
 exec > >(tee -a "$out/log.txt") 2>&1
-. "$(dirname "$0")/step.sh"  # step SECONDS TITLE COMMAND...
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch, triton, flashinfer; print('torch', torch.__version__, 'triton', triton.__version__, 'flashinfer', flashinfer.__version__)"
 step 120 "GPU tests: engine decode sequences in CUDA graphs" python3 -m pytest -q -p no:cacheprovider -rs \
