@@ -12,7 +12,8 @@ Policies, tried as a chain that starts at the requested one (``strict`` tries on
   lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x);
 - ``def_best``: the solution that runs the most evaluated keys;
 - ``baseline``: the definition's baseline (FlashInfer's, cuBLAS through torch), where the
-  device has no usable evaluation;
+  device has no usable evaluation, or where the baseline's records here are all of an older
+  version (no challenger can then be shown to beat it, so the measured policies step aside);
 - ``reference``: the definition's own reference: a last resort, never a default (it is the
   correctness oracle, often far slower and sometimes not capturable in a CUDA graph).
 
@@ -32,7 +33,7 @@ from fibuild.spec.model import ApplyKey
 
 from .choose import KeyDecision, decide, wins
 from .decisions import REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected, Resolution, format_key
-from .table import ApplyTable
+from .table import STALE, ApplyTable
 
 POLICIES = ("exact", "nearest", "def_best", "baseline", "reference")
 #: Policies whose answer rests on evaluations (the others are defaults).
@@ -125,9 +126,20 @@ class Resolver:
             decisions.append(Rejected(name, out[name]))
             reporter.rejecting(decisions[-1])
 
+        # A baseline measured on this device only in an older version (its records' digest is
+        # stale) cannot be beaten clearly by what was measured beside it: the measured policies
+        # step aside until it is measured again. (A strict policy gets exactly what was measured.)
+        unmeasured_baseline = (not strict and table.baseline is not None and table.baseline in table.unmeasured
+                               and table.excluded.get(table.baseline, "").startswith(STALE)
+                               and self.reference_label == REFERENCE)
         for step in chain:
             reporter.trying_policy(step)
-            answer = getattr(self, f"_{step}")(key, out, mode, everywhere)
+            if unmeasured_baseline and step in MEASURED:
+                answer = PolicySkipped(step, f"the baseline {table.baseline} was measured on {table.device} "
+                                             "only in an older version: nothing measured here can be shown "
+                                             f"to beat it; run `fibuild bench {table.definition}`")
+            else:
+                answer = getattr(self, f"_{step}")(key, out, mode, everywhere)
             if isinstance(answer, PolicySkipped):
                 decisions.append(answer)
                 reporter.rejecting(answer)

@@ -21,6 +21,9 @@ from .decisions import REFERENCE
 
 # Heavy or optional dependencies, imported inside the functions that use them: statistics.
 
+#: How the reason of a solution whose records on the device are all of older versions begins.
+STALE = "stale digest"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -283,7 +286,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
                                     + (f" (evaluated on {', '.join(others)})" if others else ""))
             unmeasured.add(name)
         elif cand.digest not in seen_here[name]:
-            table.excluded[name] = ("stale digest: every record on this device is of an older "
+            table.excluded[name] = (f"{STALE}: every record on this device is of an older "
                                     "version of the solution")
             unmeasured.add(name)
     table.unmeasured = frozenset(unmeasured)

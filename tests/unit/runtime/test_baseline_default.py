@@ -106,10 +106,21 @@ def test_same_capability_evaluations_are_borrowed_and_marked(tmp_path, gpu, monk
 def test_own_evaluations_are_not_borrowed(tmp_path, gpu, monkeypatch):
     """A device with usable records of its own answers from them alone."""
     with_dependencies(monkeypatch)
-    name = "rmsnorm_h4096"  # committed for both the H100 and the H200
+    name = "gemm_n6144_k4096"  # committed for both the H100 and the H200, its baseline current
+    settings = workspace(tmp_path, registry_of=[name])
+    res = load(name, settings=settings).explain(M=32)
+    assert not res.borrowed and res.evaluated_key == (32,) and res.device == H100.slug
+
+
+def test_a_baseline_measured_only_in_an_older_version_stays(tmp_path, gpu, monkeypatch):
+    """The committed H100 records of rmsnorm's FlashInfer baseline are of an older version of it:
+    nothing measured beside it can be shown to beat it, so it runs until measured again."""
+    with_dependencies(monkeypatch)
+    name = "rmsnorm_h4096"
     settings = workspace(tmp_path, registry_of=[name])
     res = load(name, settings=settings).explain(batch_size=32)
-    assert not res.borrowed and res.evaluated_key == (32,) and res.device == H100.slug
+    assert res.solution.name == "flashinfer" and res.policy == "baseline" and not res.borrowed
+    assert "only in an older version" in res.explain()
 
 
 def test_a_cpu_never_borrows_from_a_gpu():
