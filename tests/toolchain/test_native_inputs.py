@@ -21,8 +21,9 @@ from runtime_helpers import DEF, inputs, make_workspace, reference_rmsnorm  # no
 @pytest.fixture
 def native_ws(tmp_path):
     ws = make_workspace(tmp_path)
-    shutil.copytree(Path(__file__).resolve().parents[2] / "solutions" / DEF / "cpp_bf16",
-                    ws.root / "solutions" / DEF / "cpp_bf16")
+    shipped = Path(__file__).resolve().parents[2] / "solutions"
+    shutil.copytree(shipped / DEF / "cpp_bf16", ws.root / "solutions" / DEF / "cpp_bf16")
+    shutil.copytree(shipped / "_lib" / "cpu_bf16_rows", ws.root / "solutions" / "_lib" / "cpu_bf16_rows")
     ws.record("cpp_bf16", 3, 1.0)  # the fastest at batch 3: load resolves to it
     ws.record("torch_fp32", 3, 50.0)
     return ws
