@@ -57,6 +57,7 @@ def workspace(tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(ROOT / "defs" / "allreduce", ws / "defs" / "allreduce")
     shutil.copytree(ROOT / "solutions" / DEFINITION, ws / "solutions" / DEFINITION)
+    shutil.copytree(ROOT / "solutions" / "_lib", ws / "solutions" / "_lib")  # the libraries they name
     settings = Settings.from_env({"FIBUILD_CACHE_DIR": str(tmp_path / "cache")}, root=ws)
     return Workspace(ws), settings
 

@@ -26,6 +26,8 @@ def _workspace(tmp_path, solution: str):
     shutil.copy(src / "defs" / "rmsnorm" / f"{DEF}.yaml", root / "defs" / "rmsnorm")
     shutil.copytree(src / "solutions" / DEF / solution, root / "solutions" / DEF / solution,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(src / "solutions" / "_lib", root / "solutions" / "_lib",  # the libraries it names
+                    ignore=shutil.ignore_patterns("__pycache__"))
     ws = Workspace(root)
     defn, sol = ws.definition(DEF), ws.solution(solution, DEF)
     Registry(ws.registry_dir).append(Evaluation(
