@@ -76,6 +76,37 @@ T* data_of(const tvm::ffi::TensorView& t) {
 }
 
 
+// The rows of an RMSNorm call after checking its arguments: hidden_states [B, hidden], weight
+// [hidden], output of hidden_states' shape; bfloat16, contiguous, 16-byte aligned, on one CUDA
+// device. ValueError naming the argument otherwise.
+inline int64_t checked_rmsnorm_rows(const tvm::ffi::TensorView& hidden_states,
+                                    const tvm::ffi::TensorView& weight,
+                                    const tvm::ffi::TensorView& output, int64_t hidden) {
+  TVM_FFI_CHECK(hidden_states.ndim() == 2 && hidden_states.size(1) == hidden, ValueError)
+      << "hidden_states must have shape [batch_size, " << hidden << "]";
+  TVM_FFI_CHECK(weight.ndim() == 1 && weight.size(0) == hidden, ValueError)
+      << "weight must have shape [" << hidden << "]";
+  TVM_FFI_CHECK(output.ndim() == 2 && output.size(0) == hidden_states.size(0) &&
+                    output.size(1) == hidden, ValueError)
+      << "output must have the shape of hidden_states";
+  TVM_FFI_CHECK(is_bf16(hidden_states.dtype()) && is_bf16(weight.dtype()) && is_bf16(output.dtype()),
+                ValueError)
+      << "hidden_states, weight and output must be bfloat16";
+  const DLDevice dev = hidden_states.device();
+  TVM_FFI_CHECK(dev.device_type == kDLCUDA, ValueError) << "hidden_states must be a CUDA tensor";
+  TVM_FFI_CHECK(weight.device().device_type == kDLCUDA && weight.device().device_id == dev.device_id &&
+                    output.device().device_type == kDLCUDA && output.device().device_id == dev.device_id,
+                ValueError)
+      << "weight and output must be on the device of hidden_states";
+  TVM_FFI_CHECK(hidden_states.IsContiguous() && weight.IsContiguous() && output.IsContiguous(), ValueError)
+      << "hidden_states, weight and output must be contiguous";
+  TVM_FFI_CHECK(aligned16(hidden_states) && aligned16(weight) && aligned16(output), ValueError)
+      << "hidden_states, weight and output must be 16-byte aligned";
+  const int64_t rows = hidden_states.size(0);
+  TVM_FFI_CHECK(rows <= 0x7fffffff, ValueError) << "batch_size too large: " << rows;
+  return rows;
+}
+
 // The stream TVM-FFI's caller set for the tensors' device (torch's current stream).
 inline cudaStream_t env_stream(DLDevice dev) {
   return static_cast<cudaStream_t>(TVMFFIEnvGetStream(dev.device_type, dev.device_id));

@@ -43,30 +43,9 @@ rmsnorm_row_per_block_kernel(const uint4* __restrict__ x, const uint4* __restric
 // rmsnorm(hidden_states [B, 4096] bf16, weight [4096] bf16, output [B, 4096] bf16): DPS.
 void rmsnorm(tvm::ffi::TensorView hidden_states, tvm::ffi::TensorView weight,
              tvm::ffi::TensorView output) {
-  TVM_FFI_CHECK(hidden_states.ndim() == 2 && hidden_states.size(1) == kHidden, ValueError)
-      << "hidden_states must have shape [batch_size, 4096]";
-  TVM_FFI_CHECK(weight.ndim() == 1 && weight.size(0) == kHidden, ValueError)
-      << "weight must have shape [4096]";
-  TVM_FFI_CHECK(output.ndim() == 2 && output.size(0) == hidden_states.size(0) &&
-                    output.size(1) == kHidden, ValueError)
-      << "output must have the shape of hidden_states";
-  TVM_FFI_CHECK(is_bf16(hidden_states.dtype()) && is_bf16(weight.dtype()) && is_bf16(output.dtype()),
-                ValueError)
-      << "hidden_states, weight and output must be bfloat16";
-  const DLDevice dev = hidden_states.device();
-  TVM_FFI_CHECK(dev.device_type == kDLCUDA, ValueError) << "hidden_states must be a CUDA tensor";
-  TVM_FFI_CHECK(weight.device().device_type == kDLCUDA && weight.device().device_id == dev.device_id &&
-                    output.device().device_type == kDLCUDA && output.device().device_id == dev.device_id,
-                ValueError)
-      << "weight and output must be on the device of hidden_states";
-  TVM_FFI_CHECK(hidden_states.IsContiguous() && weight.IsContiguous() && output.IsContiguous(), ValueError)
-      << "hidden_states, weight and output must be contiguous";
-  TVM_FFI_CHECK(aligned16(hidden_states) && aligned16(weight) && aligned16(output), ValueError)
-      << "hidden_states, weight and output must be 16-byte aligned";
-
-  const int64_t rows = hidden_states.size(0);
+  const int64_t rows = checked_rmsnorm_rows(hidden_states, weight, output, kHidden);
   if (rows == 0) return;
-  TVM_FFI_CHECK(rows <= 0x7fffffff, ValueError) << "batch_size too large: " << rows;
+  const DLDevice dev = hidden_states.device();
   cudaStream_t stream = env_stream(dev);
   DeviceGuard device_guard(dev.device_id);
   rmsnorm_row_per_block_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
