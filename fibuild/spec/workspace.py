@@ -22,13 +22,20 @@ from fibuild.errors import FibuildError, ManifestError, ManifestErrors
 from .manifest import load_definition, load_solution, load_workloads_jsonl
 from .model import Definition, Solution, Workload
 from .variants import expand, split_name
-from .workspace_files import _YAML, _files, _is_manifest_name, _plain_name, init_workspace, shipped_root
+from .workspace_checks import validate_workspace
+from .workspace_files import (
+    _YAML,
+    _duplicate_message,
+    _files,
+    _is_manifest_name,
+    _plain_name,
+    init_workspace,
+    shipped_root,
+)
 
 if TYPE_CHECKING:
     from fibuild.config import Settings
 
-_NOT_A_MANIFEST = ("not a manifest: expected a definition (defs/<op_type>/<name>.yaml), a "
-                   "solution.yaml or a workloads.jsonl")
 
 
 class Workspace:
@@ -366,56 +373,7 @@ class Workspace:
     def validate(self, paths: Iterable[str | Path] | None = None) -> list[ManifestError]:
         """Every problem of the workspace (or of ``paths``: files or folders), one
         ManifestError per bad file, sorted by file. Never raises ManifestError."""
-        if paths is None:
-            defs, errors = self._load_definitions()
-            names = self._definition_names() | set(defs)
-            solutions, problems = self._load_solutions(None, names)
-            errors += problems + _baseline_problems(defs, solutions)
-            for path in self.workload_files():
-                errors += self._check_workloads_file(path, defs)
-            return sorted(errors, key=lambda e: e.path)
-        errors = []
-        for path in self.manifest_files(paths):
-            errors += self._check_file(path)
-        return sorted(errors, key=lambda e: e.path)
-
-    def _check_file(self, path: Path) -> list[ManifestError]:
-        try:
-            if path.name == "workloads.jsonl":
-                return self._check_workloads_file(path, None)
-            if path.name == "solution.yaml":
-                load_solution(path, self._definition_names())
-            elif path.suffix in _YAML:
-                defn = load_definition(path)
-                twins = [p for p in self.defs_dir.glob(f"*/{defn.name}.*")
-                         if p.suffix in _YAML and p.resolve() != path]
-                if twins and path.parent.parent == self.defs_dir:
-                    raise ManifestError(path, [("/name", _duplicate_message(
-                        "definition", defn.name, twins[0], self.root))])
-            else:
-                raise ManifestError(path, [("/", _NOT_A_MANIFEST)])
-        except ManifestError as exc:
-            return [exc]
-        return []
-
-    def _check_workloads_file(self, path: Path, defs: dict[str, Definition] | None) -> list[ManifestError]:
-        """Problems of one workloads.jsonl; its definition is the parent folder's name."""
-        name = path.parent.name
-        try:
-            defn = defs[name] if defs is not None and name in defs else self.definition(name)
-        except ManifestError:
-            if defs is not None:
-                return []  # the definition's own error is reported already
-            return [ManifestError(path, [("/", f"cannot check: definition {name!r} is invalid "
-                                          "(validate its file)")])]
-        except FibuildError:
-            return [ManifestError(path, [("/", f"no definition {name!r} in the workspace for "
-                                          f"registry/{name}/workloads.jsonl")])]
-        try:
-            self._recorded_workloads(defn)
-        except ManifestError as exc:
-            return [exc]
-        return []
+        return validate_workspace(self, paths)
 
     def _unknown(self, what: str, name: str, known: Iterable[str]) -> FibuildError:
         known = sorted(known)
@@ -423,30 +381,3 @@ class Workspace:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = f" (known: {', '.join(known)})" if known and not close and len(known) <= 20 else ""
         return FibuildError(f"unknown {what} {name!r} in workspace {self.root}{hint}{listing}")
-
-
-def _baseline_problems(defs: dict[str, Definition], solutions: list[Solution]) -> list[ManifestError]:
-    """A definition whose ``baseline`` names none of its solutions (a typo, or a copy without
-    them) would run its reference by default: one error per such definition. Naming some
-    missing ones is fine (resolution takes the first that exists and can run)."""
-    have: dict[str, set[str]] = {}
-    for sol in solutions:  # a grid's variants count under their solution's name
-        have.setdefault(sol.definition, set()).add(split_name(sol.name)[0])
-    errors = []
-    for name, defn in sorted(defs.items()):
-        mine = have.get(name, set())
-        if defn.baseline and not mine & set(defn.baseline) and defn.path is not None:
-            listed = ", ".join(sorted(mine)) or "none"
-            errors.append(ManifestError(defn.path, [("/baseline", f"names no solution of {name}: "
-                                                     f"{', '.join(defn.baseline)} (its solutions: {listed})")]))
-    return errors
-
-
-def _duplicate_message(what: str, name: str, other: Path | None, root: Path) -> str:
-    where = ""
-    if other is not None:
-        try:
-            where = f" (also in {Path(other).relative_to(root)})"
-        except ValueError:
-            where = f" (also in {other})"
-    return f"duplicate {what} name {name!r}{where}"

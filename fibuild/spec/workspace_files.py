@@ -70,3 +70,17 @@ def _is_manifest_name(path: Path) -> bool:
 def _plain_name(name: str) -> bool:
     """A name usable in a glob/path: no separators, wildcards or parent references."""
     return bool(name) and not any(c in name for c in "/\\*?[]") and name not in (".", "..")
+
+
+_NOT_A_MANIFEST = ("not a manifest: expected a definition (defs/<op_type>/<name>.yaml), a "
+                   "solution.yaml or a workloads.jsonl")
+
+
+def _duplicate_message(what: str, name: str, other: Path | None, root: Path) -> str:
+    where = ""
+    if other is not None:
+        try:
+            where = f" (also in {Path(other).relative_to(root)})"
+        except ValueError:
+            where = f" (also in {other})"
+    return f"duplicate {what} name {name!r}{where}"
