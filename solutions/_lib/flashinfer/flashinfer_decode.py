@@ -38,7 +38,6 @@ def plan(kv_indptr, kv_indices, *rest, page_size, use_tensor_cores):
     return wrapper
 
 
-@torch.no_grad()
 def gqa_paged_decode(wrapper, q, k_cache, v_cache, *_structural):
     output, lse = wrapper.run(q, (k_cache, v_cache), return_lse=True)
     return output, lse
