@@ -20,6 +20,7 @@ from fibuild.compile.keys import canonical_json, sha256_hex
 from fibuild.compile.prune import prune
 from fibuild.config import KNOBS, env_table_markdown
 from fibuild.errors import FibuildError
+from fibuild.runtime.table_cache import prune_tables
 from fibuild.spec.workspace import Workspace
 
 # Heavy or optional dependencies, imported inside the functions that use them: importlib.metadata, rich.
@@ -304,18 +305,24 @@ def add_gc_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_gc(args, settings) -> int:
-    """Without options, removes failed and unfinished build directories only."""
+    """Without options, removes failed and unfinished build directories (and interrupted table
+    writes) only; `--all` and `--older-than` take cached apply tables too."""
     if args.older_than is not None and args.older_than < 0:
         raise FibuildError(f"--older-than {args.older_than}: expected a number of days >= 0")
     cutoff = None if args.older_than is None else time.time() - args.older_than * 86400
     result = prune(settings.cache_dir, everything=args.all, older_than=cutoff, dry_run=args.dry_run)
+    tables, table_bytes, tables_kept = prune_tables(settings, everything=args.all, older_than=cutoff,
+                                                    dry_run=args.dry_run)
     if args.json:
         print_json({"ok": True, "dry_run": args.dry_run, "removed": [str(p) for p in result.removed],
-                    "bytes": result.bytes, "kept": result.kept, "in_use": [str(p) for p in result.locked]})
+                    "bytes": result.bytes, "kept": result.kept, "in_use": [str(p) for p in result.locked],
+                    "tables_removed": [str(p) for p in tables], "tables_bytes": table_bytes,
+                    "tables_kept": tables_kept})
         return 0
     verb = "would remove" if args.dry_run else "removed"
-    for path in result.removed:
+    for path in [*result.removed, *tables]:
         print(f"{verb} {path}")
     print(f"gc: {verb} {len(result.removed)} build dirs ({result.bytes / 1e6:.1f} MB), "
-          f"kept {result.kept}, skipped {len(result.locked)} in use")
+          f"kept {result.kept}, skipped {len(result.locked)} in use; "
+          f"{verb} {len(tables)} cached apply tables ({table_bytes / 1e3:.1f} kB), kept {tables_kept}")
     return 0

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -155,3 +156,46 @@ def load_table(workspace, settings: Settings, name: str, device: str, *,
     table = collect_table(workspace, settings, defn, device, here=here)
     write_cached(settings, digest, defn, table)
     return defn, table, digest
+
+
+#: A temporary table file older than this (seconds) is an interrupted write: gc removes it.
+STALE_TEMP_S = 3600.0
+
+
+def prune_tables(settings: Settings, *, everything: bool = False, older_than: float | None = None,
+                 dry_run: bool = False) -> tuple[list[Path], int, int]:
+    """Remove cached apply tables (``fibuild gc``): ``(removed, bytes, kept)``.
+
+    Interrupted writes (temporary files older than an hour) always go; tables when
+    ``everything``, or when written before the epoch time ``older_than``. A table is a cache:
+    the next load of its definition computes it again. Links are unlinked, never followed.
+    """
+    folder = Path(settings.cache_dir) / TABLES_DIR
+    removed: list[Path] = []
+    size = kept = 0
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:  # no folder yet (or unreadable): nothing cached
+        return removed, size, kept
+    now = time.time()
+    for path in entries:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        temp = path.name.startswith(".") and path.name.endswith(".tmp")
+        if temp:
+            drop = now - st.st_mtime > STALE_TEMP_S
+        else:
+            drop = everything or (older_than is not None and st.st_mtime < older_than)
+        if not drop or not (temp or path.suffix == ".json" or path.is_symlink()):
+            kept += 1
+            continue
+        removed.append(path)
+        size += st.st_size
+        if not dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+    return removed, size, kept

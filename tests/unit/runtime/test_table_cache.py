@@ -172,3 +172,32 @@ def test_warm_process_parses_no_manifest_and_imports_no_schema(workspace):
     result = json.loads(cold.stdout)
     assert result["solution"] == "torch_fp32" and result["shape"] == [8, 4096]
     assert result["heavy"] == []
+
+
+def test_gc_removes_cached_tables_and_interrupted_writes(workspace, capsys, monkeypatch):
+    """``fibuild gc`` leaves tables alone by default but removes interrupted writes; ``--all``
+    removes the tables, and the next load computes its table again (a cache, nothing lost)."""
+    from fibuild.cli import main
+
+    workspace.record("torch_alt", 8, 20.0)
+    load(DEF, settings=workspace.settings)
+    folder = workspace.settings.cache_dir / table_cache.TABLES_DIR
+    (table,) = folder.glob("*.json")
+    temp = folder / ".abc-123.tmp"
+    temp.write_text("{")
+    os.utime(temp, (0, 0))  # an interrupted write from long ago
+    fresh_temp = folder / ".def-456.tmp"
+    fresh_temp.write_text("{")  # a write in progress: kept
+    monkeypatch.setenv("FIBUILD_CACHE_DIR", str(workspace.settings.cache_dir))
+    monkeypatch.setenv("FIBUILD_ROOT", str(workspace.root))
+    assert main(["gc", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tables_removed"] == [str(temp)] and table.exists() and fresh_temp.exists()
+    assert main(["gc", "--all", "--dry-run"]) == 0
+    assert f"would remove {table}" in capsys.readouterr().out and table.exists()
+    assert main(["gc", "--all"]) == 0
+    assert "removed 1 cached apply tables" in capsys.readouterr().out
+    assert not table.exists()
+    again = load(DEF, settings=workspace.settings)
+    assert again.explain(batch_size=8).solution.name == "torch_alt"
+    assert list(folder.glob("*.json"))
