@@ -43,6 +43,9 @@ def make_workspace(root: Path) -> None:
     shutil.copy(REPO / "defs" / "rmsnorm" / f"{DEF}.yaml", root / "defs" / "rmsnorm")
     shutil.copytree(REPO / "solutions" / DEF, root / "solutions" / DEF,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    # the shared sources the solutions name (libraries:)
+    shutil.copytree(REPO / "solutions" / "_lib", root / "solutions" / "_lib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "registry").mkdir()
 
 

@@ -37,6 +37,9 @@ def make_workspace(root: Path, names) -> None:
         shutil.copy(src, root / "defs" / src.parent.name)
         shutil.copytree(REPO / "solutions" / name, root / "solutions" / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
+    # the shared sources the solutions name (libraries:)
+    shutil.copytree(REPO / "solutions" / "_lib", root / "solutions" / "_lib",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     (root / "registry").mkdir(parents=True, exist_ok=True)
 
 
