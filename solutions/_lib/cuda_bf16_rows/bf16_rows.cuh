@@ -26,19 +26,25 @@ __device__ __forceinline__ float sum_squares(const uint4& v) {
   return s;
 }
 
-// out = bf16((x * inv_rms) * w), the reference's order of fp32 operations.
-__device__ __forceinline__ uint4 scale(const uint4& x, const uint4& w, float inv_rms) {
-  const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
-  const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
+// bf16(f(a_i, b_i)) over the 8 bf16 pairs of two 16-byte vectors, f taking and giving fp32.
+template <typename F>
+__device__ __forceinline__ uint4 map_pairs(const uint4& a, const uint4& b, F f) {
+  const __nv_bfloat162* ah = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* bh = reinterpret_cast<const __nv_bfloat162*>(&b);
   uint4 r;
   __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    float2 xf = __bfloat1622float2(xh[i]);
-    float2 wf = __bfloat1622float2(wh[i]);
-    rh[i] = __floats2bfloat162_rn(xf.x * inv_rms * wf.x, xf.y * inv_rms * wf.y);
+    float2 af = __bfloat1622float2(ah[i]);
+    float2 bf = __bfloat1622float2(bh[i]);
+    rh[i] = __floats2bfloat162_rn(f(af.x, bf.x), f(af.y, bf.y));
   }
   return r;
+}
+
+// out = bf16((x * inv_rms) * w), the reference's order of fp32 operations.
+__device__ __forceinline__ uint4 scale(const uint4& x, const uint4& w, float inv_rms) {
+  return map_pairs(x, w, [inv_rms](float xf, float wf) { return xf * inv_rms * wf; });
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

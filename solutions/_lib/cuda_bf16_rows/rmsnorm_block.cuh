@@ -34,4 +34,17 @@ __device__ __forceinline__ float block_inv_rms(float ss, float* partial, int tid
   return rsqrtf(ss * (1.f / kHidden) + kEps);
 }
 
+// Normalizes the block's row held in registers (``v``, this thread's vectors) by the weight
+// ``w`` and stores it at ``dst + base``: the sum of squares, block_inv_rms, then scale.
+__device__ __forceinline__ void store_normalized_row(const uint4 (&v)[kVecsPerThread],
+                                                     const uint4 (&w)[kVecsPerThread], uint4* dst,
+                                                     int64_t base, float* partial, int tid) {
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kVecsPerThread; ++i) ss += sum_squares(v[i]);
+  const float inv_rms = block_inv_rms(ss, partial, tid);
+#pragma unroll
+  for (int i = 0; i < kVecsPerThread; ++i) dst[base + tid + i * kThreads] = scale(v[i], w[i], inv_rms);
+}
+
 }  // namespace

@@ -19,17 +19,7 @@ namespace {
 
 // Returns bf16(a + b), the sum computed in fp32 and rounded once.
 __device__ __forceinline__ uint4 add_round(const uint4& a, const uint4& b) {
-  const __nv_bfloat162* ah = reinterpret_cast<const __nv_bfloat162*>(&a);
-  const __nv_bfloat162* bh = reinterpret_cast<const __nv_bfloat162*>(&b);
-  uint4 r;
-  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 af = __bfloat1622float2(ah[i]);
-    float2 bf = __bfloat1622float2(bh[i]);
-    rh[i] = __floats2bfloat162_rn(af.x + bf.x, af.y + bf.y);
-  }
-  return r;
+  return map_pairs(a, b, [](float af, float bf) { return af + bf; });
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -55,14 +45,7 @@ fused_add_rmsnorm_kernel(uint4* __restrict__ hidden, uint4* __restrict__ residua
       residual[base + tid + i * kThreads] = sv[i];
     }
   }
-
-  float ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < kVecsPerThread; ++i) ss += sum_squares(sv[i]);
-  const float inv_rms = block_inv_rms(ss, partial, tid);
-
-#pragma unroll
-  for (int i = 0; i < kVecsPerThread; ++i) hidden[base + tid + i * kThreads] = scale(sv[i], wv[i], inv_rms);
+  store_normalized_row(sv, wv, hidden, base, partial, tid);
 }
 
 bool same_device(const tvm::ffi::TensorView& t, DLDevice dev) {

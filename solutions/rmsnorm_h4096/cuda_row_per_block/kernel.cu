@@ -30,14 +30,7 @@ rmsnorm_row_per_block_kernel(const uint4* __restrict__ x, const uint4* __restric
   for (int i = 0; i < kVecsPerThread; ++i) xv[i] = __ldcs(x + base + tid + i * kThreads);
 #pragma unroll
   for (int i = 0; i < kVecsPerThread; ++i) wv[i] = __ldg(w + tid + i * kThreads);
-
-  float ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < kVecsPerThread; ++i) ss += sum_squares(xv[i]);
-  const float inv_rms = block_inv_rms(ss, partial, tid);
-
-#pragma unroll
-  for (int i = 0; i < kVecsPerThread; ++i) out[base + tid + i * kThreads] = scale(xv[i], wv[i], inv_rms);
+  store_normalized_row(xv, wv, out, base, partial, tid);
 }
 
 // rmsnorm(hidden_states [B, 4096] bf16, weight [4096] bf16, output [B, 4096] bf16): DPS.

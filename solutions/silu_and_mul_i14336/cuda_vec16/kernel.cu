@@ -32,16 +32,7 @@ silu_and_mul_kernel(const uint4* __restrict__ x, uint4* __restrict__ out) {
   const uint4* xr = x + row * (2 * kVecsPerOutRow);
   const uint4 g = __ldcs(xr + col);
   const uint4 u = __ldcs(xr + kVecsPerOutRow + col);
-  const __nv_bfloat162* gh = reinterpret_cast<const __nv_bfloat162*>(&g);
-  const __nv_bfloat162* uh = reinterpret_cast<const __nv_bfloat162*>(&u);
-  uint4 r;
-  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 gf = __bfloat1622float2(gh[i]);
-    float2 uf = __bfloat1622float2(uh[i]);
-    rh[i] = __floats2bfloat162_rn(silu(gf.x) * uf.x, silu(gf.y) * uf.y);
-  }
+  const uint4 r = map_pairs(g, u, [](float gf, float uf) { return silu(gf) * uf; });
   out[row * kVecsPerOutRow + col] = r;
 }
 
