@@ -448,7 +448,10 @@ def _spawn(args, mode: str, env_extra: dict, workspace: Path) -> dict:
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=args.child_timeout)
     if proc.returncode != 0:
         raise SystemExit(f"serving_step: the {mode} run failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # each run's figures as soon as it ends: a session cut short keeps the runs it finished
+    (Path(args.out) / f"run-{mode}.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def _passthrough(args) -> list[str]:

@@ -8,7 +8,8 @@
 #   3. benchmarks/serving_step.py --engine sglang --pdl --profile 3 (plain with enable_pdl on
 #      the norms as SGLang calls them, applied without PDL, applied with PDL) at batch
 #      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it);
-#   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min).
+#   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min); PDL_SESSION_TESTS=0
+#   skips step 1.
 #
 #   benchmarks/device/pdl_session.sh OUT       (from the repository root; OUT defaults to $OUT)
 set -u
@@ -21,7 +22,9 @@ exec > >(tee -a "$out/log-pdl.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
-step 100 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
+if [ "${PDL_SESSION_TESTS:-1}" = 1 ]; then
+  step 100 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
+fi
 step 45 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
 if [ "${PDL_SESSION_KERNEL_TESTS:-0}" = 1 ]; then
   step 150 "GEMM and decode GPU tests (through the compiled-handle launcher)" python3 -m pytest -q -x \
@@ -52,6 +55,6 @@ if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
     --out /tmp/pdl-step
   # at most 8 files come back: the table and plot as files, everything else in one tar
   cp /tmp/pdl-step/serving_step.md /tmp/pdl-step/serving_step.png "$out/" 2>/dev/null
-  (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* profile-*.md bench.log chain.log 2>/dev/null)
+  (cd /tmp/pdl-step && tar -cf "$out/pdl-step.tar" serving_step.* run-*.json profile-*.md bench.log chain.log 2>/dev/null)
 fi
 echo "done $(date -u +%T)"
