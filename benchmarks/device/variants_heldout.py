@@ -39,10 +39,9 @@ DECODE_HELD_OUT = ((2, 256), (2, 1024), (8, 2048), (8, 512), (32, 1024), (64, 20
 FAMILIES = {"gemm": "triton_stream", "decode": "triton_split_kv"}
 
 
-def bench(ws: Path, out: Path, timeout_s: float) -> dict:
-    """Step 1: ``fibuild bench`` of the grids in the scratch workspace."""
-    # The decode grid second: a bench cut short by its time limit still leaves records of each kind.
-    cmd = [sys.executable, "-m", "fibuild", "--root", str(ws), "bench", GEMMS[0], DECODE, *GEMMS[1:],
+def bench(ws: Path, out: Path, timeout_s: float, names) -> dict:
+    """Step 1: ``fibuild bench`` of the grids of ``names`` in the scratch workspace."""
+    cmd = [sys.executable, "-m", "fibuild", "--root", str(ws), "bench", *names,
            "--solution", FAMILIES["gemm"], "--solution", FAMILIES["decode"], "--device", "cuda",
            "--warmup", "10", "--rep", "40", "--timeout", "60", "--allow-failures"]
     t0 = time.time()
@@ -101,8 +100,8 @@ def measure(defn, variants, workload, settings) -> dict:
     return out
 
 
-def held_out(ws: Path, deadline: float) -> list[dict]:
-    """Step 2: every variant and the resolved one at each held-out shape."""
+def held_out(ws: Path, deadline: float, names) -> list[dict]:
+    """Step 2: every variant and the resolved one at each held-out shape of ``names``."""
     from fibuild.config import Settings
     from fibuild.runtime.api import resolve
     from fibuild.spec.model import Workload
@@ -110,9 +109,11 @@ def held_out(ws: Path, deadline: float) -> list[dict]:
 
     settings = Settings.from_env(root=ws)
     workspace = Workspace(ws)
-    cases = [(d, Workload(uuid=f"held-out-M{m}", axes={"M": m}), "gemm") for d in GEMMS for m in GEMM_HELD_OUT]
-    decode = workspace.definition(DECODE)
-    cases += [(DECODE, decode_workload(decode, b, kv), "decode") for b, kv in DECODE_HELD_OUT]
+    cases = [(d, Workload(uuid=f"held-out-M{m}", axes={"M": m}), "gemm")
+             for d in GEMMS if d in names for m in GEMM_HELD_OUT]
+    if DECODE in names:
+        decode = workspace.definition(DECODE)
+        cases += [(DECODE, decode_workload(decode, b, kv), "decode") for b, kv in DECODE_HELD_OUT]
     rows = []
     for name, workload, kind in cases:
         if time.time() > deadline:
@@ -175,6 +176,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "out"))
     parser.add_argument("--budget-s", type=float, default=450.0, help="whole run (default 450 s)")
+    # the decode grid second: a bench cut short by its time limit still leaves records of each kind
+    parser.add_argument("--defs", nargs="+", default=[GEMMS[0], DECODE, *GEMMS[1:]], metavar="DEF",
+                        choices=[*GEMMS, DECODE], help="the grids' definitions (default: all three)")
     args = parser.parse_args()
     start = time.time()
     out = Path(args.out)
@@ -183,9 +187,9 @@ def main() -> int:
     for part in ("defs", "solutions"):
         shutil.copytree(ROOT / part, ws / part)
     (ws / "registry").mkdir()
-    bench_info = bench(ws, out, timeout_s=args.budget_s * 0.6)
+    bench_info = bench(ws, out, timeout_s=args.budget_s * 0.6, names=args.defs)
     print(f"bench: {bench_info}", flush=True)
-    rows = held_out(ws, deadline=start + args.budget_s - 20)
+    rows = held_out(ws, deadline=start + args.budget_s - 20, names=args.defs)
     write_table(rows, bench_info, out)
     return 0
 
