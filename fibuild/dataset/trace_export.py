@@ -22,6 +22,7 @@ from ..errors import FibuildError
 from ..registry import Registry
 from ..spec.model import Definition
 from ..spec.workspace import Workspace
+from . import trace_evaluations as te
 from . import trace_mapping as tm
 from .files import confined, copy_file, relative_path, write_text
 from .report import DatasetReport
@@ -162,7 +163,7 @@ def _export_evaluations(workspace: Workspace, defn: Definition, out: Path, solut
             # The workload is gone or not exportable: describe its tensors as random.
             workload_inputs = {t.name: {"type": "random"} for t in defn.inputs if not t.is_scalar}
         try:
-            line = tm.evaluation_to_dataset(ev, workload_inputs, solutions[ev.solution])
+            line = te.evaluation_to_dataset(ev, workload_inputs, solutions[ev.solution])
         except tm.Unsupported as exc:
             report.skip("evaluation", f"{defn.name}/{ev.solution}/{ev.workload_uuid}", str(exc), where)
             continue

@@ -33,6 +33,7 @@ from ..spec.documents import dump_yaml
 from ..spec.manifest import load_definition, load_solution
 from ..spec.schema import validate
 from ..spec.workspace import Workspace
+from . import trace_evaluations as te
 from . import trace_mapping as tm
 from .files import copy_file, line_of, read_json, same_bytes, write_text
 from .report import DatasetReport
@@ -218,7 +219,7 @@ def _read_traces(root: Path, workspace: Workspace, defs: dict[str, PendingDefini
                         f"solution {solution!r} is not imported", f"{path}:{lineno}")
             continue
         try:
-            ev = tm.evaluation_from_dataset(name, workload, solution, evaluation, item.solutions[solution][2])
+            ev = te.evaluation_from_dataset(name, workload, solution, evaluation, item.solutions[solution][2])
         except ValueError as exc:
             raise DatasetError(path, lineno, str(exc)) from None
         record = evaluation_to_dict(ev)

@@ -9,12 +9,9 @@ the file and line). Key order follows the dataset's files so exports diff cleanl
 """
 from __future__ import annotations
 
-import math
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..devices import slugify
-from ..spec.model import DTYPES, LANGUAGES, STATUSES, Evaluation, LatencyStats
+from ..spec.model import DTYPES, LANGUAGES
 from ..spec.schema import name_problem
 from .files import relative_path
 
@@ -32,13 +29,13 @@ class Unsupported(Exception):
     """fibuild cannot express this record; ``str(exc)`` says why."""
 
 
-def _mapping(value: Any, what: str) -> Mapping:
+def as_mapping(value: Any, what: str) -> Mapping:
     if not isinstance(value, Mapping):
         raise ValueError(f"{what} is not a JSON object")
     return value
 
 
-def _string(data: Mapping, key: str, what: str, *, required: bool = True) -> str | None:
+def string_field(data: Mapping, key: str, what: str, *, required: bool = True) -> str | None:
     value = data.get(key)
     if value is None and not required:
         return None
@@ -50,7 +47,7 @@ def _string(data: Mapping, key: str, what: str, *, required: bool = True) -> str
 def _name(data: Mapping, key: str, what: str) -> str:
     """``data[key]`` checked before it becomes a path: ValueError (malformed, the import stops)
     for one that holds a path, Unsupported (skipped) for another that is no manifest name."""
-    value = _string(data, key, what)
+    value = string_field(data, key, what)
     _check_name(value, f"{what}: {key}")
     return value
 
@@ -85,10 +82,10 @@ def definition_from_dataset(data: Any) -> tuple[dict, list[str]]:
     Raises ValueError for a malformed definition, Unsupported for one fibuild cannot hold
     (a dtype it lacks, an optional input, a zero-sized const axis).
     """
-    data = _mapping(data, "definition")
+    data = as_mapping(data, "definition")
     for key in ("name", "op_type"):
         _name(data, key, "definition")
-    _string(data, "reference", "definition")
+    string_field(data, "reference", "definition")
     name = data["name"]
     notes = _dropped(data, DEFINITION_KEYS, f"definition {name}")
     out: dict[str, Any] = {"name": name, "op_type": data["op_type"]}
@@ -97,8 +94,8 @@ def definition_from_dataset(data: Any) -> tuple[dict, list[str]]:
     if data.get("tags"):
         out["tags"] = _strings(data, "tags", f"definition {name}")
     axes = {}
-    for axis, spec in _mapping(data.get("axes"), f"definition {name}: axes").items():
-        spec = _mapping(spec, f"axis {axis}")
+    for axis, spec in as_mapping(data.get("axes"), f"definition {name}: axes").items():
+        spec = as_mapping(spec, f"axis {axis}")
         notes += _dropped(spec, _AXIS_KEYS, f"definition {name}: axis {axis}")
         if spec.get("type") == "const" and spec.get("value") == 0:
             raise Unsupported(f"const axis {axis!r} is 0 (fibuild axes are at least 1)")
@@ -108,8 +105,8 @@ def definition_from_dataset(data: Any) -> tuple[dict, list[str]]:
         out["constraints"] = list(data["constraints"])
     for section in ("inputs", "outputs"):
         tensors = {}
-        for tensor, spec in _mapping(data.get(section), f"definition {name}: {section}").items():
-            spec = _mapping(spec, f"{section} {tensor}")
+        for tensor, spec in as_mapping(data.get(section), f"definition {name}: {section}").items():
+            spec = as_mapping(spec, f"{section} {tensor}")
             if spec.get("optional"):
                 raise Unsupported(f"{section[:-1]} {tensor!r} is optional; fibuild inputs are all required")
             notes += _dropped(spec, _TENSOR_KEYS + ("optional",), f"definition {name}: {section[:-1]} {tensor}")
@@ -190,13 +187,13 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
     Unsupported for a language fibuild has no builder for or a torch-binding C++/CUDA
     solution (fibuild builds native code through tvm-ffi only).
     """
-    data = _mapping(data, "solution")
+    data = as_mapping(data, "solution")
     for key in ("name", "definition"):
         _name(data, key, "solution")
-    _string(data, "author", "solution")
-    spec = _mapping(data.get("spec"), f"solution {data['name']}: spec")
-    language = _string(spec, "language", "spec")
-    entry = _string(spec, "entry_point", "spec")
+    string_field(data, "author", "solution")
+    spec = as_mapping(data.get("spec"), f"solution {data['name']}: spec")
+    language = string_field(spec, "language", "spec")
+    entry = string_field(spec, "entry_point", "spec")
     if entry.count("::") != 1:
         raise ValueError(f"spec: entry_point {entry!r} is not 'file::function'")
     sources = data.get("sources")
@@ -204,7 +201,7 @@ def solution_from_dataset(data: Any) -> tuple[dict, dict[str, str], list[str]]:
         raise ValueError("solution: 'sources' must be a non-empty list of {path, content}")
     files: dict[str, str] = {}
     for i, source in enumerate(sources):
-        source = _mapping(source, f"sources[{i}]")
+        source = as_mapping(source, f"sources[{i}]")
         try:
             path = relative_path(source.get("path"))
         except ValueError as exc:
@@ -287,19 +284,19 @@ def workload_line(data: Any, *, evaluated: bool) -> tuple[str, Mapping, str | No
     ``evaluated``: a trace line (solution and evaluation required) or a workload line
     (both null or absent).
     """
-    data = _mapping(data, "line")
-    definition = _string(data, "definition", "line")
-    workload = _mapping(data.get("workload"), "workload")
-    _string(workload, "uuid", "workload")
-    axes = _mapping(workload.get("axes"), "workload.axes")
+    data = as_mapping(data, "line")
+    definition = string_field(data, "definition", "line")
+    workload = as_mapping(data.get("workload"), "workload")
+    string_field(workload, "uuid", "workload")
+    axes = as_mapping(workload.get("axes"), "workload.axes")
     for axis, value in axes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"workload.axes.{axis} = {value!r} is not a non-negative integer")
-    _mapping(workload.get("inputs", {}), "workload.inputs")
+    as_mapping(workload.get("inputs", {}), "workload.inputs")
     solution, evaluation = data.get("solution"), data.get("evaluation")
     if evaluated:
-        _string(data, "solution", "trace")
-        _mapping(evaluation, "evaluation")
+        string_field(data, "solution", "trace")
+        as_mapping(evaluation, "evaluation")
     elif solution is not None or evaluation is not None:
         raise ValueError("a workloads file holds workload lines only (solution and evaluation null)")
     return definition, workload, solution, evaluation
@@ -309,106 +306,3 @@ def workload_to_dataset(definition: str, uuid: str, axes: Mapping[str, int], inp
     """A workload line as the dataset's workloads files write it."""
     return {"definition": definition, "solution": None,
             "workload": {"uuid": uuid, "axes": dict(axes), "inputs": dict(inputs)}, "evaluation": None}
-
-
-# --- evaluations -------------------------------------------------------------------------
-
-def _timestamp(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"evaluation.timestamp {value!r} is not a string")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"evaluation.timestamp {value!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:  # the dataset writes naive UTC times too
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
-
-
-def _latency(ms: Any, what: str) -> LatencyStats | None:
-    if ms is None:
-        return None
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
-        raise ValueError(f"evaluation.performance.{what} = {ms!r} is not a finite number >= 0")
-    us = float(ms) * 1000.0
-    # The dataset keeps one figure (the mean); fibuild's statistics all take it, over n=1.
-    return LatencyStats(median_us=us, p20_us=us, p80_us=us, mean_us=us, n=1)
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, str):  # pydantic writes NaN/inf as strings
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{value!r} is not a number")
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def evaluation_from_dataset(definition: str, workload: Mapping, solution: str, evaluation: Mapping,
-                            solution_digest: str) -> Evaluation:
-    """A fibuild Evaluation of a trace line; ValueError if malformed.
-
-    The device slug is the slugified ``environment.hardware``; the environment is kept
-    whole under ``environment`` (plus the correctness ``extra``, when given).
-    """
-    status = evaluation.get("status")
-    if status not in STATUSES:
-        raise ValueError(f"evaluation.status {status!r} is not one of {', '.join(STATUSES)}")
-    env = _mapping(evaluation.get("environment"), "evaluation.environment")
-    hardware = _string(env, "hardware", "evaluation.environment")
-    device = slugify(hardware)
-    if not device:
-        raise ValueError(f"evaluation.environment.hardware {hardware!r} names no device")
-    correctness = _mapping(evaluation.get("correctness") or {}, "evaluation.correctness")
-    performance = _mapping(evaluation.get("performance") or {}, "evaluation.performance")
-    environment = {"hardware": hardware, "libs": dict(env.get("libs") or {})}
-    if correctness.get("extra") is not None:
-        environment["correctness_extra"] = correctness["extra"]
-    speedup = _finite(performance.get("speedup_factor"))
-    return Evaluation(
-        definition=definition, solution=solution, solution_digest=solution_digest, build_key="",
-        workload_uuid=workload["uuid"], axes={k: int(v) for k, v in workload["axes"].items()},
-        status=status, device=device,
-        latency=_latency(performance.get("latency_ms"), "latency_ms") if performance else None,
-        reference_latency=(_latency(performance.get("reference_latency_ms"), "reference_latency_ms")
-                           if performance else None),
-        speedup=speedup if speedup else None,
-        max_abs_error=_finite(correctness.get("max_absolute_error")) if correctness else None,
-        max_rel_error=_finite(correctness.get("max_relative_error")) if correctness else None,
-        error=str(evaluation.get("log") or ""), environment=environment,
-        timestamp=_timestamp(evaluation.get("timestamp")),
-    )
-
-
-def evaluation_to_dataset(ev: Evaluation, workload_inputs: Mapping[str, Any],
-                          solution_name: str | None = None) -> dict:
-    """A trace line for ``ev``, in the key order flashinfer-bench's models write;
-    ``solution_name`` is the solution's dataset name (default ``ev.solution``).
-
-    Raises Unsupported when the status needs figures the record lacks (PASSED without a
-    latency or errors, INCORRECT_NUMERICAL without errors).
-    """
-    env = ev.environment
-    hardware = env.get("hardware") or env.get("device_name") or ev.device
-    libs = env.get("libs")
-    if not isinstance(libs, Mapping):
-        libs = {k: str(env[k]) for k in ("torch", "cuda", "triton", "tvm_ffi", "flashinfer", "fibuild")
-                if env.get(k) is not None}
-    evaluation: dict[str, Any] = {"status": ev.status, "environment": {"hardware": hardware, "libs": dict(libs)},
-                                  "timestamp": ev.timestamp, "log": ev.error, "correctness": None,
-                                  "performance": None}
-    if ev.status in ("PASSED", "INCORRECT_NUMERICAL"):
-        if ev.max_abs_error is None or ev.max_rel_error is None:
-            raise Unsupported(f"a {ev.status} record without error figures")
-        evaluation["correctness"] = {"max_relative_error": ev.max_rel_error,
-                                     "max_absolute_error": ev.max_abs_error,
-                                     "extra": env.get("correctness_extra")}
-    if ev.status == "PASSED":
-        if ev.latency is None:
-            raise Unsupported("a PASSED record without a latency")
-        ref = ev.reference_latency.mean_us / 1000.0 if ev.reference_latency else 0.0
-        evaluation["performance"] = {"latency_ms": ev.latency.mean_us / 1000.0, "reference_latency_ms": ref,
-                                     "speedup_factor": ev.speedup or 0.0}
-    return {"definition": ev.definition,
-            "workload": {"axes": dict(ev.axes), "inputs": dict(workload_inputs), "uuid": ev.workload_uuid},
-            "solution": solution_name or ev.solution, "evaluation": evaluation}
