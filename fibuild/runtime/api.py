@@ -29,8 +29,9 @@ from fibuild.spec.workspace import Workspace
 
 from .collect import target_device
 from .decisions import BaseReporter, Resolution
-from .dispatch import AUTO, Kernel, key_from_axes, make_kernel, warn_unmeasured
+from .dispatch import AUTO, Kernel, key_from_axes, make_kernel
 from .resolve import Resolver, check_mode, policy_chain
+from .table import ApplyTable, usable_keys
 from .table_cache import load_table
 
 log = logging.getLogger("fibuild.runtime")
@@ -198,3 +199,31 @@ def _covered_or_fallback(kernel: Kernel, fallback: Callable | None, args: tuple,
             log.info("fibuild.apply(%r): a call the definition does not cover runs the fallback %s (%s)",
                      kernel.name, getattr(fallback, "__qualname__", fallback), str(exc).splitlines()[0])
         return fallback(*args) if out is None else fallback(*args, out=out)
+
+
+_WARNED: set[tuple[str, str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_unmeasured(table: ApplyTable) -> bool:
+    """Log, once per process and (definition, device, cause), that resolution on ``table``
+    does not rest on this device's evaluations: it borrows another device's, or has none and
+    runs the baseline (or, with no baseline that can run, the reference). Names the device and
+    the command that fixes it. Returns whether it logged now. Cost: one pass over the keys."""
+    if table.borrowed:
+        cause = f"borrows the evaluations of {table.borrowed} (same compute capability)"
+    elif usable_keys(table):
+        return False
+    elif table.baseline:
+        cause = f"runs its baseline {table.baseline}"
+    else:
+        cause = f"runs its reference ({table.baseline_note})"
+    marker = (table.definition, table.device, cause)
+    with _WARNED_LOCK:
+        if marker in _WARNED:
+            return False
+        _WARNED.add(marker)
+    log.warning("fibuild: %s has no usable evaluation on %s and %s; run `fibuild bench %s` on this "
+                "machine to measure its solutions here", table.definition, table.device, cause,
+                table.definition)
+    return True

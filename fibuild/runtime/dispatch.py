@@ -26,7 +26,7 @@ from .custom_op import register_op
 from .decisions import REFERENCE, Rejected, Resolution, format_key
 from .input_checks import guarded, mismatch, out_check
 from .resolve import Resolver, check_mode, policy_chain
-from .table import ApplyTable, usable_keys
+from .table import ApplyTable
 
 # Heavy or optional dependencies, imported inside the functions that use them: torch.
 
@@ -310,34 +310,6 @@ class _OneAxisKernel(Kernel):
             if fn is not None:
                 return fn(*args)
         return self._slow(key, args, out)
-
-
-_WARNED: set[tuple[str, str, str]] = set()
-_WARNED_LOCK = threading.Lock()
-
-
-def warn_unmeasured(table: ApplyTable) -> bool:
-    """Log, once per process and (definition, device, cause), that resolution on ``table``
-    does not rest on this device's evaluations: it borrows another device's, or has none and
-    runs the baseline (or, with no baseline that can run, the reference). Names the device and
-    the command that fixes it. Returns whether it logged now. Cost: one pass over the keys."""
-    if table.borrowed:
-        cause = f"borrows the evaluations of {table.borrowed} (same compute capability)"
-    elif usable_keys(table):
-        return False
-    elif table.baseline:
-        cause = f"runs its baseline {table.baseline}"
-    else:
-        cause = f"runs its reference ({table.baseline_note})"
-    marker = (table.definition, table.device, cause)
-    with _WARNED_LOCK:
-        if marker in _WARNED:
-            return False
-        _WARNED.add(marker)
-    log.warning("fibuild: %s has no usable evaluation on %s and %s; run `fibuild bench %s` on this "
-                "machine to measure its solutions here", table.definition, table.device, cause,
-                table.definition)
-    return True
 
 
 def current_mode() -> str:

@@ -59,9 +59,9 @@ def test_unevaluated_key_uses_nearest_evaluated_key(workspace):
 
 
 def test_baseline_when_nothing_is_evaluated(workspace, caplog, monkeypatch):
-    from fibuild.runtime import dispatch
+    from fibuild.runtime import api
 
-    monkeypatch.setattr(dispatch, "_WARNED", set())
+    monkeypatch.setattr(api, "_WARNED", set())
     with caplog.at_level("WARNING", logger="fibuild.runtime"):
         k = load(DEF, settings=workspace.settings)
         x, w = inputs(5)

@@ -16,7 +16,7 @@ import pytest
 from fibuild import devices
 from fibuild.config import Settings
 from fibuild.devices import Device
-from fibuild.runtime import collect, dispatch
+from fibuild.runtime import api, collect
 from fibuild.runtime.api import load
 from fibuild.spec.workspace import Workspace, shipped_root
 
@@ -30,7 +30,7 @@ def gpu(monkeypatch):
     """This machine's ``cuda`` is an H100; warnings already given in this process are forgotten."""
     real = devices._probe
     monkeypatch.setattr(devices, "_probe", lambda kind, index: H100 if kind == "cuda" else real(kind, index))
-    monkeypatch.setattr(dispatch, "_WARNED", set())
+    monkeypatch.setattr(api, "_WARNED", set())
 
 
 def with_dependencies(monkeypatch):
