@@ -33,6 +33,12 @@ from fibuild.errors import BuildError, CacheError, FibuildError, cache_error
 from fibuild.spec.model import Definition, Solution
 
 BUILD_STATUSES = ("cached", "built", "failed", "unavailable", "skipped")
+LOG_TAIL_LINES = 50  # lines of a failed build's log kept in its error
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``text``."""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -283,11 +289,11 @@ def _run_batch(settings: Settings, native: list[BuildItem], jobs: int, keep_goin
             if fault:  # the disk failed, not the solution: nothing recorded, so a rerun retries
                 raise CacheError(f"{item.directory}: building {item.sol.qualified_name} failed: {fault}: "
                                  "free space, or set FIBUILD_CACHE_DIR to another file system\n"
-                                 + store.log_tail(log_text, 5))
+                                 + log_tail(log_text, 5))
             why = "compile failed" if failed_outs else "not built (ninja stopped before it)"
             exc = BuildError(f"{item.sol.qualified_name}: {why}", solution=item.sol.qualified_name,
                              build_dir=item.directory,
-                             log_tail=at_user_sources(store.log_tail(log_text), item.sol, item.directory))
+                             log_tail=at_user_sources(log_tail(log_text), item.sol, item.directory))
             record_failure(item.directory, item.sol, item.key, exc)
             settle(_outcome(item, "failed", seconds, exc))
             continue

@@ -58,7 +58,6 @@ FAILED = "failed.json"
 LOG = "build.log"
 KEY_FILE = "key"  # the full key, written when a build starts (names the lock of an unfinished dir)
 META_SCHEMA = 2  # 2: meta.json carries "files" (size + sha256 of what is loaded) and "meta_sha256"
-LOG_TAIL_LINES = 50
 STALE = ".stale-"  # suffix of a directory moved aside because it failed verification
 #: Fields every meta.json holds; load_committed needs nothing else.
 META_FIELDS = ("schema", "key", "digest", "language", "definition", "solution", "artifact",
@@ -339,10 +338,6 @@ def remove_build(directory: Path) -> None:
         directory.parent.rmdir()  # the <key[:2]> fan-out folder, when now empty
     except OSError:
         pass
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fibuild.compile import store
+from fibuild.compile import batch, store
 
 KEY = "ab" + "c" * 62
 
@@ -74,7 +74,7 @@ def test_scan_and_remove(tmp_path):
 
 def test_log_tail():
     text = "\n".join(str(i) for i in range(100))
-    assert store.log_tail(text).splitlines() == [str(i) for i in range(50, 100)]
+    assert batch.log_tail(text).splitlines() == [str(i) for i in range(50, 100)]
 
 
 def test_dir_with_corrupt_meta_is_moved_aside_not_rewritten(tmp_path):
