@@ -169,7 +169,7 @@ class Rank(SolutionLoader):
         def kernel():
             return self.kernel(self.workspace().definition(msg["definition"]), msg["solution"])
 
-        reply = first_call_reply(msg, inputs, kernel, self.sync, fatal=True)
+        reply = first_call_reply(msg, inputs, kernel, self.sync, fatal=True, collective=True)
         if reply["status"] != "PASSED":
             reply["fatal"] = True
             reply["error"] = f"rank {self.rank}: {reply['error']}"

@@ -64,10 +64,19 @@ def looks_like_build_failure(exc: BaseException) -> bool:
     return "error building extension" in text or "ninja" in text
 
 
-def first_call_reply(msg: Mapping[str, Any], inputs, kernel, sync, *, fatal: bool) -> dict[str, Any]:
+def leaves_context_usable(exc: BaseException) -> bool:
+    """Whether an exception from a CUDA call certainly left the context usable: Triton's
+    ``OutOfResources``, which its launcher raises before launching (a variant that needs more
+    shared memory or registers than the device has). Anything else may be a sticky CUDA error."""
+    return any(cls.__name__ == "OutOfResources" for cls in type(exc).__mro__)
+
+
+def first_call_reply(msg: Mapping[str, Any], inputs, kernel, sync, *, fatal: bool,
+                     collective: bool = False) -> dict[str, Any]:
     """The reply to ``prepare``: ``inputs()`` (not timed), then ``kernel()`` (the loaded
     solution) called once on a copy of them and ``sync()``, timed as ``prepare_s``. Never
-    raises; an exception in the call is fatal when ``fatal`` (CUDA, or a collective).
+    raises; an exception in the call is fatal when ``fatal`` (CUDA, or a collective), unless
+    it certainly left the context usable and no collective is involved.
     Shared by the worker and the distributed ranks.
     """
     reply: dict[str, Any] = {"op": "result", "id": msg.get("id"), "status": "PASSED", "prepare_s": None,
@@ -87,7 +96,8 @@ def first_call_reply(msg: Mapping[str, Any], inputs, kernel, sync, *, fatal: boo
     except Exception as exc:
         tail = "".join(traceback.format_exception(exc)[-6:])
         build = stage == "first call" and looks_like_build_failure(exc)
-        reply.update(status="COMPILE_ERROR" if build else "RUNTIME_ERROR", fatal=fatal,
+        reply.update(status="COMPILE_ERROR" if build else "RUNTIME_ERROR",
+                     fatal=fatal and (collective or not leaves_context_usable(exc)),
                      error=f"{stage} failed: {type(exc).__name__}: {exc}\n{tail}")
     return reply
 
@@ -248,7 +258,7 @@ class Worker(SolutionLoader):
             where = "the reference failed" if stage == "reference" else f"{stage} failed"
             reply.update(status="RUNTIME_ERROR", error=f"{where}: {type(exc).__name__}: {exc}\n{tail}")
             # A CUDA error leaves the context unusable: reply, then let the parent replace us.
-            reply["fatal"] = self.device != "cpu"
+            reply["fatal"] = self.device != "cpu" and not leaves_context_usable(exc)
         return reply
 
 

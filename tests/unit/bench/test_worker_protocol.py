@@ -51,3 +51,31 @@ def test_worker_answers_then_reports_its_death(tmp_path):
             worker.request({"op": "run"}, timeout_s=10)
     finally:
         worker.close()
+
+
+class _Kernel:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def call(self, *args):
+        raise self.exc
+
+
+@pytest.mark.parametrize("collective", [False, True])
+def test_a_variant_beyond_the_devices_shared_memory_does_not_cost_the_worker(collective):
+    """Triton's OutOfResources is raised by its launcher before anything runs (the H100 refused
+    grid variants needing 240 and 256 KiB): the item is a RUNTIME_ERROR naming the limit and the
+    worker stays, except beside a collective; any other exception on a GPU stays fatal."""
+    from triton.runtime.errors import OutOfResources
+
+    from fibuild.bench.worker import first_call_reply
+
+    def reply(exc):
+        return first_call_reply({"id": 7}, lambda: (), lambda: _Kernel(exc), lambda: None, fatal=True,
+                                collective=collective)
+
+    refused = reply(OutOfResources(262144, 232448, "shared memory"))
+    assert refused["status"] == "RUNTIME_ERROR" and "Required: 262144" in refused["error"]
+    assert refused["fatal"] is collective
+    crashed = reply(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert crashed["status"] == "RUNTIME_ERROR" and crashed["fatal"] is True
