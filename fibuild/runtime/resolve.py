@@ -9,8 +9,11 @@ Policies, tried as a chain that starts at the requested one (``strict`` tries on
   by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
   only when no evaluated key lies below, the closest above. A launch config tuned for a
   smaller bucket degrades gently on a larger shape; one tuned for a larger bucket can
-  lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x);
-- ``def_best``: the solution that runs the most evaluated keys;
+  lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x). Only keys
+  within :data:`REACH` times the key on every var axis count: beyond that nothing measured
+  speaks for the shape (a GEMM variant measured up to M = 8 ran 0.16x the best at M = 4096);
+- ``def_best``: the solution that runs the most evaluated keys; it steps aside for a baseline
+  that can run when no evaluated key is within reach;
 - ``baseline``: the definition's baseline (FlashInfer's, cuBLAS through torch), where the
   device has no usable evaluation, or where the baseline's records here are all of an older
   version (no challenger can then be shown to beat it, so the measured policies step aside);
@@ -36,6 +39,8 @@ from .decisions import REFERENCE, Accepted, BaseReporter, Decision, PolicySkippe
 from .table import STALE, ApplyTable
 
 POLICIES = ("exact", "nearest", "def_best", "baseline", "reference")
+#: How far (a ratio, on every var axis) an evaluated key speaks for an unseen one.
+REACH = 4.0
 #: Policies whose answer rests on evaluations (the others are defaults).
 MEASURED = ("exact", "nearest", "def_best")
 
@@ -69,6 +74,12 @@ def log_distance(a: ApplyKey, b: ApplyKey) -> float:
 def is_below(key: ApplyKey, other: ApplyKey) -> bool:
     """Whether ``other`` is at or below ``key`` on every var axis."""
     return all(b <= a for a, b in zip(key, other))
+
+
+def within_reach(key: ApplyKey, other: ApplyKey) -> bool:
+    """Whether ``other`` is within :data:`REACH` times ``key`` on every var axis (values
+    below 1 count as 1)."""
+    return all(max(a, 1) <= REACH * max(b, 1) and max(b, 1) <= REACH * max(a, 1) for a, b in zip(key, other))
 
 
 def nearest_order(key: ApplyKey, keys) -> list[ApplyKey]:
@@ -162,7 +173,12 @@ class Resolver:
         return decision.chosen.solution, decision, decision.reason
 
     def _nearest(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
-        for k in nearest_order(key, self.table.ranked):
+        order = nearest_order(key, self.table.ranked)
+        reachable = [k for k in order if within_reach(key, k)]
+        if order and not reachable:
+            return PolicySkipped("nearest", f"no usable PASSED evaluation within {REACH:g}x of {format_key(key)} "
+                                            f"on every var axis (the nearest evaluated key: {format_key(order[0])})")
+        for k in reachable:
             decision = decide(self.table, k, mode, out)
             if decision is None:
                 continue
@@ -175,6 +191,11 @@ class Resolver:
         return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
 
     def _def_best(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):
+        baseline = self.table.baseline
+        if (baseline is not None and baseline not in out and self.reference_label == REFERENCE
+                and not any(within_reach(key, k) for k in self.table.ranked)):
+            return PolicySkipped("def_best", f"{format_key(key)} lies beyond {REACH:g}x of every evaluated key: "
+                                             f"the baseline {baseline} answers")
         counts = wins(self.table, mode, everywhere)  # keys won, with the key's own failures aside
         for name in sorted(counts, key=lambda s: (-counts[s], s)):
             if name not in out:

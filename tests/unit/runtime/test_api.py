@@ -374,5 +374,10 @@ def test_an_unseen_key_takes_the_nearest_evaluated_key_below(workspace):
     below_all = k.explain(batch_size=2)  # nothing below: the nearest above
     assert (below_all.solution.name, below_all.evaluated_key) == ("torch_fp32", (4,))
     assert "above it (none below)" in str(below_all.decisions)
-    assert (k.explain(batch_size=1000).solution.name, k.explain(batch_size=1000).evaluated_key) == \
+    assert (k.explain(batch_size=100).solution.name, k.explain(batch_size=100).evaluated_key) == \
         ("torch_alt", (32,))
+    # beyond 4x of every evaluated key nothing measured speaks for the shape: the baseline runs
+    far = k.explain(batch_size=1000)
+    assert far.policy == "baseline" and far.evaluated_key is None
+    assert "no usable PASSED evaluation within 4x of (1000,)" in str(far.decisions)
+    assert "lies beyond 4x of every evaluated key" in str(far.decisions)
