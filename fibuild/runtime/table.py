@@ -23,6 +23,8 @@ from .decisions import REFERENCE
 
 #: How the reason of a solution whose records on the device are all of older versions begins.
 STALE = "stale digest"
+#: Why a solution with no record at all on the device takes no part (``ApplyTable.excluded``).
+NOT_HERE = "no evaluation on this device"
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             table.excluded[name] = f"cannot run here: {cand.unavailable}"
         elif name not in seen_here:
             others = sorted(elsewhere.get(name, ()))
-            table.excluded[name] = ("no evaluation on this device"
+            table.excluded[name] = (NOT_HERE
                                     + (f" (evaluated on {', '.join(others)})" if others else ""))
             unmeasured.add(name)
         elif cand.digest not in seen_here[name]:

@@ -348,6 +348,7 @@ def test_load_resolve_and_apply_take_a_root(workspace, tmp_path, monkeypatch):
     environment and the current directory say."""
     import dataclasses
 
+    workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 20.0)
     monkeypatch.chdir(tmp_path)
     elsewhere = dataclasses.replace(workspace.settings, root=tmp_path / "elsewhere")

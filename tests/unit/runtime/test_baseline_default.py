@@ -127,3 +127,43 @@ def test_a_cpu_never_borrows_from_a_gpu():
     assert not collect.same_capability("cpu-amd-epyc", H200)
     assert collect.same_capability(H100.slug, H200)
     assert not collect.same_capability(H100.slug, "nvidia-a100-sxm4-80gb-sm80")
+
+
+def test_a_baseline_never_measured_on_the_device_stays(tmp_path, gpu, monkeypatch):
+    """The H100 ran the O projection's Triton grid alone (its records below, from the
+    18:29 run of benchmarks/device/variants_heldout.py, shortened): cuBLAS through torch was not
+    measured beside it, so no variant can be shown to beat it and the baseline runs; once the
+    baseline is measured there, the measured policies answer again."""
+    import json
+
+    from fibuild.compile.keys import solution_digest
+
+    with_dependencies(monkeypatch)
+    name = "gemm_n4096_k4096_bf16"
+    settings = workspace(tmp_path, registry_of=[name])
+    root = tmp_path / "ws"
+    ws = Workspace(root)
+    defn = ws.definition(name)
+    (own,) = [json.loads(line) for line in (root / "registry" / name / f"{H200}.jsonl").read_text().splitlines()
+              if json.loads(line)["solution"] == "torch_matmul" and json.loads(line)["axes"] == {"M": 1}][-1:]
+    fma = ws.solution("triton_stream[KERNEL=fma,BLOCK_M=1,BLOCK_N=8,BLOCK_K=512,STAGES=3,WARPS=4]", name)
+
+    def record(sol, median):
+        rec = dict(own, device=H100.slug, solution=sol.name, solution_digest=solution_digest(defn, sol),
+                   timestamp="2026-12-07T18:31:00Z")
+        rec["environment"] = dict(own["environment"], device=H100.slug, device_name=H100.name)
+        rec["latency"] = dict(own["latency"], median_us=median, p20_us=median * 0.99, p80_us=median * 1.01,
+                              mean_us=median)
+        for k in ("min_us", "q1_us", "q3_us"):
+            if k in rec["latency"]:
+                rec["latency"][k] = median * {"min_us": 0.98, "q1_us": 0.99, "q3_us": 1.01}[k]
+        with open(root / "registry" / name / f"{H100.slug}.jsonl", "a") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    record(fma, 18.3)
+    res = load(name, settings=settings, mode="graph").explain(M=1)
+    assert res.solution.name == "torch_matmul" and res.policy == "baseline" and not res.borrowed
+    assert "was measured on nvidia-h100-80gb-hbm3-sm90 never" in res.explain()
+    record(ws.solution("torch_matmul", name), 30.0)
+    res = load(name, settings=settings, mode="graph").explain(M=1)
+    assert res.solution.name == fma.name and res.evaluated_key == (1,) and res.verdict == "FAST"

@@ -39,6 +39,7 @@ def test_schema_refuses_an_output_axis_no_input_carries():
 
 
 def test_op_under_torch_compile_matches_the_reference(workspace):
+    workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 10.0)
     k = load(DEF, settings=workspace.settings)
     op = k.op

@@ -21,6 +21,7 @@ def _no_collect(*a, **kw):
 
 
 def test_second_load_is_served_from_the_index(workspace, monkeypatch):
+    workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 20.0)
     first = load(DEF, settings=workspace.settings)
     monkeypatch.setattr(collect, "collect_table", _no_collect)
@@ -90,6 +91,7 @@ def test_compiler_environment_is_part_of_the_digest(workspace):
 
 
 def test_new_record_changes_the_answer(workspace):
+    workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 20.0)
     assert resolve(DEF, {"batch_size": 8}, settings=workspace.settings).solution.name == "torch_alt"
     workspace.record("torch_fp32", 8, 5.0)
@@ -118,6 +120,7 @@ def test_a_build_committed_after_caching_loads_from_its_key_without_rewriting_th
     from fibuild.compile import store
     from fibuild.compile.cache import BuildCache
 
+    workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 20.0)
     s = workspace.settings
     k = load(DEF, settings=s)
@@ -179,6 +182,7 @@ def test_gc_removes_cached_tables_and_interrupted_writes(workspace, capsys, monk
     removes the tables, and the next load computes its table again (a cache, nothing lost)."""
     from fibuild.cli import main
 
+    workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 20.0)
     load(DEF, settings=workspace.settings)
     folder = workspace.settings.cache_dir / table_cache.TABLES_DIR
