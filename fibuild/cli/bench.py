@@ -240,7 +240,24 @@ def run_bench(args: argparse.Namespace, settings) -> int:
     finally:
         if reporter.task is not None:
             reporter.progress.stop()
+    _note_unmeasured_baselines(err, workspace, settings, plan, device)
     return report_evaluations(args, out, err, evaluations, workspace.registry_dir)
+
+
+def _note_unmeasured_baselines(err, workspace, settings, plan, device: str) -> None:
+    """Say, for each benched definition whose baseline has no current record on this device,
+    that what was just measured cannot replace it there until it is measured too (the
+    resolver's rule, docs/resolution.md). A note only: never fails the run."""
+    try:
+        slug = local_devices(device)[0].slug
+        for name in sorted({group.definition.name for group in plan.groups}):
+            _, table, _ = load_table(workspace, settings, name, slug, here=True)
+            if table.baseline and table.baseline in table.unmeasured and table.ranked and not table.borrowed:
+                err.print(styled("note", "yellow", f": {name}'s baseline {table.baseline} has no current "
+                                 f"evaluation on {slug}, so nothing measured here replaces it; measure it "
+                                 f"too: fibuild bench {name} --solution {table.baseline}"))
+    except FibuildError as exc:  # the records are written; the note is a courtesy
+        err.print(f"(could not check the baselines: {exc})")
 
 
 def _table_device(registry, definition: str, settings, requested: str | None, workspace) -> str:

@@ -112,3 +112,19 @@ def test_user_errors_exit_1_without_traceback(workspace, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--root", str(workspace), "bench", "--workload-limit", "0"])
     assert exit_info.value.code == 2
+
+
+def test_benching_without_the_baseline_says_it_decides_nothing(workspace, capsys):
+    """Only a challenger measured: the resolver keeps the baseline (it cannot be shown to lose),
+    and bench says so with the command that measures it."""
+    argv = ["--root", str(workspace), "bench", "rmsnorm_h4096", "--solution", "cpp_bf16", "--workload-limit", "1",
+            *FAST]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("rmsnorm_h4096's baseline torch_fp32 has no current evaluation on " + device_slug("cpu")) in err
+    assert "fibuild bench rmsnorm_h4096 --solution torch_fp32" in err
+    assert main(["--root", str(workspace), "resolve", "rmsnorm_h4096", "--axes", "batch_size=1", "--json"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["solution"] == "torch_fp32" and resolved["policy"] == "baseline"
+    assert main(argv[:5] + ["torch_fp32"] + argv[6:]) == 0
+    assert "has no current evaluation" not in capsys.readouterr().err
