@@ -148,7 +148,13 @@ def test_ctrl_c_cancels_the_farm_and_leaves_no_process(farm_ws, settings_env, tm
             assert kids, out.read_text()
             time.sleep(1.0)
             driver.send_signal(signal.SIGINT)
-            assert driver.wait(timeout=60) == 130, out.read_text()
+            try:
+                code = driver.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                tree = [" ".join(p.cmdline())[:160] for p in psutil.Process(driver.pid).children(recursive=True)]
+                pytest.fail("the farm did not stop within 60 s of SIGINT; its output:\n" + out.read_text()
+                            + "\nits processes:\n" + "\n".join(tree))
+            assert code == 130, out.read_text()
         finally:
             if driver.poll() is None:
                 driver.kill()
