@@ -133,9 +133,12 @@ def test_ctrl_c_cancels_the_farm_and_leaves_no_process(farm_ws, settings_env, tm
     env = {**os.environ, "FIBUILD_TEST_FARM_TOKEN": token, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "out.txt"
     with out.open("w") as sink:
+        # Ctrl-C reaches a foreground command whose SIGINT is not ignored; a test run started in
+        # the background by a non-interactive shell (`cmd &`) passes SIGINT on ignored: undo that.
         driver = subprocess.Popen(
             [sys.executable, "-m", "fibuild", "--root", str(farm_ws), "bench", "farm_scale", "--solution", "hangs",
-             *FAST, *DASK], env=env, stdout=sink, stderr=subprocess.STDOUT)
+             *FAST, *DASK], env=env, stdout=sink, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             # Wait until a benchmark worker (grandchild) runs the hanging kernel.
             deadline = time.monotonic() + 120
