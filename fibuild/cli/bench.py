@@ -252,7 +252,7 @@ def _note_unmeasured_baselines(err, workspace, settings, plan, device: str) -> N
         slug = local_devices(device)[0].slug
         for name in sorted({group.definition.name for group in plan.groups}):
             _, table, _ = load_table(workspace, settings, name, slug, here=True)
-            if table.baseline and table.baseline in table.unmeasured and table.ranked and not table.borrowed:
+            if table.baseline_unmeasured() and not table.borrowed:
                 err.print(styled("note", "yellow", f": {name}'s baseline {table.baseline} has no current "
                                  f"evaluation on {slug}, so nothing measured here replaces it; measure it "
                                  f"too: fibuild bench {name} --solution {table.baseline}"))

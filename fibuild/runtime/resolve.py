@@ -36,7 +36,7 @@ from fibuild.spec.model import ApplyKey
 
 from .choose import KeyDecision, decide, wins
 from .decisions import REFERENCE, Accepted, BaseReporter, Decision, PolicySkipped, Rejected, Resolution, format_key
-from .table import NOT_HERE, STALE, ApplyTable
+from .table import ApplyTable
 
 POLICIES = ("exact", "nearest", "def_best", "baseline", "reference")
 #: How far (a ratio, on every var axis) an evaluated key speaks for an unseen one.
@@ -141,14 +141,10 @@ class Resolver:
         # only: a stale digest) cannot be beaten clearly by what was measured beside it: the
         # measured policies step aside until it is measured. (A strict policy gets exactly what
         # was measured.)
-        why_unmeasured = table.excluded.get(table.baseline or "", "")
-        unmeasured_baseline = (not strict and table.baseline is not None and table.baseline in table.unmeasured
-                               and why_unmeasured.startswith((STALE, NOT_HERE)) and bool(table.ranked)
-                               and self.reference_label == REFERENCE)
-        how = "only in an older version" if why_unmeasured.startswith(STALE) else "never"
+        how = None if strict or self.reference_label != REFERENCE else table.baseline_unmeasured()
         for step in chain:
             reporter.trying_policy(step)
-            if unmeasured_baseline and step in MEASURED:
+            if how and step in MEASURED:
                 answer = PolicySkipped(step, f"the baseline {table.baseline} was measured on {table.device} "
                                              f"{how}: nothing measured here can be shown to beat it; "
                                              f"run `fibuild bench {table.definition}`")

@@ -136,6 +136,15 @@ class ApplyTable:
     unmeasured: frozenset = frozenset()
     chained: dict[ApplyKey, ChainChoice] = field(default_factory=dict)
 
+    def baseline_unmeasured(self) -> str | None:
+        """How the baseline went unmeasured on this device while other solutions were measured:
+        ``"never"`` (no record) or ``"only in an older version"`` (stale digests); None when it
+        was measured, when there is no baseline, or when nothing was measured. Then nothing
+        measured beside it can be shown to beat it (:mod:`fibuild.runtime.resolve`)."""
+        if self.baseline is None or self.baseline not in self.unmeasured or not self.ranked:
+            return None
+        return "only in an older version" if self.excluded.get(self.baseline, "").startswith(STALE) else "never"
+
     # JSON form (the table cache): keys become lists, Solutions their manifest dicts.
     def to_json(self) -> dict[str, Any]:
         return {

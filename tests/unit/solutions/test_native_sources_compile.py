@@ -11,19 +11,17 @@ import pytest
 from fibuild.cli import main
 from fibuild.compile.toolchain import cuda_unavailable_reason
 from fibuild.config import Settings
-from fibuild.spec.workspace import shipped_root
+from fibuild.spec.workspace import Workspace, shipped_root
 
 REPO = Path(__file__).resolve().parents[3]
 NATIVE = ("cuda", "cpp")
 
 
 def _native(root: Path) -> list[str]:
-    names = []
-    for manifest in sorted((root / "solutions").glob("*/*/solution.yaml")):
-        text = manifest.read_text()
-        if any(f"language: {lang}\n" in text for lang in NATIVE):
-            names.append(f"{manifest.parent.parent.name}/{manifest.parent.name}")
-    return names
+    """The qualified names of the workspace's CUDA and C++ solutions."""
+    ws = Workspace(root)
+    return sorted(sol.qualified_name for name in ws.definitions for sol in ws.solutions(name)
+                  if sol.language in NATIVE)
 
 
 @pytest.mark.parametrize("root", [shipped_root(), REPO / "examples" / "native_solution"],
