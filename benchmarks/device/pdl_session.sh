@@ -9,7 +9,9 @@
 #      the norms as SGLang calls them, applied without PDL, applied with PDL) at batch
 #      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it);
 #   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min); PDL_SESSION_TESTS=0
-#   skips step 1.
+#   skips step 1, PDL_SESSION_LAUNCH=0 step 2; PDL_STEP_LIMIT (default 330 s) bounds step 3 and
+#   PDL_STEP_ARGS adds to its arguments (the later of a repeated option wins: "--chain
+#   --profile 0 --bench-timeout 100").
 #
 #   benchmarks/device/pdl_session.sh OUT       (from the repository root; OUT defaults to $OUT)
 set -u
@@ -25,7 +27,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [ "${PDL_SESSION_TESTS:-1}" = 1 ]; then
   step 100 "PDL GPU tests" python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_pdl_gpu.py
 fi
-step 45 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
+if [ "${PDL_SESSION_LAUNCH:-1}" = 1 ]; then
+  step 45 "launch cost" python3 benchmarks/launch_cost.py --out "$out/launch-cost.md"
+fi
 if [ "${PDL_SESSION_KERNEL_TESTS:-0}" = 1 ]; then
   step 150 "GEMM and decode GPU tests (through the compiled-handle launcher)" python3 -m pytest -q -x \
     -p no:cacheprovider tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py
@@ -50,7 +54,7 @@ if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
       "triton_split_kv[MERGE=separate,WAVES=4,CHUNK=128,BLOCK_N=64,STAGES=3]"; do
     sols+=(--bench-solution "$s")
   done
-  step 330 "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
+  step "${PDL_STEP_LIMIT:-330}" "decode step: plain / applied / applied+PDL" python3 benchmarks/serving_step.py \
     --engine sglang --pdl --profile 3 --iters 30 --warmup 3 --bench-timeout 150 "${sols[@]}" ${PDL_STEP_ARGS:-} \
     --out /tmp/pdl-step
   # at most 8 files come back: the table and plot as files, everything else in one tar
