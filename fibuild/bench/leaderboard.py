@@ -6,8 +6,10 @@ answers with the resolver itself, so the starred cell is what ``fibuild resolve`
 cell shows the cost per call in the table's mode and its spread (interquartile range over
 median); a spread over :data:`fibuild.bench.compare.NOISY_SPREAD` is flagged. The variants of a
 grid (``sol[K=v,...]``) are grouped under their solution: its cell is the variant resolution
-picks there, else its best by median, and the row says which. Rendering lives here so the CLI
-stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
+picks there, else its best by median, and the row says which. Given the solutions' current
+digests, a record of an older version is marked stale (resolution does not use it; the
+baseline keeps its keys until it is measured again) and left out of the plot. Rendering lives
+here so the CLI stays thin; matplotlib is imported only by :func:`plot_leaderboard`.
 """
 from __future__ import annotations
 
@@ -57,6 +59,12 @@ class Leaderboard:
     solutions: list[str]
     rows: list[LeaderboardRow]
     mode: str = EAGER
+    #: solution (or variant) -> its current digest; empty: staleness unknown
+    current: Mapping[str, str] = field(default_factory=dict)
+
+    def stale(self, ev: Evaluation | None) -> bool:
+        """Whether ``ev`` is a record of an older version of its solution."""
+        return ev is not None and ev.solution in self.current and ev.solution_digest != self.current[ev.solution]
 
     def cost(self, ev: Evaluation | None) -> LatencyStats | None:
         """The cost per call of a PASSED record in the board's mode (None otherwise)."""
@@ -86,7 +94,7 @@ class Leaderboard:
                     "host_median_us": host.median_us if host else None,
                     "cost_us": cost.median_us if cost else None,
                     "spread": relative_spread(cost) if cost else None, "noisy": noisy(cost),
-                    "speedup": ev.speedup, "max_abs_error": ev.max_abs_error,
+                    "speedup": ev.speedup, "max_abs_error": ev.max_abs_error, "stale": self.stale(ev),
                     "timestamp": ev.timestamp, "build_key": ev.build_key}
 
         return {"definition": self.definition, "device": self.device, "var_axes": list(self.var_axes),
@@ -101,19 +109,24 @@ class Leaderboard:
 Chooser = Callable[[Mapping[str, int]], "tuple[str | None, str | None]"]
 
 
-def _better(a: Evaluation, b: Evaluation) -> bool:
-    """Whether ``a`` is a better cell than ``b``: PASSED over not, then the lower median."""
-    rank = lambda e: (e.status != "PASSED" or e.latency is None,  # noqa: E731
+def _better(a: Evaluation, b: Evaluation, current: Mapping[str, str]) -> bool:
+    """Whether ``a`` is a better cell than ``b``: current over stale, PASSED over not, then the
+    lower median."""
+    rank = lambda e: (e.solution in current and e.solution_digest != current[e.solution],  # noqa: E731
+                      e.status != "PASSED" or e.latency is None,
                       e.latency.median_us if e.latency else math.inf, e.solution)
     return rank(a) < rank(b)
 
 
 def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation], choose: Chooser,
-                *, mode: str = EAGER, group_variants: bool = True) -> Leaderboard:
+                *, mode: str = EAGER, group_variants: bool = True,
+                current: Mapping[str, str] | None = None) -> Leaderboard:
     """Rows per workload (sorted by var-axis values), one cell per solution, latest record
     wins; each row's ``winner`` and ``verdict`` come from ``choose(row axes)``. With
     ``group_variants`` a grid's variants share their solution's column: the chosen variant's
-    record where resolution picks one of them, else the best by median."""
+    record where resolution picks one of them, else the best current one by median.
+    ``current`` maps solutions (and variants) to their current digests, to mark stale cells."""
+    current = dict(current or {})
     latest = latest_per_workload(e for e in evaluations if e.definition == defn.name)
     rows: dict[str, LeaderboardRow] = {}
     names = set()
@@ -122,7 +135,7 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
         column = family(solution) if group_variants else solution
         names.add(column)
         kept = row.cells.get(column)
-        if kept is None or _better(ev, kept):
+        if kept is None or _better(ev, kept, current):
             row.cells[column] = ev
             if column != solution:
                 row.variants[column] = solution
@@ -137,7 +150,8 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
     def order(row: LeaderboardRow):
         return tuple(row.axes.get(a, -1) for a in var_axes) + (row.workload_uuid,)
 
-    return Leaderboard(defn.name, device, var_axes, sorted(names), sorted(rows.values(), key=order), mode)
+    return Leaderboard(defn.name, device, var_axes, sorted(names), sorted(rows.values(), key=order), mode,
+                       current)
 
 
 def cell_text(ev: Evaluation | None, cost: LatencyStats | None = None) -> str:
@@ -177,6 +191,8 @@ def rich_table(board: Leaderboard):
             ev = row.cells.get(sol)
             cost = board.cost(ev)
             text = Text(cell_text(ev, cost))
+            if board.stale(ev):
+                text = Text("stale ", style="dim") + text
             if sol in row.variants:  # the variant behind a grouped cell, on a line of its own
                 text.append("\n" + (split_name(row.variants[sol])[1] or ""), style="dim")
             if sol == row.winner:
@@ -194,8 +210,11 @@ def rich_table(board: Leaderboard):
         table.add_row(_row_label(row, shown_axes), row.verdict or "-", ref_text, *cells)
     wins = board.wins()
     how = ("max of host and GPU time per call" if board.mode == EAGER else "GPU time per call")
+    stale = ("; stale: a record of an older version of the solution, which resolution does not use "
+             "(`fibuild bench --resume` measures the current one)"
+             if any(board.stale(ev) for row in board.rows for ev in row.cells.values()) else "")
     table.caption = Text(f"{board.mode} cost ({how}), median ±(q3-q1)/median; ! spread over "
-                         f"{NOISY_SPREAD:.0%}: re-measure; * what `fibuild resolve --mode {board.mode}` picks "
+                         f"{NOISY_SPREAD:.0%}: re-measure{stale}; * what `fibuild resolve --mode {board.mode}` picks "
                          "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
                          "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
                          "tell, `fibuild bench --ambiguous` re-measures); wins: " + ", ".join(
@@ -235,7 +254,7 @@ def plot_leaderboard(board: Leaderboard, out: str | Path) -> Path:
     for sol in board.solutions:
         points = sorted((r.axes[axis], r.cells[sol].latency) for r in board.rows
                         if sol in r.cells and r.cells[sol].status == "PASSED" and r.cells[sol].latency
-                        and r.axes.get(axis, 0) > 0)
+                        and not board.stale(r.cells[sol]) and r.axes.get(axis, 0) > 0)
         if not points:
             continue
         xs = [p[0] for p in points]

@@ -306,21 +306,23 @@ def keep_ambiguous(plan: BenchPlan, workspace, settings, slug: str, mode: str) -
 
 
 def resolver_chooser(workspace, settings, defn, device: str, mode: str):
-    """``choose(axes) -> (solution, verdict)`` for ``fibuild table``: the resolver's own answer
-    at each evaluated key (policy ``exact``), so the starred cell is what ``fibuild resolve``
-    runs there. A table borrowed from another device stars nothing."""
+    """``(choose(axes) -> (solution, verdict), current digests)`` for ``fibuild table``: the
+    resolver's own answer at each evaluated key, by the chain ``fibuild resolve`` runs from
+    ``exact`` (so a baseline measured only in an older version keeps the star, as it keeps the
+    key), and each solution's current digest (a record of another version is shown as stale).
+    A table borrowed from another device stars nothing."""
     here = device in local_slugs()
     _, table, _ = load_table(workspace, settings, defn.name, device, here=here)
     resolver = Resolver(table)
 
     def choose(axes):
         try:
-            res = resolver.resolve(defn.apply_key(axes), "exact", strict=True, mode=mode)
+            res = resolver.resolve(defn.apply_key(axes), "exact", mode=mode)
         except (KeyError, ResolveError):
             return None, None
         return (None, None) if res.borrowed else (res.solution_name, res.verdict)
 
-    return choose
+    return choose, {name: cand.digest for name, cand in table.candidates.items()}
 
 
 def run_table(args: argparse.Namespace, settings) -> int:
@@ -328,9 +330,9 @@ def run_table(args: argparse.Namespace, settings) -> int:
     defn = workspace.definition(args.definition)
     registry = Registry.of(workspace)
     device = _table_device(registry, defn.name, settings, args.device, workspace)
-    choose = resolver_chooser(workspace, settings, defn, device, args.mode)
+    choose, current = resolver_chooser(workspace, settings, defn, device, args.mode)
     board = leaderboard(defn, device, registry.read(defn.name, device), choose, mode=args.mode,
-                        group_variants=not args.variants)
+                        group_variants=not args.variants, current=current)
     plotted = plot_leaderboard(board, args.plot) if args.plot else None
     if args.json:
         data = {"ok": True, **board.to_json()}

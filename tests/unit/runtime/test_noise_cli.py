@@ -34,7 +34,8 @@ def cli_definition(ws):
 
 
 def resolved(axes: str, capsys) -> dict:
-    assert main(["resolve", DEF, "--axes", axes, "--json", "--policy", "exact", "--strict"]) == 0
+    """What ``fibuild resolve`` runs at ``axes`` (its default policy chain)."""
+    assert main(["resolve", DEF, "--axes", axes, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -53,6 +54,27 @@ def test_table_stars_what_resolve_picks_and_flags_noise(cli, capsys):
     assert main(["table", DEF]) == 0
     text = capsys.readouterr().out
     assert "AMBIGUOUS" in text and "±80%!" in text and "* 20.0 µs ±10%" in text
+
+
+def test_table_stars_the_baseline_that_keeps_its_keys_and_marks_stale_records(workspace, monkeypatch, capsys):
+    """The baseline measured here only in an older version keeps every key (resolve says so);
+    the table stars it there, not the challenger whose exact-key record alone is current, and
+    says which records are stale (the shipped H200 records of fused_add_rmsnorm_h4096 were so:
+    the table starred torch_fp32 where resolve ran flashinfer)."""
+    for name, value in (("FIBUILD_ROOT", str(workspace.root)), ("FIBUILD_DEVICE", "cpu"),
+                        ("FIBUILD_CACHE_DIR", str(workspace.settings.cache_dir))):
+        monkeypatch.setenv(name, value)
+    workspace.record("torch_fp32", 16, 20.0, digest="0" * 64)   # an older version's record
+    workspace.record("torch_alt", 16, 10.0)
+    res = resolved("batch_size=16", capsys)
+    assert res["solution"] == "torch_fp32" and res["policy"] == "baseline"
+    assert main(["table", DEF, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["winner"] == "torch_fp32"
+    assert row["cells"]["torch_fp32"]["stale"] and not row["cells"]["torch_alt"]["stale"]
+    assert main(["table", DEF]) == 0
+    text = capsys.readouterr().out
+    assert "* stale 20.0 µs" in text and "stale: a record of an older version" in " ".join(text.split())
 
 
 def test_bench_ambiguous_plans_only_ambiguous_keys(cli, capsys):
