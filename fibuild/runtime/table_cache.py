@@ -4,9 +4,14 @@ they depend on.
 The key hashes the size and ``mtime_ns`` of the definition's manifest, of every file under
 ``solutions/<definition>/``, of every library file (``solutions/_lib/``, ``lib/``: any
 solution may name any library) and of its registry files, with the device slug, whether that
-device is this machine, the fibuild version and the toolchain settings. A hit costs a few
-``stat`` calls and one file read: no YAML, no schema, no registry parse, no source hashing.
-Any edit, new record or new solution changes the key; stale entries are never read again.
+device is this machine, the fibuild version and the toolchain settings, and the installed
+environment the table's build keys and availability come from: the ``mtime_ns`` of each
+``sys.path`` folder but the first (installing, upgrading or removing a package such as
+tvm-ffi, Triton or FlashInfer adds or removes entries there) and the size and ``mtime_ns`` of
+the host compiler and of ``nvcc``. A hit costs a few ``stat`` calls and one file read: no
+YAML, no schema, no registry parse, no source hashing, no package metadata. Any edit, new
+record, new solution or package change is a miss; stale entries are never read again (a
+table cached before a tvm-ffi upgrade would load a build made against the old one).
 The cached value holds the definition's raw manifest too, so the fast path rebuilds the
 Definition with ``definition_from_dict``.
 """
@@ -16,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +60,25 @@ def _stat_files(folder: Path, root: Path, out: list) -> None:
             out.append((str(root), os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
 
 
+def _stat(path: str) -> list | None:
+    """``[size, mtime_ns]`` of ``path`` (links followed), or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def environment_stat(settings: Settings) -> dict[str, Any]:
+    """What the installed environment looks like, by ``stat`` only (see the module docstring):
+    the import folders after ``sys.path[0]`` (the script's folder, not an installation), the
+    host compiler on PATH and ``$CUDA_HOME/bin/nvcc``."""
+    compiler = shutil.which("c++")
+    return {"path": [[entry, _stat(entry)] for entry in sys.path[1:]],
+            "cxx": [compiler, _stat(compiler)] if compiler else None,
+            "nvcc": _stat(str(settings.cuda_home / "bin" / "nvcc"))}
+
+
 def input_digest(root: Path | Sequence[Path], name: str, device: str, here: bool, settings: Settings) -> str:
     """sha256 over the table's inputs (see the module docstring); ``root`` is a workspace
     root or its layers (``Workspace.layers``). Cost: one ``stat`` per file."""
@@ -67,15 +92,10 @@ def input_digest(root: Path | Sequence[Path], name: str, device: str, here: bool
         for folder in library_roots(layer):
             _stat_files(folder, layer, files)
         _stat_files(layer / "registry" / name, layer, files)
-    nvcc = settings.cuda_home / "bin" / "nvcc"
-    try:
-        nvcc_stat = [nvcc.stat().st_size, nvcc.stat().st_mtime_ns]
-    except OSError:
-        nvcc_stat = None
     payload = {
         "format": FORMAT, "fibuild": __version__, "python": list(sys.version_info[:2]),
         "root": [str(r) for r in roots], "definition": name, "device": device, "here": here,
-        "cuda_home": str(settings.cuda_home), "nvcc": nvcc_stat,
+        "cuda_home": str(settings.cuda_home), "environment": environment_stat(settings),
         "arch": list(settings.cuda_arch_list), "cache_dir": str(settings.cache_dir),
         "build_env": [list(pair) for pair in settings.build_env],
         "pdl": settings.pdl,  # chain choices count only where made with the same launch mode

@@ -90,6 +90,34 @@ def test_compiler_environment_is_part_of_the_digest(workspace):
     assert input_digest(workspace.root, DEF, workspace.device, True, with_env) != before
 
 
+def test_installing_a_package_or_a_new_compiler_is_a_miss(workspace, tmp_path, monkeypatch):
+    """A table holds build keys (tvm-ffi, Triton, compiler versions are in them) and which
+    solutions can run (FlashInfer installed or not): a cached one found after an upgrade would
+    load a build made against the old tvm-ffi. Installing into any import folder, or a changed
+    host compiler, changes the key; nothing else about the environment does."""
+    s = workspace.settings
+    site, bin_dir = tmp_path / "site", tmp_path / "bin"
+    site.mkdir()
+    bin_dir.mkdir()
+    compiler = bin_dir / "c++"
+    compiler.write_text("#!/bin/sh\necho 'c++ 12.2'\n")
+    compiler.chmod(0o755)
+    monkeypatch.setattr(sys, "path", [sys.path[0], str(site), *sys.path[1:]])
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    digest = lambda: input_digest(workspace.root, DEF, workspace.device, True, s)  # noqa: E731
+    before = digest()
+    assert digest() == before
+    (site / "apache_tvm_ffi-0.1.16.dist-info").mkdir()       # pip install -U apache-tvm-ffi
+    upgraded = digest()
+    assert upgraded != before
+    os.utime(compiler, ns=(1, 1))                            # another compiler build
+    assert digest() != upgraded
+    settled = digest()
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path[1:]])  # another script's folder
+    (tmp_path / "output.txt").write_text("a script writing beside itself")
+    assert digest() == settled
+
+
 def test_new_record_changes_the_answer(workspace):
     workspace.record("torch_fp32", 8, 40.0)  # the baseline, measured beside it
     workspace.record("torch_alt", 8, 20.0)
