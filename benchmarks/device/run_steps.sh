@@ -8,7 +8,8 @@
 # starting with # are skipped). Each command runs from the repository root with $RES set to a
 # folder for its files. The device kit (.devkit/) is unpacked first when present, the copy and
 # bf16 matmul ceilings are measured first (ceilings.json), and everything under $RES comes
-# back as OUT/results.tar beside OUT/log.txt.
+# back as OUT/results.tar beside OUT/log.txt. benchmarks/device/steps/ holds the step files of
+# the open GPU work, one device call each.
 set -u
 steps=${1:?steps file}
 out=${2:-${OUT:-out}}
