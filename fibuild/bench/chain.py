@@ -111,8 +111,10 @@ def evaluate_chain(workspace, chain: Chain, chain_axes: Mapping[str, int], *, de
                 state.chosen = previous
                 continue
             state.alternatives[name] = took
-            progress(f"{state.slot.name} = {name}: {took:.2f} µs per layer")
-            if took < best * (1 - margin):
+            kept = took < best * (1 - margin)
+            progress(f"{state.slot.name} = {name}: {took:.2f} µs per layer: "
+                     + (f"kept (was {previous}, {best:.2f})" if kept else f"{previous} stays ({best:.2f})"))
+            if kept:
                 best = took
             else:
                 state.chosen = previous
