@@ -3,28 +3,35 @@ traced (FIBUILD_TRACE=1, then ``fibuild bench`` on what was traced) and applied
 (FIBUILD_APPLY=1), in a CUDA graph, at several batch sizes.
 
 The step: 32 layers with distinct weights; fused add + RMSNorm (RMSNorm at layer 0), QKV / O /
-gate-up / down through ``F.linear``, K/V written into per-layer page-size-1 caches, paged
-decode attention through one ``BatchDecodeWithPagedKVCacheWrapper`` planned once per step
-and run per layer, SiLU×mul. ``--engine`` picks how those are called:
+gate-up / down through ``F.linear``, rotary embedding of q and k in place (NeoX style, from a
+float32 cos/sin cache, at each sequence's position), K/V written into per-layer page-size-1
+caches, paged decode attention through one ``BatchDecodeWithPagedKVCacheWrapper`` planned
+once per step and run per layer, SiLU×mul. ``--engine`` picks how those are called:
 
 - ``docs``: as FlashInfer's documentation shows: ``plan()`` / ``run()``, ``flashinfer.norm.*``,
-  ``flashinfer.activation.silu_and_mul``; caches ``[tokens, kv_heads, head_dim]`` pairs.
+  ``flashinfer.activation.silu_and_mul``, ``flashinfer.rope.apply_rope_with_cos_sin_cache_inplace``;
+  caches ``[tokens, kv_heads, head_dim]`` pairs written by index assignment.
 - ``sglang``: as SGLang 0.5.23 (``srt/layers/attention/flashinfer_backend.py``,
   ``layers/layernorm.py``, ``layers/activation.py``): a CUDA-graph wrapper over fixed
   buffers, the first plan through ``begin_forward``, then ``begin_forward = partial(
-  fast_decode_plan, wrapper)``, runs through ``forward(q, kv, sm_scale=...)``; norms and
-  SiLU×mul through ``sgl_kernel`` (``enable_pdl=True`` on a GPU, as on Hopper).
+  fast_decode_plan, wrapper)``, runs through ``forward(q.contiguous(), kv, sm_scale=...)``;
+  norms and SiLU×mul through ``sgl_kernel`` (``enable_pdl=True`` on a GPU, as on Hopper); the
+  rotary embedding as ``RotaryEmbedding.forward_cuda`` calls it on the q/k views of the QKV
+  output (``apply_rope_with_cos_sin_cache_inplace``; Llama passes no fused K/V store); K and V
+  stored by one kernel, as ``set_kv_buffer`` does with sglang's ``store_cache``.
 - ``vllm``: as vLLM 0.34 (``v1/attention/backends/flashinfer.py``, ``_custom_ops.py``): a
   tensor-core CUDA-graph wrapper, CPU indptr and last-page lengths, the first plan through
   ``plan(seq_lens=...)`` and the next ones through ``fast_decode_plan``, one combined KV
-  tensor ``[pages, 2, page_size, kv_heads, head_dim]`` per layer, ``run(..., out=)``; norms
-  and SiLU×mul through ``torch.ops._C``.
+  tensor ``[pages, 2, page_size, kv_heads, head_dim]`` per layer written by
+  ``torch.ops._C_cache_ops.reshape_and_cache_flash``, ``run(..., out=)``; norms, SiLU×mul and
+  the rotary embedding (``rotary_embedding``) through ``torch.ops._C``.
 
 ``sgl_kernel`` and vLLM's ``_C`` operators come from ``benchmarks/engine_standins`` (the real
 packages cannot be installed on the GPU machines); their kernels are FlashInfer's, which
-sgl_kernel ships too. The applied run reports ``fibuild.integrations.stats()``: the calls
-each patched API took per batch size (the eager warm-up step and the capture; replays run
-no Python), and how many were substituted.
+sgl_kernel ships too, and a one-kernel Triton stand-in for the engines' K/V stores. The
+applied run reports ``fibuild.integrations.stats()``: the calls each patched API took per batch
+size (the eager warm-up step and the capture; replays run no Python), and how many were
+substituted.
 Each mode runs in its own process (activation is by environment, as in a served engine):
 weights and inputs are seeded, so every mode computes the same step; outputs are compared
 (traced must equal plain exactly). Applied is checked against the truth, not against plain:
@@ -63,6 +70,8 @@ MODELS = {  # hidden, heads, kv heads, head dim, intermediate
     "tiny": (256, 8, 2, 32, 512),
 }
 EPS = 1e-5
+ROPE_THETA = 500000.0  # Llama-3.1's base (its llama3 frequency scaling changes values, not cost)
+ROPE_POSITIONS = 8192  # rows of the cos/sin cache (an engine's holds max_position_embeddings)
 
 
 def log(msg: str) -> None:
@@ -110,7 +119,14 @@ class Model:
         self.kv_indices = perm.to(device)
         self.kv_last_page_len = torch.ones(batch, dtype=torch.int32, device=device)
         self.out_cache_loc = self.kv_indices[self.kv_indptr[1:].long() - 1].long()  # each new token's slot
+        self.unit_scale = torch.ones((), dtype=torch.float32, device=device)  # vLLM's layer._k_scale, _v_scale
         self.hidden = torch.randn(batch, hidden, generator=g, device=device).to(bf16)
+        # Rotary embedding: each sequence's new token sits at position kv_len; the engines keep a
+        # float32 [positions, head_dim] cache, cos in its first half and sin in its second.
+        self.positions = torch.full((batch,), args.kv_len, dtype=torch.int64, device=device)
+        inv_freq = 1.0 / ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max(ROPE_POSITIONS, args.kv_len + 1), dtype=torch.float32), inv_freq)
+        self.cos_sin_cache = torch.cat((angles.cos(), angles.sin()), dim=-1).to(device)
         import flashinfer
 
         self.flashinfer = flashinfer
@@ -121,9 +137,13 @@ class Model:
             for L in self.layers:
                 L["kv"] = torch.stack([L.pop("k"), L.pop("v")], 1).unsqueeze(2)
         if self.engine == "sglang":
-            from sgl_kernel import fused_add_rmsnorm, rmsnorm, silu_and_mul  # as SGLang's layers bind them
+            from sgl_kernel import apply_rope_with_cos_sin_cache_inplace, fused_add_rmsnorm, rmsnorm, silu_and_mul
 
-            self.sgl = (rmsnorm, fused_add_rmsnorm, silu_and_mul)
+            self.sgl = (rmsnorm, fused_add_rmsnorm, silu_and_mul, apply_rope_with_cos_sin_cache_inplace)
+        if self.engine != "docs":
+            from _kv_store import store_kv
+
+            self.store_kv = store_kv
         workspace = torch.empty(128 * 1024 * 1024 if device.type == "cuda" else 1024, dtype=torch.uint8, device=device)
         # The engines' CUDA-graph wrappers: fixed index buffers that each plan refreshes before a
         # replay; tensor cores as SGLang's should_use_tensor_core picks them for a bf16 cache (GQA
@@ -206,6 +226,35 @@ class Model:
             torch.ops._C.silu_and_mul(out, x)
         return out
 
+    def _rope(self, q, k):
+        """Rotate q and k (views of the QKV output) in place, as the engine's rotary embedding does."""
+        head_dim = self.dims[3]
+        if self.engine == "sglang":
+            self.sgl[3](self.positions, q, k, head_dim, self.cos_sin_cache, True)
+        elif self.engine == "vllm":
+            import torch
+
+            torch.ops._C.rotary_embedding(self.positions, q, k, head_dim, self.cos_sin_cache, True)
+        else:
+            self.flashinfer.rope.apply_rope_with_cos_sin_cache_inplace(self.positions, q, k, head_dim,
+                                                                       self.cos_sin_cache, True)
+
+    def _store(self, k, v, L):
+        """Write each sequence's new K and V rows into the layer's cache, as the engine does."""
+        b, _, kv_heads, head_dim, _ = (self.batch, *self.dims[1:])
+        k, v = k.view(b, kv_heads, head_dim), v.view(b, kv_heads, head_dim)
+        if self.engine == "vllm":
+            import torch
+
+            scale = self.unit_scale
+            torch.ops._C_cache_ops.reshape_and_cache_flash(k, v, L["kv"][:, 0], L["kv"][:, 1], self.out_cache_loc,
+                                                           "auto", scale, scale)
+        elif self.engine == "sglang":
+            self.store_kv(k, v, L["k"], L["v"], self.out_cache_loc)
+        else:
+            L["k"][self.out_cache_loc] = k
+            L["v"][self.out_cache_loc] = v
+
     def _attend(self, q, L):
         import torch
 
@@ -230,12 +279,8 @@ class Model:
                 self._add_norm(h, residual, L["ln1"])
             qkv = F.linear(h, L["qkv"])
             q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            if self.engine == "vllm":
-                L["kv"][self.out_cache_loc, 0, 0] = k.reshape(b, kv_heads, head_dim)
-                L["kv"][self.out_cache_loc, 1, 0] = v.reshape(b, kv_heads, head_dim)
-            else:
-                L["k"][self.out_cache_loc] = k.reshape(b, kv_heads, head_dim)
-                L["v"][self.out_cache_loc] = v.reshape(b, kv_heads, head_dim)
+            self._rope(q, k)
+            self._store(k, v, L)
             o = self._attend(q.contiguous().view(b, heads, head_dim), L)
             h = F.linear(o.reshape(b, heads * head_dim), L["o"])
             self._add_norm(h, residual, L["ln2"])
@@ -268,6 +313,15 @@ class Model:
         def linear(x, w):
             return x @ w.float().T
 
+        half = head_dim // 2
+        cos, sin = self.cos_sin_cache[self.positions].chunk(2, dim=-1)  # [b, half] each
+
+        def rope(x, n_heads):  # NeoX style: the two halves of each head rotate as pairs
+            x = x.view(b, n_heads, head_dim)
+            x1, x2 = x[..., :half], x[..., half:]
+            c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+            return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).reshape(b, n_heads * head_dim)
+
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
@@ -279,6 +333,7 @@ class Model:
                     h = norm(residual, L["ln1"])
                 q, k, v = linear(h, L["qkv"]).split([heads * head_dim, kv_heads * head_dim,
                                                      kv_heads * head_dim], dim=-1)
+                q, k = rope(q, heads), rope(k, kv_heads)
                 kc, vc = self.cache(L)
                 keys, values = kc[rows].float(), vc[rows].float()
                 keys[new], values[new] = k.reshape(b, kv_heads, head_dim), v.reshape(b, kv_heads, head_dim)

@@ -20,7 +20,8 @@ KINDS = [
     ("gemm", r"_stream_dot|_stream_fma|gemm|gemv|nvjet|sm90_xmma|cutlass|cublas|matmul"),
     ("attention", r"decode|prefill|attention|_merge_chunks|merge_state"),
     ("silu_and_mul", r"silu|act_and_mul"),
-    ("kv_write", r"index|scatter"),
+    ("rope", r"rotary|rope"),
+    ("kv_write", r"index|scatter|store_rows|reshape_and_cache|store_cache"),
     ("copy", r"copy|contiguous|elementwise|clone"),
 ]
 

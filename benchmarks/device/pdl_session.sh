@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Programmatic dependent launch and launch cost on one H200, at most 8 minutes (7.8 with every step):
+# Programmatic dependent launch and launch cost on one H200, at most 10 minutes with every step:
 #   1. tests/gpu/test_pdl_gpu.py: the race test (a late producer; the waiting consumer reads
 #      the new data, the non-waiting one stale data), neighbours without PDL, the PDL kernels
 #      bit-identical with and without PDL, eager and in CUDA graphs, the CUDA example;
@@ -7,7 +7,8 @@
 #      launcher, FlashInfer, fibuild.load);
 #   3. benchmarks/serving_step.py --engine sglang --pdl --profile 3 (plain with enable_pdl on
 #      the norms as SGLang calls them, applied without PDL, applied with PDL) at batch
-#      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it);
+#      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it), after the JIT
+#      build of FlashInfer's rope (the step's rotary embedding; about half a minute, once);
 #   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min); PDL_SESSION_TESTS=0
 #   skips step 1, PDL_SESSION_LAUNCH=0 step 2; PDL_STEP_LIMIT (default 330 s) bounds step 3 and
 #   PDL_STEP_ARGS adds to its arguments (the later of a repeated option wins: "--chain
@@ -35,6 +36,12 @@ if [ "${PDL_SESSION_KERNEL_TESTS:-0}" = 1 ]; then
     -p no:cacheprovider tests/gpu/test_gemm_stream_gpu.py tests/gpu/test_decode_kernels.py
 fi
 if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
+  # The step's rotary embedding is FlashInfer's, which the device kit does not hold prebuilt: its
+  # JIT build (once per machine, cached for the step's processes) gets its own limit.
+  step 120 "FlashInfer rope JIT build" python3 -c 'import torch, flashinfer
+q = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16); k = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+flashinfer.rope.apply_rope_with_cos_sin_cache_inplace(torch.zeros(1, dtype=torch.int64, device="cuda"), q, k, 128,
+    torch.randn(16, 128, device="cuda"), True); torch.cuda.synchronize(); print("rope built")'
   # plain = SGLang's calls (enable_pdl=True on its norms), traced, benched on what was traced,
   # applied with FIBUILD_PDL=0, applied with FIBUILD_PDL=1; 3 replays per batch profiled
   # The bench takes the baselines, the Triton norms and SiLU x mul, and of each grid the variants

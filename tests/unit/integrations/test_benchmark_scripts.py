@@ -41,10 +41,45 @@ def test_serving_step_smoke_traces_benches_and_applies(tmp_path):
     assert "applied + PDL" in (out / "serving_step.md").read_text()
 
 
+KV_STORE_CHILD = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from _kv_store import store_kv
+
+g = torch.Generator().manual_seed(0)
+qkv = torch.randn(3, 8 * 32 + 2 * 64, generator=g).to(torch.bfloat16)     # tiny: 8 q heads, 2 kv heads of 32
+k, v = qkv[:, 256:320].view(3, 2, 32), qkv[:, 320:].view(3, 2, 32)        # strided rows, as split
+slots = torch.tensor([5, 0, 11])
+caches = []
+for kernel in (True, False):
+    kv = torch.zeros(16, 2, 1, 2, 32, dtype=torch.bfloat16)                 # vLLM's [pages, 2, 1, heads, dim]
+    store_kv(k, v, kv[:, 0].view(16, 2, 32), kv[:, 1].view(16, 2, 32), slots, kernel=kernel)
+    caches.append(kv)
+kernel, assigned = caches
+written = kernel.flatten(1).abs().sum(1) > 0
+print(json.dumps({"equal": bool(torch.equal(kernel, assigned)), "written": written.nonzero().flatten().tolist(),
+                  "k_row": bool(torch.equal(kernel[11, 0, 0], k[2])),
+                  "v_row": bool(torch.equal(kernel[5, 1, 0], v[0]))}))
+"""
+
+
+def test_the_kv_store_kernel_writes_each_new_row_to_its_slot():
+    """``benchmarks/engine_standins/_kv_store.py``: the one-kernel K/V store the step runs on a
+    GPU, under the Triton interpreter, on strided K/V rows (views of a QKV output) into vLLM's
+    combined cache, against index assignment: the same bytes, only the three slots written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("interpreted_run", REPO / "tests/unit/solutions/interpreted_run.py")
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    got = helper.run_interpreted(KV_STORE_CHILD, str(REPO / "benchmarks" / "engine_standins"), timeout=300)
+    assert got == {"equal": True, "written": [0, 5, 11], "k_row": True, "v_row": True}
+
+
 def test_step_profile_summarizes_gaps_overlap_and_operations():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from step_profile import markdown, summarize
+        from step_profile import kind_of, markdown, summarize
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     # two replays 1000 µs apart; in each: a norm, a GEMM overlapping it by 2 µs, a gap of 3 µs, a decode
@@ -56,6 +91,10 @@ def test_step_profile_summarizes_gaps_overlap_and_operations():
     assert {k: v["us"] for k, v in got["by_kind"].items()} == {"gemm": 17.0, "attention": 7.0, "norm": 5.0}
     text = markdown("apply_pdl, batch 1", got, step_us=31.0, layers=1)
     assert "gaps 3.0 µs" in text and "| gemm | 1 | 17.0 | 17.00 |" in text
+    # the step's rope and K/V store kernels, by their names on the GPU (FlashInfer's rope, the
+    # stand-in store), are their own operations, not "other"
+    assert kind_of("void flashinfer::BatchQKApplyRotaryPosIdsCosSinCacheKernel<true, 128u>") == "rope"
+    assert kind_of("store_rows") == kind_of("index_elementwise_kernel") == "kv_write"
 
 
 @pytest.mark.slow
