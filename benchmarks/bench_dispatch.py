@@ -52,11 +52,12 @@ NOOP_SOURCE = "def run(hidden_states, weight):\n    return hidden_states\n"
 
 def make_workspace(root: Path, devices: dict[str, str], batch: int, *, noop: bool) -> None:
     """A workspace at ``root``: the rmsnorm definition, torch_fp32 (and the no-op), and a
-    PASSED record at ``batch`` on each device slug in ``devices`` (kind -> slug), with the
-    solutions' real digests, so ``fibuild.load`` routes to them."""
+    PASSED record of each at ``batch`` on each device slug in ``devices`` (kind -> slug), with
+    the solutions' real digests, so ``fibuild.load`` routes to them: the no-op's clearly faster
+    than the baseline's (a challenger replaces only a measured baseline, on a clear win)."""
     from fibuild.compile.keys import solution_digest
     from fibuild.registry import Registry
-    from fibuild.spec.model import Evaluation, LatencyStats
+    from fibuild.spec.model import Evaluation
     from fibuild.spec.workspace import Workspace
 
     (root / "defs" / "rmsnorm").mkdir(parents=True)
@@ -76,8 +77,14 @@ def make_workspace(root: Path, devices: dict[str, str], batch: int, *, noop: boo
             registry.append(Evaluation(
                 definition=DEF, solution=sol.name, solution_digest=solution_digest(defn, sol),
                 build_key="", workload_uuid=f"{DEF}-batch_size{batch}", axes={"batch_size": batch},
-                status="PASSED", device=slug, latency=LatencyStats(10.0, 9.0, 11.0, 10.0, 10),
+                status="PASSED", device=slug, latency=_latency(1.0 if sol.name == NOOP else 10.0),
                 timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+
+def _latency(median_us: float):
+    from fibuild.spec.model import LatencyStats
+
+    return LatencyStats(median_us, 0.9 * median_us, 1.1 * median_us, median_us, 10)
 
 
 def export_flashinfer_trace(root: Path, out: Path, solution: str, batch: int) -> None:
@@ -182,8 +189,6 @@ def run_device(kind: str, batch: int, calls: int, rounds: int, tmp: Path, notes:
         from fibuild.devices import device_slug
 
         make_workspace(root, {kind: device_slug(kind)}, batch, noop=chosen == NOOP)
-        if chosen == NOOP:  # only the no-op is evaluated as PASSED-and-fastest: drop rmsnorm's record
-            _keep_only(root, NOOP)
         settings = Settings.from_env({"FIBUILD_ROOT": str(root), "FIBUILD_CACHE_DIR": str(tmp / "cache"),
                                       "FIBUILD_DEVICE": kind})
         kernel = fibuild.load(DEF, device=kind, settings=settings)
@@ -212,12 +217,6 @@ def run_device(kind: str, batch: int, calls: int, rounds: int, tmp: Path, notes:
             rows.append({"device": kind, "kernel": label, "variant": name, "us_per_call": us,
                          "added_us": us - result["direct"]})
     return rows
-
-
-def _keep_only(root: Path, solution: str) -> None:
-    for path in (root / "registry" / DEF).glob("*.jsonl"):
-        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["solution"] == solution]
-        path.write_text("\n".join(lines) + "\n")
 
 
 def _disable_fib() -> None:

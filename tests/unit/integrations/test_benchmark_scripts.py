@@ -97,6 +97,21 @@ def test_step_profile_summarizes_gaps_overlap_and_operations():
     assert kind_of("store_rows") == kind_of("index_elementwise_kernel") == "kv_write"
 
 
+def test_bench_dispatch_routes_to_each_kernel_it_times(tmp_path):
+    """``benchmarks/bench_dispatch.py`` on a CPU: its workspaces must make ``fibuild.load``
+    choose the kernel each row times (it exits non-zero otherwise: its no-op solution once
+    stopped winning when the resolver began keeping an unmeasured baseline's keys)."""
+    out = tmp_path / "dispatch.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dispatch.py"), "--device", "cpu",
+                           "--calls", "50", "--rounds", "2", "--out", str(out)],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| cpu |")]
+    added = {(r[2].strip(), r[3].strip()): float(r[5]) for r in rows}
+    assert set(added) >= {("no-op kernel", "fibuild.load"), ("rmsnorm (torch_fp32)", "fibuild.load")}
+    assert added[("no-op kernel", "direct")] == 0 and added[("no-op kernel", "fibuild.load")] > 0
+
+
 @pytest.mark.slow
 def test_bench_integration_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_integration.py"), "--device", "cpu",
