@@ -15,10 +15,14 @@ once per step and run per layer, SiLU×mul. ``--engine`` picks how those are cal
   ``layers/layernorm.py``, ``layers/activation.py``): a CUDA-graph wrapper over fixed
   buffers, the first plan through ``begin_forward``, then ``begin_forward = partial(
   fast_decode_plan, wrapper)``, runs through ``forward(q.contiguous(), kv, sm_scale=...)``;
-  norms and SiLU×mul through ``sgl_kernel`` (``enable_pdl=True`` on a GPU, as on Hopper); the
-  rotary embedding as ``RotaryEmbedding.forward_cuda`` calls it on the q/k views of the QKV
-  output (``apply_rope_with_cos_sin_cache_inplace``; Llama passes no fused K/V store); K and V
-  stored by one kernel, as ``set_kv_buffer`` does with sglang's ``store_cache``.
+  norms through ``sgl_kernel`` as ``RMSNorm.forward_cuda`` calls them (no ``enable_pdl``:
+  sgl_kernel turns it on by itself on Hopper), SiLU×mul through ``sgl_kernel.silu_and_mul``
+  (0.5.23 runs its own JIT kernel of the same ``(input, out)`` call for this width; fibuild
+  adapts both); the rotary embedding where ``RotaryEmbedding.forward_cuda`` runs it, in place
+  on the q/k views of the QKV output (0.5.23: its JIT ``apply_rope_with_cos_sin_cache_inplace``
+  of ``sglang.kernels.ops.attention.rope``; here FlashInfer's kernel through sgl_kernel's entry
+  of that name; Llama passes no fused K/V store); K and V stored by one kernel, as
+  ``set_kv_buffer`` does with ``store_cache`` (``sglang.kernels.ops.kvcache``).
 - ``vllm``: as vLLM 0.34 (``v1/attention/backends/flashinfer.py``, ``_custom_ops.py``): a
   tensor-core CUDA-graph wrapper, CPU indptr and last-page lengths, the first plan through
   ``plan(seq_lens=...)`` and the next ones through ``fast_decode_plan``, one combined KV
@@ -131,7 +135,6 @@ class Model:
 
         self.flashinfer = flashinfer
         self.engine = args.engine
-        self.pdl = device.type == "cuda"  # SGLang passes enable_pdl=True on Hopper
         self.planned = False
         if self.engine == "vllm":  # one [pages, 2, page_size, kv_heads, head_dim] tensor per layer
             for L in self.layers:
@@ -195,7 +198,7 @@ class Model:
 
     def _norm(self, x, w):
         if self.engine == "sglang":
-            return self.sgl[0](x, w, EPS, enable_pdl=self.pdl)
+            return self.sgl[0](x, w, EPS)  # layernorm.py 0.5.23: no enable_pdl (sgl_kernel: on for sm90+)
         if self.engine == "vllm":
             import torch
 
@@ -206,7 +209,7 @@ class Model:
 
     def _add_norm(self, x, residual, w):
         if self.engine == "sglang":
-            self.sgl[1](x, residual, w, EPS, enable_pdl=self.pdl)
+            self.sgl[1](x, residual, w, EPS)
         elif self.engine == "vllm":
             import torch
 

@@ -6,8 +6,10 @@
 is imported: sgl_kernel runs its own copy of it, not ``flashinfer.activation``'s entry) and
 ``apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size, cos_sin_cache,
 is_neox=True, fused_set_kv_buffer_arg=None, enable_pdl=None)`` (FlashInfer's rope kernel, of
-which sgl_kernel's is a port; the fused K/V store, which SGLang passes for models other than
-Llama, is not stood in for)."""
+which sgl_kernel's is a port; SGLang 0.5.23 runs a JIT kernel of its own with the same
+arguments, on 3-D views; the fused K/V store, which SGLang passes for models other than Llama,
+is not stood in for). With ``enable_pdl=None`` the norms pass None on, and FlashInfer, like
+sgl_kernel, turns dependent launch on where the device has it (sm_90 and later)."""
 from typing import Optional
 
 import flashinfer.activation
