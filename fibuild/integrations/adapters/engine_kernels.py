@@ -2,7 +2,7 @@
 and vLLM's ``_C`` operators.
 
 **SGLang** (0.5.23, with sglang-kernel 0.4.10). On CUDA, ``srt/layers/layernorm.py``
-(lines 100-107) and ``srt/layers/activation.py`` (line 62) bind ``rmsnorm``,
+(lines 102-107) and ``srt/layers/activation.py`` (line 62) bind ``rmsnorm``,
 ``fused_add_rmsnorm`` and ``silu_and_mul`` by ``from sgl_kernel import ...`` at import, so
 these adapters replace every loaded module's name bound to the same function
 (``alias_scope = "all"``), not only ``sgl_kernel``'s. ``rmsnorm`` and ``fused_add_rmsnorm``
@@ -93,9 +93,10 @@ class SglSiluAndMul(SiluAndMul):
 
 class SglangJitSiluAndMul(SglSiluAndMul):
     """SGLang's own JIT act-and-mul kernel, which its dense MLP (``srt/layers/activation.py``
-    lines 64-99) and fused MoE (``srt/layers/moe/moe_runner/triton_utils/fused_moe.py`` lines
-    58-64, 797) call on CUDA instead of sgl_kernel's whenever the row width suits its vector
-    loads: on Hopper, nearly always. Calls that filter rows by expert go to the original."""
+    lines 64-99) calls on CUDA instead of sgl_kernel's whenever the row width suits its vector
+    loads (on Hopper, nearly always), and its fused MoE
+    (``srt/layers/moe/moe_runner/triton_utils/fused_moe.py`` lines 61-66, 797) always. Calls
+    that filter rows by expert go to the original."""
 
     api = "sglang.kernels.ops.activation.activation.silu_and_mul"
     root = module = "sglang.kernels.ops.activation.activation"
