@@ -18,11 +18,11 @@ once per step and run per layer, SiLU×mul. ``--engine`` picks how those are cal
   norms through ``sgl_kernel`` as ``RMSNorm.forward_cuda`` calls them (no ``enable_pdl``:
   sgl_kernel turns it on by itself on Hopper), SiLU×mul through ``sgl_kernel.silu_and_mul``
   (0.5.23 runs its own JIT kernel of the same ``(input, out)`` call for this width; fibuild
-  adapts both); the rotary embedding where ``RotaryEmbedding.forward_cuda`` runs it, in place
-  on the q/k views of the QKV output (0.5.23: its JIT ``apply_rope_with_cos_sin_cache_inplace``
-  of ``sglang.kernels.ops.attention.rope``; here FlashInfer's kernel through sgl_kernel's entry
-  of that name; Llama passes no fused K/V store); K and V stored by one kernel, as
-  ``set_kv_buffer`` does with ``store_cache`` (``sglang.kernels.ops.kvcache``).
+  adapts both); the rotary embedding as ``RotaryEmbedding.forward_cuda`` calls sglang's JIT
+  ``apply_rope_with_cos_sin_cache_inplace(positions=, q=, k=, cos_sin_cache=, is_neox=,
+  fused_args=None)`` on 3-D views of the QKV output; K and V stored by one kernel, as
+  ``set_kv_buffer`` calls sglang's JIT ``store_cache`` on ``[tokens, heads * head_dim]`` rows
+  (both from ``engine_standins/_sglang_jit.py``).
 - ``vllm``: as vLLM 0.34 (``v1/attention/backends/flashinfer.py``, ``_custom_ops.py``): a
   tensor-core CUDA-graph wrapper, CPU indptr and last-page lengths, the first plan through
   ``plan(seq_lens=...)`` and the next ones through ``fast_decode_plan``, one combined KV
@@ -140,13 +140,10 @@ class Model:
             for L in self.layers:
                 L["kv"] = torch.stack([L.pop("k"), L.pop("v")], 1).unsqueeze(2)
         if self.engine == "sglang":
-            from sgl_kernel import apply_rope_with_cos_sin_cache_inplace, fused_add_rmsnorm, rmsnorm, silu_and_mul
+            from _sglang_jit import apply_rope_with_cos_sin_cache_inplace, store_cache
+            from sgl_kernel import fused_add_rmsnorm, rmsnorm, silu_and_mul  # as SGLang's layers bind them
 
-            self.sgl = (rmsnorm, fused_add_rmsnorm, silu_and_mul, apply_rope_with_cos_sin_cache_inplace)
-        if self.engine != "docs":
-            from _kv_store import store_kv
-
-            self.store_kv = store_kv
+            self.sgl = (rmsnorm, fused_add_rmsnorm, silu_and_mul, apply_rope_with_cos_sin_cache_inplace, store_cache)
         workspace = torch.empty(128 * 1024 * 1024 if device.type == "cuda" else 1024, dtype=torch.uint8, device=device)
         # The engines' CUDA-graph wrappers: fixed index buffers that each plan refreshes before a
         # replay; tensor cores as SGLang's should_use_tensor_core picks them for a bf16 cache (GQA
@@ -232,8 +229,10 @@ class Model:
     def _rope(self, q, k):
         """Rotate q and k (views of the QKV output) in place, as the engine's rotary embedding does."""
         head_dim = self.dims[3]
-        if self.engine == "sglang":
-            self.sgl[3](self.positions, q, k, head_dim, self.cos_sin_cache, True)
+        if self.engine == "sglang":  # rotary_embedding/base.py 0.5.23, forward_cuda
+            b = self.batch
+            self.sgl[3](positions=self.positions, q=q.view(b, -1, head_dim), k=k.view(b, -1, head_dim),
+                        cos_sin_cache=self.cos_sin_cache, is_neox=True, fused_args=None)
         elif self.engine == "vllm":
             import torch
 
@@ -252,8 +251,11 @@ class Model:
             scale = self.unit_scale
             torch.ops._C_cache_ops.reshape_and_cache_flash(k, v, L["kv"][:, 0], L["kv"][:, 1], self.out_cache_loc,
                                                            "auto", scale, scale)
-        elif self.engine == "sglang":
-            self.store_kv(k, v, L["k"], L["v"], self.out_cache_loc)
+        elif self.engine == "sglang":  # mem_cache/memory_pool.py 0.5.23, _set_kv_buffer_impl
+            row = kv_heads * head_dim
+            self.sgl[4](k.view(-1, row), v.view(-1, row), L["k"].view(-1, row), L["v"].view(-1, row),
+                        self.out_cache_loc, row_bytes=row * k.element_size(), v_row_bytes=row * v.element_size(),
+                        size_limit=L["k"].shape[0])
         else:
             L["k"][self.out_cache_loc] = k
             L["v"][self.out_cache_loc] = v

@@ -8,15 +8,15 @@ import torch
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slots: torch.Tensor, *, kernel: bool | None = None) -> None:
-    """``k_cache[slots[t]] = k[t]`` and the same for V. ``k``, ``v``: ``[tokens, kv_heads, head]``
-    (rows contiguous, any token stride); caches ``[slots, kv_heads, head]`` views (rows
-    contiguous, any slot stride); ``slots``: int64 ``[tokens]``. ``kernel``: the Triton kernel
-    (default: on a GPU) or index assignment."""
+    """``k_cache[slots[t]] = k[t]`` and the same for V. ``k``, ``v``: ``[tokens, ...]`` (each
+    token's row contiguous, any token stride); caches ``[slots, ...]`` of the same row shape
+    (rows contiguous, any slot stride); ``slots``: int64 ``[tokens]``. ``kernel``: the Triton
+    kernel (default: on a GPU) or index assignment."""
     if not (k.is_cuda if kernel is None else kernel):
         k_cache[slots] = k
         v_cache[slots] = v
         return
-    row = k.shape[1] * k.shape[2]
+    row = k[0].numel()
     _store_kernel()[(k.shape[0],)](k, v, k_cache, v_cache, slots, k.stride(0), v.stride(0),
                                    k_cache.stride(0), v_cache.stride(0), ROW=row)
 
