@@ -147,14 +147,18 @@ class BoundLaunch:
 
 def _arg_key(args) -> tuple[list, list]:
     """``(key, values)``: everything Triton specializes a compiled kernel on, per runtime
-    argument (an int's value: its width, ==1 and divisibility by 16 follow; a bool's or None's
-    value; a float's type; a tensor's dtype, whether it is on a GPU, and its address modulo 16),
-    and the values to launch with (a tensor's address for a tensor). Runs per call: one loop."""
+    argument (an int's value: its width, ==1 and divisibility by 16 follow; a bool's value,
+    apart from the equal int's: Triton types ``True`` i1 and ``1`` a constant; None; a float's
+    type; a tensor's dtype, whether it is on a GPU, and its address modulo 16), and the values
+    to launch with (a tensor's address for a tensor). Runs per call: one loop."""
     key, values = [], []
     for a in args:
         kind = type(a)
-        if kind is int or kind is bool or a is None:
+        if kind is int or a is None:
             key.append(a)
+            values.append(a)
+        elif kind is bool:
+            key.append((bool, a))
             values.append(a)
         elif kind is float:
             key.append(float)

@@ -93,6 +93,11 @@ def test_a_new_argument_key_takes_the_triton_path_again(fast):
     bound((1,), x.half(), out, 6, 1e-5)  # another dtype
     bound((1,), x, out, 6, 1e-5)
     assert [e[0] for e in jit.log] == ["triton", "triton", "triton", "triton", "fast"]
+    # True and 1 are equal keys in a dict, but Triton compiles them differently (i1, a constant)
+    bound((1,), x, out, 1, 1e-5)
+    bound((1,), x, out, True, 1e-5)
+    bound((1,), x, out, True, 1e-5)
+    assert [e[0] for e in jit.log][5:] == ["triton", "triton", "fast"]
 
 
 def test_pdl_only_when_declared_and_configured(fast):
