@@ -122,12 +122,16 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
                 *, mode: str = EAGER, group_variants: bool = True,
                 current: Mapping[str, str] | None = None) -> Leaderboard:
     """Rows per workload (sorted by var-axis values), one cell per solution, latest record
-    wins; each row's ``winner`` and ``verdict`` come from ``choose(row axes)``. With
+    wins (of the solution as it is now, where ``current`` names it and one exists); each row's
+    ``winner`` and ``verdict`` come from ``choose(row axes)``. With
     ``group_variants`` a grid's variants share their solution's column: the chosen variant's
     record where resolution picks one of them, else the best current one by median.
     ``current`` maps solutions (and variants) to their current digests, to mark stale cells."""
     current = dict(current or {})
-    latest = latest_per_workload(e for e in evaluations if e.definition == defn.name)
+    evaluations = [e for e in evaluations if e.definition == defn.name]
+    # per (solution, workload) the latest record of the solution as it is now, else the latest
+    latest = latest_per_workload(evaluations)
+    latest.update(latest_per_workload(e for e in evaluations if current.get(e.solution) == e.solution_digest))
     rows: dict[str, LeaderboardRow] = {}
     names = set()
     for (solution, uuid), ev in latest.items():
@@ -268,7 +272,10 @@ def plot_leaderboard(board: Leaderboard, out: str | Path) -> Path:
         ax.plot([p[0] for p in refs], [p[1] for p in refs], linestyle="--", color="gray", label="reference")
     if not drawn:
         plt.close(fig)
-        raise BenchError(f"nothing to plot: no PASSED evaluation of {board.definition} on {board.device}")
+        stale = any(board.stale(ev) for row in board.rows for ev in row.cells.values())
+        raise BenchError(f"nothing to plot: no PASSED evaluation of {board.definition} on {board.device}"
+                         + (" of the solutions as they are now (the records are of older versions: "
+                            f"fibuild bench {board.definition} --resume)" if stale else ""))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel(axis)

@@ -75,6 +75,18 @@ def test_table_stars_the_baseline_that_keeps_its_keys_and_marks_stale_records(wo
     assert main(["table", DEF]) == 0
     text = capsys.readouterr().out
     assert "* stale 20.0 µs" in text and "stale: a record of an older version" in " ".join(text.split())
+    # a record of an older version appended later does not hide the current one
+    workspace.record("torch_alt", 16, 99.0, digest="1" * 64)
+    assert main(["table", DEF, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["cells"]["torch_alt"]["median_us"] == 10.0 and not row["cells"]["torch_alt"]["stale"]
+    # the plot leaves stale records out; with nothing current to draw it says why
+    for path in (workspace.root / "registry" / DEF).glob("*.jsonl"):
+        records = [json.loads(ln) for ln in path.read_text().splitlines()]
+        kept = [r for r in records if r["solution"] != "torch_alt" or r["solution_digest"] == "1" * 64]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert main(["table", DEF, "--plot", str(workspace.root / "t.png")]) == 1
+    assert "records are of older versions" in capsys.readouterr().err
 
 
 def test_bench_ambiguous_plans_only_ambiguous_keys(cli, capsys):
