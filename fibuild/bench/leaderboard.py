@@ -64,7 +64,11 @@ class Leaderboard:
 
     def stale(self, ev: Evaluation | None) -> bool:
         """Whether ``ev`` is a record of an older version of its solution."""
-        return ev is not None and ev.solution in self.current and ev.solution_digest != self.current[ev.solution]
+        return ev is not None and is_stale(ev, self.current)
+
+    def has_stale(self) -> bool:
+        """Whether some cell shows a record of an older version."""
+        return any(self.stale(ev) for row in self.rows for ev in row.cells.values())
 
     def cost(self, ev: Evaluation | None) -> LatencyStats | None:
         """The cost per call of a PASSED record in the board's mode (None otherwise)."""
@@ -109,10 +113,16 @@ class Leaderboard:
 Chooser = Callable[[Mapping[str, int]], "tuple[str | None, str | None]"]
 
 
+def is_stale(ev: Evaluation, current: Mapping[str, str]) -> bool:
+    """Whether ``ev`` is of another version of its solution than ``current`` (solution ->
+    current digest) names; a solution ``current`` does not name is never stale."""
+    return ev.solution in current and ev.solution_digest != current[ev.solution]
+
+
 def _better(a: Evaluation, b: Evaluation, current: Mapping[str, str]) -> bool:
     """Whether ``a`` is a better cell than ``b``: current over stale, PASSED over not, then the
     lower median."""
-    rank = lambda e: (e.solution in current and e.solution_digest != current[e.solution],  # noqa: E731
+    rank = lambda e: (is_stale(e, current),  # noqa: E731
                       e.status != "PASSED" or e.latency is None,
                       e.latency.median_us if e.latency else math.inf, e.solution)
     return rank(a) < rank(b)
@@ -131,7 +141,7 @@ def leaderboard(defn: Definition, device: str, evaluations: Iterable[Evaluation]
     evaluations = [e for e in evaluations if e.definition == defn.name]
     # per (solution, workload) the latest record of the solution as it is now, else the latest
     latest = latest_per_workload(evaluations)
-    latest.update(latest_per_workload(e for e in evaluations if current.get(e.solution) == e.solution_digest))
+    latest.update(latest_per_workload(e for e in evaluations if not is_stale(e, current)))
     rows: dict[str, LeaderboardRow] = {}
     names = set()
     for (solution, uuid), ev in latest.items():
@@ -216,7 +226,7 @@ def rich_table(board: Leaderboard):
     how = ("max of host and GPU time per call" if board.mode == EAGER else "GPU time per call")
     stale = ("; stale: a record of an older version of the solution, which resolution does not use "
              "(`fibuild bench --resume` measures the current one)"
-             if any(board.stale(ev) for row in board.rows for ev in row.cells.values()) else "")
+             if board.has_stale() else "")
     table.caption = Text(f"{board.mode} cost ({how}), median ±(q3-q1)/median; ! spread over "
                          f"{NOISY_SPREAD:.0%}: re-measure{stale}; * what `fibuild resolve --mode {board.mode}` picks "
                          "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
@@ -272,10 +282,9 @@ def plot_leaderboard(board: Leaderboard, out: str | Path) -> Path:
         ax.plot([p[0] for p in refs], [p[1] for p in refs], linestyle="--", color="gray", label="reference")
     if not drawn:
         plt.close(fig)
-        stale = any(board.stale(ev) for row in board.rows for ev in row.cells.values())
         raise BenchError(f"nothing to plot: no PASSED evaluation of {board.definition} on {board.device}"
                          + (" of the solutions as they are now (the records are of older versions: "
-                            f"fibuild bench {board.definition} --resume)" if stale else ""))
+                            f"fibuild bench {board.definition} --resume)" if board.has_stale() else ""))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel(axis)

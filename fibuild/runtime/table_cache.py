@@ -76,6 +76,7 @@ def environment_stat(settings: Settings) -> dict[str, Any]:
     compiler = shutil.which("c++")
     return {"path": [[entry, _stat(entry)] for entry in sys.path[1:]],
             "cxx": [compiler, _stat(compiler)] if compiler else None,
+            # toolchain.nvcc_path's file; that module (subprocess probes) stays off the warm path
             "nvcc": _stat(str(settings.cuda_home / "bin" / "nvcc"))}
 
 

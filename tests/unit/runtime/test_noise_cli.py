@@ -12,10 +12,17 @@ from runtime_helpers import DEF
 
 
 @pytest.fixture
-def cli(workspace, monkeypatch):
+def cli_env(workspace, monkeypatch):
+    """The CLI pointed at the workspace, on the CPU; no records."""
     monkeypatch.setenv("FIBUILD_ROOT", str(workspace.root))
     monkeypatch.setenv("FIBUILD_CACHE_DIR", str(workspace.settings.cache_dir))
     monkeypatch.setenv("FIBUILD_DEVICE", "cpu")
+    return workspace
+
+
+@pytest.fixture
+def cli(cli_env):
+    workspace = cli_env
     # batch 7: torch_alt 5 % faster than the baseline torch_fp32, but noisy (AMBIGUOUS);
     # batch 32: torch_alt clearly faster (FAST); batch 1: torch_alt clearly slower (SLOW).
     workspace.record("torch_fp32", 7, 20.0)
@@ -56,14 +63,12 @@ def test_table_stars_what_resolve_picks_and_flags_noise(cli, capsys):
     assert "AMBIGUOUS" in text and "±80%!" in text and "* 20.0 µs ±10%" in text
 
 
-def test_table_stars_the_baseline_that_keeps_its_keys_and_marks_stale_records(workspace, monkeypatch, capsys):
+def test_table_stars_the_baseline_that_keeps_its_keys_and_marks_stale_records(cli_env, capsys):
     """The baseline measured here only in an older version keeps every key (resolve says so);
     the table stars it there, not the challenger whose exact-key record alone is current, and
     says which records are stale (the shipped H200 records of fused_add_rmsnorm_h4096 were so:
     the table starred torch_fp32 where resolve ran flashinfer)."""
-    for name, value in (("FIBUILD_ROOT", str(workspace.root)), ("FIBUILD_DEVICE", "cpu"),
-                        ("FIBUILD_CACHE_DIR", str(workspace.settings.cache_dir))):
-        monkeypatch.setenv(name, value)
+    workspace = cli_env
     workspace.record("torch_fp32", 16, 20.0, digest="0" * 64)   # an older version's record
     workspace.record("torch_alt", 16, 10.0)
     res = resolved("batch_size=16", capsys)
