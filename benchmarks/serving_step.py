@@ -242,20 +242,22 @@ class Model:
                                                                        self.cos_sin_cache, True)
 
     def _store(self, k, v, L):
-        """Write each sequence's new K and V rows into the layer's cache, as the engine does."""
-        b, _, kv_heads, head_dim, _ = (self.batch, *self.dims[1:])
-        k, v = k.view(b, kv_heads, head_dim), v.view(b, kv_heads, head_dim)
+        """Write each sequence's new K and V rows (``[batch, kv_heads * head_dim]`` views of the
+        QKV output) into the layer's cache, as the engine does."""
+        _, _, kv_heads, head_dim, _ = self.dims
+        if self.engine == "sglang":  # mem_cache/memory_pool.py 0.5.23, _set_kv_buffer_impl
+            row = k.shape[-1]
+            self.sgl[4](k, v, L["k"].view(-1, row), L["v"].view(-1, row), self.out_cache_loc,
+                        row_bytes=row * k.element_size(), v_row_bytes=row * v.element_size(),
+                        size_limit=L["k"].shape[0])
+            return
+        k, v = k.view(-1, kv_heads, head_dim), v.view(-1, kv_heads, head_dim)
         if self.engine == "vllm":
             import torch
 
             scale = self.unit_scale
             torch.ops._C_cache_ops.reshape_and_cache_flash(k, v, L["kv"][:, 0], L["kv"][:, 1], self.out_cache_loc,
                                                            "auto", scale, scale)
-        elif self.engine == "sglang":  # mem_cache/memory_pool.py 0.5.23, _set_kv_buffer_impl
-            row = kv_heads * head_dim
-            self.sgl[4](k.view(-1, row), v.view(-1, row), L["k"].view(-1, row), L["v"].view(-1, row),
-                        self.out_cache_loc, row_bytes=row * k.element_size(), v_row_bytes=row * v.element_size(),
-                        size_limit=L["k"].shape[0])
         else:
             L["k"][self.out_cache_loc] = k
             L["v"][self.out_cache_loc] = v

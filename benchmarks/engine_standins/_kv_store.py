@@ -3,6 +3,8 @@ token's K and V rows written to their slots, which SGLang's ``set_kv_buffer`` do
 ``store_cache`` (a JIT kernel of sglang's own) and vLLM's attention with
 ``_C_cache_ops.reshape_and_cache_flash``. A Triton kernel on a GPU (one launch for K and V),
 index assignment on a CPU."""
+import functools
+
 import torch
 
 
@@ -21,22 +23,18 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                                    k_cache.stride(0), v_cache.stride(0), ROW=row)
 
 
-_KERNEL = []
-
-
+@functools.cache
 def _store_kernel():
     """The Triton kernel, defined at first use (no Triton import on a CPU)."""
-    if not _KERNEL:
-        import triton
-        import triton.language as tl
+    import triton
+    import triton.language as tl
 
-        @triton.jit
-        def store_rows(k, v, k_cache, v_cache, slots, k_stride, v_stride, kc_stride, vc_stride, ROW: tl.constexpr):
-            t = tl.program_id(0)
-            slot = tl.load(slots + t)
-            cols = tl.arange(0, ROW)
-            tl.store(k_cache + slot * kc_stride + cols, tl.load(k + t * k_stride + cols))
-            tl.store(v_cache + slot * vc_stride + cols, tl.load(v + t * v_stride + cols))
+    @triton.jit
+    def store_rows(k, v, k_cache, v_cache, slots, k_stride, v_stride, kc_stride, vc_stride, ROW: tl.constexpr):
+        t = tl.program_id(0)
+        slot = tl.load(slots + t)
+        cols = tl.arange(0, ROW)
+        tl.store(k_cache + slot * kc_stride + cols, tl.load(k + t * k_stride + cols))
+        tl.store(v_cache + slot * vc_stride + cols, tl.load(v + t * v_stride + cols))
 
-        _KERNEL.append(store_rows)
-    return _KERNEL[0]
+    return store_rows

@@ -67,11 +67,7 @@ def test_the_kv_store_kernel_writes_each_new_row_to_its_slot():
     """``benchmarks/engine_standins/_kv_store.py``: the one-kernel K/V store the step runs on a
     GPU, under the Triton interpreter, on strided K/V rows (views of a QKV output) into vLLM's
     combined cache, against index assignment: the same bytes, only the three slots written."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("interpreted_run", REPO / "tests/unit/solutions/interpreted_run.py")
-    helper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helper)
+    helper = _module_at(REPO / "tests/unit/solutions/interpreted_run.py", "interpreted_run")
     got = helper.run_interpreted(KV_STORE_CHILD, str(REPO / "benchmarks" / "engine_standins"), timeout=300)
     assert got == {"equal": True, "written": [0, 5, 11], "k_row": True, "v_row": True}
 
@@ -125,14 +121,19 @@ def test_bench_integration_smoke(tmp_path):
         assert "trace end_to_end_us" in r
 
 
-def _serving_step_module(monkeypatch):
+def _module_at(path: Path, name: str):
+    """The Python file at ``path`` loaded as module ``name`` (not put in sys.modules)."""
     import importlib.util
 
-    monkeypatch.syspath_prepend(str(STUB_DIR))
-    spec = importlib.util.spec_from_file_location("serving_step_script", REPO / "benchmarks" / "serving_step.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _serving_step_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(STUB_DIR))
+    return _module_at(REPO / "benchmarks" / "serving_step.py", "serving_step_script")
 
 
 def test_serving_step_fp32_reference_tracks_the_step_and_catches_a_wrong_kernel(monkeypatch):
