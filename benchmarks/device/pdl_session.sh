@@ -5,8 +5,9 @@
 #      bit-identical with and without PDL, eager and in CUDA graphs, the CUDA example;
 #   2. benchmarks/launch_cost.py: host µs per eager RMSNorm call (compiled handle, @triton.jit
 #      launcher, FlashInfer, fibuild.load);
-#   3. benchmarks/serving_step.py --engine sglang --pdl --profile 3 (plain with enable_pdl on
-#      the norms as SGLang calls them, applied without PDL, applied with PDL) at batch
+#   3. benchmarks/serving_step.py --engine sglang --pdl --profile 3 (plain as SGLang calls its
+#      kernels, norms with PDL on as sgl_kernel turns it on on Hopper; applied without PDL,
+#      applied with PDL) at batch
 #      1/16/64/128, with a profiler trace of each (PDL_SESSION_STEP=0 skips it), after the JIT
 #      build of FlashInfer's rope (the step's rotary embedding; about half a minute, once);
 #   PDL_SESSION_KERNEL_TESTS=1 adds the GEMM and decode GPU tests (2.5 min); PDL_SESSION_TESTS=0
@@ -42,7 +43,7 @@ if [ "${PDL_SESSION_STEP:-1}" = 1 ]; then
 q = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16); k = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
 flashinfer.rope.apply_rope_with_cos_sin_cache_inplace(torch.zeros(1, dtype=torch.int64, device="cuda"), q, k, 128,
     torch.randn(16, 128, device="cuda"), True); torch.cuda.synchronize(); print("rope built")'
-  # plain = SGLang's calls (enable_pdl=True on its norms), traced, benched on what was traced,
+  # plain = SGLang's calls (its norms with PDL on, sgl_kernel's default on Hopper), traced, benched on what was traced,
   # applied with FIBUILD_PDL=0, applied with FIBUILD_PDL=1; 3 replays per batch profiled
   # The bench takes the baselines, the Triton norms and SiLU x mul, and of each grid the variants
   # that were the launch configs before grids (the sweep's picks at M = 1, 16, 64; decode default).
