@@ -10,7 +10,7 @@ resolver picks at shapes that are among no workload against every variant measur
    from step 1's records. Ratio = best variant's median / the resolved variant's median;
    the goal is >= 0.95 everywhere.
 
-    python3 benchmarks/device/variants_heldout.py --out "$OUT" [--budget-s 450]
+    python3 benchmarks/device/variants_heldout.py --out "$OUT" [--budget-s 450] [--shapes fresh]
 
 Writes ``<out>/variants-heldout.md`` (the table), ``<out>/variants-heldout.json`` and
 ``<out>/registry/`` (step 1's evaluations, for the repository's registry). Stops starting
@@ -32,10 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 GEMMS = ("gemm_n4096_k4096_bf16", "gemm_n4096_k14336_bf16")
-GEMM_HELD_OUT = (3, 6, 12, 24, 48, 96, 256, 1024, 4096)
 DECODE = "gqa_paged_decode_h32_kv8_d128_ps1"
-#: (batch, KV tokens per sequence): between the declared decode workloads
-DECODE_HELD_OUT = ((2, 256), (2, 1024), (8, 2048), (8, 512), (32, 1024), (64, 2048), (128, 1024))
+#: held-out shapes by set: ``seen`` chose the nearest-key rule (docs/resolution.md), ``fresh``
+#: checks it on shapes it had not seen. GEMM: M; decode: (batch, KV tokens per sequence).
+GEMM_HELD_OUT = {"seen": (3, 6, 12, 24, 48, 96, 256, 1024, 4096),
+                 "fresh": (5, 10, 20, 40, 80, 160, 384, 768, 3072)}
+DECODE_HELD_OUT = {"seen": ((2, 256), (2, 1024), (8, 2048), (8, 512), (32, 1024), (64, 2048), (128, 1024)),
+                   "fresh": ((3, 768), (6, 1536), (12, 512), (24, 2048), (48, 1024), (96, 512), (200, 1024))}
 FAMILIES = {"gemm": "triton_stream", "decode": "triton_split_kv"}
 
 
@@ -100,7 +103,7 @@ def measure(defn, variants, workload, settings) -> dict:
     return out
 
 
-def held_out(ws: Path, deadline: float, names) -> list[dict]:
+def held_out(ws: Path, deadline: float, names, shapes: str = "seen") -> list[dict]:
     """Step 2: every variant and the resolved one at each held-out shape of ``names``."""
     from fibuild.config import Settings
     from fibuild.runtime.api import resolve
@@ -110,10 +113,10 @@ def held_out(ws: Path, deadline: float, names) -> list[dict]:
     settings = Settings.from_env(root=ws)
     workspace = Workspace(ws)
     cases = [(d, Workload(uuid=f"held-out-M{m}", axes={"M": m}), "gemm")
-             for d in GEMMS if d in names for m in GEMM_HELD_OUT]
+             for d in GEMMS if d in names for m in GEMM_HELD_OUT[shapes]]
     if DECODE in names:
         decode = workspace.definition(DECODE)
-        cases += [(DECODE, decode_workload(decode, b, kv), "decode") for b, kv in DECODE_HELD_OUT]
+        cases += [(DECODE, decode_workload(decode, b, kv), "decode") for b, kv in DECODE_HELD_OUT[shapes]]
     rows = []
     for name, workload, kind in cases:
         if time.time() > deadline:
@@ -149,10 +152,10 @@ def params(name: str | None) -> str:
     return name.split("[", 1)[1].rstrip("]") if name and "[" in name else str(name)
 
 
-def write_table(rows: list[dict], bench_info: dict, out: Path) -> None:
+def write_table(rows: list[dict], bench_info: dict, out: Path, shapes: str = "seen") -> None:
     import torch
 
-    lines = [f"# Variants at held-out shapes, {torch.cuda.get_device_name()}", "",
+    lines = [f"# Variants at held-out shapes ({shapes} set), {torch.cuda.get_device_name()}", "",
              f"Step 1 (`fibuild bench` of the grids): exit {bench_info['rc']}, {bench_info['seconds']} s. "
              "Resolved: `fibuild.resolve(policy='nearest', strict=True, mode='graph')` from step 1's records "
              "(the variants alone, on GPU time). Ratio = best variant's median / the resolved variant's median "
@@ -184,6 +187,8 @@ def main() -> int:
     # the decode grid second: a bench cut short by its time limit still leaves records of each kind
     parser.add_argument("--defs", nargs="+", default=[GEMMS[0], DECODE, *GEMMS[1:]], metavar="DEF",
                         choices=[*GEMMS, DECODE], help="the grids' definitions (default: all three)")
+    parser.add_argument("--shapes", choices=sorted(GEMM_HELD_OUT), default="seen",
+                        help="which held-out set (default seen; fresh: shapes the rule was not chosen on)")
     args = parser.parse_args()
     start = time.time()
     out = Path(args.out)
@@ -194,8 +199,8 @@ def main() -> int:
     (ws / "registry").mkdir()
     bench_info = bench(ws, out, timeout_s=args.budget_s * 0.6, names=args.defs)
     print(f"bench: {bench_info}", flush=True)
-    rows = held_out(ws, deadline=start + args.budget_s - 20, names=args.defs)
-    write_table(rows, bench_info, out)
+    rows = held_out(ws, deadline=start + args.budget_s - 20, names=args.defs, shapes=args.shapes)
+    write_table(rows, bench_info, out, args.shapes)
     return 0
 
 

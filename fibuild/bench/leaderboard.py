@@ -23,7 +23,7 @@ from ..registry import latest_per_workload
 from ..spec.model import Definition, Evaluation, LatencyStats
 from ..spec.variants import family, split_name
 from ..units import format_us
-from .compare import EAGER, NOISY_SPREAD, caller_cost, noisy, relative_spread
+from .compare import EAGER, NOISY_SPREAD, caller_cost, noisy, relative_spread, spanning
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich, matplotlib.
 
@@ -71,15 +71,28 @@ class Leaderboard:
         return any(self.stale(ev) for row in self.rows for ev in row.cells.values())
 
     def cost(self, ev: Evaluation | None) -> LatencyStats | None:
-        """The cost per call of a PASSED record in the board's mode (None otherwise)."""
+        """The cost per call of a PASSED record in the board's mode (None otherwise); its host
+        time's interval spans the solution's host times in the board's other rows, as the
+        resolver reads it (:func:`fibuild.bench.compare.spanning`)."""
         if ev is None or ev.status != "PASSED" or ev.latency is None:
             return None
-        return caller_cost(ev.latency, ev.host_latency, self.mode)
+        host = ev.host_latency
+        if host is not None:
+            host = spanning(host, [e.host_latency for row in self.rows for e in row.cells.values()
+                                   if e.solution == ev.solution and e.status == "PASSED" and e.host_latency])
+        return caller_cost(ev.latency, host, self.mode)
 
     def reference_cost(self, row: LeaderboardRow) -> LatencyStats | None:
-        """The reference's cost in the row (from the first record that carries it)."""
+        """The reference's cost in the row (from the first record that carries it), its host
+        interval spanning the reference's host times in every row."""
         ev = next((e for e in row.cells.values() if e.reference_latency), None)
-        return caller_cost(ev.reference_latency, ev.reference_host_latency, self.mode) if ev else None
+        if ev is None:
+            return None
+        host = ev.reference_host_latency
+        if host is not None:
+            host = spanning(host, [e.reference_host_latency for r in self.rows for e in r.cells.values()
+                                   if e.reference_host_latency])
+        return caller_cost(ev.reference_latency, host, self.mode)
 
     def wins(self) -> dict[str, int]:
         """Workloads each solution (or ``reference``) is chosen for."""

@@ -5,13 +5,15 @@ Policies, tried as a chain that starts at the requested one (``strict`` tries on
 - ``exact``: the decision at this key (:func:`fibuild.runtime.choose.decide`: a chain
   evaluation's choice there, else the baseline unless a challenger wins clearly on the cost
   the caller pays);
-- ``nearest``: the same at the closest evaluated key *below* (every var axis <= the key's),
-  by log-distance over the var axes (``sum |log a - log b|``; ties go to the smaller key);
-  only when no evaluated key lies below, the closest above. A launch config tuned for a
-  smaller bucket degrades gently on a larger shape; one tuned for a larger bucket can
-  lose badly on a smaller one (vLLM's ceiling-bucket configs lost up to 0.38x). Only keys
-  within :data:`REACH` times the key on every var axis count: beyond that nothing measured
-  speaks for the shape (a GEMM variant measured up to M = 8 ran 0.16x the best at M = 4096);
+- ``nearest``: the same at the closest evaluated key by log-distance over the var axes
+  (``sum |log a - log b|``), in either direction; a tie goes to the key above (every var axis
+  >= the key's), then to the larger key. Above is the safer side of a tie because a kernel's
+  cost does not fall as the shape grows: the winner at the key above runs the shape in at
+  most its measured time there, while the winner below has no such bound (a tile sized for
+  M = 64 runs M = 96 in two passes: 0.61x the best variant on the H100, where the closest
+  key gave 0.97x or better at all 25 held-out shapes). Only keys within :data:`REACH` times
+  the key on every var axis count: beyond that nothing measured speaks for the shape (a GEMM
+  variant measured up to M = 8 ran 0.16x the best at M = 4096);
 - ``def_best``: the solution that runs the most evaluated keys; it steps aside for a baseline
   that can run when no evaluated key is within reach;
 - ``baseline``: the definition's baseline (FlashInfer's, cuBLAS through torch), where the
@@ -71,9 +73,9 @@ def log_distance(a: ApplyKey, b: ApplyKey) -> float:
     return round(sum(abs(math.log(max(x, 1)) - math.log(max(y, 1))) for x, y in zip(a, b)), 9)
 
 
-def is_below(key: ApplyKey, other: ApplyKey) -> bool:
-    """Whether ``other`` is at or below ``key`` on every var axis."""
-    return all(b <= a for a, b in zip(key, other))
+def is_above(key: ApplyKey, other: ApplyKey) -> bool:
+    """Whether ``other`` is at or above ``key`` on every var axis."""
+    return all(b >= a for a, b in zip(key, other))
 
 
 def within_reach(key: ApplyKey, other: ApplyKey) -> bool:
@@ -83,9 +85,9 @@ def within_reach(key: ApplyKey, other: ApplyKey) -> bool:
 
 
 def nearest_order(key: ApplyKey, keys) -> list[ApplyKey]:
-    """``keys`` in the order ``nearest`` tries them: those below ``key`` first, each group by
-    log-distance, then by value."""
-    return sorted(keys, key=lambda k: (not is_below(key, k), log_distance(key, k), k))
+    """``keys`` in the order ``nearest`` tries them: by log-distance from ``key``; at equal
+    distance those above ``key`` first, then larger keys first."""
+    return sorted(keys, key=lambda k: (log_distance(key, k), not is_above(key, k), tuple(-x for x in k)))
 
 
 class Resolver:
@@ -183,10 +185,10 @@ class Resolver:
                 continue
             if k == key:
                 return decision.chosen.solution, decision, decision.reason
-            above = "" if is_below(key, k) else ", above it (none below)"
+            side = "above" if is_above(key, k) else "below" if is_above(k, key) else "beside"
             return decision.chosen.solution, decision, (
                 f"not evaluated at this key; nearest evaluated key {format_key(k)} at distance "
-                f"{log_distance(key, k):.2f}{above}; {decision.reason}")
+                f"{log_distance(key, k):.2f}, {side} it; {decision.reason}")
         return PolicySkipped("nearest", "no usable PASSED evaluation on this device")
 
     def _def_best(self, key: ApplyKey, out: dict[str, str], mode: str, everywhere: dict[str, str]):

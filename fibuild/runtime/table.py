@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from fibuild.bench.compare import GRAPH, caller_cost
+from fibuild.bench.compare import GRAPH, caller_cost, spanning
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, LatencyStats, Solution
 
 from .decisions import REFERENCE
@@ -89,6 +89,18 @@ def aggregate(stats: Iterable[LatencyStats | None]) -> LatencyStats | None:
     return LatencyStats(median_us=med("median_us"), p20_us=med("p20_us"), p80_us=med("p80_us"),
                         mean_us=med("mean_us"), n=sum(s.n for s in items), min_us=med("min_us"),
                         q1_us=med("q1_us"), q3_us=med("q3_us"))
+
+
+def with_host_drift(timings: Mapping[ApplyKey, list[Timing]]) -> dict[ApplyKey, list[Timing]]:
+    """``timings`` with each host time's interval spanning its solution's host times at every
+    key (:func:`fibuild.bench.compare.spanning`: host cost drifts between bench items)."""
+    hosts: dict[str, list[LatencyStats]] = defaultdict(list)
+    for ts in timings.values():
+        for t in ts:
+            if t.host is not None:
+                hosts[t.solution].append(t.host)
+    return {k: [t if t.host is None else dataclasses.replace(t, host=spanning(t.host, hosts[t.solution])) for t in ts]
+            for k, ts in timings.items()}
 
 
 @dataclass(frozen=True)
@@ -321,11 +333,12 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             continue
         ranked[key].append(Timing(name, aggregate(ev.latency for ev in evs),
                                   aggregate(ev.host_latency for ev in evs)))
+    reference_timings = {k: Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
+                                   aggregate(ev.reference_host_latency for ev in evs))
+                         for k, evs in sorted(reference.items()) if evs}
+    ranked = with_host_drift(ranked)
     table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(ranked.items())}
-    table.reference = {
-        k: Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
-                  aggregate(ev.reference_host_latency for ev in evs))
-        for k, evs in sorted(reference.items()) if evs}
+    table.reference = {k: ts[0] for k, ts in with_host_drift({k: [t] for k, t in reference_timings.items()}).items()}
     table.failed = {s: frozenset(keys) for s, keys in sorted(failed.items())}
     for name, counts in sorted(statuses.items()):
         total = sum(counts.values())

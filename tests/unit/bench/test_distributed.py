@@ -257,8 +257,8 @@ def test_resolve_picks_per_world_size(toy):
         res = resolve(TOY, {"num_tokens": 16, "world_size": world}, device="cpu", settings=settings)
         assert (res.solution.name, res.key, res.policy) == (winner, (16, world), "nearest")
     res = resolve(TOY, {"num_tokens": 12, "world_size": 4}, device="cpu", settings=settings)
-    # 12 tokens: the largest evaluated bucket below (3), not the nearer one above (16)
-    assert res.solution.name == "torch_fp32_allreduce" and res.evaluated_key == (3, 4)
+    # 12 tokens: the nearer evaluated bucket (16, ratio 1.33; 3 is at ratio 4)
+    assert res.solution.name == "torch_fp32_allreduce" and res.evaluated_key == (16, 4)
 
 
 def test_cli_bench_table_and_resolve_with_world_size(toy, capsys):

@@ -11,6 +11,7 @@ import fibuild
 from fibuild.errors import FibuildError, ResolveError
 from fibuild.runtime.api import apply, load, resolve
 from fibuild.runtime.decisions import Accepted, PolicySkipped, Rejected
+from fibuild.runtime.resolve import nearest_order
 
 from runtime_helpers import DEF, inputs, reference_rmsnorm
 
@@ -362,19 +363,23 @@ def test_load_resolve_and_apply_take_a_root(workspace, tmp_path, monkeypatch):
         load(DEF, settings=elsewhere)
 
 
-def test_an_unseen_key_takes_the_nearest_evaluated_key_below(workspace):
-    """16 lies nearer 32 (ratio 2) than 4 (ratio 4) but takes 4's winner: a config tuned
-    for a smaller bucket degrades gently on a larger shape, not the other way round."""
+def test_an_unseen_key_takes_the_nearest_evaluated_key_ties_go_above(workspace):
+    """The closest evaluated key by log-distance, in either direction; at equal distance the
+    key above (its winner runs the shape in at most its time there)."""
     workspace.record("torch_fp32", 4, 10.0)
     workspace.record("torch_alt", 4, 20.0)
     workspace.record("torch_fp32", 32, 40.0)
     workspace.record("torch_alt", 32, 30.0)
     k = load(DEF, settings=workspace.settings)
-    res = k.explain(batch_size=16)
-    assert (res.solution.name, res.evaluated_key) == ("torch_fp32", (4,))
-    below_all = k.explain(batch_size=2)  # nothing below: the nearest above
-    assert (below_all.solution.name, below_all.evaluated_key) == ("torch_fp32", (4,))
-    assert "above it (none below)" in str(below_all.decisions)
+    nearer_above = k.explain(batch_size=16)  # ratio 2 to 32, 4 to 4
+    assert (nearer_above.solution.name, nearer_above.evaluated_key) == ("torch_alt", (32,))
+    assert "(32,) at distance 0.69, above it" in str(nearer_above.decisions)
+    nearer_below = k.explain(batch_size=6)  # ratio 1.5 to 4, 5.3 to 32
+    assert (nearer_below.solution.name, nearer_below.evaluated_key) == ("torch_fp32", (4,))
+    assert "(4,) at distance 0.41, below it" in str(nearer_below.decisions)
+    # equal distances: the key above first, then the larger key
+    assert nearest_order((8,), [(4,), (16,)]) == [(16,), (4,)]
+    assert nearest_order((8, 8), [(4, 16), (16, 16), (16, 4), (8, 8)]) == [(8, 8), (16, 16), (16, 4), (4, 16)]
     assert (k.explain(batch_size=100).solution.name, k.explain(batch_size=100).evaluated_key) == \
         ("torch_alt", (32,))
     # beyond 4x of every evaluated key nothing measured speaks for the shape: the baseline runs
