@@ -11,6 +11,7 @@ resolver picks at shapes that are among no workload against every variant measur
    the goal is >= 0.95 everywhere.
 
     python3 benchmarks/device/variants_heldout.py --out "$OUT" [--budget-s 450] [--shapes fresh]
+    python3 benchmarks/device/variants_heldout.py --rerank RUN --device-slug SLUG --out DIR   (no GPU)
 
 Writes ``<out>/variants-heldout.md`` (the table), ``<out>/variants-heldout.json`` and
 ``<out>/registry/`` (step 1's evaluations, for the repository's registry). Stops starting
@@ -152,14 +153,14 @@ def params(name: str | None) -> str:
     return name.split("[", 1)[1].rstrip("]") if name and "[" in name else str(name)
 
 
-def write_table(rows: list[dict], bench_info: dict, out: Path, shapes: str = "seen") -> None:
-    import torch
-
-    lines = [f"# Variants at held-out shapes ({shapes} set), {torch.cuda.get_device_name()}", "",
+def write_table(rows: list[dict], bench_info: dict, out: Path, device_name: str, shapes: str = "seen",
+                note: str = "", stem: str = "variants-heldout") -> None:
+    """``<out>/<stem>.md`` (the table) and ``.json``; ``note`` follows the caption."""
+    lines = [f"# Variants at held-out shapes ({shapes} set), {device_name}", "",
              f"Step 1 (`fibuild bench` of the grids): exit {bench_info['rc']}, {bench_info['seconds']} s. "
              "Resolved: `fibuild.resolve(policy='nearest', strict=True, mode='graph')` from step 1's records "
              "(the variants alone, on GPU time). Ratio = best variant's median / the resolved variant's median "
-             "(goal >= 0.95).", "",
+             f"(goal >= 0.95).{(' ' + note) if note else ''}", "",
              "| definition | shape | resolved variant (evaluated key) | µs | best variant | µs | ratio |",
              "|---|---|---|---:|---|---:|---:|"]
     for r in rows:
@@ -175,9 +176,39 @@ def write_table(rows: list[dict], bench_info: dict, out: Path, shapes: str = "se
     if ratios:
         lines += ["", f"{sum(x >= 0.95 for x in ratios)} of {len(ratios)} held-out shapes within 0.95x; "
                   f"worst {min(ratios):.3f}."]
-    (out / "variants-heldout.md").write_text("\n".join(lines) + "\n")
-    (out / "variants-heldout.json").write_text(json.dumps({"bench": bench_info, "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"bench": bench_info, "device": device_name, "shapes": shapes,
+                                                  "rows": rows}, indent=1))
     print("\n".join(lines))
+
+
+def rerank(result: Path, registry: Path, device: str, out: Path) -> list[dict]:
+    """Resolve a finished run's held-out shapes again with this checkout's rule, from the run's
+    step-1 records (``registry``: a registry folder) and against the variants' timings it kept
+    (``result``: its variants-heldout.json): no GPU needed. ``device``: the records' device slug."""
+    from fibuild.config import Settings
+    from fibuild.runtime.resolve import Resolver
+    from fibuild.runtime.table_cache import load_table
+    from fibuild.spec.workspace import Workspace
+
+    ws = Path(tempfile.mkdtemp(prefix="fibuild-rerank-ws-"))
+    for part in ("defs", "solutions"):
+        shutil.copytree(ROOT / part, ws / part)
+    shutil.copytree(registry, ws / "registry")
+    settings = Settings.from_env({**os.environ, "FIBUILD_CACHE_DIR": str(ws / "cache")}, root=ws)
+    workspace, rows = Workspace(ws), []
+    for row in json.loads(result.read_text())["rows"]:
+        if "variants" not in row:
+            continue
+        defn, table, _ = load_table(workspace, settings, row["definition"], device, here=False)
+        res = Resolver(table).resolve(defn.apply_key(row["axes"]), "nearest", strict=True, mode="graph")
+        passed = {k: v["median_us"] for k, v in row["variants"].items() if v["status"] == "PASSED"}
+        new = dict(row, resolved=res.solution_name, evaluated_key=list(res.evaluated_key or ()) or None)
+        new["resolved_us"] = passed.get(new["resolved"])
+        new["ratio"] = round(new["best_us"] / new["resolved_us"], 3) if new["resolved_us"] else None
+        rows.append(new)
+    out.mkdir(parents=True, exist_ok=True)
+    return rows
 
 
 def main() -> int:
@@ -189,10 +220,24 @@ def main() -> int:
                         choices=[*GEMMS, DECODE], help="the grids' definitions (default: all three)")
     parser.add_argument("--shapes", choices=sorted(GEMM_HELD_OUT), default="seen",
                         help="which held-out set (default seen; fresh: shapes the rule was not chosen on)")
+    parser.add_argument("--rerank", metavar="RUN", type=Path,
+                        help="no GPU: resolve a finished run's shapes again with this checkout's rule "
+                             "(RUN: its --out folder, with variants-heldout.json and registry/)")
+    parser.add_argument("--device-slug", help="with --rerank: the records' device (e.g. nvidia-h100-80gb-hbm3-sm90)")
     args = parser.parse_args()
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.rerank:
+        if not args.device_slug:
+            parser.error("--rerank needs --device-slug")
+        result = args.rerank / "variants-heldout.json"
+        run = json.loads(result.read_text())
+        rows = rerank(result, args.rerank / "registry", args.device_slug, out)
+        write_table(rows, run["bench"], out, run.get("device", args.device_slug), run.get("shapes", args.shapes),
+                    note="Resolved again without a GPU (`--rerank`) with this checkout's rule, against the "
+                         "timings the run kept.", stem="variants-heldout-rerank")
+        return 0
     ws = Path(tempfile.mkdtemp(prefix="fibuild-grid-ws-"))
     for part in ("defs", "solutions"):
         shutil.copytree(ROOT / part, ws / part)
@@ -200,7 +245,9 @@ def main() -> int:
     bench_info = bench(ws, out, timeout_s=args.budget_s * 0.6, names=args.defs)
     print(f"bench: {bench_info}", flush=True)
     rows = held_out(ws, deadline=start + args.budget_s - 20, names=args.defs, shapes=args.shapes)
-    write_table(rows, bench_info, out, args.shapes)
+    import torch
+
+    write_table(rows, bench_info, out, torch.cuda.get_device_name(), args.shapes)
     return 0
 
 

@@ -23,7 +23,7 @@ from ..registry import latest_per_workload
 from ..spec.model import Definition, Evaluation, LatencyStats
 from ..spec.variants import family, split_name
 from ..units import format_us
-from .compare import EAGER, NOISY_SPREAD, caller_cost, noisy, relative_spread, spanning
+from .compare import EAGER, NOISY_SPREAD, caller_cost, noisy, relative_spread
 
 # Heavy or optional dependencies, imported inside the functions that use them: rich, matplotlib.
 
@@ -71,28 +71,15 @@ class Leaderboard:
         return any(self.stale(ev) for row in self.rows for ev in row.cells.values())
 
     def cost(self, ev: Evaluation | None) -> LatencyStats | None:
-        """The cost per call of a PASSED record in the board's mode (None otherwise); its host
-        time's interval spans the solution's host times in the board's other rows, as the
-        resolver reads it (:func:`fibuild.bench.compare.spanning`)."""
+        """The cost per call of a PASSED record in the board's mode (None otherwise)."""
         if ev is None or ev.status != "PASSED" or ev.latency is None:
             return None
-        host = ev.host_latency
-        if host is not None:
-            host = spanning(host, [e.host_latency for row in self.rows for e in row.cells.values()
-                                   if e.solution == ev.solution and e.status == "PASSED" and e.host_latency])
-        return caller_cost(ev.latency, host, self.mode)
+        return caller_cost(ev.latency, ev.host_latency, self.mode)
 
     def reference_cost(self, row: LeaderboardRow) -> LatencyStats | None:
-        """The reference's cost in the row (from the first record that carries it), its host
-        interval spanning the reference's host times in every row."""
+        """The reference's cost in the row (from the first record that carries it)."""
         ev = next((e for e in row.cells.values() if e.reference_latency), None)
-        if ev is None:
-            return None
-        host = ev.reference_host_latency
-        if host is not None:
-            host = spanning(host, [e.reference_host_latency for r in self.rows for e in r.cells.values()
-                                   if e.reference_host_latency])
-        return caller_cost(ev.reference_latency, host, self.mode)
+        return caller_cost(ev.reference_latency, ev.reference_host_latency, self.mode) if ev else None
 
     def wins(self) -> dict[str, int]:
         """Workloads each solution (or ``reference``) is chosen for."""
@@ -244,7 +231,10 @@ def rich_table(board: Leaderboard):
                          f"{NOISY_SPREAD:.0%}: re-measure{stale}; * what `fibuild resolve --mode {board.mode}` picks "
                          "(the baseline unless a challenger wins clearly); verdict: the best challenger against "
                          "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
-                         "tell, `fibuild bench --ambiguous` re-measures); wins: " + ", ".join(
+                         "tell, `fibuild bench --ambiguous` re-measures"
+                         + ("; eager verdicts stretch each host time's interval over the solution's "
+                            "other rows, as host cost drifts between bench items" if board.mode == EAGER else "")
+                         + "); wins: " + ", ".join(
                              f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
     return table
 

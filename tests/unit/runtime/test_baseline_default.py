@@ -39,14 +39,17 @@ def with_dependencies(monkeypatch):
                         lambda sol, device, settings: collect.hardware_mismatch(sol, device))
 
 
-def workspace(tmp_path, registry_of=()):
-    """A copy of the shipped defs and solutions; the registry holds only ``registry_of``'s."""
+def workspace(tmp_path, registry_of=(), device: str | None = None):
+    """A copy of the shipped defs and solutions; the registry holds only ``registry_of``'s
+    records (of ``device`` alone when given)."""
     root = tmp_path / "ws"
     for part in ("defs", "solutions"):
         shutil.copytree(shipped_root() / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "registry").mkdir()
     for name in registry_of:
-        shutil.copytree(shipped_root() / "registry" / name, root / "registry" / name)
+        shutil.copytree(shipped_root() / "registry" / name, root / "registry" / name,
+                        ignore=None if device is None else lambda folder, files: [
+                            f for f in files if not f.startswith(f"{device}.jsonl")])
     return Settings.from_env({"FIBUILD_ROOT": str(root), "FIBUILD_CACHE_DIR": str(tmp_path / "cache"),
                               "FIBUILD_DEVICE": "cuda"})
 
@@ -90,8 +93,8 @@ def test_every_shipped_definition_runs_its_baseline_on_an_unmeasured_gpu(tmp_pat
 
 def test_same_capability_evaluations_are_borrowed_and_marked(tmp_path, gpu, monkeypatch, caplog):
     with_dependencies(monkeypatch)
-    name = "gemm_n4096_k4096_bf16"  # the committed registry holds it for the H200 only
-    settings = workspace(tmp_path, registry_of=[name])
+    name = "gemm_n4096_k4096_bf16"
+    settings = workspace(tmp_path, registry_of=[name], device=H200)
     with caplog.at_level(logging.WARNING, logger="fibuild.runtime"):
         kernel = load(name, settings=settings, mode="graph")
     res = kernel.explain(M=16)
@@ -113,11 +116,18 @@ def test_own_evaluations_are_not_borrowed(tmp_path, gpu, monkeypatch):
 
 
 def test_a_baseline_measured_only_in_an_older_version_stays(tmp_path, gpu, monkeypatch):
-    """The committed H100 records of rmsnorm's FlashInfer baseline are of an older version of it:
+    """The H100 records of rmsnorm's FlashInfer baseline, made those of an older version of it:
     nothing measured beside it can be shown to beat it, so it runs until measured again."""
+    import json
+
     with_dependencies(monkeypatch)
     name = "rmsnorm_h4096"
     settings = workspace(tmp_path, registry_of=[name])
+    h100 = tmp_path / "ws" / "registry" / name / f"{H100.slug}.jsonl"
+    records = [json.loads(line) for line in h100.read_text().splitlines()]
+    assert any(r["solution"] == "flashinfer" for r in records)
+    h100.write_text("".join(json.dumps(dict(r, solution_digest="0" * 64) if r["solution"] == "flashinfer" else r)
+                            + "\n" for r in records))
     res = load(name, settings=settings).explain(batch_size=32)
     assert res.solution.name == "flashinfer" and res.policy == "baseline" and not res.borrowed
     assert "only in an older version" in res.explain()
@@ -140,7 +150,7 @@ def test_a_baseline_never_measured_on_the_device_stays(tmp_path, gpu, monkeypatc
 
     with_dependencies(monkeypatch)
     name = "gemm_n4096_k4096_bf16"
-    settings = workspace(tmp_path, registry_of=[name])
+    settings = workspace(tmp_path, registry_of=[name], device=H200)
     root = tmp_path / "ws"
     ws = Workspace(root)
     defn = ws.definition(name)
