@@ -208,3 +208,41 @@ def test_serving_step_engine_modes_report_their_substitutions(tmp_path, monkeypa
         norms = [r for api, r in stats.items() if api.endswith("rmsnorm")]
         assert norms and sum(r["substituted"] for r in norms) > 0, stats
     assert "| 3 | `flashinfer.decode.BatchDecodeWithPagedKVCacheWrapper` |" in (out / "serving_step.md").read_text()
+
+
+def test_variants_heldout_rerank_resolves_a_finished_run_again_without_a_gpu(tmp_path):
+    """``variants_heldout.py --rerank``: a run's step-1 records and kept timings, resolved with
+    this checkout's rule. M = 96 lies nearer 128 (ratio 1.33) than 64 (1.5): 128's winner runs."""
+    from fibuild.compile.keys import solution_digest
+    from fibuild.spec.workspace import Workspace, shipped_root
+
+    name, slug = "gemm_n4096_k4096_bf16", "nvidia-h100-80gb-hbm3-sm90"
+    ws = Workspace(shipped_root())
+    defn = ws.definition(name)
+    small = ws.solution("triton_stream[KERNEL=dot,BLOCK_M=64,BLOCK_N=32,BLOCK_K=256,STAGES=4,WARPS=4]", name)
+    large = ws.solution("triton_stream[KERNEL=dot,BLOCK_M=64,BLOCK_N=64,BLOCK_K=128,STAGES=4,WARPS=4]", name)
+    run = tmp_path / "run"
+    (run / "registry" / name).mkdir(parents=True)
+
+    def record(sol, m, median):
+        lat = {"median_us": median, "p20_us": median * 0.99, "p80_us": median * 1.01, "mean_us": median, "n": 100,
+               "min_us": median * 0.98, "q1_us": median * 0.99, "q3_us": median * 1.01}
+        return {"schema": 2, "definition": name, "solution": sol.name, "solution_digest": solution_digest(defn, sol),
+                "workload_uuid": f"{name}-M{m}", "axes": {"M": m}, "device": slug, "status": "PASSED",
+                "latency": lat, "reference_latency": lat, "speedup": 1.0, "max_abs_error": 0.0,
+                "max_rel_error": 0.0, "error": "", "build_key": "", "timestamp": "2026-12-07T22:50:00Z",
+                "environment": {"device": slug}}
+
+    lines = [record(small, 64, 20.0), record(large, 64, 24.0), record(small, 128, 40.0), record(large, 128, 27.0)]
+    (run / "registry" / name / f"{slug}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    timings = {small.name: {"status": "PASSED", "median_us": 41.3}, large.name: {"status": "PASSED", "median_us": 27.4}}
+    (run / "variants-heldout.json").write_text(json.dumps({"bench": {"rc": 0, "seconds": 1.0}, "rows": [
+        {"definition": name, "axes": {"M": 96}, "variants": timings, "best": large.name, "best_us": 27.4}]}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device" / "variants_heldout.py"), "--rerank",
+                           str(run), "--device-slug", slug, "--out", str(out)], capture_output=True, text=True,
+                          env=dict(os.environ, FIBUILD_CACHE_DIR=str(tmp_path / "cache")))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads((out / "variants-heldout-rerank.json").read_text())["rows"]
+    assert (row["resolved"], row["evaluated_key"], row["ratio"]) == (large.name, [128], 1.0)
+    assert "1 of 1 held-out shapes within 0.95x" in (out / "variants-heldout-rerank.md").read_text()
