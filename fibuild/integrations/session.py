@@ -54,6 +54,8 @@ class Session:
         self._definitions: dict[str, Any] = {}  # name -> Definition | Unmapped
         self._kernels: dict[str, Any] = {}      # name -> Kernel | Unmapped
         self.substituted: dict[str, int] = {}   # definition -> keys sent to a fibuild solution
+        # definition -> {key: the solution it resolved to}, for every key chosen in this process
+        self.picks: dict[str, dict[str, str]] = {}
         # definition -> keys whose choice rests on another device's evaluations (same compute
         # capability; see Resolution.borrowed), whatever was chosen
         self.borrowed: dict[str, int] = {}
@@ -182,6 +184,8 @@ class Session:
         kernel = self.kernel(name, self.mode if self.mode != AUTO else current_mode())
         resolution = kernel.resolution(defn.apply_key(axes))
         sol = resolution.solution
+        with self._lock:
+            self.picks.setdefault(name, {})[str(resolution.key)] = resolution.solution_name
         if sol is None or adapter.is_original(sol, instance):
             handler = counted(original, self.stats.of(adapter.api).cell("original"))
         else:
