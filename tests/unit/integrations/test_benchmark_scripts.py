@@ -37,7 +37,7 @@ def test_serving_step_smoke_traces_benches_and_applies(tmp_path):
     assert "| 3 | 8 |" in (out / "serving_step.md").read_text()
     assert (out / "serving_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --pdl: applied again with dependent launch (on a CPU the same kernels: the same output)
-    assert all(r["pdl_equals_applied"] and r["applied_pdl_ms"] > 0 for r in summary["rows"])
+    assert all(r["same_picks"] and r["pdl_equals_applied"] and r["applied_pdl_ms"] > 0 for r in summary["rows"])
     assert "applied + PDL" in (out / "serving_step.md").read_text()
 
 
