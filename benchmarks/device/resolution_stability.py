@@ -11,6 +11,7 @@ counts the keys it recorded. Optionally (``--remeasure``) the second workspace t
 
     python3 benchmarks/device/resolution_stability.py --out "$OUT/stability" \
         [--defs rmsnorm_h4096 silu_and_mul_i14336 ...] [--budget-s 330] [--rep 100]
+    python3 benchmarks/device/resolution_stability.py --replay RUN --device-slug SLUG --out DIR   (no GPU)
 
 Writes ``stability.md`` and ``stability.json`` under ``--out``.
 """
@@ -55,21 +56,22 @@ def bench(root: Path, names, budget_s: float, rep: float, device: str, extra=())
     return {"rc": rc, "seconds": round(time.monotonic() - t0, 1)}
 
 
-def resolutions(root: Path, names, device: str) -> dict:
-    """``{(definition, key, mode): (solution, verdict)}`` at every key evaluated in ``root``."""
+def resolutions(root: Path, names, slug: str, here: bool = True) -> dict:
+    """``{(definition, key, mode): (solution, verdict)}`` at every key evaluated in ``root`` on
+    device ``slug``. ``here``: the device is this machine (solutions it cannot run are left out);
+    False for records replayed elsewhere."""
     from fibuild.config import Settings
-    from fibuild.devices import Device
     from fibuild.errors import ResolveError
     from fibuild.runtime.resolve import Resolver
     from fibuild.runtime.table_cache import load_table
     from fibuild.spec.workspace import Workspace
 
-    settings = Settings.from_env({**os.environ, "FIBUILD_ROOT": str(root)})
+    settings = Settings.from_env({**os.environ, "FIBUILD_ROOT": str(root),
+                                  "FIBUILD_CACHE_DIR": str(root / ".fibuild-cache")})
     ws = Workspace(root)
-    slug = Device.parse(device).slug
     found = {}
     for name in names:
-        _, table, _ = load_table(ws, settings, name, slug, here=True)
+        _, table, _ = load_table(ws, settings, name, slug, here=here)
         if table.borrowed:
             continue
         resolver = Resolver(table)
@@ -120,6 +122,27 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def replay(args) -> int:
+    """``--replay``: the comparison of a finished run, made again from its registries with this
+    checkout's resolver; writes ``stability-replay.md`` and ``.json`` under ``--out``."""
+    tmp = Path(tempfile.mkdtemp(prefix="fibuild-stability-replay-"))
+    names = sorted(p.name for p in (args.replay / "registry-run1").iterdir() if p.is_dir())
+    found = []
+    for run in ("run1", "run2"):
+        make_workspace(tmp / run, names)
+        shutil.copytree(args.replay / f"registry-{run}", tmp / run / "registry", dirs_exist_ok=True)
+        found.append(resolutions(tmp / run, names, args.device_slug, here=False))
+    result = {"device": args.device_slug, "definitions": names, "rep": "as recorded",
+              "runs": "replayed from the recorded registries", "comparison": compare(*found)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stability-replay.json").write_text(json.dumps(result, indent=1))
+    text = report(result)
+    (args.out / "stability-replay.md").write_text(text)
+    print(text)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--defs", nargs="+", default=list(DEFAULT_DEFS))
@@ -129,8 +152,18 @@ def main() -> int:
     parser.add_argument("--remeasure", action="store_true", help="then bench --ambiguous in run 2's workspace")
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to try the script itself")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "stability")
+    parser.add_argument("--replay", type=Path, metavar="RUN",
+                        help="no GPU: resolve a finished run's two registries (RUN/registry-run1, "
+                             "RUN/registry-run2) again with this checkout's rule; needs --device-slug")
+    parser.add_argument("--device-slug", help="with --replay: the records' device (e.g. nvidia-h100-80gb-hbm3-sm90)")
     args = parser.parse_args()
+    if args.replay:
+        if not args.device_slug:
+            parser.error("--replay needs --device-slug")
+        return replay(args)
     import torch
+
+    from fibuild.devices import Device
 
     if args.device != "cpu" and not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
@@ -150,14 +183,15 @@ def main() -> int:
     subprocess.run(build, env={**os.environ, "FIBUILD_ROOT": str(roots[0])}, timeout=args.build_s, check=False)
     for root in roots:
         runs.append(bench(root, args.defs, share, args.rep, args.device))
-    first, second = (resolutions(root, args.defs, args.device) for root in roots)
+    slug = Device.parse(args.device).slug
+    first, second = (resolutions(root, args.defs, slug) for root in roots)
     device_name = torch.cuda.get_device_name() if args.device != "cpu" else "cpu"
     result = {"device": device_name, "definitions": args.defs, "rep": args.rep, "runs": runs,
               "comparison": compare(first, second)}
     if args.remeasure:
         before = sum(v == "AMBIGUOUS" for _, v in second.values())
         run = bench(roots[1], args.defs, share, args.rep, args.device, ["--ambiguous"])
-        after = sum(v == "AMBIGUOUS" for _, v in resolutions(roots[1], args.defs, args.device).values())
+        after = sum(v == "AMBIGUOUS" for _, v in resolutions(roots[1], args.defs, slug).values())
         result["remeasured"] = {"run": run, "ambiguous_before": before, "ambiguous_after": after}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stability.json").write_text(json.dumps(result, indent=1))

@@ -246,3 +246,21 @@ def test_variants_heldout_rerank_resolves_a_finished_run_again_without_a_gpu(tmp
     (row,) = json.loads((out / "variants-heldout-rerank.json").read_text())["rows"]
     assert (row["resolved"], row["evaluated_key"], row["ratio"]) == (large.name, [128], 1.0)
     assert "1 of 1 held-out shapes within 0.95x" in (out / "variants-heldout-rerank.md").read_text()
+
+
+def test_resolution_stability_replay_of_the_h100_runs(tmp_path):
+    """``resolution_stability.py --replay``: the H100's two back-to-back runs (22:45, records in
+    benchmarks/results/stability-h100/) resolved again without a GPU. Judged on each item's own
+    spread they disagreed clearly at 2 eager keys (host time drifting between bench items);
+    with host intervals spanning each solution's keys, at most 1 (a drift within one run only)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device" / "resolution_stability.py"),
+                           "--replay", str(REPO / "benchmarks" / "results" / "stability-h100"),
+                           "--device-slug", "nvidia-h100-80gb-hbm3-sm90", "--out", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, FIBUILD_CACHE_DIR=str(tmp_path / "c")))
+    assert proc.returncode == 0, proc.stderr
+    counts = json.loads((out / "stability-replay.json").read_text())["comparison"]["counts"]
+    assert counts["keys"] == 40 and counts["differ_clear"] <= 1
+    clear = [r for r in json.loads((out / "stability-replay.json").read_text())["comparison"]["rows"]
+             if r["run1"] != r["run2"] and "AMBIGUOUS" not in (r["verdict1"], r["verdict2"])]
+    assert all(r["mode"] == "eager" for r in clear)  # GPU times agree between the runs
