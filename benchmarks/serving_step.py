@@ -557,17 +557,17 @@ def _evaluate_chain(args, workspace: Path) -> None:
     With ``--pdl``, once per launch mode: chain choices count only in the mode they were made in."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + (
         [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])), FIBUILD_TRACE="0", FIBUILD_APPLY="0")
-    launches = ("0", "1") if args.pdl else (env.get("FIBUILD_PDL", ""),)
+    launches = ("0", "1") if args.pdl else (None,)  # None: the launch mode the environment sets
     with open(Path(args.out) / "chain.log", "w") as out:
         for pdl in launches:
             for batch in args.batch:
                 axes = f"batch_size={batch},kv_tokens={batch * (args.kv_len + 1)}"
                 log(f"== fibuild chain llama3_8b_decode_layer --axes {axes}"
-                    f"{f' (FIBUILD_PDL={pdl})' if pdl else ''} (output: {args.out}/chain.log)")
+                    f"{'' if pdl is None else f' (FIBUILD_PDL={pdl})'} (output: {args.out}/chain.log)")
                 try:
                     subprocess.run([sys.executable, "-m", "fibuild", "--root", str(workspace), "chain",
                                     "llama3_8b_decode_layer", "--axes", axes, "--device", args.device, "--layers",
-                                    "4", "--iters", "10"], env=dict(env, **({"FIBUILD_PDL": pdl} if pdl else {})),
+                                    "4", "--iters", "10"], env=env if pdl is None else {**env, "FIBUILD_PDL": pdl},
                                    timeout=args.bench_timeout, check=False, stdout=out, stderr=subprocess.STDOUT)
                 except subprocess.TimeoutExpired:
                     log(f"fibuild chain stopped after {args.bench_timeout} s")
@@ -606,6 +606,7 @@ def driver(args) -> int:
     applied_pdl = _spawn(args, "apply_pdl", {"FIBUILD_APPLY": "1", "FIBUILD_PDL": "1"}, workspace) \
         if args.pdl else None
     bandwidth = plain["copy_bandwidth"]
+    same_picks = applied_pdl is not None and applied.get("picks") == applied_pdl.get("picks")
     rows = []
     for batch in args.batch:
         key = str(batch)
@@ -630,7 +631,7 @@ def driver(args) -> int:
             pdl_err = _compare(out["apply_pdl"], out["fp32"])[1]
             rows[-1].update({"applied_pdl_ms": ap * 1e3, "pdl_speedup": p / ap, "applied_pdl_of_floor": floor / ap,
                              "applied_pdl_fp32_rel_l2": pdl_err,
-                             "same_picks": applied.get("picks") == applied_pdl.get("picks"),
+                             "same_picks": same_picks,
                              "pdl_equals_applied": bool(_compare(out["apply_pdl"], out["apply"])[0] == 0.0)})
             rows[-1]["agree"] = rows[-1]["agree"] and pdl_err <= args.error_ratio * plain_err
     device = _device_name(args.device)

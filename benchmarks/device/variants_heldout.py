@@ -182,10 +182,11 @@ def write_table(rows: list[dict], bench_info: dict, out: Path, device_name: str,
     print("\n".join(lines))
 
 
-def rerank(result: Path, registry: Path, device: str, out: Path) -> list[dict]:
-    """Resolve a finished run's held-out shapes again with this checkout's rule, from the run's
-    step-1 records (``registry``: a registry folder) and against the variants' timings it kept
-    (``result``: its variants-heldout.json): no GPU needed. ``device``: the records' device slug."""
+def rerank(run_rows: list[dict], registry: Path, device: str) -> list[dict]:
+    """A finished run's held-out rows (``run_rows``, from its variants-heldout.json) resolved
+    again with this checkout's rule, from the run's step-1 records (``registry``: a registry
+    folder) and against the variants' timings it kept: no GPU needed. ``device``: the records'
+    device slug."""
     from fibuild.config import Settings
     from fibuild.runtime.resolve import Resolver
     from fibuild.runtime.table_cache import load_table
@@ -197,7 +198,7 @@ def rerank(result: Path, registry: Path, device: str, out: Path) -> list[dict]:
     shutil.copytree(registry, ws / "registry")
     settings = Settings.from_env({**os.environ, "FIBUILD_CACHE_DIR": str(ws / "cache")}, root=ws)
     workspace, rows = Workspace(ws), []
-    for row in json.loads(result.read_text())["rows"]:
+    for row in run_rows:
         if "variants" not in row:
             continue
         defn, table, _ = load_table(workspace, settings, row["definition"], device, here=False)
@@ -207,7 +208,6 @@ def rerank(result: Path, registry: Path, device: str, out: Path) -> list[dict]:
         new["resolved_us"] = passed.get(new["resolved"])
         new["ratio"] = round(new["best_us"] / new["resolved_us"], 3) if new["resolved_us"] else None
         rows.append(new)
-    out.mkdir(parents=True, exist_ok=True)
     return rows
 
 
@@ -231,9 +231,8 @@ def main() -> int:
     if args.rerank:
         if not args.device_slug:
             parser.error("--rerank needs --device-slug")
-        result = args.rerank / "variants-heldout.json"
-        run = json.loads(result.read_text())
-        rows = rerank(result, args.rerank / "registry", args.device_slug, out)
+        run = json.loads((args.rerank / "variants-heldout.json").read_text())
+        rows = rerank(run["rows"], args.rerank / "registry", args.device_slug)
         write_table(rows, run["bench"], out, run.get("device", args.device_slug), run.get("shapes", args.shapes),
                     note="Resolved again without a GPU (`--rerank`) with this checkout's rule, against the "
                          "timings the run kept.", stem="variants-heldout-rerank")

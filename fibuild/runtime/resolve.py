@@ -10,10 +10,10 @@ Policies, tried as a chain that starts at the requested one (``strict`` tries on
   >= the key's), then to the larger key. Above is the safer side of a tie because a kernel's
   cost does not fall as the shape grows: the winner at the key above runs the shape in at
   most its measured time there, while the winner below has no such bound (a tile sized for
-  M = 64 runs M = 96 in two passes: 0.61x the best variant on the H100; the closest key
-  gave 0.95x or better at 24 of 25 held-out shapes, against 19). Only keys within :data:`REACH` times
-  the key on every var axis count: beyond that nothing measured speaks for the shape (a GEMM
-  variant measured up to M = 8 ran 0.16x the best at M = 4096);
+  M = 64 runs M = 96 in two passes: 0.61x the best variant on the H100; the closest key gave
+  0.95x or better at 24 of 25 held-out shapes there, the largest key below at 19). Only keys
+  within :data:`REACH` times the key on every var axis count: beyond that nothing measured
+  speaks for the shape (a GEMM variant measured up to M = 8 ran 0.16x the best at M = 4096);
 - ``def_best``: the solution that runs the most evaluated keys; it steps aside for a baseline
   that can run when no evaluated key is within reach;
 - ``baseline``: the definition's baseline (FlashInfer's, cuBLAS through torch), where the

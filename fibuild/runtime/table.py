@@ -333,12 +333,11 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             continue
         ranked[key].append(Timing(name, aggregate(ev.latency for ev in evs),
                                   aggregate(ev.host_latency for ev in evs)))
-    reference_timings = {k: Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
-                                   aggregate(ev.reference_host_latency for ev in evs))
+    table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(with_host_drift(ranked).items())}
+    reference_timings = {k: [Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
+                                    aggregate(ev.reference_host_latency for ev in evs))]
                          for k, evs in sorted(reference.items()) if evs}
-    ranked = with_host_drift(ranked)
-    table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(ranked.items())}
-    table.reference = {k: ts[0] for k, ts in with_host_drift({k: [t] for k, t in reference_timings.items()}).items()}
+    table.reference = {k: t for k, (t,) in with_host_drift(reference_timings).items()}
     table.failed = {s: frozenset(keys) for s, keys in sorted(failed.items())}
     for name, counts in sorted(statuses.items()):
         total = sum(counts.values())

@@ -259,8 +259,8 @@ def test_resolution_stability_replay_of_the_h100_runs(tmp_path):
                            "--device-slug", "nvidia-h100-80gb-hbm3-sm90", "--out", str(out)],
                           capture_output=True, text=True, env=dict(os.environ, FIBUILD_CACHE_DIR=str(tmp_path / "c")))
     assert proc.returncode == 0, proc.stderr
-    counts = json.loads((out / "stability-replay.json").read_text())["comparison"]["counts"]
-    assert counts["keys"] == 40 and counts["differ_clear"] <= 1
-    clear = [r for r in json.loads((out / "stability-replay.json").read_text())["comparison"]["rows"]
+    comparison = json.loads((out / "stability-replay.json").read_text())["comparison"]
+    assert comparison["counts"]["keys"] == 40 and comparison["counts"]["differ_clear"] <= 1
+    clear = [r for r in comparison["rows"]
              if r["run1"] != r["run2"] and "AMBIGUOUS" not in (r["verdict1"], r["verdict2"])]
     assert all(r["mode"] == "eager" for r in clear)  # GPU times agree between the runs
