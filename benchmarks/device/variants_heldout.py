@@ -40,6 +40,8 @@ GEMM_HELD_OUT = {"seen": (3, 6, 12, 24, 48, 96, 256, 1024, 4096),
                  "fresh": (5, 10, 20, 40, 80, 160, 384, 768, 3072)}
 DECODE_HELD_OUT = {"seen": ((2, 256), (2, 1024), (8, 2048), (8, 512), (32, 1024), (64, 2048), (128, 1024)),
                    "fresh": ((3, 768), (6, 1536), (12, 512), (24, 2048), (48, 1024), (96, 512), (200, 1024))}
+for _sets in (GEMM_HELD_OUT, DECODE_HELD_OUT):  # ``all``: both sets, one bench of the grids
+    _sets["all"] = tuple(sorted(_sets["seen"] + _sets["fresh"]))
 FAMILIES = {"gemm": "triton_stream", "decode": "triton_split_kv"}
 
 
@@ -149,6 +151,15 @@ def held_out(ws: Path, deadline: float, names, shapes: str = "seen") -> list[dic
     return rows
 
 
+def held_out_set(row: dict) -> str:
+    """``seen`` or ``fresh``: the held-out set a row's shape comes from."""
+    axes = row["axes"]
+    if "M" in axes:
+        return "seen" if axes["M"] in GEMM_HELD_OUT["seen"] else "fresh"
+    shape = (axes["batch_size"], axes["num_kv_indices"] // axes["batch_size"])
+    return "seen" if shape in DECODE_HELD_OUT["seen"] else "fresh"
+
+
 def params(name: str | None) -> str:
     return name.split("[", 1)[1].rstrip("]") if name and "[" in name else str(name)
 
@@ -172,10 +183,13 @@ def write_table(rows: list[dict], bench_info: dict, out: Path, device_name: str,
         best_us = f"{r['best_us']:.2f}" if r.get("best_us") else "-"
         lines.append(f"| {r['definition']} | {shape} | {params(r.get('resolved'))} ({r.get('evaluated_key')}) | "
                      f"{res_us} | {params(r.get('best'))} | {best_us} | {r.get('ratio', '-')} |")
-    ratios = [r["ratio"] for r in rows if r.get("ratio") is not None]
-    if ratios:
-        lines += ["", f"{sum(x >= 0.95 for x in ratios)} of {len(ratios)} held-out shapes within 0.95x; "
-                  f"worst {min(ratios):.3f}."]
+    measured = [r for r in rows if r.get("ratio") is not None]
+    for label, part in [("", measured)] + ([(f" ({which} set)", [r for r in measured if held_out_set(r) == which])
+                                            for which in ("seen", "fresh")] if shapes == "all" else []):
+        ratios = [r["ratio"] for r in part]
+        if ratios:
+            lines += ["", f"{sum(x >= 0.95 for x in ratios)} of {len(ratios)} held-out shapes{label} within 0.95x; "
+                      f"worst {min(ratios):.3f}."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"bench": bench_info, "device": device_name, "shapes": shapes,
                                                   "rows": rows}, indent=1))
@@ -219,7 +233,7 @@ def main() -> int:
     parser.add_argument("--defs", nargs="+", default=[GEMMS[0], DECODE, *GEMMS[1:]], metavar="DEF",
                         choices=[*GEMMS, DECODE], help="the grids' definitions (default: all three)")
     parser.add_argument("--shapes", choices=sorted(GEMM_HELD_OUT), default="seen",
-                        help="which held-out set (default seen; fresh: shapes the rule was not chosen on)")
+                        help="which held-out set (default seen; fresh: shapes the rule was not chosen on; all: both)")
     parser.add_argument("--rerank", metavar="RUN", type=Path,
                         help="no GPU: resolve a finished run's shapes again with this checkout's rule "
                              "(RUN: its --out folder, with variants-heldout.json and registry/)")

@@ -248,6 +248,26 @@ def test_variants_heldout_rerank_resolves_a_finished_run_again_without_a_gpu(tmp
     assert "1 of 1 held-out shapes within 0.95x" in (out / "variants-heldout-rerank.md").read_text()
 
 
+def test_variants_heldout_table_of_both_sets_counts_each_set(tmp_path):
+    """``--shapes all`` (one bench of the grids, both held-out sets): the table counts the
+    shapes within 0.95x overall and per set, each row's set told by its shape."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("variants_heldout", REPO / "benchmarks" / "device" / "variants_heldout.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert set(script.GEMM_HELD_OUT["all"]) == set(script.GEMM_HELD_OUT["seen"]) | set(script.GEMM_HELD_OUT["fresh"])
+    rows = [{"definition": "gemm_n4096_k4096_bf16", "axes": {"M": 96}, "ratio": 1.0},
+            {"definition": "gemm_n4096_k4096_bf16", "axes": {"M": 5}, "ratio": 0.9},
+            {"definition": script.DECODE, "axes": {"batch_size": 3, "num_pages": 2304, "len_indptr": 4,
+                                                   "num_kv_indices": 2304}, "ratio": 0.97}]
+    script.write_table(rows, {"rc": 0, "seconds": 1.0}, tmp_path, "a GPU", "all")
+    text = (tmp_path / "variants-heldout.md").read_text()
+    assert "2 of 3 held-out shapes within 0.95x; worst 0.900." in text
+    assert "1 of 1 held-out shapes (seen set) within 0.95x; worst 1.000." in text
+    assert "1 of 2 held-out shapes (fresh set) within 0.95x; worst 0.900." in text
+
+
 def test_resolution_stability_replay_of_the_h100_runs(tmp_path):
     """``resolution_stability.py --replay``: the H100's two back-to-back runs (22:45, records in
     benchmarks/results/stability-h100/) resolved again without a GPU. Judged on each item's own
