@@ -24,8 +24,8 @@ test:  ## the test suite (GPU tests skip without a GPU)
 test-gpu:  ## only the GPU tests (run on a GPU machine)
 	$(PYTHON) -m pytest -q -m gpu
 
-lint:  ## ruff over the package, the tests and the examples (as CI runs it)
-	$(PYTHON) -m ruff check fibuild tests examples setup.py .ci
+lint:  ## ruff over the package, the tests, the examples and the benchmarks (as CI runs it)
+	$(PYTHON) -m ruff check fibuild tests examples setup.py .ci benchmarks
 
 validate:  ## validate every manifest of the workspace
 	$(FIBUILD) validate

@@ -103,7 +103,8 @@ def bench_noop_and_parallel(work: Path, n_noop: int, n_par: int, rows: list[str]
         if out.returncode != 0:
             raise RuntimeError(out.stdout + out.stderr)
     rows.append(f"| first build-all, {n_par} cpp solutions, `-j1` | {serial:.2f} s |")
-    rows.append(f"| first build-all, {n_par} cpp solutions, `-j2` | {parallel:.2f} s (speed-up {serial / parallel:.2f}x) |")
+    rows.append(f"| first build-all, {n_par} cpp solutions, `-j2` | {parallel:.2f} s "
+                f"(speed-up {serial / parallel:.2f}x) |")
     # The no-op: build all N once (parallel), then time new processes that find nothing to do.
     cache = work / "cache_noop"
     first, out = fibuild_cli(root, cache, "--all")
@@ -119,7 +120,8 @@ def bench_noop_and_parallel(work: Path, n_noop: int, n_par: int, rows: list[str]
     # The probe sees the same environment as the CLI runs above (compiler variables are key inputs).
     probe = (f"import os, sys; from fibuild.config import Settings; from fibuild.spec.workspace import Workspace\n"
              f"from fibuild.compile.cache import BuildCache\n"
-             f"ws = Workspace({str(root)!r}); s = Settings.from_env(dict(os.environ, FIBUILD_CACHE_DIR={str(cache)!r}))\n"
+             f"ws = Workspace({str(root)!r}); "
+             f"s = Settings.from_env(dict(os.environ, FIBUILD_CACHE_DIR={str(cache)!r}))\n"
              f"sol = ws.solution('add_one_f32/cpp_add_000'); d = ws.definition(sol.definition)\n"
              f"print(BuildCache(s).lookup(d, sol).build_dir)")
     _, build_dir = timed_python(probe)
@@ -137,8 +139,8 @@ def bench_cold_start(work: Path, build_dir: str, rows: list[str]) -> None:
     tail = "print(time.perf_counter() - t0)\n"
     programs = {
         "fibuild (`import fibuild` + `load_committed` + call)":
-            head + f"import fibuild\nfrom fibuild.compile.cache import load_committed\nf = load_committed({build_dir!r})\n"
-            + call + tail,
+            head + "import fibuild\nfrom fibuild.compile.cache import load_committed\n"
+            f"f = load_committed({build_dir!r})\n" + call + tail,
         "`tvm_ffi.cpp.load` (same kernel.cpp)":
             head + "import tvm_ffi.cpp\n"
             f"f = tvm_ffi.cpp.load('bench_add_one', cpp_files=[{str(KERNEL / 'kernel.cpp')!r}], "
@@ -178,7 +180,8 @@ def bench_cuda_first_build(work: Path, rows: list[str]) -> None:
         "from fibuild.compile.cache import BuildCache\n"
         f"ws = Workspace({str(FIXTURE)!r}); sol = ws.solution('add_one_f32/cuda_add')\n"
         "d = ws.definition(sol.definition)\n"
-        f"s = Settings.from_env({{'FIBUILD_CACHE_DIR': {str(work / 'cuda_cache')!r}, 'FIBUILD_CUDA_ARCH_LIST': '9.0a'}})\n"
+        f"s = Settings.from_env({{'FIBUILD_CACHE_DIR': {str(work / 'cuda_cache')!r}, "
+        "'FIBUILD_CUDA_ARCH_LIST': '9.0a'})\n"
         "t0 = time.perf_counter(); c = BuildCache(s)\n"
         "c.build_many([(d, sol)])\n"
         "print(time.perf_counter() - t0)\n")

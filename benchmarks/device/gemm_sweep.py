@@ -314,7 +314,8 @@ def write_markdown(path: Path, env: dict, results: list[dict]) -> None:
              "% = share of the copy ceiling (bytes / time / ceiling).")
     lines = [f"# Small-M GEMM sweep, {env['device']} ({env['sms']} SMs), torch {env['torch']}, triton {env['triton']}",
              "", intro, "",
-             "| shape | M | MB | floor µs | copy same bytes µs | cuBLAS µs (%) | best Triton | µs (%) | vs cuBLAS | 2nd | 3rd |",
+             "| shape | M | MB | floor µs | copy same bytes µs | cuBLAS µs (%) | best Triton | µs (%) "
+             "| vs cuBLAS | 2nd | 3rd |",
              "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
     for r in results:
         def pct(us, nbytes=r["bytes"]):

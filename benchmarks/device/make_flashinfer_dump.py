@@ -42,9 +42,8 @@ def main(out: Path) -> int:
     })
     signal.alarm(480)  # bounded: a JIT build gone wrong must not hold the GPU
 
-    import torch
-
     import flashinfer  # after the environment: api_logging reads it at import
+    import torch
     from flashinfer.decode import BatchDecodeWithPagedKVCacheWrapper
     from flashinfer.norm import rmsnorm
 

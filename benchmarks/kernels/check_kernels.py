@@ -57,7 +57,7 @@ def nvcc_compile(source: Path, out: Path, extra: list[str]) -> tuple[Path, float
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"nvcc failed for {source}:\n{proc.stderr[-3000:]}")
-    report = [l for l in proc.stderr.splitlines() if "Used" in l or "spill" in l]
+    report = [line for line in proc.stderr.splitlines() if "Used" in line or "spill" in line]
     return out, time.perf_counter() - t0, " | ".join(s.split(":", 1)[-1].strip() for s in report)
 
 
@@ -145,6 +145,7 @@ def main() -> int:
     import torch
     import triton
     import tvm_ffi
+
     from fibuild.spec.calling import load_reference, make_caller, solution_caller
     from fibuild.spec.workspace import Workspace
 
@@ -175,7 +176,8 @@ def main() -> int:
                 entry = import_entry(ws, sol)
                 impls[dname][sol.name] = solution_caller(ws.definition(dname), sol, entry)
                 t0 = time.perf_counter()
-                check(torch, ws.definition(dname), impls[dname][sol.name], load_reference(ws.definition(dname))["run"], 8, 0)
+                check(torch, ws.definition(dname), impls[dname][sol.name],
+                      load_reference(ws.definition(dname))["run"], 8, 0)
                 print(f"warm {dname}/{sol.name}: {time.perf_counter() - t0:.1f} s", flush=True)
             except Exception as exc:  # a baseline that cannot run is reported, not fatal
                 impls[dname].pop(sol.name, None)
@@ -207,10 +209,13 @@ def main() -> int:
                         o, e = check(torch, defn, call, reference, batch, seed)
                         ok, err = ok and o, max(err, e)
                     row.update(correct=ok, max_abs_err=err)
-                    fn = (lambda c=call, a=inputs: c(*a))
+                    def fn(c=call, a=inputs):
+                        return c(*a)
+
                     row["events_us"] = time_events(torch, fn, args.reps)
                     row["do_bench_us"] = triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median") * 1000.0
-                    row["pct_ceiling"] = bytes_moved(dname, batch) / (row["events_us"] * 1e-6) / (COPY_CEILING_TBPS * 1e12) * 100
+                    row["pct_ceiling"] = (bytes_moved(dname, batch) / (row["events_us"] * 1e-6)
+                                          / (COPY_CEILING_TBPS * 1e12) * 100)
                 except Exception:
                     row["error"] = traceback.format_exc(limit=2)
                 results["rows"].append(row)

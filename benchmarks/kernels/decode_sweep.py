@@ -98,8 +98,6 @@ def candidates(ws, defn):
 
 
 def check(defn, got, want) -> str:
-    import torch
-
     problems = []
     for name, g, w in zip(("output", "lse"), got, want):
         if g.shape != w.shape or g.dtype != w.dtype:
@@ -109,7 +107,8 @@ def check(defn, got, want) -> str:
         same = g64 == w64
         bad = ~same & ~((g64 - w64).abs() <= defn.tolerance.atol + defn.tolerance.rtol * w64.abs())
         if bool(bad.any()):
-            problems.append(f"{name}: {int(bad.sum())} beyond tolerance, max {float((g64 - w64).abs().nan_to_num(1e30).max()):.3g}")
+            worst = float((g64 - w64).abs().nan_to_num(1e30).max())
+            problems.append(f"{name}: {int(bad.sum())} beyond tolerance, max {worst:.3g}")
     return "; ".join(problems)
 
 
@@ -160,7 +159,8 @@ def main() -> int:
         labels = list(makers)
         if opts.quick:
             labels = labels[:4]
-        lines += [f"## {def_name}", "", "| batch | KV/seq | " + " | ".join(labels) + " | best triton / best flashinfer |",
+        lines += [f"## {def_name}", "",
+                  "| batch | KV/seq | " + " | ".join(labels) + " | best triton / best flashinfer |",
                   "|---" * (len(labels) + 3) + "|"]
         for workload in defn.workloads[:: 2 if opts.quick else 1]:
             t0 = time.perf_counter()
@@ -201,7 +201,8 @@ def main() -> int:
                      default=None)
             ratio = f"{fi / tr:.2f}x" if fi and tr else "-"
             kv = nbytes // (batch * 8 * 128 * 2 * 2)
-            lines.append(f"| {batch} | {kv} | " + " | ".join(fmt(row["cells"][lab]) for lab in labels) + f" | {ratio} |")
+            cells = " | ".join(fmt(row["cells"][lab]) for lab in labels)
+            lines.append(f"| {batch} | {kv} | " + cells + f" | {ratio} |")
             print(lines[-1], f"[{time.perf_counter() - t0:.1f}s]", flush=True)
             del args, want
             torch.cuda.empty_cache()

@@ -253,7 +253,8 @@ def test_variants_heldout_table_of_both_sets_counts_each_set(tmp_path):
     shapes within 0.95x overall and per set, each row's set told by its shape."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("variants_heldout", REPO / "benchmarks" / "device" / "variants_heldout.py")
+    path = REPO / "benchmarks" / "device" / "variants_heldout.py"
+    spec = importlib.util.spec_from_file_location("variants_heldout", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert set(script.GEMM_HELD_OUT["all"]) == set(script.GEMM_HELD_OUT["seen"]) | set(script.GEMM_HELD_OUT["fresh"])
