@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from fibuild.bench.compare import GRAPH, caller_cost, spanning
+from fibuild.bench.compare import GRAPH, caller_cost, host_slowdown, spanning
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, LatencyStats, Solution
 
 from .decisions import REFERENCE
@@ -91,16 +91,23 @@ def aggregate(stats: Iterable[LatencyStats | None]) -> LatencyStats | None:
                         q1_us=med("q1_us"), q3_us=med("q3_us"))
 
 
-def with_host_drift(timings: Mapping[ApplyKey, list[Timing]]) -> dict[ApplyKey, list[Timing]]:
-    """``timings`` with each host time's interval spanning its solution's host times at every
-    key (:func:`fibuild.bench.compare.spanning`: host cost drifts between bench items)."""
+def host_medians(timings: Mapping[ApplyKey, list[Timing]]) -> dict[str, list[LatencyStats]]:
+    """Each solution's host times at its keys, in key order."""
     hosts: dict[str, list[LatencyStats]] = defaultdict(list)
     for ts in timings.values():
         for t in ts:
             if t.host is not None:
                 hosts[t.solution].append(t.host)
-    return {k: [t if t.host is None else dataclasses.replace(t, host=spanning(t.host, hosts[t.solution])) for t in ts]
-            for k, ts in timings.items()}
+    return hosts
+
+
+def with_host_drift(timings: Mapping[ApplyKey, list[Timing]], slowdown: float) -> dict[ApplyKey, list[Timing]]:
+    """``timings`` with each host time's interval spanning its solution's host times at every
+    key, upper ends at least ``slowdown`` times its lowest median (:func:`fibuild.bench.compare.
+    spanning`, :func:`fibuild.bench.compare.host_slowdown`: host cost drifts between bench items)."""
+    hosts = host_medians(timings)
+    return {k: [t if t.host is None else dataclasses.replace(t, host=spanning(t.host, hosts[t.solution], slowdown))
+                for t in ts] for k, ts in timings.items()}
 
 
 @dataclass(frozen=True)
@@ -333,11 +340,14 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             continue
         ranked[key].append(Timing(name, aggregate(ev.latency for ev in evs),
                                   aggregate(ev.host_latency for ev in evs)))
-    table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(with_host_drift(ranked).items())}
+    # the slowdown the solutions saw, applied to the reference too (one host, one run's state)
+    slowdown = host_slowdown([h.median_us for h in hs] for hs in host_medians(ranked).values())
+    table.ranked = {k: tuple(sorted(ts, key=Timing.rank))
+                    for k, ts in sorted(with_host_drift(ranked, slowdown).items())}
     reference_timings = {k: [Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
                                     aggregate(ev.reference_host_latency for ev in evs))]
                          for k, evs in sorted(reference.items()) if evs}
-    table.reference = {k: t for k, (t,) in with_host_drift(reference_timings).items()}
+    table.reference = {k: t for k, (t,) in with_host_drift(reference_timings, slowdown).items()}
     table.failed = {s: frozenset(keys) for s, keys in sorted(failed.items())}
     for name, counts in sorted(statuses.items()):
         total = sum(counts.values())

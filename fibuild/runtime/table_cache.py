@@ -41,8 +41,9 @@ from .table import ApplyTable
 
 log = logging.getLogger("fibuild.runtime")
 
-FORMAT = 7  # bump when the cached JSON layout or meaning changes (4: chain choices; 5: a file, no
-# build_dir; 6: full stats, host times, baseline, borrowed; 7: host intervals span the solution's keys)
+FORMAT = 8  # bump when the cached JSON layout or meaning changes (4: chain choices; 5: a file, no
+# build_dir; 6: full stats, host times, baseline, borrowed; 7: host intervals span the solution's keys;
+# 8: and reach the table's host slowdown)
 
 
 def _stat_files(folder: Path, root: Path, out: list) -> None:

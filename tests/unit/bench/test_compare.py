@@ -6,7 +6,8 @@ import types
 
 import pytest
 
-from fibuild.bench.compare import AMBIGUOUS, FAST, SAME, SLOW, Interval, caller_cost, compare, noisy, relative_spread
+from fibuild.bench.compare import (AMBIGUOUS, FAST, SAME, SLOW, Interval, caller_cost, compare, host_slowdown, noisy,
+                                   relative_spread, spanning)
 from fibuild.cli.bench_report import noisy_measurements, report_evaluations
 from fibuild.spec.model import Evaluation, LatencyStats
 
@@ -63,6 +64,23 @@ def test_caller_cost_by_mode():
     assert mixed.median_us == 20.0
     with pytest.raises(ValueError, match="unknown mode 'lazy'"):
         caller_cost(gpu, host, "lazy")
+
+
+def test_host_slowdown_is_the_median_solutions_largest_over_smallest():
+    # the H100's first stability run, SiLU×mul host medians at four keys
+    steady, fi, triton = [10.14, 10.16, 9.82, 9.81], [12.73, 20.92, 13.14, 12.55], [12.15, 18.78, 11.94, 12.28]
+    assert host_slowdown([steady, fi, triton]) == pytest.approx(18.78 / 11.94)
+    assert host_slowdown([steady, [12.0, 30.0]]) == pytest.approx(10.16 / 9.81)  # two keys: not evidence
+    assert host_slowdown([]) == 1.0 and host_slowdown([[5.0, 5.0, 5.0]]) == 1.0
+
+
+def test_spanning_covers_other_keys_and_reaches_the_slowdown():
+    own, other = stats(10.0, low=9.8, high=10.2), stats(12.0, low=11.0, high=14.0)
+    wide = spanning(own, [own, other])
+    assert (wide.median_us, wide.min_us, wide.q3_us, wide.q1_us) == (10.0, 9.8, 14.0, own.q1_us)
+    slowed = spanning(own, [own], slowdown=1.5)  # upper ends only: a win must hold at the slow end
+    assert (slowed.min_us, slowed.q3_us, slowed.p80_us) == (9.8, 15.0, 15.0)
+    assert spanning(own, [own], slowdown=1.01).q3_us == pytest.approx(10.2)  # never lowered
 
 
 def test_noisy_flags_wide_spreads_only():
