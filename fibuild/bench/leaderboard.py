@@ -233,7 +233,8 @@ def rich_table(board: Leaderboard):
                          "the baseline (FAST: it runs; SAME, SLOW: the baseline stays; AMBIGUOUS: too close to "
                          "tell, `fibuild bench --ambiguous` re-measures"
                          + ("; eager verdicts stretch each host time's interval over the solution's "
-                            "other rows, as host cost drifts between bench items" if board.mode == EAGER else "")
+                            "other rows and up to the host's slowdown, as host cost drifts between bench items"
+                            if board.mode == EAGER else "")
                          + "); wins: " + ", ".join(
                              f"{s} {n}" for s, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
     return table

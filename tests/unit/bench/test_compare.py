@@ -6,8 +6,19 @@ import types
 
 import pytest
 
-from fibuild.bench.compare import (AMBIGUOUS, FAST, SAME, SLOW, Interval, caller_cost, compare, host_slowdown, noisy,
-                                   relative_spread, spanning)
+from fibuild.bench.compare import (
+    AMBIGUOUS,
+    FAST,
+    SAME,
+    SLOW,
+    Interval,
+    caller_cost,
+    compare,
+    host_slowdown,
+    noisy,
+    relative_spread,
+    spanning,
+)
 from fibuild.cli.bench_report import noisy_measurements, report_evaluations
 from fibuild.spec.model import Evaluation, LatencyStats
 
