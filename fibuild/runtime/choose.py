@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from fibuild.bench.compare import AMBIGUOUS, FAST, RULE, SAME, SLOW, Comparison, compare
+from fibuild.bench.compare import AMBIGUOUS, EAGER, FAST, RULE, SAME, SLOW, Comparison, compare
 from fibuild.spec.model import ApplyKey
 from fibuild.units import format_us
 
@@ -70,6 +70,15 @@ class KeyDecision:
 
     def anchor_role(self) -> str:
         return "the baseline" if self.anchor_is_baseline else "the fastest measured solution"
+
+
+def rule(table: ApplyTable, mode: str) -> str:
+    """The comparison rule as a decision trace names it; in eager mode with host times, with
+    how far their intervals were stretched (:func:`fibuild.runtime.table.with_host_drift`)."""
+    if mode != EAGER or not any(t.host is not None for ts in table.ranked.values() for t in ts):
+        return RULE
+    return (f"{RULE}; eager: each host time's interval spans its solution's keys, up to "
+            f"{table.host_slowdown:.2f}x its lowest (the host's slowdown)")
 
 
 def contenders(table: ApplyTable, key: ApplyKey, out: Mapping[str, str]) -> list[Timing]:
@@ -121,7 +130,7 @@ def decide(table: ApplyTable, key: ApplyKey, mode: str, out: Mapping[str, str]) 
         if unclear:
             reason += "; the winners cannot be told apart (AMBIGUOUS)"
         return KeyDecision(key, mode, chosen, anchor, baseline is not None, verdict,
-                           f"{reason} [{RULE}]", comparisons, tuple(t.solution for t in tied))
+                           f"{reason} [{rule(table, mode)}]", comparisons, tuple(t.solution for t in tied))
     close = [t for t in challengers if comparisons[t.solution].verdict == AMBIGUOUS
              and comparisons[t.solution].gain > 0]
     verdicts = {c.verdict for c in comparisons.values()}
@@ -136,7 +145,7 @@ def decide(table: ApplyTable, key: ApplyKey, mode: str, out: Mapping[str, str]) 
                                                  for t in close))
     elif challengers:
         head += ": no challenger wins clearly"
-    return KeyDecision(key, mode, anchor, anchor, baseline is not None, verdict, f"{head} [{RULE}]",
+    return KeyDecision(key, mode, anchor, anchor, baseline is not None, verdict, f"{head} [{rule(table, mode)}]",
                        comparisons)
 
 

@@ -137,6 +137,8 @@ class ApplyTable:
     records are this device's own). Which solution wins a key is decided by
     :mod:`fibuild.runtime.choose`, not stored here. ``chained[key]``: the newest current chain
     choice at ``key`` (:mod:`fibuild.bench.chain`), which the decision at the key prefers.
+    ``host_slowdown``: the factor the host times' upper ends reach
+    (:func:`fibuild.bench.compare.host_slowdown`; 1.0 without host times).
     """
 
     definition: str
@@ -154,6 +156,7 @@ class ApplyTable:
     borrowed: str = ""
     unmeasured: frozenset = frozenset()
     chained: dict[ApplyKey, ChainChoice] = field(default_factory=dict)
+    host_slowdown: float = 1.0
 
     def baseline_unmeasured(self) -> str | None:
         """How the baseline went unmeasured on this device while other solutions were measured:
@@ -177,6 +180,7 @@ class ApplyTable:
             "baseline": self.baseline, "baseline_note": self.baseline_note, "borrowed": self.borrowed,
             "unmeasured": sorted(self.unmeasured),
             "chained": [[list(k), c.solution, c.chain, c.chain_latency_us] for k, c in self.chained.items()],
+            "host_slowdown": self.host_slowdown,
         }
 
     @classmethod
@@ -198,6 +202,7 @@ class ApplyTable:
             baseline=data["baseline"], baseline_note=str(data["baseline_note"]),
             borrowed=str(data["borrowed"]), unmeasured=frozenset(data["unmeasured"]),
             chained={tuple(k): ChainChoice(s, c, float(us)) for k, s, c, us in data.get("chained", ())},
+            host_slowdown=float(data["host_slowdown"]),
         )
 
 
@@ -341,7 +346,7 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
         ranked[key].append(Timing(name, aggregate(ev.latency for ev in evs),
                                   aggregate(ev.host_latency for ev in evs)))
     # the slowdown the solutions saw, applied to the reference too (one host, one run's state)
-    slowdown = host_slowdown([h.median_us for h in hs] for hs in host_medians(ranked).values())
+    slowdown = table.host_slowdown = host_slowdown([h.median_us for h in hs] for hs in host_medians(ranked).values())
     table.ranked = {k: tuple(sorted(ts, key=Timing.rank))
                     for k, ts in sorted(with_host_drift(ranked, slowdown).items())}
     reference_timings = {k: [Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
