@@ -286,3 +286,36 @@ def test_resolution_stability_replay_of_the_h100_runs(tmp_path):
     assert comparison["counts"]["keys"] == 40 and comparison["counts"]["differ_clear"] == 0
     silu = [r for r in comparison["rows"] if r["definition"] == "silu_and_mul_i14336" and r["mode"] == "eager"]
     assert {r["run1"] for r in silu} == {r["run2"] for r in silu} == {"flashinfer"}
+
+
+STEPS = sorted((REPO / "benchmarks" / "device" / "steps").glob("*.txt"))
+#: The device tool's limit for one command, and the ceilings step run_steps.sh runs first.
+DEVICE_CALL_S, CEILINGS_STEP_S = 600, 60
+
+
+@pytest.mark.parametrize("steps", STEPS, ids=[p.name for p in STEPS])
+def test_device_step_files_fit_one_call_and_name_real_scripts_and_options(steps):
+    """A GPU call is scarce: a step file must fit one call (its limits plus the ceilings step
+    within the device's 600 s) and every script and ``--option`` it names must exist, so a typo
+    cannot cost a call."""
+    import re
+    import shlex
+
+    lines = [ln for ln in steps.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines
+    total = CEILINGS_STEP_S
+    for line in lines:
+        limit, title, command = line.split("|", 2)
+        total += int(limit)
+        assert title.strip()
+        words = shlex.split(command.replace("$RES", "RES"))
+        scripts = [w for w in words if re.fullmatch(r"(benchmarks|tests)/\S+\.(py|sh)", w)]
+        assert scripts, line
+        for word in scripts:
+            assert (REPO / word).is_file(), word
+        script = scripts[0]
+        if script.startswith("benchmarks/") and script.endswith(".py"):  # its argparse options
+            source = (REPO / script).read_text()
+            for option in {w.split("=")[0] for w in words if w.startswith("--")}:
+                assert f'"{option}"' in source, (steps.name, option)
+    assert total <= DEVICE_CALL_S, f"{steps.name}: {total} s of step limits"
