@@ -40,9 +40,22 @@ GEMM_HELD_OUT = {"seen": (3, 6, 12, 24, 48, 96, 256, 1024, 4096),
                  "fresh": (5, 10, 20, 40, 80, 160, 384, 768, 3072)}
 DECODE_HELD_OUT = {"seen": ((2, 256), (2, 1024), (8, 2048), (8, 512), (32, 1024), (64, 2048), (128, 1024)),
                    "fresh": ((3, 768), (6, 1536), (12, 512), (24, 2048), (48, 1024), (96, 512), (200, 1024))}
-for _sets in (GEMM_HELD_OUT, DECODE_HELD_OUT):  # ``all``: both sets, one bench of the grids
-    _sets["all"] = tuple(sorted(_sets["seen"] + _sets["fresh"]))
+#: ``--shapes`` choices: a set, or ``all`` (both, after one bench of the grids)
+SHAPE_SETS = ("all", "fresh", "seen")
+
+
+def held_out_shapes(sets: dict, which: str) -> tuple:
+    """The shapes of held-out set ``which`` (``all``: both sets) of ``sets``."""
+    return tuple(sorted(sets["seen"] + sets["fresh"])) if which == "all" else sets[which]
 FAMILIES = {"gemm": "triton_stream", "decode": "triton_split_kv"}
+
+
+def scratch_workspace(prefix: str) -> Path:
+    """A temporary workspace holding this checkout's definitions and solutions, no registry."""
+    ws = Path(tempfile.mkdtemp(prefix=prefix))
+    for part in ("defs", "solutions"):
+        shutil.copytree(ROOT / part, ws / part)
+    return ws
 
 
 def bench(ws: Path, out: Path, timeout_s: float, names) -> dict:
@@ -116,10 +129,11 @@ def held_out(ws: Path, deadline: float, names, shapes: str = "seen") -> list[dic
     settings = Settings.from_env(root=ws)
     workspace = Workspace(ws)
     cases = [(d, Workload(uuid=f"held-out-M{m}", axes={"M": m}), "gemm")
-             for d in GEMMS if d in names for m in GEMM_HELD_OUT[shapes]]
+             for d in GEMMS if d in names for m in held_out_shapes(GEMM_HELD_OUT, shapes)]
     if DECODE in names:
         decode = workspace.definition(DECODE)
-        cases += [(DECODE, decode_workload(decode, b, kv), "decode") for b, kv in DECODE_HELD_OUT[shapes]]
+        cases += [(DECODE, decode_workload(decode, b, kv), "decode")
+                  for b, kv in held_out_shapes(DECODE_HELD_OUT, shapes)]
     rows = []
     for name, workload, kind in cases:
         if time.time() > deadline:
@@ -206,9 +220,7 @@ def rerank(run_rows: list[dict], registry: Path, device: str) -> list[dict]:
     from fibuild.runtime.table_cache import load_table
     from fibuild.spec.workspace import Workspace
 
-    ws = Path(tempfile.mkdtemp(prefix="fibuild-rerank-ws-"))
-    for part in ("defs", "solutions"):
-        shutil.copytree(ROOT / part, ws / part)
+    ws = scratch_workspace("fibuild-rerank-ws-")
     shutil.copytree(registry, ws / "registry")
     settings = Settings.from_env({**os.environ, "FIBUILD_CACHE_DIR": str(ws / "cache")}, root=ws)
     workspace, rows = Workspace(ws), []
@@ -232,7 +244,7 @@ def main() -> int:
     # the decode grid second: a bench cut short by its time limit still leaves records of each kind
     parser.add_argument("--defs", nargs="+", default=[GEMMS[0], DECODE, *GEMMS[1:]], metavar="DEF",
                         choices=[*GEMMS, DECODE], help="the grids' definitions (default: all three)")
-    parser.add_argument("--shapes", choices=sorted(GEMM_HELD_OUT), default="seen",
+    parser.add_argument("--shapes", choices=SHAPE_SETS, default="seen",
                         help="which held-out set (default seen; fresh: shapes the rule was not chosen on; all: both)")
     parser.add_argument("--rerank", metavar="RUN", type=Path,
                         help="no GPU: resolve a finished run's shapes again with this checkout's rule "
@@ -251,9 +263,7 @@ def main() -> int:
                     note="Resolved again without a GPU (`--rerank`) with this checkout's rule, against the "
                          "timings the run kept.", stem="variants-heldout-rerank")
         return 0
-    ws = Path(tempfile.mkdtemp(prefix="fibuild-grid-ws-"))
-    for part in ("defs", "solutions"):
-        shutil.copytree(ROOT / part, ws / part)
+    ws = scratch_workspace("fibuild-grid-ws-")
     (ws / "registry").mkdir()
     bench_info = bench(ws, out, timeout_s=args.budget_s * 0.6, names=args.defs)
     print(f"bench: {bench_info}", flush=True)

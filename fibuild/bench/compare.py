@@ -151,7 +151,7 @@ def host_slowdown(medians: Iterable[Sequence[float]]) -> float:
     yet the next run may catch it there. The median over solutions is what any one of them
     can expect, and no single solution whose host cost truly grows with the shape sets it.
     """
-    import statistics  # slow path only, as in aggregate
+    import statistics  # slow path only: statistics pulls in decimal and fractions
 
     ratios = [max(ms) / min(ms) for ms in map(list, medians)
               if len(ms) >= SLOWDOWN_MIN_KEYS and min(ms) > 0]

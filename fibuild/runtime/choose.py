@@ -28,7 +28,8 @@ from fibuild.spec.model import ApplyKey
 from fibuild.units import format_us
 
 from .decisions import REFERENCE, format_key
-from .table import ApplyTable, Timing
+from .table import ApplyTable
+from .timings import Timing
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class KeyDecision:
 
 def rule(table: ApplyTable, mode: str) -> str:
     """The comparison rule as a decision trace names it; in eager mode with host times, with
-    how far their intervals were stretched (:func:`fibuild.runtime.table.with_host_drift`)."""
+    how far their intervals were stretched (:func:`fibuild.runtime.timings.with_host_drift`)."""
     if mode != EAGER or not any(t.host is not None for ts in table.ranked.values() for t in ts):
         return RULE
     return (f"{RULE}; eager: each host time's interval spans its solution's keys, up to "

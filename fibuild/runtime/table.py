@@ -14,12 +14,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from fibuild.bench.compare import GRAPH, caller_cost, host_slowdown, spanning
 from fibuild.spec.model import NOT_THE_KERNELS_FAULT, ApplyKey, Evaluation, LatencyStats, Solution
 
 from .decisions import REFERENCE
-
-# Heavy or optional dependencies, imported inside the functions that use them: statistics.
+from .timings import Timing, aggregate, with_host_drift
 
 #: How the reason of a solution whose records on the device are all of older versions begins.
 STALE = "stale digest"
@@ -40,74 +38,6 @@ class Candidate:
     digest: str
     unavailable: str = ""
     build_key: str = ""
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One solution's measurements at one key (field-wise medians over the key's workloads).
-
-    ``gpu``: the timed latency (CUDA events or graph replays; wall clock on CPUs). ``host``:
-    the host time per call on CUDA devices, None on CPUs and in records older than schema 2.
-    """
-
-    solution: str
-    gpu: LatencyStats
-    host: LatencyStats | None = None
-
-    @property
-    def median_us(self) -> float:
-        return self.gpu.median_us
-
-    @property
-    def p80_us(self) -> float:
-        return self.gpu.p80_us
-
-    def cost(self, mode: str) -> LatencyStats:
-        """What a caller pays per call in ``mode``: :func:`fibuild.bench.compare.caller_cost`."""
-        return caller_cost(self.gpu, self.host, mode)
-
-    def rank(self, mode: str = GRAPH) -> tuple[float, float, str]:
-        """Sort order: lower cost median, then lower p80, then name (deterministic ties)."""
-        cost = self.cost(mode)
-        return (cost.median_us, cost.p80_us, self.solution)
-
-
-def aggregate(stats: Iterable[LatencyStats | None]) -> LatencyStats | None:
-    """Field-wise medians of several workloads' stats (None when any is missing; n summed)."""
-    import statistics  # slow path only: statistics pulls in decimal and fractions
-
-    items = list(stats)
-    if not items or any(s is None for s in items):
-        return None
-    if len(items) == 1:
-        return items[0]
-
-    def med(name: str) -> float | None:
-        values = [getattr(s, name) for s in items]
-        return None if any(v is None for v in values) else statistics.median(values)
-
-    return LatencyStats(median_us=med("median_us"), p20_us=med("p20_us"), p80_us=med("p80_us"),
-                        mean_us=med("mean_us"), n=sum(s.n for s in items), min_us=med("min_us"),
-                        q1_us=med("q1_us"), q3_us=med("q3_us"))
-
-
-def host_medians(timings: Mapping[ApplyKey, list[Timing]]) -> dict[str, list[LatencyStats]]:
-    """Each solution's host times at its keys, in key order."""
-    hosts: dict[str, list[LatencyStats]] = defaultdict(list)
-    for ts in timings.values():
-        for t in ts:
-            if t.host is not None:
-                hosts[t.solution].append(t.host)
-    return hosts
-
-
-def with_host_drift(timings: Mapping[ApplyKey, list[Timing]], slowdown: float) -> dict[ApplyKey, list[Timing]]:
-    """``timings`` with each host time's interval spanning its solution's host times at every
-    key, upper ends at least ``slowdown`` times its lowest median (:func:`fibuild.bench.compare.
-    spanning`, :func:`fibuild.bench.compare.host_slowdown`: host cost drifts between bench items)."""
-    hosts = host_medians(timings)
-    return {k: [t if t.host is None else dataclasses.replace(t, host=spanning(t.host, hosts[t.solution], slowdown))
-                for t in ts] for k, ts in timings.items()}
 
 
 @dataclass(frozen=True)
@@ -345,14 +275,14 @@ def build_table(definition: str, var_axes: Iterable[str], device: str,
             continue
         ranked[key].append(Timing(name, aggregate(ev.latency for ev in evs),
                                   aggregate(ev.host_latency for ev in evs)))
-    # the slowdown the solutions saw, applied to the reference too (one host, one run's state)
-    slowdown = table.host_slowdown = host_slowdown([h.median_us for h in hs] for hs in host_medians(ranked).values())
-    table.ranked = {k: tuple(sorted(ts, key=Timing.rank))
-                    for k, ts in sorted(with_host_drift(ranked, slowdown).items())}
+    drifted, table.host_slowdown = with_host_drift(ranked)
+    table.ranked = {k: tuple(sorted(ts, key=Timing.rank)) for k, ts in sorted(drifted.items())}
     reference_timings = {k: [Timing(REFERENCE, aggregate(ev.reference_latency for ev in evs),
                                     aggregate(ev.reference_host_latency for ev in evs))]
                          for k, evs in sorted(reference.items()) if evs}
-    table.reference = {k: t for k, (t,) in with_host_drift(reference_timings, slowdown).items()}
+    # the slowdown the solutions saw applies to the reference too (one host, one run's state)
+    drifted, _ = with_host_drift(reference_timings, table.host_slowdown)
+    table.reference = {k: t for k, (t,) in drifted.items()}
     table.failed = {s: frozenset(keys) for s, keys in sorted(failed.items())}
     for name, counts in sorted(statuses.items()):
         total = sum(counts.values())

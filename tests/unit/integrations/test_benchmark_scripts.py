@@ -257,7 +257,8 @@ def test_variants_heldout_table_of_both_sets_counts_each_set(tmp_path):
     spec = importlib.util.spec_from_file_location("variants_heldout", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert set(script.GEMM_HELD_OUT["all"]) == set(script.GEMM_HELD_OUT["seen"]) | set(script.GEMM_HELD_OUT["fresh"])
+    both = script.held_out_shapes(script.GEMM_HELD_OUT, "all")
+    assert set(both) == set(script.GEMM_HELD_OUT["seen"]) | set(script.GEMM_HELD_OUT["fresh"]) and len(both) == 18
     rows = [{"definition": "gemm_n4096_k4096_bf16", "axes": {"M": 96}, "ratio": 1.0},
             {"definition": "gemm_n4096_k4096_bf16", "axes": {"M": 5}, "ratio": 0.9},
             {"definition": script.DECODE, "axes": {"batch_size": 3, "num_pages": 2304, "len_indptr": 4,
